@@ -1,0 +1,241 @@
+"""The ``robustar-ls`` command line: one sub-command per job.
+
+Each sub-command has an ``add_*`` function that declares its flags and a ``run_*`` function that
+takes the parsed arguments. Settings are resolved here, once: defaults < ``--config`` file <
+flags; secrets come from the environment only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from robustar_ls import __version__
+from robustar_ls.config import (
+    ConfigError,
+    ModelConfig,
+    SyntheticConfig,
+    TrainConfig,
+    build,
+    pick,
+    read_settings_file,
+)
+
+log = logging.getLogger("robustar_ls")
+
+
+class UserError(Exception):
+    """An error the user can fix; printed without a traceback."""
+
+
+def tqdm_progress(enabled: bool) -> Callable | None:
+    """A tqdm wrapper for progress bars on stderr, or None when disabled."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    def progress(iterable, **kwargs):
+        kwargs.setdefault("file", sys.stderr)
+        kwargs.setdefault("dynamic_ncols", True)
+        return tqdm(iterable, **kwargs)
+
+    return progress
+
+
+def settings_section(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    if not getattr(args, "config", None):
+        return {}
+    section = read_settings_file(args.config).get(name, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"section {name!r} of {args.config} must be a mapping")
+    return section
+
+
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    return build(ModelConfig, settings_section(args, "model"), pick(args, ModelConfig))
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return build(TrainConfig, settings_section(args, "train"), pick(args, TrainConfig))
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+# -- make-dataset ---------------------------------------------------------------------------
+
+
+def add_make_dataset(sub) -> None:
+    p = sub.add_parser("make-dataset", help="write a synthetic spurious-feature dataset")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--kind", choices=["patch", "background"], default=None)
+    p.add_argument("--size", type=int, default=None, help="image side in pixels (default 32)")
+    p.add_argument("--per-class", dest="per_class", type=int, default=None)
+    p.add_argument("--test-per-class", dest="test_per_class", type=int, default=None)
+    p.add_argument("--val-per-class", dest="val_per_class", type=int, default=None)
+    p.add_argument("--classes", type=int, default=None)
+    p.add_argument("--bias", type=float, default=None)
+    p.add_argument("--spurious-fraction", dest="spurious_fraction", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=run_make_dataset)
+
+
+def run_make_dataset(args: argparse.Namespace) -> int:
+    from robustar_ls.data.synthetic import make_dataset
+
+    cfg = build(SyntheticConfig, settings_section(args, "synthetic"), pick(args, SyntheticConfig))
+    progress = tqdm_progress(not args.quiet)
+    bar = (lambda it: progress(it, desc="images", unit="img")) if progress else None
+    try:
+        summary = make_dataset(args.out, cfg, progress=bar)
+    except ValueError as err:
+        raise UserError(str(err)) from err
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"wrote {summary['images']} images to {args.out}; train: {summary['train_status']}")
+    return 0
+
+
+# -- train / eval ---------------------------------------------------------------------------
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", default=None, help="classifier architecture (default resnet18_small)")
+    p.add_argument("--width", type=int, default=None, help="small-ResNet width (64 = full)")
+    p.add_argument("--image-size", dest="image_size", type=int, default=None)
+
+
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--weight-decay", dest="weight_decay", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, …")
+    p.add_argument("--num-workers", dest="num_workers", type=int, default=None)
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a classifier (from scratch or from --init)")
+    p.add_argument("--data", required=True, help="dataset folder with train/<class>/…")
+    p.add_argument("--out", required=True, help="checkpoint to write")
+    p.add_argument("--init", default=None, help="checkpoint to fine-tune from")
+    add_model_flags(p)
+    add_train_flags(p)
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from robustar_ls.train.run import train_classifier
+
+    summary = train_classifier(
+        args.data,
+        args.out,
+        model_config(args),
+        train_config(args),
+        init=args.init,
+        progress=tqdm_progress(not args.quiet),
+    )
+    if args.json:
+        print_json(summary)
+    else:
+        accs = ", ".join(f"{s} {m['accuracy']:.3f}" for s, m in summary["splits"].items())
+        print(f"saved {args.out} ({summary['model_version']}): accuracy {accs}")
+    return 0
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="accuracy of a checkpoint on every split")
+    p.add_argument("--data", required=True)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--arch", default=None, help="architecture, for a bare state_dict")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from robustar_ls.data.folders import ImageFolderSplits
+    from robustar_ls.models.checkpoint import load_checkpoint
+    from robustar_ls.models.zoo import default_device
+    from robustar_ls.train.run import evaluate_splits
+
+    data = ImageFolderSplits.open(args.data, required=())
+    ckpt = load_checkpoint(args.checkpoint, arch=args.arch, classes=data.classes)
+    device = default_device(args.device)
+    splits = evaluate_splits(ckpt.model.to(device), data, ckpt.image_size, device)
+    if args.json:
+        print_json({"model_version": ckpt.version, "splits": splits})
+    else:
+        for split, m in splits.items():
+            print(f"{split:6s} accuracy {m['accuracy']:.4f}  (n={m['n']})")
+    return 0
+
+
+# -- entry point ----------------------------------------------------------------------------
+
+COMMANDS = [add_make_dataset, add_train, add_eval]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="robustar-ls",
+        description="Remove spurious features from image-classification training data, "
+        "inside Label Studio.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=None, help="settings file (YAML or TOML)")
+    common.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    original = sub.add_parser
+
+    def add_parser(name, **kwargs):
+        kwargs.setdefault("parents", [common])
+        return original(name, **kwargs)
+
+    sub.add_parser = add_parser
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from robustar_ls.data.folders import DatasetError
+    from robustar_ls.data.images import ImageLoadError
+    from robustar_ls.models.checkpoint import CheckpointError
+    from robustar_ls.models.zoo import UnknownArchError
+
+    try:
+        return args.func(args)
+    except (
+        UserError,
+        ConfigError,
+        DatasetError,
+        CheckpointError,
+        ImageLoadError,
+        UnknownArchError,
+    ) as err:
+        print(f"robustar-ls {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"robustar-ls {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

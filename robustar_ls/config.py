@@ -1,0 +1,141 @@
+"""Typed settings, read once at the entry point and handed to constructors.
+
+A settings file (YAML or TOML) may hold any of the sections below; command-line flags override
+it. Secrets (API keys, passwords) are never read from files: only from the environment, by
+:func:`secrets_from_env`, called in ``cli.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A settings file or value is wrong; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which classifier to build and the input size it expects."""
+
+    arch: str = "resnet18_small"
+    width: int = 16  # channels of the first stage, for the small-image ResNet only (64 = full)
+    image_size: int = 32
+    pretrained: bool = False  # torchvision ImageNet weights (from the torch cache; no download)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by plain and paired training."""
+
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    device: str = "auto"  # "auto" = CUDA when present, else CPU
+    num_workers: int = 0
+    augment: bool = True  # random crop (pad 2) + horizontal flip
+
+
+@dataclass(frozen=True)
+class PairedConfig:
+    """Paired training: x is paired with a copy whose spurious pixels are filled."""
+
+    fill: str = "noise"
+    align_weight: float = 0.1
+    worst_of: int = 1  # >1: of K random fills, train on the one with the highest loss
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """A spurious-feature benchmark dataset (``robustar-ls make-dataset``)."""
+
+    kind: str = "patch"
+    size: int = 32
+    per_class: int = 500
+    test_per_class: int = 150
+    val_per_class: int = 150
+    classes: int = 4
+    bias: float = 0.95
+    spurious_fraction: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LabelStudioConfig:
+    """How to reach Label Studio. The API key comes from the environment only."""
+
+    url: str = "http://localhost:8080"
+    api_key: str = field(default="", repr=False)
+    project: str = "robustar-ls"
+    document_root: str = ""
+
+
+def secrets_from_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Secrets the entry points need, from the environment (never from a settings file)."""
+    env = os.environ if environ is None else environ
+    return {
+        "label_studio_api_key": env.get("LABEL_STUDIO_API_KEY", "")
+        or env.get("LABEL_STUDIO_USER_TOKEN", ""),
+        "basic_auth_user": env.get("BASIC_AUTH_USER", ""),
+        "basic_auth_pass": env.get("BASIC_AUTH_PASS", ""),
+    }
+
+
+def read_settings_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or TOML settings file into a plain dict of sections."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read settings file {path}: {err.strerror}") from err
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"settings file {path} is not valid: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"settings file {path} must hold a mapping of sections")
+    return data
+
+
+def build(cls: type, *sources: dict[str, Any] | None) -> Any:
+    """Build dataclass ``cls`` from mappings, later ones overriding; ``None`` values are skipped.
+
+    Unknown keys are an error (a typo in a settings file should not be silently ignored).
+    """
+    known = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for source in sources:
+        for key, value in (source or {}).items():
+            key = key.replace("-", "_")
+            if key not in known:
+                raise ConfigError(
+                    f"unknown setting {key!r} for {cls.__name__}; known: {', '.join(known)}"
+                )
+            if value is not None:
+                values[key] = value
+    try:
+        return cls(**values)
+    except TypeError as err:
+        raise ConfigError(f"bad settings for {cls.__name__}: {err}") from err
+
+
+def pick(namespace: Any, cls: type) -> dict[str, Any]:
+    """The attributes of an argparse namespace that are fields of ``cls`` (None = not given)."""
+    return {f.name: getattr(namespace, f.name, None) for f in fields(cls)}
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass as a plain dict (for saving next to outputs)."""
+    return dataclasses.asdict(obj)

@@ -1,0 +1,112 @@
+"""The mask store: one PNG per annotated training image, 255 = spurious, mirroring ``train/``.
+
+Layout: ``<root>/train/<class>/<stem>.png`` plus ``<root>/manifest.json``, which records for each
+image the Label Studio task id, annotation id and ``updated_at`` the mask came from, so syncing
+again is idempotent. Synthetic datasets write their true masks in the same layout under
+``oracle_masks/``, so either folder can feed paired training.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from robustar_ls.models.checkpoint import atomic_write_bytes
+
+
+class MaskError(ValueError):
+    """A mask is missing, unreadable or of the wrong size."""
+
+
+class MaskStore:
+    """Spurious-pixel masks of one dataset's training split."""
+
+    MANIFEST = "manifest.json"
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path_for(self, relpath: str) -> Path:
+        """Mask file of the training image ``<class>/<file>`` (relative to ``train/``)."""
+        rel = PurePosixPath(relpath)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise MaskError(f"mask path {relpath!r} must stay inside the store")
+        return self.root / "train" / rel.with_suffix(".png")
+
+    def has(self, relpath: str) -> bool:
+        return self.path_for(relpath).is_file()
+
+    def read(self, relpath: str, size: tuple[int, int] | None = None) -> np.ndarray:
+        """The mask as a bool array (H, W); ``size`` = (width, height) it must have."""
+        path = self.path_for(relpath)
+        try:
+            with Image.open(path) as image:
+                mask = np.asarray(image.convert("L")) >= 128
+        except FileNotFoundError:
+            raise MaskError(f"no mask for {relpath} at {path}") from None
+        except OSError as err:
+            raise MaskError(f"mask {path} is unreadable: {err}") from err
+        if size is not None and (mask.shape[1], mask.shape[0]) != tuple(size):
+            raise MaskError(
+                f"mask {path} is {mask.shape[1]}x{mask.shape[0]}, its image is "
+                f"{size[0]}x{size[1]}; masks must have the image's size"
+            )
+        return mask
+
+    def write(self, relpath: str, mask: np.ndarray) -> Path:
+        """Store a mask (bool or 0/255) atomically as an 8-bit PNG."""
+        array = np.asarray(mask)
+        if array.ndim != 2:
+            raise MaskError(f"mask for {relpath} must be 2-D, got shape {array.shape}")
+        array = (
+            np.where(array.astype(bool), 255, 0).astype(np.uint8)
+            if array.dtype == bool
+            else (np.where(array >= 128, 255, 0).astype(np.uint8))
+        )
+        buffer = io.BytesIO()
+        Image.fromarray(array, mode="L").save(buffer, format="PNG")
+        path = self.path_for(relpath)
+        atomic_write_bytes(path, buffer.getvalue())
+        return path
+
+    def delete(self, relpath: str) -> bool:
+        path = self.path_for(relpath)
+        if path.is_file():
+            path.unlink()
+            return True
+        return False
+
+    def relpaths(self) -> Iterator[str]:
+        """Every stored mask, as ``<class>/<stem>.png`` relative to ``train/``."""
+        base = self.root / "train"
+        if base.is_dir():
+            for path in sorted(base.rglob("*.png")):
+                yield path.relative_to(base).as_posix()
+
+    def match(self, image_relpaths: list[str]) -> dict[str, Path]:
+        """Map each training image that has a mask to its mask path (stems are matched)."""
+        found = {}
+        for rel in image_relpaths:
+            path = self.path_for(rel)
+            if path.is_file():
+                found[rel] = path
+        return found
+
+    def read_manifest(self) -> dict[str, Any]:
+        path = self.root / self.MANIFEST
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise MaskError(f"mask manifest {path} is corrupt: {err}; delete it to resync") from err
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        atomic_write_bytes(self.root / self.MANIFEST, data)

@@ -1,0 +1,223 @@
+"""Spurious-feature benchmark datasets: shapes whose class a shortcut also predicts.
+
+Each image is a noisy shape (the object, the feature a robust model should use) plus, maybe, a
+spurious feature whose colour predicts the class in training:
+
+- ``patch``: a small coloured square in a corner; its colour is the class's colour;
+- ``background``: the background is tinted with the class's colour.
+
+Training split: a fraction ``spurious_fraction`` of images carry the feature; in a fraction
+``bias`` of those it agrees with the class ("aligned"), otherwise it shows another class's
+colour ("misaligned"); the rest are neutral ("none": no patch, plain grey background).
+``val/`` has the same statistics (held out, in-distribution). ``test/`` is out-of-domain: every
+image carries the feature, with a colour independent of the class.
+
+The true spurious pixels of every training image (where the feature is, or would be for a
+neutral image) go to ``oracle_masks/train/<class>/<stem>.png``; ``spurious.json`` maps each
+training image to "aligned", "misaligned" or "none". Everything is deterministic given the seed:
+each image draws from its own generator seeded by (seed, split, index).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from robustar_ls.config import SyntheticConfig, to_dict
+from robustar_ls.data.masks import MaskStore
+
+SHAPES = ("circle", "square", "triangle", "cross", "diamond", "ring", "bar", "star")
+PALETTE = np.array(
+    [
+        (0.90, 0.10, 0.10),  # red
+        (0.10, 0.75, 0.15),  # green
+        (0.15, 0.25, 0.95),  # blue
+        (0.95, 0.85, 0.10),  # yellow
+        (0.85, 0.15, 0.85),  # magenta
+        (0.10, 0.85, 0.85),  # cyan
+        (0.95, 0.50, 0.05),  # orange
+        (0.50, 0.20, 0.65),  # purple
+    ]
+)
+KINDS = ("patch", "background")
+SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+NOISE_SIGMA = 0.1
+NEUTRAL_GREY = 0.5
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """Everything needed to render one image; ``feature`` is the spurious colour's class."""
+
+    kind: str
+    size: int
+    label: int
+    center: tuple[float, float]
+    radius: float
+    angle: float
+    colour: tuple[float, float, float]
+    corner: int  # 0..3, where a patch sits
+    noise_seed: int
+    feature: int | None  # None = neutral (no spurious feature)
+
+
+def shape_mask(shape: str, size: int, center, radius: float, angle: float) -> np.ndarray:
+    """Boolean (size, size) mask of a shape, rotated by ``angle`` radians. No anti-aliasing."""
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    dx, dy = xs - center[0], ys - center[1]
+    cos, sin = np.cos(angle), np.sin(angle)
+    u, v = (cos * dx + sin * dy) / radius, (-sin * dx + cos * dy) / radius
+    r = np.hypot(u, v)
+    if shape == "circle":
+        return r <= 1.0
+    if shape == "square":
+        return (np.abs(u) <= 0.8) & (np.abs(v) <= 0.8)
+    if shape == "triangle":
+        return (v <= 0.6) & (v >= 1.8 * np.abs(u) - 1.0)
+    if shape == "cross":
+        return ((np.abs(u) <= 0.3) & (np.abs(v) <= 1.0)) | ((np.abs(v) <= 0.3) & (np.abs(u) <= 1.0))
+    if shape == "diamond":
+        return np.abs(u) + np.abs(v) <= 1.0
+    if shape == "ring":
+        return (r <= 1.0) & (r >= 0.55)
+    if shape == "bar":
+        return (np.abs(u) <= 1.0) & (np.abs(v) <= 0.35)
+    if shape == "star":
+        theta = np.arctan2(v, u)
+        return r <= 0.55 + 0.45 * np.cos(5 * theta) ** 2
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def patch_size(size: int) -> int:
+    return max(2, size // 8)
+
+
+def patch_mask(size: int, corner: int) -> np.ndarray:
+    """Boolean mask of the corner patch (offset 1 px from the border)."""
+    p, mask = patch_size(size), np.zeros((size, size), dtype=bool)
+    y0 = 1 if corner in (0, 1) else size - 1 - p
+    x0 = 1 if corner in (0, 2) else size - 1 - p
+    mask[y0 : y0 + p, x0 : x0 + p] = True
+    return mask
+
+
+def render(spec: ImageSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Render an image (uint8 HxWx3) and its spurious-pixel mask (bool HxW)."""
+    size = spec.size
+    obj = shape_mask(SHAPES[spec.label], size, spec.center, spec.radius, spec.angle)
+    canvas = np.full((size, size, 3), NEUTRAL_GREY)
+    if spec.kind == "patch":
+        spurious = patch_mask(size, spec.corner)
+    else:
+        spurious = ~obj
+    if spec.feature is not None:
+        colour = PALETTE[spec.feature]
+        if spec.kind == "background":
+            colour = 0.35 + 0.5 * colour  # a tint, so dark and bright objects both stand out
+        canvas[spurious] = colour
+    canvas[obj] = spec.colour
+    noise = np.random.default_rng(spec.noise_seed).normal(0.0, NOISE_SIGMA, canvas.shape)
+    image = np.clip(canvas + noise, 0.0, 1.0)
+    return (image * 255 + 0.5).astype(np.uint8), spurious
+
+
+def draw_spec(kind: str, size: int, label: int, rng: np.random.Generator) -> ImageSpec:
+    """A random object of class ``label`` (no feature yet), kept clear of the patch corners."""
+    scale = size / 32
+    radius = rng.uniform(4.0, 9.0) * scale
+    margin = patch_size(size) + 1 + radius * 0.8
+    low, high = margin, size - margin
+    center = tuple(rng.uniform(low, high, 2)) if high > low else (size / 2, size / 2)
+    base = rng.uniform(0.0, 0.2) if rng.random() < 0.5 else rng.uniform(0.8, 1.0)
+    colour = tuple(np.clip(base + rng.uniform(-0.1, 0.1, 3), 0.0, 1.0))
+    return ImageSpec(
+        kind=kind,
+        size=size,
+        label=label,
+        center=(float(center[0]), float(center[1])),
+        radius=float(radius),
+        angle=float(rng.uniform(0, 2 * np.pi)),
+        colour=tuple(float(c) for c in colour),
+        corner=int(rng.integers(4)),
+        noise_seed=int(rng.integers(2**31)),
+        feature=None,
+    )
+
+
+def assign_feature(
+    spec: ImageSpec, split: str, cfg: SyntheticConfig, rng: np.random.Generator
+) -> tuple[ImageSpec, str]:
+    """Choose the spurious feature of an image; returns the spec and its status."""
+    k = cfg.classes
+    if split == "test":
+        return replace(spec, feature=int(rng.integers(k))), "ood"
+    if rng.random() >= cfg.spurious_fraction:
+        return spec, "none"
+    if rng.random() < cfg.bias:
+        return replace(spec, feature=spec.label), "aligned"
+    others = [c for c in range(k) if c != spec.label]
+    return replace(spec, feature=int(rng.choice(others))), "misaligned"
+
+
+def image_specs(split: str, count_per_class: int, cfg: SyntheticConfig):
+    """Yield (relpath, spec, status) for one split, deterministically."""
+    for label in range(cfg.classes):
+        for i in range(count_per_class):
+            index = label * count_per_class + i
+            rng = np.random.default_rng([cfg.seed, SPLIT_IDS[split], index])
+            spec = draw_spec(cfg.kind, cfg.size, label, rng)
+            spec, status = assign_feature(spec, split, cfg, rng)
+            yield f"{SHAPES[label]}/{index:05d}.png", spec, status
+
+
+def validate(cfg: SyntheticConfig) -> None:
+    if cfg.kind not in KINDS:
+        raise ValueError(f"unknown dataset kind {cfg.kind!r}; choose one of {', '.join(KINDS)}")
+    if not 2 <= cfg.classes <= len(SHAPES):
+        raise ValueError(f"--classes must be between 2 and {len(SHAPES)}, got {cfg.classes}")
+    if cfg.size < 16:
+        raise ValueError(f"--size must be at least 16 px, got {cfg.size}")
+    for name in ("bias", "spurious_fraction"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ValueError(f"--{name.replace('_', '-')} must be within [0, 1]")
+    if cfg.per_class < 1:
+        raise ValueError("--per-class must be at least 1")
+
+
+def make_dataset(out: str | Path, cfg: SyntheticConfig, progress: Iterable | None = None) -> dict:
+    """Write the dataset to ``out``; returns a summary. ``progress`` wraps the image iterator."""
+    validate(cfg)
+    out = Path(out)
+    oracle = MaskStore(out / "oracle_masks")
+    manifest: dict[str, str] = {}
+    counts = {"train": cfg.per_class, "val": cfg.val_per_class, "test": cfg.test_per_class}
+    jobs = [
+        (split, rel, spec, status)
+        for split, n in counts.items()
+        if n > 0
+        for rel, spec, status in image_specs(split, n, cfg)
+    ]
+    for split, rel, spec, status in progress(jobs) if progress else jobs:
+        image, spurious = render(spec)
+        path = out / split / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+        if split == "train":
+            oracle.write(rel, spurious)
+            manifest[rel] = status
+    (out / "spurious.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    summary = {
+        "config": to_dict(cfg),
+        "classes": list(SHAPES[: cfg.classes]),
+        "images": {split: n * cfg.classes for split, n in counts.items() if n > 0},
+        "train_status": {
+            s: sum(v == s for v in manifest.values()) for s in ("aligned", "misaligned", "none")
+        },
+    }
+    (out / "dataset.json").write_text(json.dumps(summary, indent=1))
+    return summary

@@ -1,0 +1,112 @@
+"""Classifier factory: one name, one builder (timm's ``create_model`` habit)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.resnet import BasicBlock, ResNet
+
+
+class UnknownArchError(ValueError):
+    """The architecture name is not in the zoo."""
+
+
+def _small_resnet18(num_classes: int, width: int = 16, **_: object) -> nn.Module:
+    """ResNet-18 for small inputs (<= 64 px): 3x3 stride-1 stem, no max-pool.
+
+    ``width`` is the channel count of the first stage (64 = the standard, full width).
+    """
+    model = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes, width_per_group=64)
+    widths = [width, width * 2, width * 4, width * 8]
+    model.inplanes = width
+    model.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+    model.bn1 = nn.BatchNorm2d(width)
+    model.maxpool = nn.Identity()
+    model.layer1 = model._make_layer(BasicBlock, widths[0], 2)
+    model.layer2 = model._make_layer(BasicBlock, widths[1], 2, stride=2)
+    model.layer3 = model._make_layer(BasicBlock, widths[2], 2, stride=2)
+    model.layer4 = model._make_layer(BasicBlock, widths[3], 2, stride=2)
+    model.fc = nn.Linear(widths[3], num_classes)
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    return model
+
+
+def _torchvision(name: str, weights_enum: str, head: Callable[[nn.Module], tuple[str, nn.Module]]):
+    """Builder for a torchvision classifier with its head replaced to ``num_classes``."""
+
+    def build(num_classes: int, pretrained: bool = False, **_: object) -> nn.Module:
+        weights = getattr(torchvision.models, weights_enum).DEFAULT if pretrained else None
+        model = getattr(torchvision.models, name)(weights=weights)
+        attr, old = head(model)
+        parent, _, leaf = attr.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, leaf, nn.Linear(old.in_features, num_classes))
+        return model
+
+    return build
+
+
+def _fc(model: nn.Module) -> tuple[str, nn.Module]:
+    return "fc", model.fc
+
+
+def _last_classifier(model: nn.Module) -> tuple[str, nn.Module]:
+    index = len(model.classifier) - 1
+    return f"classifier.{index}", model.classifier[index]
+
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "resnet18_small": _small_resnet18,
+    "resnet18": _torchvision("resnet18", "ResNet18_Weights", _fc),
+    "resnet34": _torchvision("resnet34", "ResNet34_Weights", _fc),
+    "resnet50": _torchvision("resnet50", "ResNet50_Weights", _fc),
+    "mobilenet_v3_small": _torchvision(
+        "mobilenet_v3_small", "MobileNet_V3_Small_Weights", _last_classifier
+    ),
+    "mobilenet_v3_large": _torchvision(
+        "mobilenet_v3_large", "MobileNet_V3_Large_Weights", _last_classifier
+    ),
+    "efficientnet_b0": _torchvision("efficientnet_b0", "EfficientNet_B0_Weights", _last_classifier),
+    "convnext_tiny": _torchvision("convnext_tiny", "ConvNeXt_Tiny_Weights", _last_classifier),
+}
+
+
+def create_classifier(
+    arch: str, num_classes: int, *, width: int = 16, pretrained: bool = False
+) -> nn.Module:
+    """Build classifier ``arch`` with a ``num_classes``-way head.
+
+    ``pretrained`` loads torchvision's ImageNet weights from the torch cache (the head is new).
+    """
+    try:
+        builder = ARCHITECTURES[arch]
+    except KeyError:
+        raise UnknownArchError(
+            f"unknown architecture {arch!r}; choose one of: {', '.join(sorted(ARCHITECTURES))}"
+        ) from None
+    if num_classes < 2:
+        raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
+    return builder(num_classes, width=width, pretrained=pretrained)
+
+
+def head_and_last_block(model: nn.Module) -> list[str]:
+    """Names of the modules whose gradients influence uses by default: last block + head."""
+    names = [name for name, _ in model.named_modules()]
+    if "layer4" in names and "fc" in names:
+        return ["layer4.1", "fc"] if "layer4.1" in names else ["layer4", "fc"]
+    if "features" in names and "classifier" in names:
+        blocks = [n for n in names if n.count(".") == 1 and n.startswith("features.")]
+        return [blocks[-1], "classifier"] if blocks else ["classifier"]
+    return [names[-1]]
+
+
+def default_device(requested: str = "auto") -> torch.device:
+    """``auto`` → CUDA when present, else CPU; anything else is passed to ``torch.device``."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)

@@ -1,0 +1,132 @@
+"""Training and evaluation jobs over a dataset folder, as the CLI and scripts run them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from robustar_ls.config import ModelConfig, TrainConfig, to_dict
+from robustar_ls.data.folders import ImageDataset, ImageFolderSplits, Sample
+from robustar_ls.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from robustar_ls.models.zoo import create_classifier, default_device
+from robustar_ls.train.loop import evaluate, make_optimizer, seed_everything, train_one_epoch
+
+log = logging.getLogger(__name__)
+
+
+def make_loader(
+    samples: list[Sample],
+    image_size: int,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    num_workers: int = 0,
+) -> DataLoader:
+    dataset = ImageDataset(samples, image_size)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator if shuffle else None,
+        num_workers=num_workers,
+    )
+
+
+def evaluate_splits(
+    model: torch.nn.Module,
+    data: ImageFolderSplits,
+    image_size: int,
+    device: torch.device,
+    batch_size: int = 256,
+) -> dict[str, dict[str, float]]:
+    """``{split: {accuracy, n}}`` for every split present."""
+    return {
+        split: evaluate(model, make_loader(samples, image_size, batch_size), device)
+        for split, samples in data.splits.items()
+    }
+
+
+def train_classifier(
+    data_root: str | Path,
+    out: str | Path,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    init: str | Path | None = None,
+    progress: Callable | None = None,
+) -> dict[str, Any]:
+    """Train (from scratch or from ``init``) on ``train/``, evaluate every split, save ``out``.
+
+    Returns a summary with the new model version and per-split accuracy.
+    """
+    data = ImageFolderSplits.open(data_root, required=("train",))
+    device = default_device(train_cfg.device)
+    generator = seed_everything(train_cfg.seed)
+    parent: Checkpoint | None = None
+    if init:
+        parent = load_checkpoint(init, classes=data.classes, arch=model_cfg.arch)
+        model, image_size, arch, width = parent.model, parent.image_size, parent.arch, parent.width
+    else:
+        arch, width, image_size = model_cfg.arch, model_cfg.width, model_cfg.image_size
+        model = create_classifier(
+            arch, len(data.classes), width=width, pretrained=model_cfg.pretrained
+        )
+    model.to(device)
+    loader = make_loader(
+        data.splits["train"],
+        image_size,
+        train_cfg.batch_size,
+        shuffle=True,
+        generator=generator,
+        num_workers=train_cfg.num_workers,
+    )
+    optimizer, scheduler = make_optimizer(model, train_cfg, train_cfg.epochs * len(loader))
+    history = []
+    for epoch in range(train_cfg.epochs):
+        bar = None
+        if progress:
+
+            def bar(it, epoch=epoch):
+                return progress(it, desc=f"epoch {epoch + 1}/{train_cfg.epochs}", leave=False)
+
+        stats = train_one_epoch(
+            model,
+            loader,
+            optimizer,
+            scheduler,
+            device,
+            augment=train_cfg.augment,
+            generator=generator,
+            progress=bar,
+        )
+        log.info(
+            "epoch %d/%d loss %.4f acc %.4f",
+            epoch + 1,
+            train_cfg.epochs,
+            stats["loss"],
+            stats["accuracy"],
+        )
+        history.append(stats)
+    metrics = evaluate_splits(model, data, image_size, device)
+    version = save_checkpoint(
+        out,
+        model,
+        arch=arch,
+        classes=data.classes,
+        image_size=image_size,
+        width=width,
+        parent_version=parent.version if parent else None,
+        metrics={"splits": metrics, "history": history},
+        config={"model": to_dict(model_cfg), "train": to_dict(train_cfg), "data": str(data.root)},
+    )
+    return {
+        "model_version": version,
+        "parent_version": parent.version if parent else None,
+        "splits": metrics,
+    }
