@@ -111,10 +111,7 @@ def render(spec: ImageSpec) -> tuple[np.ndarray, np.ndarray]:
     size = spec.size
     obj = shape_mask(SHAPES[spec.label], size, spec.center, spec.radius, spec.angle)
     canvas = np.full((size, size, 3), NEUTRAL_GREY)
-    if spec.kind == "patch":
-        spurious = patch_mask(size, spec.corner)
-    else:
-        spurious = ~obj
+    spurious = patch_mask(size, spec.corner) if spec.kind == "patch" else ~obj
     if spec.feature is not None:
         colour = PALETTE[spec.feature]
         if spec.kind == "background":
