@@ -66,6 +66,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.02, help="fine-tuning learning rate (cosine)")
     p.add_argument("--batch-size", type=int, default=16, help="fine-tuning batch size")
     p.add_argument("--align-weight", type=float, default=0.1)
+    p.add_argument("--fill", default="noise", help="fill mode for paired training")
     p.add_argument("--fraction", type=float, default=0.1, help="annotated share for (b), (c)")
     p.add_argument("--conditions", nargs="+", default=["all", "top", "random", "plain"])
     p.add_argument("--timing-reps", type=int, default=3)
@@ -254,7 +255,7 @@ def run_kind(kind: str, args, work: Path) -> dict:
             root,
             shortcut,
             None if name == "plain" else root / "oracle_masks",
-            PairedConfig(align_weight=args.align_weight),
+            PairedConfig(fill=args.fill, align_weight=args.align_weight),
             TrainConfig(
                 epochs=epochs,
                 lr=args.lr,
@@ -263,7 +264,7 @@ def run_kind(kind: str, args, work: Path) -> dict:
                 seed=args.seed,
             ),
             only=only,
-            out=work / f"{kind}-{name}.pt",
+            out=work / f"{kind}-{name}-{args.fill}.pt",
         )
         rows.append(
             {
@@ -283,6 +284,7 @@ def run_kind(kind: str, args, work: Path) -> dict:
         "train_images": len(json.loads((root / "spurious.json").read_text())),
         "shortcut": base,
         "epochs": epochs,
+        "fill": args.fill,
         "rows": rows,
     }
 
@@ -292,7 +294,8 @@ def print_table(results: list[dict], timing: dict | None) -> None:
         s = res["shortcut"]
         print(
             f"\n{res['kind']}: {res['train_images']} training images, shortcut model "
-            f"val {s['val']:.3f} / test {s['test']:.3f}; fine-tuning {res['epochs']} epochs"
+            f"val {s['val']:.3f} / test {s['test']:.3f}; fine-tuning {res['epochs']} epochs, "
+            f"fill {res['fill']}"
         )
         print(
             f"  {'condition':<48} {'n':>5} {'OOD before':>10} {'OOD after':>10} "
