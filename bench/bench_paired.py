@@ -5,8 +5,10 @@ for the same number of epochs in four ways and report out-of-domain (test) and i
 (val) accuracy before and after:
 
 (a) paired training with oracle masks on every spurious training image (spurious.json != none);
-(b) the top 10% of training images by influence — or, while no influence scorer is available,
-    by an ORACLE proxy (see :func:`oracle_ranking`), which is labelled as such in the output;
+(b) the top 10% of training images by influence (``robustar_ls.explain.influence`` against
+    the shortcut model's test errors) — or, where that module is not installed, by an ORACLE
+    proxy (:func:`oracle_ranking`, labelled as such in the output; ``--top-source oracle``
+    forces it);
 (c) a random 10% of training images;
 (d) plain fine-tuning without masks (the control).
 
@@ -69,6 +71,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--fill", default="noise", help="fill mode for paired training")
     p.add_argument("--fraction", type=float, default=0.1, help="annotated share for (b), (c)")
     p.add_argument("--conditions", nargs="+", default=["all", "top", "random", "plain"])
+    p.add_argument(
+        "--top-source",
+        choices=["auto", "influence", "oracle"],
+        default="auto",
+        help="ranking for (b): influence when installed (auto), or the oracle proxy",
+    )
     p.add_argument("--timing-reps", type=int, default=3)
     p.add_argument("--timing-images", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
@@ -79,19 +87,28 @@ def get_args_parser() -> argparse.ArgumentParser:
 # -- selections -----------------------------------------------------------------------------
 
 
-def influence_ranking(data_root: Path, checkpoint: Path) -> list[str] | None:
-    """Training images ranked by the influence scorer, most influential first; None if absent.
-
-    TODO(lead): when ``robustar_ls.explain.influence`` lands on main, rank with it here
-    (scores of training images against the misclassified out-of-domain test images) and the
-    bench reports (b) as influence instead of the oracle proxy.
+def influence_ranking(data_root: Path, checkpoint: Path, seed: int) -> list[str] | None:
+    """Training images ranked by the influence scorer (``robustar_ls.explain.influence``,
+    default settings, scored against the shortcut model's misclassified test images), most
+    responsible first; None while that module is not installed.
     """
     try:
-        import robustar_ls.explain.influence  # noqa: F401
+        from robustar_ls.explain.influence import InfluenceScorer
+
+        from robustar_ls.config import InfluenceConfig
     except ImportError:
         return None
-    log.warning("robustar_ls.explain.influence exists but the bench is not wired to it yet")
-    return None
+    data = ImageFolderSplits.open(data_root)
+    ckpt = load_checkpoint(checkpoint, classes=data.classes)
+    scorer = InfluenceScorer(ckpt.model, None, InfluenceConfig(device="cpu", seed=seed))
+    result = scorer.score(
+        data.splits["train"],
+        data.splits["test"],
+        image_size=ckpt.image_size,
+        model_version=ckpt.version,
+        classes=data.classes,
+    )
+    return result.ranked()
 
 
 @torch.no_grad()
@@ -134,19 +151,27 @@ def oracle_ranking(data_root: Path, checkpoint: Path, seed: int) -> list[str]:
     return ranked
 
 
-def selections(data_root: Path, checkpoint: Path, fraction: float, seed: int):
+def selections(data_root: Path, checkpoint: Path, args) -> dict:
     status = json.loads((data_root / "spurious.json").read_text())
     everything = sorted(status)
-    k = max(1, round(fraction * len(everything)))
-    ranked = influence_ranking(data_root, checkpoint)
+    k = max(1, round(args.fraction * len(everything)))
+    ranked = None
+    if args.top_source in ("auto", "influence"):
+        ranked = influence_ranking(data_root, checkpoint, args.seed)
+        if ranked is None and args.top_source == "influence":
+            raise SystemExit("--top-source influence: robustar_ls.explain.influence is missing")
     top_source = "influence"
     if ranked is None:
-        ranked = oracle_ranking(data_root, checkpoint, seed)
-        top_source = "ORACLE proxy (no influence scorer yet)"
+        ranked = oracle_ranking(data_root, checkpoint, args.seed)
+        top_source = "ORACLE proxy, not influence"
+    top = set(ranked[:k])
     return {
         "all": ({rel for rel, s in status.items() if s != "none"}, "every spurious image"),
-        "top": (set(ranked[:k]), f"top {fraction:.0%} by {top_source}"),
-        "random": (set(random.Random(seed).sample(everything, k)), f"random {fraction:.0%}"),
+        "top": (top, f"top {args.fraction:.0%} by {top_source}"),
+        "random": (
+            set(random.Random(args.seed).sample(everything, k)),
+            f"random {args.fraction:.0%}",
+        ),
         "plain": (None, "plain fine-tuning, no masks"),
     }
 
@@ -246,7 +271,7 @@ def run_kind(kind: str, args, work: Path) -> dict:
     base = {s: m["accuracy"] for s, m in splits.items()}
     log.info("%s shortcut model: %s (%.0f s)", kind, base, time.perf_counter() - tick)
     epochs = args.background_epochs if kind == "background" else args.epochs
-    chosen = selections(root, shortcut, args.fraction, args.seed)
+    chosen = selections(root, shortcut, args)
     rows = []
     for name in args.conditions:
         only, label = chosen[name]
