@@ -272,6 +272,7 @@ def run_kind(kind: str, args, work: Path) -> dict:
     log.info("%s shortcut model: %s (%.0f s)", kind, base, time.perf_counter() - tick)
     epochs = args.background_epochs if kind == "background" else args.epochs
     chosen = selections(root, shortcut, args)
+    status = json.loads((root / "spurious.json").read_text())
     rows = []
     for name in args.conditions:
         only, label = chosen[name]
@@ -296,6 +297,10 @@ def run_kind(kind: str, args, work: Path) -> dict:
                 "condition": name,
                 "label": label,
                 "annotated": result["annotated"],
+                "selection": {
+                    group: sum(status[rel] == group for rel in (only or ()))
+                    for group in ("aligned", "misaligned", "none")
+                },
                 "before": result["before"],
                 "after": result["after"],
                 "last_epoch": result["loss_terms"],
