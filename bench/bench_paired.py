@@ -79,7 +79,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timing-reps", type=int, default=3)
     p.add_argument("--timing-images", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="dataset and shortcut-model seed")
+    p.add_argument(
+        "--finetune-seed",
+        type=int,
+        default=None,
+        help="seed of the random 10%%, the influence projection and fine-tuning (default --seed)",
+    )
     p.add_argument("--json-out", default=None)
     return p
 
@@ -157,19 +163,19 @@ def selections(data_root: Path, checkpoint: Path, args) -> dict:
     k = max(1, round(args.fraction * len(everything)))
     ranked = None
     if args.top_source in ("auto", "influence"):
-        ranked = influence_ranking(data_root, checkpoint, args.seed)
+        ranked = influence_ranking(data_root, checkpoint, args.finetune_seed)
         if ranked is None and args.top_source == "influence":
             raise SystemExit("--top-source influence: robustar_ls.explain.influence is missing")
     top_source = "influence"
     if ranked is None:
-        ranked = oracle_ranking(data_root, checkpoint, args.seed)
+        ranked = oracle_ranking(data_root, checkpoint, args.finetune_seed)
         top_source = "ORACLE proxy, not influence"
     top = set(ranked[:k])
     return {
         "all": ({rel for rel, s in status.items() if s != "none"}, "every spurious image"),
         "top": (top, f"top {args.fraction:.0%} by {top_source}"),
         "random": (
-            set(random.Random(args.seed).sample(everything, k)),
+            set(random.Random(args.finetune_seed).sample(everything, k)),
             f"random {args.fraction:.0%}",
         ),
         "plain": (None, "plain fine-tuning, no masks"),
@@ -287,10 +293,10 @@ def run_kind(kind: str, args, work: Path) -> dict:
                 lr=args.lr,
                 batch_size=args.batch_size,
                 device="cpu",
-                seed=args.seed,
+                seed=args.finetune_seed,
             ),
             only=only,
-            out=work / f"{kind}-{name}-{args.fill}.pt",
+            out=work / f"{kind}-{name}-{args.fill}-s{args.finetune_seed}.pt",
         )
         rows.append(
             {
@@ -315,6 +321,7 @@ def run_kind(kind: str, args, work: Path) -> dict:
         "shortcut": base,
         "epochs": epochs,
         "fill": args.fill,
+        "finetune_seed": args.finetune_seed,
         "rows": rows,
     }
 
@@ -351,6 +358,8 @@ def print_table(results: list[dict], timing: dict | None) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.finetune_seed is None:
+        args.finetune_seed = args.seed
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
