@@ -18,6 +18,7 @@ from robustar_ls import __version__
 from robustar_ls.config import (
     ConfigError,
     ModelConfig,
+    ServeConfig,
     SyntheticConfig,
     TrainConfig,
     build,
@@ -178,9 +179,88 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- serve ----------------------------------------------------------------------------------
+
+
+def add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="run the Label Studio ML backend (gunicorn)")
+    p.add_argument("--checkpoint", required=True, help="classifier checkpoint to serve")
+    p.add_argument(
+        "--document-root",
+        dest="document_root",
+        default=None,
+        help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT: /data/local-files/ images are read here",
+    )
+    p.add_argument("--label-studio-url", dest="label_studio_url", default=None)
+    p.add_argument(
+        "--public-url",
+        dest="public_url",
+        default=None,
+        help="this backend's URL as the annotator's browser sees it (for saliency images)",
+    )
+    p.add_argument("--host", default=None, help="default 0.0.0.0")
+    p.add_argument("--port", type=int, default=None, help="default 9090")
+    p.add_argument("--workers", type=int, default=None, help="gunicorn worker processes")
+    p.add_argument("--segmenter-weights", dest="segmenter_weights", default=None,
+                   help="Mask R-CNN COCO weights (default: the torch hub cache)")
+    p.add_argument("--no-segmenter", dest="segmenter", action="store_false", default=None,
+                   help="no Mask R-CNN 'Spurious' pre-annotation")
+    p.add_argument("--score-threshold", dest="score_threshold", type=float, default=None)
+    p.add_argument("--saliency-method", dest="saliency_method", default=None,
+                   choices=["gradcam", "input_gradient"])
+    p.add_argument("--top-fraction", dest="top_fraction", type=float, default=None)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    p.add_argument("--cache-dir", dest="cache_dir", default=None,
+                   help="saliency PNG cache and URL-signing key (default ~/.cache/robustar-ls)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--debug", action="store_true", help="Flask's development server instead")
+    p.set_defaults(func=run_serve)
+
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """Defaults < settings file [serve] < flags < secrets from the environment."""
+    import dataclasses
+
+    from robustar_ls.config import secrets_from_env
+
+    cfg = build(ServeConfig, settings_section(args, "serve"), pick(args, ServeConfig))
+    secrets = secrets_from_env()
+    return dataclasses.replace(
+        cfg,
+        label_studio_api_key=secrets["label_studio_api_key"],
+        basic_auth_user=secrets["basic_auth_user"],
+        basic_auth_pass=secrets["basic_auth_pass"],
+        secret=secrets["secret"],
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from robustar_ls.backend.server import serve
+    from robustar_ls.labelstudio.urls import resolve_secret
+    from robustar_ls.models.checkpoint import read_version
+
+    cfg = serve_config(args)
+    log.info("serving %s (model version %s)", cfg.checkpoint, read_version(cfg.checkpoint))
+    if cfg.document_root and not Path(cfg.document_root).is_dir():
+        raise UserError(f"--document-root {cfg.document_root} is not a folder")
+    # Resolve the URL-signing key once, here, so every worker shares it.
+    cfg = dataclasses.replace(cfg, secret=resolve_secret(cfg.secret, cfg.resolved_cache_dir()))
+
+    def factory():
+        from robustar_ls.backend.app import create_app
+
+        return create_app(cfg)
+
+    serve(factory, cfg.host, cfg.port, cfg.workers, cfg.threads, cfg.timeout, debug=args.debug)
+    return 0
+
+
 # -- entry point ----------------------------------------------------------------------------
 
-COMMANDS = [add_make_dataset, add_train, add_eval]
+COMMANDS = [add_make_dataset, add_train, add_eval, add_serve]
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -106,6 +106,63 @@ class SaliencyConfig:
     top_fraction: float = 0.1  # share of pixels in the "Model attention" brush region
 
 
+@dataclass(frozen=True)
+class ServeConfig:
+    """The ML backend (``robustar-ls serve``). Secrets come from the environment only.
+
+    ``secret`` signs the saliency-heatmap URLs written into task data. It must be the same in
+    every gunicorn worker and in ``robustar-ls import`` (which writes the URLs): set
+    ``ROBUSTAR_LS_SECRET``, or leave it empty and every process on this machine shares the
+    random key kept in ``<cache_dir>/secret.key`` (created once, mode 0600). A key made per
+    worker would make each worker reject the others' URLs.
+    """
+
+    checkpoint: str = ""
+    document_root: str = ""  # Label Studio's LOCAL_FILES_DOCUMENT_ROOT: local files are read here
+    label_studio_url: str = "http://localhost:8080"
+    label_studio_api_key: str = field(default="", repr=False)  # legacy token or PAT (env)
+    public_url: str = ""  # this backend's URL as the annotator's browser sees it (saliency)
+    basic_auth_user: str = ""
+    basic_auth_pass: str = field(default="", repr=False)
+    secret: str = field(default="", repr=False)
+    segmenter_weights: str | None = None  # None = torchvision's file in the torch hub cache
+    segmenter: bool = True  # False = no Mask R-CNN pre-annotation at all
+    score_threshold: float = 0.5
+    saliency_method: str = "gradcam"  # "gradcam" | "input_gradient"
+    top_fraction: float = 0.1
+    batch_size: int = 16  # images per classifier / saliency / segmenter call
+    max_image_pixels: int = 64_000_000
+    max_image_bytes: int = 64 * 1024 * 1024
+    fetch_timeout: float = 30.0  # seconds, for images fetched over HTTP
+    cache_dir: str = ""  # saliency PNGs + the shared secret; "" = ~/.cache/robustar-ls
+    prediction_cache_size: int = 512  # (model version, image) → model outputs, LRU
+    device: str = "auto"
+    host: str = "0.0.0.0"
+    port: int = 9090
+    workers: int = 1
+    threads: int = 1
+    timeout: int = 300  # gunicorn worker timeout, seconds
+
+    def segmenter_config(self) -> SegmenterConfig:
+        return SegmenterConfig(
+            weights=self.segmenter_weights,
+            score_threshold=self.score_threshold,
+            device=self.device,
+            batch_size=self.batch_size,
+        )
+
+    def saliency_config(self) -> SaliencyConfig:
+        return SaliencyConfig(method=self.saliency_method, top_fraction=self.top_fraction)
+
+    def resolved_cache_dir(self) -> Path:
+        return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
+
+
+def default_cache_dir() -> Path:
+    """Where the backend keeps saliency PNGs and its URL-signing key by default."""
+    return Path.home() / ".cache" / "robustar-ls"
+
+
 def secrets_from_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """Secrets the entry points need, from the environment (never from a settings file)."""
     env = os.environ if environ is None else environ
@@ -114,6 +171,7 @@ def secrets_from_env(environ: dict[str, str] | None = None) -> dict[str, str]:
         or env.get("LABEL_STUDIO_USER_TOKEN", ""),
         "basic_auth_user": env.get("BASIC_AUTH_USER", ""),
         "basic_auth_pass": env.get("BASIC_AUTH_PASS", ""),
+        "secret": env.get("ROBUSTAR_LS_SECRET", ""),
     }
 
 
