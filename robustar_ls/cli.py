@@ -201,17 +201,34 @@ def add_serve(sub) -> None:
     p.add_argument("--host", default=None, help="default 0.0.0.0")
     p.add_argument("--port", type=int, default=None, help="default 9090")
     p.add_argument("--workers", type=int, default=None, help="gunicorn worker processes")
-    p.add_argument("--segmenter-weights", dest="segmenter_weights", default=None,
-                   help="Mask R-CNN COCO weights (default: the torch hub cache)")
-    p.add_argument("--no-segmenter", dest="segmenter", action="store_false", default=None,
-                   help="no Mask R-CNN 'Spurious' pre-annotation")
+    p.add_argument(
+        "--segmenter-weights",
+        dest="segmenter_weights",
+        default=None,
+        help="Mask R-CNN COCO weights (default: the torch hub cache)",
+    )
+    p.add_argument(
+        "--no-segmenter",
+        dest="segmenter",
+        action="store_false",
+        default=None,
+        help="no Mask R-CNN 'Spurious' pre-annotation",
+    )
     p.add_argument("--score-threshold", dest="score_threshold", type=float, default=None)
-    p.add_argument("--saliency-method", dest="saliency_method", default=None,
-                   choices=["gradcam", "input_gradient"])
+    p.add_argument(
+        "--saliency-method",
+        dest="saliency_method",
+        default=None,
+        choices=["gradcam", "input_gradient"],
+    )
     p.add_argument("--top-fraction", dest="top_fraction", type=float, default=None)
     p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
-    p.add_argument("--cache-dir", dest="cache_dir", default=None,
-                   help="saliency PNG cache and URL-signing key (default ~/.cache/robustar-ls)")
+    p.add_argument(
+        "--cache-dir",
+        dest="cache_dir",
+        default=None,
+        help="saliency PNG cache and URL-signing key (default ~/.cache/robustar-ls)",
+    )
     p.add_argument("--device", default=None)
     p.add_argument("--debug", action="store_true", help="Flask's development server instead")
     p.set_defaults(func=run_serve)

@@ -143,9 +143,7 @@ def _register_routes(app: Flask, state: BackendState) -> None:
     @app.get("/")
     @app.get("/health")
     def health():
-        return jsonify(
-            status="UP", model_class=MODEL_CLASS, model_version=predictor.model_version
-        )
+        return jsonify(status="UP", model_class=MODEL_CLASS, model_version=predictor.model_version)
 
     @app.post("/setup")
     def setup():
@@ -188,9 +186,7 @@ def _register_routes(app: Flask, state: BackendState) -> None:
         if event in ANNOTATION_EVENTS:
             annotation = body.get("annotation") or {}
             task = body.get("task") or {}
-            log.info(
-                "%s: annotation %s of task %s", event, annotation.get("id"), task.get("id")
-            )
+            log.info("%s: annotation %s of task %s", event, annotation.get("id"), task.get("id"))
             result = state.annotation_hook(event, body) if state.annotation_hook else None
             return jsonify(status="ok", event=event, result=result), 200
         log.info("webhook event %r ignored", event)

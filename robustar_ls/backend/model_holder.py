@@ -131,10 +131,12 @@ class ModelHolder:
     def _stat(self) -> FileState:
         try:
             return file_state(self.path)
-        except OSError as err:
+        except FileNotFoundError as err:
             raise CheckpointError(
-                f"checkpoint {self.path} cannot be read: {err.strerror}"
+                f"checkpoint {self.path} does not exist; train one with `robustar-ls train`"
             ) from err
+        except OSError as err:
+            raise CheckpointError(f"checkpoint {self.path} cannot be read: {err.strerror}") from err
 
     def _note_failure(self, state: FileState | None, message: str) -> None:
         if state is None or state != self._failed_state:

@@ -244,7 +244,9 @@ class Predictor:
                 results = self._compute(served, images)
             except Exception:
                 if len(batch) == 1:
-                    log.exception("task %s: the models failed on its image", _task_id(tasks[batch[0]]))
+                    log.exception(
+                        "task %s: the models failed on its image", _task_id(tasks[batch[0]])
+                    )
                     continue
                 # One bad image must not fail its neighbours: retry them one by one.
                 log.warning("a batch of %d images failed; retrying them one by one", len(batch))
@@ -330,7 +332,9 @@ class Predictor:
         labels = set(tags.brush_labels or ())
         if tags.brush and out.spurious_rle is not None and SPURIOUS in labels:
             result.append(
-                BrushRegion(tags.brush, tags.image, out.spurious_rle, SPURIOUS, out.width, out.height)
+                BrushRegion(
+                    tags.brush, tags.image, out.spurious_rle, SPURIOUS, out.width, out.height
+                )
             )
         if tags.brush and ATTENTION in labels:
             result.append(
@@ -338,11 +342,11 @@ class Predictor:
                     tags.brush, tags.image, out.attention_rle, ATTENTION, out.width, out.height
                 )
             )
-        return Prediction(
-            model_version=served.version, score=float(out.probs.max()), result=result
-        )
+        return Prediction(model_version=served.version, score=float(out.probs.max()), result=result)
 
-    def _true_class(self, task: dict[str, Any], item: FetchedImage, served: ServedModel) -> str | None:
+    def _true_class(
+        self, task: dict[str, Any], item: FetchedImage, served: ServedModel
+    ) -> str | None:
         """From task data ``true_class``, else from ``…/<split>/<class>/<file>`` on disk."""
         value = task.get("data", {}).get("true_class")
         if isinstance(value, str) and value:

@@ -38,8 +38,15 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-def serve(factory: Callable[[], Flask], host: str, port: int, workers: int, threads: int = 1,
-          timeout: int = 300, debug: bool = False) -> None:
+def serve(
+    factory: Callable[[], Flask],
+    host: str,
+    port: int,
+    workers: int,
+    threads: int = 1,
+    timeout: int = 300,
+    debug: bool = False,
+) -> None:
     """Serve ``factory()``: gunicorn with ``workers`` processes, or Flask's server if ``debug``."""
     if debug:
         log.warning("Flask's development server (--debug): not for production use")

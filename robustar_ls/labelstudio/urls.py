@@ -16,9 +16,11 @@ on the machine.
 from __future__ import annotations
 
 import base64
+import contextlib
 import binascii
 import hmac
 import os
+import re
 import secrets
 import tempfile
 from hashlib import sha256
@@ -27,6 +29,7 @@ from urllib.parse import quote
 
 SECRET_FILE = "secret.key"
 SIGNATURE_CHARS = 32  # hex characters of the HMAC kept in the URL (128 bits)
+_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def load_or_create_secret(cache_dir: str | Path) -> str:
@@ -46,10 +49,9 @@ def load_or_create_secret(cache_dir: str | Path) -> str:
                 handle.write(secrets.token_hex(32))
                 handle.flush()
                 os.fsync(handle.fileno())
-            try:
+            # Fails if another process created the file first: then theirs is used.
+            with contextlib.suppress(FileExistsError):
                 os.link(tmp, path)
-            except FileExistsError:
-                pass  # another process created it first; use theirs
         finally:
             Path(tmp).unlink(missing_ok=True)
     secret = path.read_text().strip()
@@ -72,6 +74,8 @@ def image_key(image_ref: str) -> str:
 
 def image_ref_from_key(key: str) -> str:
     """The image reference a key encodes; ``ValueError`` for a malformed key."""
+    if not _KEY.fullmatch(key):
+        raise ValueError(f"malformed image key {key[:40]!r}")
     try:
         return base64.urlsafe_b64decode(key + "=" * (-len(key) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError) as err:
