@@ -16,8 +16,8 @@ on the machine.
 from __future__ import annotations
 
 import base64
-import contextlib
 import binascii
+import contextlib
 import hmac
 import os
 import re
