@@ -7,11 +7,14 @@ import json
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import jwt
 import numpy as np
+import torch
 from PIL import Image
 
 
@@ -110,3 +113,172 @@ class FakeLabelStudio:
             self._server.shutdown()
             self._server.server_close()
             thread.join(timeout=5)
+
+
+# -- a served backend over a tiny model -----------------------------------------------------
+
+CLASSES = ["circle", "square", "triangle"]
+SECRET = "test-secret-0123456789abcdef"
+
+
+class BrightObjects(torch.nn.Module):
+    """Torchvision-style detector: one instance = the pixels brighter than 0.6 (mean of RGB).
+
+    Records the number of images of each call (to check batching).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images):
+        self.calls.append(len(images))
+        outputs = []
+        for image in images:
+            hit = image.mean(dim=0) > 0.6
+            height, width = hit.shape
+            if hit.any():
+                ys, xs = torch.nonzero(hit, as_tuple=True)
+                box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]]).float()
+                outputs.append(
+                    {
+                        "boxes": box,
+                        "scores": torch.tensor([0.9]),
+                        "labels": torch.tensor([1]),
+                        "masks": hit.float()[None, None],
+                    }
+                )
+            else:
+                outputs.append(
+                    {
+                        "boxes": torch.zeros(0, 4),
+                        "scores": torch.zeros(0),
+                        "labels": torch.zeros(0, dtype=torch.int64),
+                        "masks": torch.zeros(0, 1, height, width),
+                    }
+                )
+        return outputs
+
+
+def save_tiny_checkpoint(path: Path, seed: int = 0, parent: str | None = None) -> str:
+    from robustar_ls.models.checkpoint import save_checkpoint
+    from robustar_ls.models.zoo import create_classifier
+
+    torch.manual_seed(seed)
+    model = create_classifier("resnet18_small", len(CLASSES), width=4)
+    return save_checkpoint(
+        path,
+        model,
+        arch="resnet18_small",
+        classes=CLASSES,
+        image_size=16,
+        width=4,
+        parent_version=parent,
+    )
+
+
+@dataclass
+class Backend:
+    """A Flask test client over a tiny classifier and a fake Mask R-CNN."""
+
+    app: Any
+    client: Any
+    predictor: Any
+    cfg: Any
+    root: Path
+    checkpoint: Path
+    version: str
+    detector: BrightObjects | None
+
+
+def local_ref(relpath: str) -> str:
+    return f"/data/local-files/?d={relpath}"
+
+
+def task(relpath: str, task_id: int = 1, **data) -> dict:
+    return {"id": task_id, "data": {"image": local_ref(relpath), **data}}
+
+
+def make_backend(
+    tmp_path: Path,
+    *,
+    segmenter: bool = True,
+    batch_size: int = 4,
+    cache_size: int = 64,
+    jobs=None,
+    annotation_hook=None,
+    auth: tuple[str, str] | None = None,
+    images: dict[str, np.ndarray] | None = None,
+    timing: dict | None = None,
+) -> Backend:
+    from robustar_ls.backend.app import create_app
+    from robustar_ls.backend.images import ImageFetcher
+    from robustar_ls.backend.model_holder import ModelHolder
+    from robustar_ls.backend.predictor import Predictor
+    from robustar_ls.config import SegmenterConfig, ServeConfig
+    from robustar_ls.models.segmenter import Segmenter
+
+    root = tmp_path / "docroot"
+    images = images or {
+        "ds/train/circle/c0.png": two_tone(),
+        "ds/train/square/s0.png": two_tone(20, 12, (2, 3, 9, 8)),
+        "ds/test/triangle/t0.png": two_tone(16, 16, (5, 5, 11, 11)),
+    }
+    for rel, array in images.items():
+        write_png(root / rel, array)
+    checkpoint = tmp_path / "model.pt"
+    version = save_tiny_checkpoint(checkpoint)
+    cfg = ServeConfig(
+        checkpoint=str(checkpoint),
+        document_root=str(root),
+        label_studio_url="http://127.0.0.1:9",
+        cache_dir=str(tmp_path / "cache"),
+        secret=SECRET,
+        batch_size=batch_size,
+        basic_auth_user=auth[0] if auth else "",
+        basic_auth_pass=auth[1] if auth else "",
+        device="cpu",
+    )
+    detector = BrightObjects() if segmenter else None
+    seg = (
+        Segmenter(detector, SegmenterConfig(device="cpu", batch_size=batch_size))
+        if detector
+        else None
+    )
+    predictor = Predictor(
+        ModelHolder(checkpoint, device="cpu"),
+        ImageFetcher.from_config(cfg),
+        seg,
+        saliency=cfg.saliency_config(),
+        batch_size=batch_size,
+        cache_size=cache_size,
+        cache_dir=cfg.resolved_cache_dir(),
+        timing=timing,
+    )
+    app = create_app(cfg, predictor=predictor, jobs=jobs, annotation_hook=annotation_hook)
+    return Backend(app, app.test_client(), predictor, cfg, root, checkpoint, version, detector)
+
+
+class FakeJobs:
+    """The TrainingJobs interface: one job at a time; a second start is answered, not queued."""
+
+    def __init__(self) -> None:
+        self.payloads: list[dict] = []
+        self.state = "idle"
+
+    def start(self, payload: dict):
+        if self.state == "running":
+            return False, self.status()
+        self.payloads.append(payload)
+        self.state = "running"
+        return True, self.status()
+
+    def status(self) -> dict:
+        return {
+            "state": self.state,
+            "started_at": None,
+            "finished_at": None,
+            "result": None,
+            "error": None,
+        }

@@ -168,6 +168,11 @@ class Predictor:
         """Build the per-model helpers before the model is published."""
         served.extras["explainer"] = SaliencyExplainer(served.model, self.saliency)
 
+    def _explainer(self, served: ServedModel) -> SaliencyExplainer:
+        if "explainer" not in served.extras:  # a holder loaded before this predictor existed
+            self._prepare(served)
+        return served.extras["explainer"]
+
     @property
     def model_version(self) -> str:
         return self.holder.current().version
@@ -289,7 +294,7 @@ class Predictor:
                     probs = torch.softmax(served.model(batch).float(), dim=1)
                 predicted = probs.argmax(dim=1)
             with self._timed("saliency"):
-                maps = served.extras["explainer"].maps(batch, predicted)
+                maps = self._explainer(served).maps(batch, predicted)
         spurious: list[np.ndarray | None] = [None] * len(images)
         if self.segmenter is not None:
             with self._timed("segmenter"):
@@ -449,7 +454,7 @@ class Predictor:
             batch = image_to_tensor(item.image, served.image_size).unsqueeze(0).to(served.device)
             with torch.no_grad():
                 predicted = served.model(batch).argmax(dim=1)
-            maps = served.extras["explainer"].maps(batch, predicted)
+            maps = self._explainer(served).maps(batch, predicted)
         width, height = item.image.size
         png = heatmap_png(item.image, resize_map(maps[0], width, height))
         if cache_path is not None:
