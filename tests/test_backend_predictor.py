@@ -37,7 +37,6 @@ def test_predictions_validate_against_the_sdk(tmp_path):
 
 def test_summary_names_prediction_truth_and_verdict(tmp_path):
     backend = make_backend(tmp_path)
-    served = backend.predictor.holder.current()
     preds = backend.predictor.predict(
         [
             task("ds/train/circle/c0.png", 1),
