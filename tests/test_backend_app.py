@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 from urllib.parse import urlparse
 
 import numpy as np
@@ -307,7 +308,10 @@ def test_bad_or_missing_signature_is_403(backend):
 def test_signed_urls_still_cannot_leave_the_document_root(backend, tmp_path):
     write_png(tmp_path / "private.png", two_tone())
     assert_clean_error(get_saliency(backend, local_ref("../private.png")), 403, "outside")
-    assert_clean_error(get_saliency(backend, str(tmp_path / "private.png")), 404, "")
+    # An absolute path outside the root is not read from disk: it is taken as a URL relative
+    # to Label Studio (unreachable here), never as a file.
+    response = get_saliency(backend, str(tmp_path / "private.png"))
+    assert_clean_error(response, 502, "http://127.0.0.1:9/")
     assert_clean_error(get_saliency(backend, local_ref("ds/none.png")), 404, "not found")
 
 
@@ -337,6 +341,7 @@ def test_start_training_runs_one_job_at_a_time(tmp_path):
 
 
 def test_annotation_events_are_acknowledged_and_routed(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="robustar_ls.backend.app")
     seen = []
     backend = make_backend(tmp_path, annotation_hook=lambda event, body: seen.append(event) or 1)
     for event in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED"):

@@ -424,16 +424,12 @@ class Predictor:
             y = _clip(float(value["y"]) * height / 100.0, height)
             return colour_range_mask(rgb, x, y), chosen
         if kind == "rectanglelabels":
-            x0 = float(value["x"]) * width / 100.0
-            y0 = float(value["y"]) * height / 100.0
-            x1 = x0 + float(value["width"]) * width / 100.0
-            y1 = y0 + float(value["height"]) * height / 100.0
-            box = (
-                _clip(min(x0, x1), width),
-                _clip(min(y0, y1), height),
-                _clip(max(x0, x1), width) + 1,
-                _clip(max(y0, y1), height) + 1,
-            )
+            # Pixel edges (x1, y1 exclusive); rounded so float noise never widens the box.
+            x0 = round(float(value["x"]) * width / 100.0, 6)
+            y0 = round(float(value["y"]) * height / 100.0, 6)
+            x1 = round(x0 + float(value["width"]) * width / 100.0, 6)
+            y1 = round(y0 + float(value["height"]) * height / 100.0, 6)
+            box = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
             return box_object_mask(image, box, self.segmenter), chosen
         return None, None
 
