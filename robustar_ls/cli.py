@@ -192,12 +192,6 @@ def add_serve(sub) -> None:
         help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT: /data/local-files/ images are read here",
     )
     p.add_argument("--label-studio-url", dest="label_studio_url", default=None)
-    p.add_argument(
-        "--public-url",
-        dest="public_url",
-        default=None,
-        help="this backend's URL as the annotator's browser sees it (for saliency images)",
-    )
     p.add_argument("--host", default=None, help="default 0.0.0.0")
     p.add_argument("--port", type=int, default=None, help="default 9090")
     p.add_argument("--workers", type=int, default=None, help="gunicorn worker processes")

@@ -121,7 +121,6 @@ class ServeConfig:
     document_root: str = ""  # Label Studio's LOCAL_FILES_DOCUMENT_ROOT: local files are read here
     label_studio_url: str = "http://localhost:8080"
     label_studio_api_key: str = field(default="", repr=False)  # legacy token or PAT (env)
-    public_url: str = ""  # this backend's URL as the annotator's browser sees it (saliency)
     basic_auth_user: str = ""
     basic_auth_pass: str = field(default="", repr=False)
     secret: str = field(default="", repr=False)

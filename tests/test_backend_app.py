@@ -156,14 +156,15 @@ def test_bad_tasks_get_empty_results_and_never_fail_their_neighbours(backend, ca
         {"id": 6},
         "not a task",
         task("../outside.png", 8),
-        task("ds/train/square/s0.png", 9),
+        {"id": 9, "data": {"image": "/data/local-files/?d=a%00b.png"}},
+        task("ds/train/square/s0.png", 10),
     ]
     response = predict(backend.client, tasks)
     assert response.status_code == 200
     results = response.get_json()["results"]
     assert len(results) == len(tasks)
     full = [bool(r["result"]) for r in results]
-    assert full == [True, False, False, False, False, False, False, False, True]
+    assert full == [True] + [False] * 8 + [True]
     assert all(r["model_version"] == backend.version for r in results)
     log = caplog.text
     for reason in (
@@ -173,6 +174,7 @@ def test_bad_tasks_get_empty_results_and_never_fail_their_neighbours(backend, ca
         "no image under $image",
         "no 'data' object",
         "outside the document root",
+        "cannot be used",
     ):
         assert reason in log
 

@@ -38,6 +38,8 @@ def test_plain_relative_and_absolute_paths_under_the_root(root):
         "/data/local-files/?d=ds/../../secret.png",
         "../secret.png",
         "ds/../../secret.png",
+        "/data/local-files/?d=%2e%2e/secret.png",
+        "/data/local-files/?d=ds%2F..%2F..%2Fsecret.png",
     ],
 )
 def test_path_traversal_out_of_the_root_is_refused(root, ref):
@@ -81,6 +83,16 @@ def test_missing_file_non_image_and_unknown_scheme(root):
         fetcher.fetch("/data/local-files/?x=1")
     with pytest.raises(ImageFetchError, match="empty"):
         fetcher.fetch("")
+
+
+def test_nul_bytes_and_odd_references_are_clear_400s(root):
+    fetcher = ImageFetcher(document_root=root)
+    for ref in ("/data/local-files/?d=a%00b.png", "a\x00b.png", "ds/\x00"):
+        with pytest.raises(ImageFetchError, match="cannot be used") as info:
+            fetcher.fetch(ref)
+        assert info.value.status == 400
+    with pytest.raises(ImageFetchError, match="no image reference"):
+        fetcher.fetch(None)
 
 
 def test_relative_path_without_document_root_says_what_to_configure():

@@ -211,6 +211,16 @@ class ImageFetcher:
 
     def fetch(self, ref: str) -> FetchedImage:
         """Load the image ``ref`` names as RGB, or raise :class:`ImageFetchError`."""
+        try:
+            return self._fetch(ref)
+        except ImageFetchError:
+            raise
+        except (ValueError, OSError) as err:  # e.g. a NUL byte in a path, an odd file system
+            raise ImageFetchError(
+                f"image reference {str(ref)[:120]!r} cannot be used: {err}", 400
+            ) from err
+
+    def _fetch(self, ref: str) -> FetchedImage:
         path = self.local_path(ref)
         if path is not None:
             return self._read_file(path, ref)

@@ -234,6 +234,10 @@ class Predictor:
                     fetched[i] = self.fetcher.fetch(self._image_ref(task, tags))
                 except (ImageFetchError, TaskError) as err:
                     log.warning("task %s: no prediction: %s", _task_id(task), err)
+                except Exception:  # never let one task's image fail the others
+                    log.exception(
+                        "task %s: no prediction: loading its image failed", _task_id(task)
+                    )
         todo = []
         for i, item in enumerate(fetched):
             if item is None:
