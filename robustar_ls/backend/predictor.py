@@ -41,7 +41,7 @@ from PIL import Image
 from robustar_ls.backend.images import FetchedImage, ImageFetcher, ImageFetchError
 from robustar_ls.backend.model_holder import ModelHolder, ServedModel
 from robustar_ls.config import SaliencyConfig, ServeConfig
-from robustar_ls.data.folders import SPLITS, image_to_tensor
+from robustar_ls.data.folders import SPLITS, image_to_tensor, normalize
 from robustar_ls.explain.interactive import box_object_mask, colour_range_mask
 from robustar_ls.explain.saliency import SaliencyExplainer, attention_mask, heatmap_png
 from robustar_ls.labelstudio.brush import mask_to_rle
@@ -117,6 +117,21 @@ def resize_map(saliency: np.ndarray, width: int, height: int) -> np.ndarray:
     image = Image.fromarray(saliency.astype(np.float32), mode="F")
     resized = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
     return np.clip(resized, 0.0, 1.0)
+
+
+def images_to_batch(images: Sequence[Image.Image], image_size: int) -> torch.Tensor:
+    """RGB images → the classifier's normalised ``(N, 3, S, S)`` batch.
+
+    The same bilinear resize and ImageNet normalisation as ``image_to_tensor`` (training), with
+    the arithmetic done once for the whole batch.
+    """
+    size = (image_size, image_size)
+    arrays = [
+        np.asarray(im if im.size == size else im.resize(size, Image.Resampling.BILINEAR))
+        for im in images
+    ]
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+    return normalize(batch)
 
 
 def summary_text(classes: Sequence[str], probs: np.ndarray, true_class: str | None) -> str:
@@ -291,9 +306,8 @@ class Predictor:
         """Classifier, saliency and segmenter on a batch of images."""
         with self._compute_lock:
             with self._timed("classifier"):
-                batch = torch.stack(
-                    [image_to_tensor(item.image, served.image_size) for item in images]
-                ).to(served.device)
+                batch = images_to_batch([item.image for item in images], served.image_size)
+                batch = batch.to(served.device)
                 with torch.no_grad():
                     probs = torch.softmax(served.model(batch).float(), dim=1)
                 predicted = probs.argmax(dim=1)
