@@ -305,9 +305,10 @@ class Predictor:
     def _compute(self, served: ServedModel, images: Sequence[FetchedImage]) -> list[ImageOutputs]:
         """Classifier, saliency and segmenter on a batch of images."""
         with self._compute_lock:
-            with self._timed("classifier"):
+            with self._timed("load"):  # decoding + resizing + normalising = image load
                 batch = images_to_batch([item.image for item in images], served.image_size)
                 batch = batch.to(served.device)
+            with self._timed("classifier"):
                 with torch.no_grad():
                     probs = torch.softmax(served.model(batch).float(), dim=1)
                 predicted = probs.argmax(dim=1)
