@@ -210,6 +210,8 @@ def run_import(args: argparse.Namespace) -> int:
     from robustar_ls.labelstudio.client import LabelStudioError, connect
     from robustar_ls.labelstudio.project_import import import_project, summary_line
 
+    if not args.verbose:  # one INFO line per HTTP request otherwise
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     secrets = secrets_from_env()
     ls_cfg = build(
         LabelStudioConfig,
