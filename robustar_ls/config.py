@@ -80,6 +80,16 @@ class LabelStudioConfig:
     document_root: str = ""
 
 
+@dataclass(frozen=True)
+class SyncConfig:
+    """Pulling finished brush annotations from Label Studio (``robustar_ls.labelstudio.sync``)."""
+
+    retries: int = 4  # retries per request on connection errors / 5xx answers
+    backoff: float = 0.5  # seconds before the first retry; doubled each time
+    page_size: int = 100  # tasks per page
+    label: str = "Spurious"  # the brush label whose regions make the mask
+
+
 def secrets_from_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """Secrets the entry points need, from the environment (never from a settings file)."""
     env = os.environ if environ is None else environ
