@@ -24,7 +24,8 @@ class FakeTasks:
         self.calls: list[int] = []
         self.fail: dict[int, Exception] = {}  # page -> error raised every time
 
-    def list(self, *, project, fields, page, page_size):
+    def list(self, *, project, fields, page, page_size, request_options=None):
+        assert request_options == {"max_retries": 0}  # one retry policy: ours
         assert fields == "all"
         self.calls.append(page)
         if page in self.fail:
@@ -37,7 +38,9 @@ class FakeClient:
     def __init__(self, tasks: list[dict]) -> None:
         self.tasks = FakeTasks(tasks)
         self.projects = SimpleNamespace(
-            get=lambda id: SimpleNamespace(id=id, label_config=default_label_config())
+            get=lambda id, request_options=None: SimpleNamespace(
+                id=id, label_config=default_label_config()
+            )
         )
         self._client_wrapper = SimpleNamespace(get_base_url=lambda: "http://ls.test:1234")
 

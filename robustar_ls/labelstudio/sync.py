@@ -73,6 +73,8 @@ ANNOTATION_RULE = (
     "regions are OR-ed into the mask, 'Model attention' regions are ignored"
 )
 DEFAULT_PAGE_SIZE = 100
+# the SDK retries by itself (twice, with its own backoff); ours is the one retry policy
+NO_SDK_RETRIES = {"max_retries": 0}
 
 
 class SyncError(RuntimeError):
@@ -206,7 +208,11 @@ def fetch_tasks(
     def page(number: int) -> tuple[list[dict[str, Any]], int]:
         pager = with_retries(
             lambda: client.tasks.list(
-                project=project_id, fields="all", page=number, page_size=page_size
+                project=project_id,
+                fields="all",
+                page=number,
+                page_size=page_size,
+                request_options=NO_SDK_RETRIES,
             ),
             f"page {number} of the tasks of project {project_id}",
             url,
@@ -238,7 +244,7 @@ def project_label_config(
     client: Any, project_id: int, retries: int = 4, backoff: float = 0.5, sleep=time.sleep
 ) -> str:
     project = with_retries(
-        lambda: client.projects.get(id=project_id),
+        lambda: client.projects.get(id=project_id, request_options=NO_SDK_RETRIES),
         f"project {project_id}",
         base_url(client),
         retries,
