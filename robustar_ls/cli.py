@@ -12,12 +12,14 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from robustar_ls import __version__
 from robustar_ls.config import (
     ConfigError,
     ModelConfig,
+    PairedConfig,
     SyntheticConfig,
     TrainConfig,
     build,
@@ -178,9 +180,115 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- sync-train -----------------------------------------------------------------------------
+
+
+def add_sync_train(sub) -> None:
+    p = sub.add_parser(
+        "sync-train",
+        help="paired fine-tuning of a checkpoint from spurious-pixel masks",
+        description="Fine-tune CKPT with paired training from the masks in DIR (default "
+        "<data>/masks), evaluate before and after on every split and write the new checkpoint "
+        "atomically (over CKPT unless --out). Under `torchrun --nproc-per-node N --no-python "
+        "robustar-ls sync-train ...` it trains with DistributedDataParallel.",
+    )
+    p.add_argument("--data", required=True, help="dataset folder with train/<class>/...")
+    p.add_argument("--checkpoint", required=True, help="checkpoint to fine-tune (the served one)")
+    p.add_argument(
+        "--masks",
+        default=None,
+        help="mask folder laid out as DIR/train/<class>/<stem>.png (default <data>/masks; "
+        "e.g. <data>/oracle_masks for a synthetic dataset)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="where to write the new checkpoint (default: over --checkpoint, atomically)",
+    )
+    p.add_argument(
+        "--fill",
+        choices=FILL_MODE_CHOICES,
+        default=None,
+        help="what replaces the spurious pixels (default noise)",
+    )
+    p.add_argument(
+        "--align-weight",
+        dest="align_weight",
+        type=float,
+        default=None,
+        help="λ of the logit-alignment term (default 0.1; 1 diverged in tests)",
+    )
+    p.add_argument(
+        "--worst-of",
+        dest="worst_of",
+        type=int,
+        default=None,
+        help="K > 1: of K random fills per image train on the worst (default 1)",
+    )
+    add_train_flags(p)
+    p.set_defaults(func=run_sync_train)
+
+
+# The fill modes, listed here so that building the parser does not import torch.
+FILL_MODE_CHOICES = ("noise", "weak_noise", "black", "colour", "stripes", "mixture")
+
+
+def resolve_masks(args: argparse.Namespace) -> Path:
+    """The mask folder paired training reads: ``--masks`` or ``<data>/masks``.
+
+    Hook for Label Studio sync: when ``--label-studio-url`` is given, sync the finished
+    annotations into this folder here, before training (added by the sync helper).
+    """
+    return Path(args.masks) if args.masks else Path(args.data) / "masks"
+
+
+def run_sync_train(args: argparse.Namespace) -> int:
+    from robustar_ls.data.masks import MaskError
+    from robustar_ls.train.fills import FillError
+    from robustar_ls.train.finetune import paired_finetune
+
+    paired_cfg = build(PairedConfig, settings_section(args, "paired"), pick(args, PairedConfig))
+    masks = resolve_masks(args)
+    try:
+        summary = paired_finetune(
+            args.data,
+            args.checkpoint,
+            masks,
+            paired_cfg,
+            train_config(args),
+            out=args.out,
+            progress=tqdm_progress(not args.quiet),
+        )
+    except (MaskError, FillError) as err:
+        raise UserError(str(err)) from err
+    if summary is None:  # a DDP worker other than rank 0: rank 0 reports
+        return 0
+    if args.json:
+        print_json(
+            {
+                "model_version": summary["model_version"],
+                "parent_version": summary["parent_version"],
+                "before": summary["before"],
+                "after": summary["after"],
+                "annotated": summary["annotated"],
+                "loss_terms": summary["loss_terms"],
+                "out": summary["out"],
+            }
+        )
+    else:
+        before = ", ".join(f"{s} {a:.3f}" for s, a in summary["before"].items())
+        after = ", ".join(f"{s} {a:.3f}" for s, a in summary["after"].items())
+        print(
+            f"saved {summary['out']} ({summary['model_version']}, parent "
+            f"{summary['parent_version']}); {summary['annotated']} annotated images\n"
+            f"  before: {before}\n  after:  {after}"
+        )
+    return 0
+
+
 # -- entry point ----------------------------------------------------------------------------
 
-COMMANDS = [add_make_dataset, add_train, add_eval]
+COMMANDS = [add_make_dataset, add_train, add_eval, add_sync_train]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
