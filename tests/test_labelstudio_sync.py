@@ -13,6 +13,7 @@ from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.masks import MaskStore
 from robustar_ls.labelstudio.sync import (
     LabelStudioUnavailable,
+    SyncError,
     choose_annotation,
     decode_regions,
     relpath_of_task,
@@ -267,7 +268,7 @@ def test_sync_client_errors_are_not_retried(dataset, store):
     client = FakeClient([])
     client.tasks.fail[1] = ApiError(403)
     sleeps: list[float] = []
-    with pytest.raises(ApiError):
+    with pytest.raises(SyncError, match="refused page 1 .*HTTP 403"):
         sync_masks(client, 7, dataset, store, retries=3, sleep=sleeps.append)
     assert client.tasks.calls == [1] and sleeps == []
 

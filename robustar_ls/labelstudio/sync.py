@@ -161,7 +161,18 @@ def with_retries(
             return call()
         except Exception as err:
             if not is_transient(err):
-                raise
+                status = getattr(err, "status_code", None)
+                if not isinstance(status, int):
+                    raise
+                hint = {
+                    401: "; check the API key (LABEL_STUDIO_API_KEY)",
+                    403: "; the API key's user may not read this project",
+                    404: "; does the project exist?",
+                }.get(status, "")
+                raise SyncError(
+                    f"Label Studio at {url} refused {what}: HTTP {status} "
+                    f"{getattr(err, 'body', '')}{hint}. Nothing was written."
+                ) from err
             if attempt == retries:
                 raise LabelStudioUnavailable(
                     f"Label Studio at {url} stopped answering while fetching {what} "

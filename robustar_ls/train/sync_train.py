@@ -8,7 +8,8 @@ the store (e.g. ``<data>/oracle_masks``).
 
 Syncs into one mask store are serialised by an ``flock`` on ``<masks>/.sync.lock``: a CLI run and
 a webhook job, or the ranks of a ``torchrun`` launch (each rank syncs; the sync is idempotent,
-so only the first one writes), never interleave their writes.
+so only the first one writes), never interleave their writes. A dry run takes no lock (it writes
+nothing, not even the lock file).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import fcntl
 import logging
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,8 @@ def sync_from_label_studio(
             f"{label_studio.project!r}; create it with `robustar-ls import`"
         )
     masks_root = Path(masks_root)
-    with mask_store_lock(masks_root):
+    # a dry run writes nothing, not even the lock file
+    with nullcontext() if dry_run else mask_store_lock(masks_root):
         return sync_masks(
             client,
             project_id_of(project),
