@@ -6,13 +6,21 @@ import sys
 import threading
 from types import ModuleType, SimpleNamespace
 
+import httpx
 import numpy as np
 import pytest
 
+from robustar_ls.cli import main
 from robustar_ls.config import LabelStudioConfig, SyncConfig
 from robustar_ls.data.masks import MaskStore
 from robustar_ls.train import sync_train
-from robustar_ls.train.sync_train import NoMasksError, mask_store_lock, sync_and_train
+from robustar_ls.train.jobs import TrainingJobs
+from robustar_ls.train.sync_train import (
+    NoMasksError,
+    mask_store_lock,
+    sync_and_train,
+    training_job,
+)
 from tests.fake_ls import FakeClient, annotation, box, region, task
 
 LS = LabelStudioConfig(url="http://ls.test:1234", api_key="k", project="robustar")
@@ -123,3 +131,38 @@ def test_mask_store_lock_serialises(tmp_path):
 def _enter(tmp_path, order):
     with mask_store_lock(tmp_path / "masks"):
         order.append("second in")
+
+
+def test_training_job_runs_sync_and_train_in_the_background(
+    data, client, fake_finetune, monkeypatch
+):
+    monkeypatch.setattr("robustar_ls.labelstudio.client.connect", lambda url, key: client)
+    jobs = TrainingJobs(
+        training_job(data, data / "m.pt", label_studio=LS), state_dir=data / "state"
+    )
+    started, _ = jobs.start({"action": "START_TRAINING"})
+    status = jobs.wait(30)
+    assert started and status["state"] == "succeeded", status
+    assert status["result"]["model_version"] == "v2-new"
+    assert status["result"]["sync"]["added"] == ["a/0.png"]
+
+
+def test_training_job_failure_is_reported_in_the_status(data, client, fake_finetune, monkeypatch):
+    monkeypatch.setattr("robustar_ls.labelstudio.client.connect", lambda url, key: client)
+    client.tasks.fail[1] = httpx.ConnectError("connection refused")
+    sync = SyncConfig(retries=1, backoff=0.0)
+    jobs = TrainingJobs(training_job(data, data / "m.pt", label_studio=LS, sync=sync))
+    jobs.start({})
+    status = jobs.wait(30)
+    assert status["state"] == "failed" and "stopped answering" in status["error"]
+    assert fake_finetune == []
+
+
+def test_cli_flag_errors(data, monkeypatch, capsys):
+    base = ["sync-train", "--data", str(data), "--checkpoint", str(data / "m.pt")]
+    assert main([*base, "--dry-run"]) == 2
+    assert "--dry-run and --project need --label-studio-url" in capsys.readouterr().err
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    monkeypatch.delenv("LABEL_STUDIO_USER_TOKEN", raising=False)
+    assert main([*base, "--label-studio-url", "http://ls.test:1"]) == 2
+    assert "set LABEL_STUDIO_API_KEY" in capsys.readouterr().err
