@@ -279,6 +279,7 @@ def label_studio_config(args: argparse.Namespace) -> LabelStudioConfig | None:
 
 def run_sync_train(args: argparse.Namespace) -> int:
     from robustar_ls.data.masks import MaskError
+    from robustar_ls.labelstudio.client import LabelStudioError
     from robustar_ls.labelstudio.sync import SyncError
     from robustar_ls.train.fills import FillError
     from robustar_ls.train.sync_train import NoMasksError, sync_and_train
@@ -299,7 +300,7 @@ def run_sync_train(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             progress=tqdm_progress(not args.quiet),
         )
-    except (MaskError, FillError, SyncError, NoMasksError) as err:
+    except (MaskError, FillError, SyncError, NoMasksError, LabelStudioError) as err:
         raise UserError(str(err)) from err
     if summary is None:  # a DDP worker other than rank 0: rank 0 reports
         return 0
@@ -347,9 +348,68 @@ def sync_summary(sync: dict) -> str:
     return "\n".join([line, *(f"  error: {e['error']}" for e in sync["errors"])])
 
 
+# -- import -------------------------------------------------------------------------------
+
+
+def add_import(sub) -> None:
+    p = sub.add_parser(
+        "import",
+        help="create or update the Label Studio project for a dataset",
+        description="One task per training image, served from Label Studio's local files, the "
+        "ML backend connected and a Data Manager view ordered by influence. Running it again "
+        "adds only new images. The API key comes from LABEL_STUDIO_API_KEY (or "
+        "LABEL_STUDIO_USER_TOKEN), backend basic auth from BASIC_AUTH_USER/BASIC_AUTH_PASS.",
+    )
+    p.add_argument("--data", required=True, help="dataset folder with train/<class>/<image>")
+    p.add_argument("--label-studio-url", dest="url", default=None, help="Label Studio URL")
+    p.add_argument("--project", default=None, help="project title (found or created)")
+    p.add_argument("--backend-url", dest="backend_url", default=None, help="ML backend URL")
+    p.add_argument(
+        "--document-root",
+        dest="document_root",
+        default=None,
+        help="the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (must contain --data)",
+    )
+    p.add_argument("--label-config", dest="label_config", default=None, help="labeling XML")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    p.set_defaults(func=run_import)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from robustar_ls.config import ImportConfig, LabelStudioConfig, secrets_from_env
+    from robustar_ls.labelstudio.client import LabelStudioError, connect
+    from robustar_ls.labelstudio.project_import import import_project, summary_line
+
+    secrets = secrets_from_env()
+    ls_cfg = build(
+        LabelStudioConfig,
+        settings_section(args, "label_studio"),
+        pick(args, LabelStudioConfig),
+        {"api_key": secrets["label_studio_api_key"]},
+    )
+    cfg = build(ImportConfig, settings_section(args, "import"), pick(args, ImportConfig))
+    if cfg.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    basic_auth = None
+    if secrets["basic_auth_user"]:
+        basic_auth = (secrets["basic_auth_user"], secrets["basic_auth_pass"])
+    try:
+        client = connect(ls_cfg.url, ls_cfg.api_key)
+        summary = import_project(
+            client, ls_cfg, cfg, basic_auth=basic_auth, progress=tqdm_progress(not args.quiet)
+        )
+    except LabelStudioError as err:
+        raise UserError(str(err)) from err
+    if args.json:
+        print_json(summary)
+    else:
+        print(summary_line(summary))
+    return 0
+
+
 # -- entry point ----------------------------------------------------------------------------
 
-COMMANDS = [add_make_dataset, add_train, add_eval, add_sync_train]
+COMMANDS = [add_make_dataset, add_train, add_eval, add_sync_train, add_import]
 
 
 def get_args_parser() -> argparse.ArgumentParser:

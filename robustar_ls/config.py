@@ -116,6 +116,16 @@ class SaliencyConfig:
     top_fraction: float = 0.1  # share of pixels in the "Model attention" brush region
 
 
+@dataclass(frozen=True)
+class ImportConfig:
+    """``robustar-ls import``: an ImageFolder dataset becomes a Label Studio project."""
+
+    data: str = ""  # dataset folder with train/<class>/<image>
+    backend_url: str = ""  # ML backend to connect ("" = none)
+    label_config: str = ""  # labeling config XML file ("" = the packaged robustar.xml)
+    batch_size: int = 1000  # tasks per import request
+
+
 def secrets_from_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """Secrets the entry points need, from the environment (never from a settings file)."""
     env = os.environ if environ is None else environ
