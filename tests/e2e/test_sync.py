@@ -189,3 +189,12 @@ def test_unreachable_label_studio_is_a_clear_error(project):
     with pytest.raises(LabelStudioUnavailable, match=r"Label Studio at http://127.0.0.1:9 stopped"):
         sync_masks(dead, project.id, project.data, project.store, retries=1, backoff=0.01)
     assert not project.store.root.exists()
+
+
+def test_sync_with_a_personal_access_token(label_studio, tmp_path):
+    project = Project(label_studio.client("pat"), tmp_path / "pat")
+    mask = box(2, 10, 4, 12)
+    project.annotate("dog/0.png", [brush(mask)])
+    report = project.sync()
+    assert report.added == ["dog/0.png"] and report.errors == []
+    np.testing.assert_array_equal(project.store.read("dog/0.png"), mask > 0)
