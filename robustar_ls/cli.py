@@ -282,7 +282,7 @@ def run_sync_train(args: argparse.Namespace) -> int:
     from robustar_ls.labelstudio.client import LabelStudioError
     from robustar_ls.labelstudio.sync import SyncError
     from robustar_ls.train.fills import FillError
-    from robustar_ls.train.sync_train import NoMasksError, sync_and_train
+    from robustar_ls.train.sync_train import NoMasksError, SyncRankError, sync_and_train
 
     paired_cfg = build(PairedConfig, settings_section(args, "paired"), pick(args, PairedConfig))
     sync_cfg = build(SyncConfig, settings_section(args, "sync"))
@@ -300,7 +300,14 @@ def run_sync_train(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             progress=tqdm_progress(not args.quiet),
         )
-    except (MaskError, FillError, SyncError, NoMasksError, LabelStudioError) as err:
+    except (
+        MaskError,
+        FillError,
+        SyncError,
+        NoMasksError,
+        SyncRankError,
+        LabelStudioError,
+    ) as err:
         raise UserError(str(err)) from err
     if summary is None:  # a DDP worker other than rank 0: rank 0 reports
         return 0

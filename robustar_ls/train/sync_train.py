@@ -7,9 +7,8 @@ a summary with the sync report. Without Label Studio settings it trains from the
 the store (e.g. ``<data>/oracle_masks``).
 
 Syncs into one mask store are serialised by an ``flock`` on ``<masks>/.sync.lock``: a CLI run and
-a webhook job, or the ranks of a ``torchrun`` launch (each rank syncs; the sync is idempotent,
-so only the first one writes), never interleave their writes. A dry run takes no lock (it writes
-nothing, not even the lock file).
+a webhook job never interleave their writes. A dry run takes no lock (it writes nothing, not even
+the lock file). Under ``torchrun`` only rank 0 syncs; the other ranks wait for it.
 """
 
 from __future__ import annotations
@@ -31,6 +30,10 @@ LOCK_FILE = ".sync.lock"
 
 class NoMasksError(RuntimeError):
     """After syncing, no training image has a mask: nothing to pair."""
+
+
+class SyncRankError(RuntimeError):
+    """Under torchrun: rank 0's sync failed (this rank waited for it)."""
 
 
 @contextmanager
@@ -118,19 +121,47 @@ def sync_and_train(
     ``after``, …) plus ``"sync"``: the sync report as a dict (None without Label Studio) and
     ``"trained"``: True. With ``dry_run`` the sync only reports and nothing is trained
     (``{"sync": …, "trained": False}``). On a ``torchrun`` rank other than 0, None.
+
+    Under ``torchrun`` only rank 0 talks to Label Studio; the other ranks wait for it in the
+    process group (started here, then reused by the training) before reading the masks.
     """
     masks_root = Path(masks) if masks else Path(data) / "masks"
-    report = None
-    if label_studio is not None:
-        report = sync_from_label_studio(
+    if label_studio is None:
+        if dry_run:
+            raise ValueError("dry_run needs Label Studio settings: it previews a sync")
+        return _train(data, checkpoint, masks_root, paired, train, out, progress, None)
+
+    from robustar_ls.train.distributed import init_distributed, launched_by_torchrun, shutdown
+
+    def run_sync():
+        return sync_from_label_studio(
             label_studio, data, masks_root, sync, dry_run=dry_run, progress=progress, client=client
         )
-        if dry_run:
-            return {"sync": report.to_dict(), "trained": False}
-        _check_has_masks(data, masks_root, report)
-    elif dry_run:
-        raise ValueError("dry_run needs Label Studio settings: it previews a sync")
 
+    if not launched_by_torchrun():
+        report = run_sync()
+        return _after_sync(
+            report, data, checkpoint, masks_root, paired, train, out, dry_run, progress
+        )
+    ctx = init_distributed(train.device)
+    try:
+        report = _on_rank0_then_share(ctx, run_sync)
+        result = _after_sync(
+            report, data, checkpoint, masks_root, paired, train, out, dry_run, progress
+        )
+        return result if ctx.is_main else None
+    finally:
+        shutdown(ctx)
+
+
+def _after_sync(report, data, checkpoint, masks_root, paired, train, out, dry_run, progress):
+    if dry_run:
+        return {"sync": report.to_dict(), "trained": False}
+    _check_has_masks(data, masks_root, report)
+    return _train(data, checkpoint, masks_root, paired, train, out, progress, report.to_dict())
+
+
+def _train(data, checkpoint, masks_root, paired, train, out, progress, report):
     from robustar_ls.train.finetune import paired_finetune
 
     result = paired_finetune(
@@ -138,7 +169,27 @@ def sync_and_train(
     )
     if result is None:
         return None
-    return {**result, "sync": None if report is None else report.to_dict(), "trained": True}
+    return {**result, "sync": report, "trained": True}
+
+
+def _on_rank0_then_share(ctx, compute: Callable[[], Any]) -> Any:
+    """Run ``compute`` on rank 0 only; every rank returns its result (or raises its error)."""
+    import torch.distributed as dist
+
+    box: list[Any] = [None]
+    error: BaseException | None = None
+    if ctx.is_main:
+        try:
+            box = [{"ok": compute()}]
+        except Exception as err:  # shared, then re-raised below
+            error = err
+            box = [{"error": f"{type(err).__name__}: {err}"}]
+    dist.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error
+    if "error" in box[0]:
+        raise SyncRankError(f"rank 0 failed to sync from Label Studio: {box[0]['error']}")
+    return box[0]["ok"]
 
 
 def _check_has_masks(data: str | Path, masks_root: Path, report) -> None:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import uuid
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -31,9 +36,9 @@ def spurious(mask: np.ndarray) -> dict:
     }
 
 
-def test_sync_train_pulls_masks_and_bumps_the_model_version(
-    label_studio, tiny_dataset, tmp_path, capsys, monkeypatch
-):
+@pytest.fixture
+def annotated(label_studio, tiny_dataset, tmp_path) -> SimpleNamespace:
+    """A copy of the tiny dataset, an untrained checkpoint, a project with two annotations."""
     data_root = tmp_path / "data"
     shutil.copytree(tiny_dataset, data_root)
     data = ImageFolderSplits.open(data_root)
@@ -60,9 +65,7 @@ def test_sync_train_pulls_masks_and_bumps_the_model_version(
     annotated = [samples[0].relpath, samples[-1].relpath]
     for rel in annotated:
         client.annotations.create(id=task_of[rel], result=[spurious(mask)])
-
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.legacy_token)
-    common = [
+    argv = [
         "sync-train",
         "--data",
         str(data_root),
@@ -75,20 +78,32 @@ def test_sync_train_pulls_masks_and_bumps_the_model_version(
         "--json",
         "-q",
     ]
-    assert main([*common, "--dry-run"]) == 0
-    preview = json.loads(capsys.readouterr().out)
-    assert preview["trained"] is False and sorted(preview["sync"]["added"]) == sorted(annotated)
-    assert read_version(checkpoint) == v0 and not (data_root / "masks").exists()
+    return SimpleNamespace(
+        data_root=data_root, checkpoint=checkpoint, v0=v0, mask=mask, relpaths=annotated, argv=argv
+    )
 
-    assert main([*common, "--epochs", "1", "--batch-size", "16", "--device", "cpu"]) == 0
+
+def test_sync_train_pulls_masks_and_bumps_the_model_version(
+    label_studio, annotated, capsys, monkeypatch
+):
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.legacy_token)
+    assert main([*annotated.argv, "--dry-run"]) == 0
+    preview = json.loads(capsys.readouterr().out)
+    assert preview["trained"] is False
+    assert sorted(preview["sync"]["added"]) == sorted(annotated.relpaths)
+    assert read_version(annotated.checkpoint) == annotated.v0
+    assert not (annotated.data_root / "masks").exists()
+
+    train = ["--epochs", "1", "--batch-size", "16", "--device", "cpu"]
+    assert main([*annotated.argv, *train]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["parent_version"] == v0 and summary["model_version"] != v0
-    assert read_version(checkpoint) == summary["model_version"]
-    assert sorted(summary["sync"]["added"]) == sorted(annotated)
+    assert summary["parent_version"] == annotated.v0 != summary["model_version"]
+    assert read_version(annotated.checkpoint) == summary["model_version"]
+    assert sorted(summary["sync"]["added"]) == sorted(annotated.relpaths)
     assert set(summary["before"]) == set(summary["after"]) >= {"train", "test"}
-    store = MaskStore(data_root / "masks")
-    for rel in annotated:
-        np.testing.assert_array_equal(store.read(rel), mask > 0)
+    store = MaskStore(annotated.data_root / "masks")
+    for rel in annotated.relpaths:
+        np.testing.assert_array_equal(store.read(rel), annotated.mask > 0)
 
 
 def test_sync_train_unknown_project_is_a_user_error(
@@ -109,3 +124,25 @@ def test_sync_train_unknown_project_is_a_user_error(
     ]
     assert main(argv) == 2
     assert "no-such-project" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sync_train_under_torchrun_syncs_once_on_rank_0(label_studio, annotated):
+    repo = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(repo),
+        "OMP_NUM_THREADS": "1",
+        "LABEL_STUDIO_API_KEY": label_studio.legacy_token,
+    }
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["-m", "robustar_ls.cli", *annotated.argv, "--epochs", "1", "--batch-size", "4"]
+    proc = subprocess.run(
+        [*cmd, "--device", "cpu"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)  # one JSON document: rank 0's
+    # rank 0 did the sync and reports it (with every rank syncing, another could have won)
+    assert sorted(summary["sync"]["added"]) == sorted(annotated.relpaths)
+    assert summary["parent_version"] == annotated.v0
+    assert read_version(annotated.checkpoint) == summary["model_version"] != annotated.v0
