@@ -81,6 +81,16 @@ class LabelStudioConfig:
 
 
 @dataclass(frozen=True)
+class SyncConfig:
+    """Pulling finished brush annotations from Label Studio (``robustar_ls.labelstudio.sync``)."""
+
+    retries: int = 4  # retries per request on connection errors / 5xx answers
+    backoff: float = 0.5  # seconds before the first retry; doubled each time
+    page_size: int = 100  # tasks per page
+    label: str = "Spurious"  # the brush label whose regions make the mask
+
+
+@dataclass(frozen=True)
 class SegmenterConfig:
     """Mask R-CNN (COCO) segmenter that pre-fills the "Spurious" brush region.
 
