@@ -156,6 +156,9 @@ def server_env(
         LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
         LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(document_root),
         LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
+        # The ML backend runs on this machine: let Label Studio call loopback addresses.
+        ML_BLOCK_LOCAL_IP="false",
+        SSRF_PROTECTION_ENABLED="false",
     )
     return env
 
