@@ -12,18 +12,23 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from robustar_ls import __version__
 from robustar_ls.config import (
     ConfigError,
+    LabelStudioConfig,
     ModelConfig,
+    PairedConfig,
     ServeConfig,
+    SyncConfig,
     SyntheticConfig,
     TrainConfig,
     build,
     pick,
     read_settings_file,
+    secrets_from_env,
 )
 
 log = logging.getLogger("robustar_ls")
@@ -179,6 +184,239 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- sync-train -----------------------------------------------------------------------------
+
+
+def add_sync_train(sub) -> None:
+    p = sub.add_parser(
+        "sync-train",
+        help="sync masks from Label Studio, then paired fine-tuning of a checkpoint",
+        description="With --label-studio-url, first pull the finished 'Spurious' brush "
+        "annotations of project TITLE into DIR (default <data>/masks; API key from "
+        "LABEL_STUDIO_API_KEY). Then fine-tune CKPT with paired training from the masks in DIR, "
+        "evaluate before and after on every split and write the new checkpoint atomically "
+        "(over CKPT unless --out). Under `torchrun --nproc-per-node N --no-python "
+        "robustar-ls sync-train ...` it trains with DistributedDataParallel.",
+    )
+    p.add_argument("--data", required=True, help="dataset folder with train/<class>/...")
+    p.add_argument("--checkpoint", required=True, help="checkpoint to fine-tune (the served one)")
+    p.add_argument(
+        "--masks",
+        default=None,
+        help="mask folder laid out as DIR/train/<class>/<stem>.png (default <data>/masks; "
+        "e.g. <data>/oracle_masks for a synthetic dataset)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="where to write the new checkpoint (default: over --checkpoint, atomically)",
+    )
+    p.add_argument(
+        "--fill",
+        choices=FILL_MODE_CHOICES,
+        default=None,
+        help="what replaces the spurious pixels (default noise)",
+    )
+    p.add_argument(
+        "--align-weight",
+        dest="align_weight",
+        type=float,
+        default=None,
+        help="λ of the logit-alignment term (default 0.1; 1 diverged in tests)",
+    )
+    p.add_argument(
+        "--worst-of",
+        dest="worst_of",
+        type=int,
+        default=None,
+        help="K > 1: of K random fills per image train on the worst (default 1)",
+    )
+    p.add_argument(
+        "--label-studio-url",
+        dest="label_studio_url",
+        default=None,
+        help="sync finished 'Spurious' brush annotations from this Label Studio into the mask "
+        "folder first (API key from LABEL_STUDIO_API_KEY)",
+    )
+    p.add_argument(
+        "--project",
+        default=None,
+        help="title of the Label Studio project to sync (default robustar-ls)",
+    )
+    p.add_argument(
+        "--dry-run",
+        dest="dry_run",
+        action="store_true",
+        help="with --label-studio-url: report what the sync would change; write and train nothing",
+    )
+    add_train_flags(p)
+    p.set_defaults(func=run_sync_train)
+
+
+# The fill modes, listed here so that building the parser does not import torch.
+FILL_MODE_CHOICES = ("noise", "weak_noise", "black", "colour", "stripes", "mixture")
+
+
+def resolve_masks(args: argparse.Namespace) -> Path:
+    """The mask folder training reads and a sync writes: ``--masks`` or ``<data>/masks``."""
+    return Path(args.masks) if args.masks else Path(args.data) / "masks"
+
+
+def label_studio_config(args: argparse.Namespace) -> LabelStudioConfig | None:
+    """Label Studio settings for a sync, or None without ``--label-studio-url``."""
+    if not args.label_studio_url:
+        if args.dry_run or args.project:
+            raise UserError("--dry-run and --project need --label-studio-url")
+        return None
+    api_key = secrets_from_env()["label_studio_api_key"]
+    if not api_key:
+        raise UserError(
+            "set LABEL_STUDIO_API_KEY to a Label Studio access token (Account & Settings → "
+            "Personal Access Token, or the legacy token) to sync from --label-studio-url"
+        )
+    flags = {"url": args.label_studio_url, "project": args.project, "api_key": api_key}
+    return build(LabelStudioConfig, settings_section(args, "label_studio"), flags)
+
+
+def run_sync_train(args: argparse.Namespace) -> int:
+    from robustar_ls.data.masks import MaskError
+    from robustar_ls.labelstudio.client import LabelStudioError
+    from robustar_ls.labelstudio.sync import SyncError
+    from robustar_ls.train.fills import FillError
+    from robustar_ls.train.sync_train import NoMasksError, SyncRankError, sync_and_train
+
+    paired_cfg = build(PairedConfig, settings_section(args, "paired"), pick(args, PairedConfig))
+    sync_cfg = build(SyncConfig, settings_section(args, "sync"))
+    label_studio = label_studio_config(args)
+    try:
+        summary = sync_and_train(
+            args.data,
+            args.checkpoint,
+            label_studio=label_studio,
+            paired=paired_cfg,
+            train=train_config(args),
+            sync=sync_cfg,
+            masks=resolve_masks(args),
+            out=args.out,
+            dry_run=args.dry_run,
+            progress=tqdm_progress(not args.quiet),
+        )
+    except (
+        MaskError,
+        FillError,
+        SyncError,
+        NoMasksError,
+        SyncRankError,
+        LabelStudioError,
+    ) as err:
+        raise UserError(str(err)) from err
+    if summary is None:  # a DDP worker other than rank 0: rank 0 reports
+        return 0
+    sync = summary["sync"]
+    if not summary["trained"]:  # --dry-run
+        if args.json:
+            print_json(summary)
+        else:
+            print(f"Label Studio sync (dry run): {sync_summary(sync)}")
+        return 0
+    if args.json:
+        print_json(
+            {
+                "model_version": summary["model_version"],
+                "parent_version": summary["parent_version"],
+                "before": summary["before"],
+                "after": summary["after"],
+                "annotated": summary["annotated"],
+                "loss_terms": summary["loss_terms"],
+                "out": summary["out"],
+                "sync": sync,
+            }
+        )
+    else:
+        before = ", ".join(f"{s} {a:.3f}" for s, a in summary["before"].items())
+        after = ", ".join(f"{s} {a:.3f}" for s, a in summary["after"].items())
+        if sync is not None:
+            print(f"Label Studio sync: {sync_summary(sync)}")
+        print(
+            f"saved {summary['out']} ({summary['model_version']}, parent "
+            f"{summary['parent_version']}); {summary['annotated']} annotated images\n"
+            f"  before: {before}\n  after:  {after}"
+        )
+    return 0
+
+
+def sync_summary(sync: dict) -> str:
+    """One line from a SyncReport dict, then its errors, one per line."""
+    c = sync["counts"]
+    changes = f"{c['added']} added, {c['updated']} updated, {c['removed']} removed"
+    line = (
+        f"{changes}{' (would be)' if sync['dry_run'] else ''}; {c['unchanged']} unchanged, "
+        f"{c['skipped']} skipped, {c['errors']} errors"
+    )
+    return "\n".join([line, *(f"  error: {e['error']}" for e in sync["errors"])])
+
+
+# -- import -------------------------------------------------------------------------------
+
+
+def add_import(sub) -> None:
+    p = sub.add_parser(
+        "import",
+        help="create or update the Label Studio project for a dataset",
+        description="One task per training image, served from Label Studio's local files, the "
+        "ML backend connected and a Data Manager view ordered by influence. Running it again "
+        "adds only new images. The API key comes from LABEL_STUDIO_API_KEY (or "
+        "LABEL_STUDIO_USER_TOKEN), backend basic auth from BASIC_AUTH_USER/BASIC_AUTH_PASS.",
+    )
+    p.add_argument("--data", required=True, help="dataset folder with train/<class>/<image>")
+    p.add_argument("--label-studio-url", dest="url", default=None, help="Label Studio URL")
+    p.add_argument("--project", default=None, help="project title (found or created)")
+    p.add_argument("--backend-url", dest="backend_url", default=None, help="ML backend URL")
+    p.add_argument(
+        "--document-root",
+        dest="document_root",
+        default=None,
+        help="the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (must contain --data)",
+    )
+    p.add_argument("--label-config", dest="label_config", default=None, help="labeling XML")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    p.set_defaults(func=run_import)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from robustar_ls.config import ImportConfig, LabelStudioConfig, secrets_from_env
+    from robustar_ls.labelstudio.client import LabelStudioError, connect
+    from robustar_ls.labelstudio.project_import import import_project, summary_line
+
+    if not args.verbose:  # one INFO line per HTTP request otherwise
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    secrets = secrets_from_env()
+    ls_cfg = build(
+        LabelStudioConfig,
+        settings_section(args, "label_studio"),
+        pick(args, LabelStudioConfig),
+        {"api_key": secrets["label_studio_api_key"]},
+    )
+    cfg = build(ImportConfig, settings_section(args, "import"), pick(args, ImportConfig))
+    if cfg.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    basic_auth = None
+    if secrets["basic_auth_user"]:
+        basic_auth = (secrets["basic_auth_user"], secrets["basic_auth_pass"])
+    try:
+        client = connect(ls_cfg.url, ls_cfg.api_key)
+        summary = import_project(
+            client, ls_cfg, cfg, basic_auth=basic_auth, progress=tqdm_progress(not args.quiet)
+        )
+    except LabelStudioError as err:
+        raise UserError(str(err)) from err
+    if args.json:
+        print_json(summary)
+    else:
+        print(summary_line(summary))
+    return 0
+
+
 # -- serve ----------------------------------------------------------------------------------
 
 
@@ -271,7 +509,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 # -- entry point ----------------------------------------------------------------------------
 
-COMMANDS = [add_make_dataset, add_train, add_eval, add_serve]
+COMMANDS = [add_make_dataset, add_train, add_eval, add_sync_train, add_import, add_serve]
 
 
 def get_args_parser() -> argparse.ArgumentParser:

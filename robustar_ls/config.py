@@ -81,6 +81,16 @@ class LabelStudioConfig:
 
 
 @dataclass(frozen=True)
+class SyncConfig:
+    """Pulling finished brush annotations from Label Studio (``robustar_ls.labelstudio.sync``)."""
+
+    retries: int = 4  # retries per request on connection errors / 5xx answers
+    backoff: float = 0.5  # seconds before the first retry; doubled each time
+    page_size: int = 100  # tasks per page
+    label: str = "Spurious"  # the brush label whose regions make the mask
+
+
+@dataclass(frozen=True)
 class SegmenterConfig:
     """Mask R-CNN (COCO) segmenter that pre-fills the "Spurious" brush region.
 
@@ -160,6 +170,16 @@ class ServeConfig:
 def default_cache_dir() -> Path:
     """Where the backend keeps saliency PNGs and its URL-signing key by default."""
     return Path.home() / ".cache" / "robustar-ls"
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    """``robustar-ls import``: an ImageFolder dataset becomes a Label Studio project."""
+
+    data: str = ""  # dataset folder with train/<class>/<image>
+    backend_url: str = ""  # ML backend to connect ("" = none)
+    label_config: str = ""  # labeling config XML file ("" = the packaged robustar.xml)
+    batch_size: int = 1000  # tasks per import request
 
 
 def secrets_from_env(environ: dict[str, str] | None = None) -> dict[str, str]:

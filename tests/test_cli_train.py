@@ -41,6 +41,8 @@ def test_user_errors_exit_2_with_message(tmp_path, capsys):
 def test_make_dataset_command(tmp_path, capsys):
     out = tmp_path / "d"
     argv = ["make-dataset", str(out), "--kind", "background", "--size", "16", "--per-class", "2"]
-    assert main([*argv, "--classes", "2", "--test-per-class", "1", "--val-per-class", "1", "-q"]) == 0
+    assert (
+        main([*argv, "--classes", "2", "--test-per-class", "1", "--val-per-class", "1", "-q"]) == 0
+    )
     assert "wrote" in capsys.readouterr().out
     assert (out / "spurious.json").is_file() and len(list((out / "train").rglob("*.png"))) == 4

@@ -54,7 +54,9 @@ def test_layout_manifest_and_split_statistics(tmp_path):
     cfg = _cfg(per_class=40, bias=0.75, spurious_fraction=0.5)
     make_dataset(tmp_path, cfg)
     manifest = json.loads((tmp_path / "spurious.json").read_text())
-    train = sorted(p.relative_to(tmp_path / "train").as_posix() for p in (tmp_path / "train").rglob("*.png"))
+    train = sorted(
+        p.relative_to(tmp_path / "train").as_posix() for p in (tmp_path / "train").rglob("*.png")
+    )
     assert sorted(manifest) == train and len(train) == 120
     assert train[0] == "circle/00000.png"
     counts = {s: list(manifest.values()).count(s) for s in ("aligned", "misaligned", "none")}
