@@ -462,8 +462,44 @@ def add_serve(sub) -> None:
         help="saliency PNG cache and URL-signing key (default ~/.cache/robustar-ls)",
     )
     p.add_argument("--device", default=None)
+    p.add_argument(
+        "--data",
+        default=None,
+        help="dataset folder (train/<class>/...): enables Label Studio's 'Start Training' "
+        "(sync the project's masks, paired training, new checkpoint over --checkpoint)",
+    )
+    p.add_argument("--project", default=None, help="Label Studio project title (for training)")
+    p.add_argument("--masks", default=None, help="mask store for training (default <data>/masks)")
     p.add_argument("--debug", action="store_true", help="Flask's development server instead")
     p.set_defaults(func=run_serve)
+
+
+def serve_training_jobs(args: argparse.Namespace, cfg: ServeConfig):
+    """The "Start Training" job runner for ``serve --data``, or None without ``--data``.
+
+    Shared by all gunicorn workers through ``<cache_dir>/training`` (one job at a time).
+    """
+    if not cfg.data:
+        return None
+    from robustar_ls.train.jobs import TrainingJobs
+    from robustar_ls.train.sync_train import training_job
+
+    label_studio = LabelStudioConfig(
+        url=cfg.label_studio_url,
+        api_key=cfg.label_studio_api_key,
+        project=cfg.project,
+        document_root=cfg.document_root,
+    )
+    run = training_job(
+        cfg.data,
+        cfg.checkpoint,
+        label_studio=label_studio,
+        paired=build(PairedConfig, settings_section(args, "paired")),
+        train=build(TrainConfig, settings_section(args, "train")),  # not serve's flags
+        sync=build(SyncConfig, settings_section(args, "sync")),
+        masks=cfg.masks or None,
+    )
+    return TrainingJobs(run, state_dir=cfg.resolved_cache_dir() / "training")
 
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:
@@ -498,10 +534,13 @@ def run_serve(args: argparse.Namespace) -> int:
     # Resolve the URL-signing key once, here, so every worker shares it.
     cfg = dataclasses.replace(cfg, secret=resolve_secret(cfg.secret, cfg.resolved_cache_dir()))
 
+    if cfg.data and not Path(cfg.data).is_dir():
+        raise UserError(f"--data {cfg.data} is not a folder")
+
     def factory():
         from robustar_ls.backend.app import create_app
 
-        return create_app(cfg)
+        return create_app(cfg, jobs=serve_training_jobs(args, cfg))
 
     serve(factory, cfg.host, cfg.port, cfg.workers, cfg.threads, cfg.timeout, debug=args.debug)
     return 0

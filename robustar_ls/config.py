@@ -151,6 +151,9 @@ class ServeConfig:
     workers: int = 1
     threads: int = 1
     timeout: int = 300  # gunicorn worker timeout, seconds
+    data: str = ""  # dataset folder: enables "Start Training" (sync masks + paired training)
+    project: str = "robustar-ls"  # the Label Studio project whose annotations train
+    masks: str = ""  # mask store for training ("" = <data>/masks)
 
     def segmenter_config(self) -> SegmenterConfig:
         return SegmenterConfig(

@@ -373,3 +373,26 @@ def test_brush_masks_come_back_at_the_original_size(backend):
     expected = np.ones((12, 20), dtype=bool)
     expected[3:8, 2:9] = False  # the bright box is the object
     assert np.array_equal(rle_to_mask(spurious["value"]["rle"], 12, 20) > 0, expected)
+
+
+def test_webhook_with_the_real_training_jobs(tmp_path):
+    import threading
+
+    from robustar_ls.train.jobs import TrainingJobs
+
+    release = threading.Event()
+
+    def run(payload):
+        release.wait(10)
+        return {"model_version": "v2-test", "project": payload["project"]["id"]}
+
+    jobs = TrainingJobs(run, state_dir=tmp_path / "training")
+    backend = make_backend(tmp_path, jobs=jobs)
+    payload = {"action": "START_TRAINING", "project": {"id": 4}}
+    assert backend.client.post("/webhook", json=payload).status_code == 201
+    busy = backend.client.post("/webhook", json=payload)
+    assert busy.status_code == 200 and busy.get_json()["status"] == "busy"
+    release.set()
+    jobs.wait(timeout=10)
+    status = backend.client.get("/train/status").get_json()
+    assert status["state"] == "succeeded" and status["result"]["project"] == 4

@@ -73,3 +73,26 @@ def test_gunicorn_options_and_lazy_factory():
     assert built == []  # nothing is built until a worker loads the app
     assert server.load() == "app" and built == [1]
     assert threads_per_worker(1000) == 1
+
+
+def test_training_jobs_only_with_data(tmp_path, monkeypatch):
+    from robustar_ls.cli import serve_training_jobs
+    from robustar_ls.train.jobs import TrainingJobs
+
+    monkeypatch.delenv("ROBUSTAR_LS_SECRET", raising=False)
+    args = parse("--checkpoint", "m.pt", "--cache-dir", str(tmp_path / "c"), "--batch-size", "3")
+    assert serve_training_jobs(args, serve_config(args)) is None
+    args = parse(
+        "--checkpoint",
+        "m.pt",
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--data",
+        str(tmp_path),
+        "--project",
+        "P",
+    )
+    jobs = serve_training_jobs(args, serve_config(args))
+    assert isinstance(jobs, TrainingJobs)
+    assert jobs.state_dir == tmp_path / "c" / "training"
+    assert jobs.status()["state"] == "idle"
