@@ -154,3 +154,13 @@ def test_interactive_on_a_missing_image_is_an_empty_result(backend):
         json={"tasks": [task("ds/none.png")], "params": {"context": {"result": [keypoint(1, 1)]}}},
     )
     assert response.status_code == 200 and response.get_json()["results"][0]["result"] == []
+
+
+def test_a_failing_segmenter_fails_only_its_region(backend, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(backend.predictor.segmenter, "box_mask", broken)
+    assert interactive(backend, rectangle(2, 2, 14, 12))["result"] == []
+    both = interactive(backend, rectangle(2, 2, 14, 12), keypoint(6, 6))
+    assert np.array_equal(the_mask(both), object_mask())

@@ -240,6 +240,15 @@ class Predictor:
     def _predict_batch(
         self, tasks: Sequence[dict[str, Any]], tags: LabelConfigTags, served: ServedModel
     ) -> list[Prediction]:
+        """Tasks in chunks of ``batch_size``: only one chunk's decoded images are in memory."""
+        predictions: list[Prediction] = []
+        for chunk in chunks(tasks, self.batch_size):
+            predictions.extend(self._predict_chunk(chunk, tags, served))
+        return predictions
+
+    def _predict_chunk(
+        self, tasks: Sequence[dict[str, Any]], tags: LabelConfigTags, served: ServedModel
+    ) -> list[Prediction]:
         n = len(tasks)
         fetched: list[FetchedImage | None] = [None] * n
         outputs: list[ImageOutputs | None] = [None] * n
@@ -262,26 +271,19 @@ class Predictor:
                 outputs[i] = cached
             else:
                 todo.append(i)
-        for batch in chunks(todo, self.batch_size):
-            images = [fetched[i] for i in batch]
+        if todo:
+            images = [fetched[i] for i in todo]
             try:
                 results = self._compute(served, images)
             except Exception:
-                if len(batch) == 1:
+                if len(todo) == 1:
                     log.exception(
-                        "task %s: the models failed on its image", _task_id(tasks[batch[0]])
+                        "task %s: the models failed on its image", _task_id(tasks[todo[0]])
                     )
-                    continue
-                # One bad image must not fail its neighbours: retry them one by one.
-                log.warning("a batch of %d images failed; retrying them one by one", len(batch))
-                results = []
-                for item, i in zip(images, batch, strict=True):
-                    try:
-                        results.extend(self._compute(served, [item]))
-                    except Exception:
-                        log.exception("task %s: the models failed on its image", _task_id(tasks[i]))
-                        results.append(None)
-            for i, item, result in zip(batch, images, results, strict=True):
+                    results = [None]
+                else:
+                    results = self._compute_one_by_one(served, images, [tasks[i] for i in todo])
+            for i, item, result in zip(todo, images, results, strict=True):
                 if result is not None:
                     outputs[i] = result
                     self.cache.put((served.version, item.identity), result)
@@ -290,6 +292,20 @@ class Predictor:
                 self._prediction(task, tags, served, fetched[i], outputs[i])
                 for i, task in enumerate(tasks)
             ]
+
+    def _compute_one_by_one(
+        self, served: ServedModel, images: Sequence[FetchedImage], tasks: Sequence[Any]
+    ) -> list[ImageOutputs | None]:
+        """After a batch failed: each image alone, so one bad image fails only its own task."""
+        log.warning("a batch of %d images failed; retrying them one by one", len(images))
+        results: list[ImageOutputs | None] = []
+        for item, task in zip(images, tasks, strict=True):
+            try:
+                results.extend(self._compute(served, [item]))
+            except Exception:
+                log.exception("task %s: the models failed on its image", _task_id(task))
+                results.append(None)
+        return results
 
     def _image_ref(self, task: Any, tags: LabelConfigTags) -> str:
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
@@ -409,8 +425,11 @@ class Predictor:
         for region in context.get("result") or []:
             try:
                 mask, chosen = self._region_mask(region, image, rgb)
-            except (KeyError, TypeError, ValueError) as err:
+            except (KeyError, TypeError, ValueError, AttributeError) as err:
                 log.warning("task %s: ignoring a context region: %s", _task_id(task), err)
+                continue
+            except Exception:  # e.g. the segmenter failing: this region only
+                log.exception("task %s: a context region failed", _task_id(task))
                 continue
             if mask is None:
                 continue
