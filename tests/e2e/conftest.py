@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .ls_server import (
+from robustar_ls.labelstudio.server import (
     INSTALL_HINT,
     LabelStudioServer,
     db_cache_enabled,
