@@ -380,7 +380,31 @@ def add_import(sub) -> None:
     )
     p.add_argument("--label-config", dest="label_config", default=None, help="labeling XML")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    p.add_argument(
+        "--saliency-base-url",
+        dest="saliency_base_url",
+        default=None,
+        help="backend URL as the browser reaches it, for heatmap links (default --backend-url)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        dest="cache_dir",
+        default=None,
+        help="the backend's --cache-dir (its URL-signing key); or set ROBUSTAR_LS_SECRET",
+    )
     p.set_defaults(func=run_import)
+
+
+def saliency_links(cfg, secret: str) -> Callable[[str], str] | None:
+    """Signed heatmap URLs for task data, when a backend is connected (same key as serve)."""
+    from robustar_ls.config import default_cache_dir
+    from robustar_ls.labelstudio.urls import resolve_secret, saliency_url
+
+    base = cfg.saliency_base_url or cfg.backend_url
+    if not base:
+        return None
+    key = resolve_secret(secret, cfg.cache_dir or default_cache_dir())
+    return lambda image_ref: saliency_url(base, image_ref, key)
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -406,7 +430,12 @@ def run_import(args: argparse.Namespace) -> int:
     try:
         client = connect(ls_cfg.url, ls_cfg.api_key)
         summary = import_project(
-            client, ls_cfg, cfg, basic_auth=basic_auth, progress=tqdm_progress(not args.quiet)
+            client,
+            ls_cfg,
+            cfg,
+            basic_auth=basic_auth,
+            saliency=saliency_links(cfg, secrets["secret"]),
+            progress=tqdm_progress(not args.quiet),
         )
     except LabelStudioError as err:
         raise UserError(str(err)) from err
@@ -546,9 +575,67 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- demo -----------------------------------------------------------------------------------
+
+
+def add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the whole loop on a built-in dataset: Label Studio + backend + ranked project",
+    )
+    p.add_argument("--workdir", default=None, help="work folder (default ./demo)")
+    p.add_argument(
+        "--label-studio-bin",
+        dest="label_studio_bin",
+        default=None,
+        help="the label-studio executable (default .venv-ls/bin/label-studio)",
+    )
+    p.add_argument("--label-studio-port", dest="label_studio_port", type=int, default=None)
+    p.add_argument("--backend-port", dest="backend_port", type=int, default=None)
+    p.add_argument("--per-class", dest="per_class", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument(
+        "--no-wait",
+        dest="wait",
+        action="store_false",
+        default=None,
+        help="stop the servers once everything is set up (for scripts and tests)",
+    )
+    p.set_defaults(func=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from robustar_ls.demo import DemoConfig, DemoError
+    from robustar_ls.demo import run_demo as demo
+    from robustar_ls.labelstudio.server import LabelStudioStartError
+
+    overrides = pick(args, DemoConfig)
+    if not overrides["label_studio_bin"]:
+        overrides["label_studio_bin"] = str(Path(".venv-ls/bin/label-studio").resolve())
+    cfg = build(DemoConfig, settings_section(args, "demo"), overrides)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        summary = demo(cfg, main)
+    except (DemoError, LabelStudioStartError) as err:
+        raise UserError(str(err)) from err
+    if args.json:
+        print_json(summary)
+    return 0
+
+
 # -- entry point ----------------------------------------------------------------------------
 
-COMMANDS = [add_make_dataset, add_train, add_eval, add_sync_train, add_import, add_serve]
+COMMANDS = [
+    add_make_dataset,
+    add_train,
+    add_eval,
+    add_sync_train,
+    add_import,
+    add_serve,
+    add_demo,
+]
 
 
 def get_args_parser() -> argparse.ArgumentParser:

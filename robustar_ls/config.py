@@ -183,6 +183,10 @@ class ImportConfig:
     backend_url: str = ""  # ML backend to connect ("" = none)
     label_config: str = ""  # labeling config XML file ("" = the packaged robustar.xml)
     batch_size: int = 1000  # tasks per import request
+    # Where the browser reaches the backend's saliency heatmaps ("" = backend_url); differs
+    # from backend_url under docker, where Label Studio calls http://backend:9090.
+    saliency_base_url: str = ""
+    cache_dir: str = ""  # the backend's cache dir, holding the URL-signing key ("" = default)
 
 
 def secrets_from_env(environ: dict[str, str] | None = None) -> dict[str, str]:
