@@ -80,6 +80,32 @@ class LabelStudioConfig:
     document_root: str = ""
 
 
+@dataclass(frozen=True)
+class InfluenceConfig:
+    """Influence scoring (``robustar-ls influence``): which training images drive test errors.
+
+    Per-sample gradients of ``layers`` (default: last block + head) are projected to ``k``
+    dimensions (``projection``: "sketch" = sparse sign sketch, O(parameters) per image;
+    "gaussian" = dense Gaussian generated chunk by chunk from ``seed``). The score of a training
+    image is the TRAK kernel ``psi_test^T (Phi^T Phi + damping * mean|phi|^2 I)^-1 phi_train``
+    summed over the misclassified test images (see ``robustar_ls/explain/influence.py``).
+    """
+
+    layers: tuple[str, ...] = ()  # module names; empty = head_and_last_block(model)
+    k: int = 2048
+    projection: str = "sketch"  # "sketch" | "gaussian"
+    seed: int = 0
+    damping: float = 0.01  # relative to the mean squared train feature norm
+    aggregate: str = "sum"  # "sum" | "normalized" | "votes"
+    support: int = 100  # an image "drives" a test error when among its top-`support` images
+    explain_top: int = 3  # test errors recorded per training image
+    batch_size: int = 64
+    dtype: str = "float16"  # train feature cache: "float16" (with per-row scale) | "float32"
+    device: str = "auto"
+    test_split: str = "test"
+    keep_versions: int = 2  # cached model versions kept on disk
+
+
 def secrets_from_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """Secrets the entry points need, from the environment (never from a settings file)."""
     env = os.environ if environ is None else environ
