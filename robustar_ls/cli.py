@@ -206,8 +206,8 @@ def add_influence(sub) -> None:
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, …")
     p.add_argument("--test-split", dest="test_split", default=None, help="default: test")
     p.add_argument("--cache-dir", default=None, help="default: <data>/.robustar/influence")
-    p.add_argument("--label-studio-url", dest="label_studio_url", default=None)
-    p.add_argument("--project", default=None, help="Label Studio project title")
+    p.add_argument("--label-studio-url", dest="url", default=None, help="Label Studio URL")
+    p.add_argument("--project", default=None, help="Label Studio project title to update")
     p.set_defaults(func=run_influence)
 
 
@@ -236,7 +236,7 @@ def run_influence(args: argparse.Namespace) -> int:
     cfg = influence_config(args)
     if args.top is not None and args.top < 1:
         raise UserError("--top must be at least 1")
-    if args.label_studio_url and not args.project:
+    if args.url and not args.project:
         raise UserError("--label-studio-url needs --project (the project title)")
     data = ImageFolderSplits.open(args.data, required=("train", cfg.test_split))
     ckpt = load_checkpoint(args.checkpoint, arch=args.arch, classes=data.classes)
@@ -273,7 +273,7 @@ def run_influence(args: argparse.Namespace) -> int:
         "test_error_count": len(result.test_errors),
         "top": highlights,
     }
-    if args.label_studio_url:
+    if args.project:
         summary["label_studio"] = write_influence_to_label_studio(args, result, progress)
     document = {
         "model_version": result.model_version,
@@ -300,7 +300,7 @@ def run_influence(args: argparse.Namespace) -> int:
 
 def write_influence_to_label_studio(args: argparse.Namespace, result, progress) -> dict:
     """Write the scores into the project's tasks; returns what was done."""
-    from robustar_ls.config import secrets_from_env
+    from robustar_ls.config import LabelStudioConfig, secrets_from_env
 
     try:
         from robustar_ls.labelstudio import client as ls
@@ -310,15 +310,20 @@ def write_influence_to_label_studio(args: argparse.Namespace, result, progress) 
             f"writing to Label Studio needs robustar_ls.labelstudio.client ({err}); "
             "update robustar-ls, or run without --label-studio-url and use --out"
         ) from err
-    api_key = secrets_from_env()["label_studio_api_key"]
-    if not api_key:
+    ls_cfg = build(
+        LabelStudioConfig,
+        settings_section(args, "label_studio"),
+        pick(args, LabelStudioConfig),
+        {"api_key": secrets_from_env()["label_studio_api_key"]},
+    )
+    if not ls_cfg.api_key:
         raise UserError("set LABEL_STUDIO_API_KEY (a legacy token or a personal access token)")
     try:
-        client = ls.connect(args.label_studio_url, api_key)
-        project = ls.find_project(client, args.project)
+        client = ls.connect(ls_cfg.url, ls_cfg.api_key)
+        project = ls.find_project(client, ls_cfg.project)
         if project is None:
             raise UserError(
-                f"no Label Studio project titled {args.project!r} at {args.label_studio_url}; "
+                f"no Label Studio project titled {ls_cfg.project!r} at {ls_cfg.url}; "
                 "create it with `robustar-ls import`"
             )
         report = write_influence(client, project.id, result, args.top, progress)
@@ -334,9 +339,68 @@ def write_influence_to_label_studio(args: argparse.Namespace, result, progress) 
     return {"project_id": project.id, **report.as_dict()}
 
 
+# -- import -------------------------------------------------------------------------------
+
+
+def add_import(sub) -> None:
+    p = sub.add_parser(
+        "import",
+        help="create or update the Label Studio project for a dataset",
+        description="One task per training image, served from Label Studio's local files, the "
+        "ML backend connected and a Data Manager view ordered by influence. Running it again "
+        "adds only new images. The API key comes from LABEL_STUDIO_API_KEY (or "
+        "LABEL_STUDIO_USER_TOKEN), backend basic auth from BASIC_AUTH_USER/BASIC_AUTH_PASS.",
+    )
+    p.add_argument("--data", required=True, help="dataset folder with train/<class>/<image>")
+    p.add_argument("--label-studio-url", dest="url", default=None, help="Label Studio URL")
+    p.add_argument("--project", default=None, help="project title (found or created)")
+    p.add_argument("--backend-url", dest="backend_url", default=None, help="ML backend URL")
+    p.add_argument(
+        "--document-root",
+        dest="document_root",
+        default=None,
+        help="the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (must contain --data)",
+    )
+    p.add_argument("--label-config", dest="label_config", default=None, help="labeling XML")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    p.set_defaults(func=run_import)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from robustar_ls.config import ImportConfig, LabelStudioConfig, secrets_from_env
+    from robustar_ls.labelstudio.client import LabelStudioError, connect
+    from robustar_ls.labelstudio.project_import import import_project, summary_line
+
+    secrets = secrets_from_env()
+    ls_cfg = build(
+        LabelStudioConfig,
+        settings_section(args, "label_studio"),
+        pick(args, LabelStudioConfig),
+        {"api_key": secrets["label_studio_api_key"]},
+    )
+    cfg = build(ImportConfig, settings_section(args, "import"), pick(args, ImportConfig))
+    if cfg.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    basic_auth = None
+    if secrets["basic_auth_user"]:
+        basic_auth = (secrets["basic_auth_user"], secrets["basic_auth_pass"])
+    try:
+        client = connect(ls_cfg.url, ls_cfg.api_key)
+        summary = import_project(
+            client, ls_cfg, cfg, basic_auth=basic_auth, progress=tqdm_progress(not args.quiet)
+        )
+    except LabelStudioError as err:
+        raise UserError(str(err)) from err
+    if args.json:
+        print_json(summary)
+    else:
+        print(summary_line(summary))
+    return 0
+
+
 # -- entry point ----------------------------------------------------------------------------
 
-COMMANDS = [add_make_dataset, add_train, add_eval, add_influence]
+COMMANDS = [add_make_dataset, add_train, add_eval, add_import, add_influence]
 
 
 def get_args_parser() -> argparse.ArgumentParser:

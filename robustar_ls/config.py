@@ -106,6 +106,42 @@ class InfluenceConfig:
     keep_versions: int = 2  # cached model versions kept on disk
 
 
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """Mask R-CNN (COCO) segmenter that pre-fills the "Spurious" brush region.
+
+    ``weights``: a state_dict (or a checkpoint dict holding one under ``model``/``state_dict``);
+    ``None`` = torchvision's file in the torch hub cache. Nothing is ever downloaded.
+    """
+
+    weights: str | None = None
+    score_threshold: float = 0.5  # instances scoring at least this form the object
+    min_region_px: int = 16  # spurious specks/holes smaller than this merge into surroundings
+    device: str = "auto"
+    mask_threshold: float = 0.5  # a pixel belongs to an instance when its mask prob. is >= this
+    batch_size: int = 4  # images per Mask R-CNN forward pass
+    min_size: int = 800  # Mask R-CNN resizes images so the short side is this (COCO: 800)
+    max_size: int = 1333  # ... and the long side at most this
+
+
+@dataclass(frozen=True)
+class SaliencyConfig:
+    """Where the classifier looks: Grad-CAM or plain input gradients."""
+
+    method: str = "gradcam"  # "gradcam" | "input_gradient"
+    top_fraction: float = 0.1  # share of pixels in the "Model attention" brush region
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    """``robustar-ls import``: an ImageFolder dataset becomes a Label Studio project."""
+
+    data: str = ""  # dataset folder with train/<class>/<image>
+    backend_url: str = ""  # ML backend to connect ("" = none)
+    label_config: str = ""  # labeling config XML file ("" = the packaged robustar.xml)
+    batch_size: int = 1000  # tasks per import request
+
+
 def secrets_from_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """Secrets the entry points need, from the environment (never from a settings file)."""
     env = os.environ if environ is None else environ
