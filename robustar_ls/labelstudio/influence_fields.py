@@ -2,9 +2,10 @@
 ``influence_explains``), so the "Most influential first" view orders tasks by them.
 
 :func:`influence_updates` is pure (result + current task data → field updates); it also clears
-the fields of tasks that hold scores from an earlier run but are not among the images written
-now (``--top N``), so a rerun after retraining replaces every old score. :func:`write_influence`
-sends the updates through :mod:`robustar_ls.labelstudio.client`.
+the fields of every other task (back to the values `robustar-ls import` sets: 0, 0, "") so that,
+with ``--top N``, scores of an earlier run do not survive a rerun after retraining.
+:func:`write_influence` sends the updates through :mod:`robustar_ls.labelstudio.client`
+(which skips tasks whose data would not change).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from robustar_ls.explain.influence import InfluenceResult
 log = logging.getLogger(__name__)
 
 FIELDS = ("influence", "influence_rank", "influence_explains")
-CLEARED: dict[str, Any] = {"influence": None, "influence_rank": None, "influence_explains": ""}
+# what `robustar-ls import` gives a task before any scoring; "unscored" again after a rerun
+CLEARED: dict[str, Any] = {"influence": 0.0, "influence_rank": 0, "influence_explains": ""}
 
 
 @dataclass
@@ -72,8 +74,8 @@ def influence_updates(
         task_id, data = task_id_and_data(task)
         if task_id in updates:
             continue
-        if any(data.get(name) not in (None, "") for name in FIELDS):
-            updates[task_id] = dict(CLEARED)
+        updates[task_id] = dict(CLEARED)  # unchanged tasks are not sent
+        if any(data.get(name, CLEARED[name]) != CLEARED[name] for name in FIELDS):
             report.cleared += 1
     if report.missing:
         log.warning(
