@@ -25,6 +25,7 @@ import logging
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ import torch
 
 from robustar_ls.config import InfluenceConfig, ModelConfig, SyntheticConfig, TrainConfig
 from robustar_ls.data.folders import ImageDataset, ImageFolderSplits
-from robustar_ls.data.synthetic import image_specs, make_dataset
+from robustar_ls.data.synthetic import SHAPES, image_specs, make_dataset
 from robustar_ls.explain.feature_cache import TrainFeatures, gram_of
 from robustar_ls.explain.influence import InfluenceScorer, TestError, kernel_scores
 from robustar_ls.models.checkpoint import load_checkpoint
@@ -45,6 +46,7 @@ GRAM_ROWS = 4096
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default=None, help="folder for dataset and model (default: temp)")
+    p.add_argument("--kind", choices=["patch", "background"], default="background")
     p.add_argument("--per-class", type=int, default=300)
     p.add_argument("--test-per-class", type=int, default=150)
     p.add_argument("--classes", type=int, default=4)
@@ -69,7 +71,7 @@ def prepare(args, work: Path) -> tuple[Path, Path, dict]:
         return Path(args.data), Path(args.checkpoint), {}
     data = work / "data"
     cfg = SyntheticConfig(
-        kind="patch",
+        kind=args.kind,
         per_class=args.per_class,
         test_per_class=args.test_per_class,
         val_per_class=100,
@@ -90,10 +92,13 @@ def prepare(args, work: Path) -> tuple[Path, Path, dict]:
     return data, ckpt, summary
 
 
-def patch_colours(data: Path) -> dict[str, int]:
-    """The patch colour class of every test image (re-drawn from the dataset's config)."""
+def spurious_classes(data: Path, classes: list[str]) -> dict[str, int]:
+    """The class (model index) whose colour each test image's spurious feature shows."""
     cfg = SyntheticConfig(**json.loads((data / "dataset.json").read_text())["config"])
-    return {rel: spec.feature for rel, spec, _ in image_specs("test", cfg.test_per_class, cfg)}
+    return {
+        rel: classes.index(SHAPES[spec.feature])  # model classes are sorted, SHAPES are not
+        for rel, spec, _ in image_specs("test", cfg.test_per_class, cfg)
+    }
 
 
 def preload(dataset: ImageDataset, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -236,14 +241,14 @@ def variants(model, data, ckpt_version, args) -> tuple[list[dict], dict]:
     scorer = InfluenceScorer(model, None, cfg, device="cpu")
     size = load_checkpoint(args._ckpt).image_size
     errors: list[TestError] = scorer.test_errors(test, size)
-    colours = patch_colours(data)
+    colours = spurious_classes(data, splits.classes)
     follow = sum(colours[e.relpath] == e.predicted for e in errors)
     info = {
         "errors": len(errors),
-        "errors_predicting_patch_colour": follow,
+        "errors_predicting_spurious_colour": follow,
         "aligned_base_rate": float(aligned.mean()),
     }
-    log.info("%d test errors, %d predict the patch colour", len(errors), follow)
+    log.info("%d test errors, %d predict the spurious colour's class", len(errors), follow)
     train_batches = preload(ImageDataset(train, size), cfg.batch_size)
     by_rel = {s.relpath: s for s in test}
     err_batches = preload(ImageDataset([by_rel[e.relpath] for e in errors], size), 64)
@@ -251,59 +256,88 @@ def variants(model, data, ckpt_version, args) -> tuple[list[dict], dict]:
     start = time.perf_counter()
     phi_margin = scorer.featurize(train_batches, "margin")
     info["featurize_train_s"] = time.perf_counter() - start
+    info["train_images"] = len(train)
     phi_loss = scorer.featurize(train_batches, "loss")
     psi_error = scorer.featurize(err_batches, "error")
     psi_loss = -scorer.featurize(err_batches, "loss")  # raise the true-label loss
-    feats = {
-        "margin": TrainFeatures.from_array(phi_margin),
-        "loss": TrainFeatures.from_array(phi_loss),
-    }
+    margin = TrainFeatures.from_array(phi_margin)
 
     rows = []
 
-    def add(name: str, scores: np.ndarray, **extra) -> None:
-        row = {
-            "variant": name,
-            "p@50": precision(scores, aligned, 50),
-            "p@100": precision(scores, aligned, 100),
-            **extra,
-        }
-        rows.append(row)
+    def add(name: str, scores: np.ndarray) -> None:
+        rows.append(
+            {
+                "variant": name,
+                "p@50": precision(scores, aligned, 50),
+                "p@100": precision(scores, aligned, 100),
+            }
+        )
 
-    add("random order (base rate)", np.zeros(len(train)), expected=float(aligned.mean()))
+    def kernel(train_feats, test_feats, damping=cfg.damping, aggregate=cfg.aggregate):
+        return kernel_scores(
+            train_feats, test_feats, damping=damping, aggregate=aggregate, support=cfg.support
+        ).scores
+
     rng = np.random.default_rng(args.seed)
     add("random permutation", rng.random(len(train)))
-    add("baseline: training loss (high first)", train_losses(model, train_batches))
+    add("baseline: training loss, highest first", train_losses(model, train_batches))
     g_train = last_layer_loss_grads(model, train_batches)
+    true_labels = torch.tensor([e.true for e in errors])
     g_test = last_layer_loss_grads(
-        model,
-        [
-            (x, torch.tensor([e.true for e in errors])[i * 64 : i * 64 + len(x)])
-            for i, (x, _) in enumerate(err_batches)
-        ],
+        model, [(x, true_labels[i * 64 : i * 64 + len(x)]) for i, (x, _) in enumerate(err_batches)]
     )
-    add("baseline: TracIn last layer (-grad L_t . grad L_i)", -(g_train @ g_test.T).sum(1))
-    add("baseline: TracIn last layer (+grad L_t . grad L_i)", (g_train @ g_test.T).sum(1))
-    add("plain dot: margin . error (no kernel)", (phi_margin @ psi_error.T).sum(1))
-    for train_kind, test_kind, test_feats in (
-        ("margin", "error", psi_error),
-        ("loss", "error", -psi_error),  # a GD step on i moves along -grad L_i
-        ("margin", "loss", psi_loss),
-    ):
-        for damping in (1e-3, 1e-2, 1e-1, 1.0):
-            for aggregate in ("sum", "normalized", "votes"):
-                result = kernel_scores(
-                    feats[train_kind],
-                    test_feats,
-                    damping=damping,
-                    aggregate=aggregate,
-                    support=cfg.support,
-                )
-                add(
-                    f"kernel train={train_kind} test={test_kind} damping={damping:g} "
-                    f"agg={aggregate}",
-                    result.scores,
-                )
+    add("baseline: TracIn fc, sum_t -gL_t.gL_i (raises test loss)", -(g_train @ g_test.T).sum(1))
+    add("baseline: TracIn fc, sum_t +gL_t.gL_i", (g_train @ g_test.T).sum(1))
+    add("plain dot, no kernel: sum_t phi_i.psi_t", (phi_margin @ psi_error.T).sum(1))
+    for damping in (0.01, 0.1, 1.0, 10.0):
+        for aggregate in ("sum", "normalized"):
+            add(
+                f"kernel margin/error damping={damping:g} {aggregate}",
+                kernel(margin, psi_error, damping, aggregate),
+            )
+    loss_feats = TrainFeatures.from_array(phi_loss)
+    for damping in (0.1, 1.0):  # a GD step on i moves along -grad L_i: sign as the margin's
+        add(
+            f"kernel LOSS/error damping={damping:g} normalized (train side = loss gradient)",
+            kernel(loss_feats, -psi_error, damping),
+        )
+    add(
+        "kernel margin/LOSS (test side = true-label loss gradient) default",
+        kernel(margin, psi_loss),
+    )
+    for k in (512, 1024):
+        other = InfluenceScorer(model, None, replace(cfg, k=k), device="cpu")
+        add(
+            f"kernel default, k={k}",
+            kernel(
+                TrainFeatures.from_array(other.featurize(train_batches, "margin")),
+                other.featurize(err_batches, "error"),
+            ),
+        )
+    fc = InfluenceScorer(model, ["fc"], cfg, device="cpu")
+    add(
+        "kernel default, layers=fc only",
+        kernel(
+            TrainFeatures.from_array(fc.featurize(train_batches, "margin")),
+            fc.featurize(err_batches, "error"),
+        ),
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-influence-cache-") as cache:
+        start = time.perf_counter()
+        result = scorer.score(
+            train,
+            test,
+            image_size=size,
+            model_version=ckpt_version,
+            classes=splits.classes,
+            cache_root=cache,
+        )
+        info["score_end_to_end_s"] = time.perf_counter() - start
+    add(
+        f"OURS: InfluenceScorer.score, default config (k={cfg.k}, damping={cfg.damping:g}, "
+        f"{cfg.aggregate})",
+        np.array([result.scores[s.relpath] for s in train]),
+    )
     return rows, info
 
 
@@ -318,13 +352,17 @@ def main(args: argparse.Namespace) -> dict:
         ckpt = load_checkpoint(ckpt_path)
         model = ckpt.model.eval()
         rows, info = variants(model, data, ckpt.version, args)
-        log.info("measuring featurizing cost")
-        splits = ImageFolderSplits.open(data, required=("train",))
-        batches = preload(ImageDataset(splits.splits["train"], ckpt.image_size), 64)
-        cost = measure_cost(model, batches[: args.cost_batches], args.k)
-        per_image = cost["sketch_s"] / cost["images"]
-        log.info("measuring the query (%d test x %d train)", args.query_test, args.query_train)
-        query = measure_query(args.query_train, args.query_test, args.k, per_image)
+        cost, query = {}, {}
+        per_image = info["featurize_train_s"] / info["train_images"]
+        if args.cost_batches:
+            log.info("measuring featurizing cost")
+            splits = ImageFolderSplits.open(data, required=("train",))
+            batches = preload(ImageDataset(splits.splits["train"], ckpt.image_size), 64)
+            cost = measure_cost(model, batches[: args.cost_batches], args.k)
+            per_image = cost["sketch_s"] / cost["images"]
+        if args.query_train:
+            log.info("measuring the query (%d test x %d train)", args.query_test, args.query_train)
+            query = measure_query(args.query_train, args.query_test, args.k, per_image)
         total = time.perf_counter() - start
     report = {
         "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
@@ -350,28 +388,29 @@ def print_table(report: dict) -> None:
     info = report["errors"]
     print(f"\nmodel {report['model']['version']}: {accs}", file=out)
     print(
-        f"test errors {info['errors']}, predicting the patch colour "
-        f"{info['errors_predicting_patch_colour']}; "
+        f"test errors {info['errors']}, predicting the spurious colour "
+        f"{info['errors_predicting_spurious_colour']}; "
         f"aligned base rate {info['aligned_base_rate']:.3f}",
         file=out,
     )
-    print(f"\n{'variant':78s} {'p@50':>6s} {'p@100':>6s}", file=out)
+    print(f"\n{'variant':84s} {'p@50':>6s} {'p@100':>6s}", file=out)
     for row in report["variants"]:
-        print(f"{row['variant']:78s} {row['p@50']:6.3f} {row['p@100']:6.3f}", file=out)
-    c = report["cost"]
-    print(
-        f"\nfeaturizing / plain fwd+bwd ({c['images']} images, {c['parameters']} parameters): "
-        f"sketch {c['sketch_ratio']:.2f}x, gaussian {c['gaussian_ratio']:.2f}x",
-        file=out,
-    )
-    q = report["query"]
-    print(
-        f"query {q['test']} test x {q['train']} train (k={q['k']}): {q['query_s']:.1f} s "
-        f"({q['query_ms_per_test_image']:.1f} ms per test image; "
-        f"{q['query_over_featurizing_the_test_images']:.2f}x the time to featurize them); "
-        f"train Gram accumulation {q['gram_over_featurizing']:.2f}x featurizing per image",
-        file=out,
-    )
+        print(f"{row['variant']:84s} {row['p@50']:6.3f} {row['p@100']:6.3f}", file=out)
+    c, q = report["cost"], report["query"]
+    if c:
+        print(
+            f"\nfeaturizing / plain fwd+bwd ({c['images']} images, {c['parameters']} parameters):"
+            f" sketch {c['sketch_ratio']:.2f}x, gaussian {c['gaussian_ratio']:.2f}x",
+            file=out,
+        )
+    if q:
+        print(
+            f"query {q['test']} test x {q['train']} train (k={q['k']}): {q['query_s']:.1f} s "
+            f"({q['query_ms_per_test_image']:.1f} ms per test image; "
+            f"{q['query_over_featurizing_the_test_images']:.2f}x the time to featurize them); "
+            f"train Gram accumulation {q['gram_over_featurizing']:.2f}x featurizing per image",
+            file=out,
+        )
 
 
 if __name__ == "__main__":

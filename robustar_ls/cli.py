@@ -201,7 +201,7 @@ def add_influence(sub) -> None:
     p.add_argument("--layers", default=None, help="comma-separated module names")
     p.add_argument("--projection", choices=["sketch", "gaussian"], default=None)
     p.add_argument("--damping", type=float, default=None)
-    p.add_argument("--aggregate", choices=["sum", "normalized", "votes"], default=None)
+    p.add_argument("--aggregate", choices=["normalized", "sum"], default=None)
     p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, …")
     p.add_argument("--test-split", dest="test_split", default=None, help="default: test")

@@ -87,16 +87,17 @@ class InfluenceConfig:
     Per-sample gradients of ``layers`` (default: last block + head) are projected to ``k``
     dimensions (``projection``: "sketch" = sparse sign sketch, O(parameters) per image;
     "gaussian" = dense Gaussian generated chunk by chunk from ``seed``). The score of a training
-    image is the TRAK kernel ``psi_test^T (Phi^T Phi + damping * mean|phi|^2 I)^-1 phi_train``
-    summed over the misclassified test images (see ``robustar_ls/explain/influence.py``).
+    image is the TRAK kernel ``psi_test^T (Phi^T Phi + lambda I)^-1 phi_train`` with
+    ``lambda = damping * trace(Phi^T Phi) / k``, aggregated over the misclassified test images
+    (see ``robustar_ls/explain/influence.py`` and the measurements in ``bench/README.md``).
     """
 
     layers: tuple[str, ...] = ()  # module names; empty = head_and_last_block(model)
     k: int = 2048
     projection: str = "sketch"  # "sketch" | "gaussian"
     seed: int = 0
-    damping: float = 0.01  # relative to the mean squared train feature norm
-    aggregate: str = "sum"  # "sum" | "normalized" | "votes"
+    damping: float = 1.0  # relative to the mean eigenvalue of Phi^T Phi
+    aggregate: str = "normalized"  # "normalized" (each test error counts the same) | "sum"
     support: int = 100  # an image "drives" a test error when among its top-`support` images
     explain_top: int = 3  # test errors recorded per training image
     batch_size: int = 64

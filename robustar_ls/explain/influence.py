@@ -12,12 +12,13 @@ head), with a random projection ``P`` (:mod:`robustar_ls.explain.projection`):
   ``psi_t = P^T grad_theta (z_yhat - z_y)``, the direction that pushes it further toward the
   wrong class (it does not vanish for confidently wrong images either);
 - kernel: ``S[i, t] = phi_i^T (Phi^T Phi + lambda I)^-1 psi_t`` with
-  ``lambda = damping * mean_i |phi_i|^2``. ``S[i, t] > 0``: training on image i (raising its
+  ``lambda = damping * trace(Phi^T Phi) / k`` (relative to the mean eigenvalue, so the same
+  ``damping`` means the same smoothing for 1,000 or 100,000 images). ``S[i, t] > 0``: training on image i (raising its
   margin) moves test image t toward its wrong prediction;
 - aggregate over the test errors into one score per training image (``cfg.aggregate``):
   ``sum`` of ``S[i, t]``; ``normalized``: each test column standardised over the training
-  images first, so every error counts the same; ``votes``: in how many errors' top
-  ``cfg.support`` images it is (ties broken by ``normalized``).
+  images first, so every error counts the same. Each image also records how many errors it
+  "drives" (it is among that error's ``cfg.support`` highest) and the errors it explains most.
 
 A query is one gradient and one projection per test error and a streaming ``(n, k) x (k, T)``
 product over the memory-mapped train features. Which variants rank shortcut-carrying images
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[..., Iterable]
 TARGETS = ("margin", "error", "loss")
-AGGREGATES = ("sum", "normalized", "votes")
+AGGREGATES = ("sum", "normalized")
 CACHE_FORMAT = 1
 GRAD_BYTES = 256 * 2**20  # per-sample gradients held at once (micro-batches are cut to fit)
 
@@ -114,7 +115,7 @@ class KernelScores:
     """Per-training-image output of :func:`kernel_scores` (arrays aligned with train rows)."""
 
     scores: np.ndarray  # (n,) float64, higher = drives the errors more
-    votes: np.ndarray  # (n,) int: test errors whose top-`support` images include this one
+    drives: np.ndarray  # (n,) int: test errors whose top-`support` images include this one
     top_index: np.ndarray  # (n, m) int: the test errors this image explains most
     top_value: np.ndarray  # (n, m) float32: their (aggregate-scaled) kernel values
 
@@ -162,9 +163,9 @@ def images_fingerprint(samples: Sequence[Sample]) -> str:
     return digest.hexdigest()
 
 
-def damping_value(gram: np.ndarray, n: int, damping: float) -> float:
-    """``damping * mean_i |phi_i|^2`` (= damping * trace(gram) / n): invariant to projection."""
-    return float(damping * np.trace(gram) / max(n, 1))
+def damping_value(gram: np.ndarray, damping: float) -> float:
+    """``damping * trace(gram) / k``: ``damping`` times the mean eigenvalue of ``Phi^T Phi``."""
+    return float(damping * np.trace(gram) / gram.shape[0])
 
 
 def kernel_scores(
@@ -190,7 +191,7 @@ def kernel_scores(
         raise InfluenceError(f"test features have shape {test.shape}, expected (T, {k})")
     t_count = test.shape[0]
     gram = torch.from_numpy(np.asarray(train.gram, dtype=np.float64))
-    lam = damping_value(train.gram, n, damping)
+    lam = damping_value(train.gram, damping)
     hessian = gram + max(lam, 1e-12) * torch.eye(k, dtype=torch.float64)
     chol = torch.linalg.cholesky(hessian)
     weights = torch.cholesky_solve(torch.from_numpy(test.T.copy()), chol)  # (k, T)
@@ -200,7 +201,7 @@ def kernel_scores(
     std = (second - mean**2).clamp_min(0).sqrt().clamp_min(1e-30)
     weights32 = weights.float()
     mean32, std32 = mean.float(), std.float()
-    normalise = aggregate in ("normalized", "votes")
+    normalise = aggregate == "normalized"
     m = min(explain_top, t_count)
     keep = min(support, n)
     scores = np.zeros(n, dtype=np.float64)
@@ -224,11 +225,8 @@ def kernel_scores(
         take = min(keep, merged_val.shape[0])
         best_val, pos = merged_val.topk(take, dim=0)
         best_idx = merged_idx.gather(0, pos)
-    votes = np.bincount(best_idx[best_val > 0].numpy(), minlength=n).astype(np.int64)
-    if aggregate == "votes":
-        spread = np.abs(scores).max() if n else 0.0
-        scores = votes + 0.5 * scores / (spread + 1e-30)
-    return KernelScores(scores=scores, votes=votes, top_index=top_index, top_value=top_value)
+    drives = np.bincount(best_idx[best_val > 0].numpy(), minlength=n).astype(np.int64)
+    return KernelScores(scores=scores, drives=drives, top_index=top_index, top_value=top_value)
 
 
 class InfluenceScorer:
@@ -440,7 +438,7 @@ class InfluenceScorer:
         drives: dict[str, int] = {}
         for i in order if top is None else order[:top]:
             rel = relpaths[i]
-            drives[rel] = int(kernel.votes[i])
+            drives[rel] = int(kernel.drives[i])
             explains[rel] = [
                 {
                     **{key: described[t][key] for key in ("test", "true", "predicted")},
