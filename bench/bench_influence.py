@@ -55,6 +55,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=int, default=2048)
+    p.add_argument("--dampings", type=float, nargs="+", default=[0.1, 1.0, 10.0, 100.0, 1000.0])
     p.add_argument("--cost-batches", type=int, default=4, help="batches timed for cost ratios")
     p.add_argument("--query-train", type=int, default=100_000)
     p.add_argument("--query-test", type=int, default=1_000)
@@ -132,9 +133,19 @@ def train_losses(model, batches) -> np.ndarray:
         ).numpy()
 
 
+def ranking(scores: np.ndarray) -> np.ndarray:
+    return np.lexsort((np.arange(len(scores)), -scores))  # highest first, ties by index
+
+
 def precision(scores: np.ndarray, aligned: np.ndarray, k: int) -> float:
-    order = np.lexsort((np.arange(len(scores)), -scores))  # stable: ties by index
-    return float(aligned[order[:k]].mean())
+    return float(aligned[ranking(scores)[:k]].mean())
+
+
+def average_precision(scores: np.ndarray, aligned: np.ndarray) -> float:
+    """Mean of precision@rank over the ranks of the aligned images (1 = all first)."""
+    hits = aligned[ranking(scores)]
+    ranks = np.flatnonzero(hits) + 1
+    return float((np.arange(1, len(ranks) + 1) / ranks).mean()) if len(ranks) else 0.0
 
 
 # -- cost -----------------------------------------------------------------------------------
@@ -247,6 +258,7 @@ def variants(model, data, ckpt_version, args) -> tuple[list[dict], dict]:
         "errors": len(errors),
         "errors_predicting_spurious_colour": follow,
         "aligned_base_rate": float(aligned.mean()),
+        "aligned": int(aligned.sum()),
     }
     log.info("%d test errors, %d predict the spurious colour's class", len(errors), follow)
     train_batches = preload(ImageDataset(train, size), cfg.batch_size)
@@ -259,7 +271,7 @@ def variants(model, data, ckpt_version, args) -> tuple[list[dict], dict]:
     info["train_images"] = len(train)
     phi_loss = scorer.featurize(train_batches, "loss")
     psi_error = scorer.featurize(err_batches, "error")
-    psi_loss = -scorer.featurize(err_batches, "loss")  # raise the true-label loss
+    psi_loss = scorer.featurize(err_batches, "loss")  # raise the true-label loss
     margin = TrainFeatures.from_array(phi_margin)
 
     rows = []
@@ -270,6 +282,8 @@ def variants(model, data, ckpt_version, args) -> tuple[list[dict], dict]:
                 "variant": name,
                 "p@50": precision(scores, aligned, 50),
                 "p@100": precision(scores, aligned, 100),
+                "p@R": precision(scores, aligned, int(aligned.sum())),
+                "AP": average_precision(scores, aligned),
             }
         )
 
@@ -288,8 +302,10 @@ def variants(model, data, ckpt_version, args) -> tuple[list[dict], dict]:
     )
     add("baseline: TracIn fc, sum_t -gL_t.gL_i (raises test loss)", -(g_train @ g_test.T).sum(1))
     add("baseline: TracIn fc, sum_t +gL_t.gL_i", (g_train @ g_test.T).sum(1))
-    add("plain dot, no kernel: sum_t phi_i.psi_t", (phi_margin @ psi_error.T).sum(1))
-    for damping in (0.01, 0.1, 1.0, 10.0):
+    dots = phi_margin @ psi_error.T
+    add("plain dot, no kernel: sum_t phi_i.psi_t", dots.sum(1))
+    add("plain dot, no kernel, normalized", ((dots - dots.mean(0)) / dots.std(0)).sum(1))
+    for damping in args.dampings:
         for aggregate in ("sum", "normalized"):
             add(
                 f"kernel margin/error damping={damping:g} {aggregate}",
@@ -393,9 +409,14 @@ def print_table(report: dict) -> None:
         f"aligned base rate {info['aligned_base_rate']:.3f}",
         file=out,
     )
-    print(f"\n{'variant':84s} {'p@50':>6s} {'p@100':>6s}", file=out)
+    print(f"\n{'variant':84s} {'p@50':>6s} {'p@100':>6s} {'p@R':>6s} {'AP':>6s}", file=out)
     for row in report["variants"]:
-        print(f"{row['variant']:84s} {row['p@50']:6.3f} {row['p@100']:6.3f}", file=out)
+        print(
+            f"{row['variant']:84s} {row['p@50']:6.3f} {row['p@100']:6.3f} {row['p@R']:6.3f} "
+            f"{row['AP']:6.3f}",
+            file=out,
+        )
+    print(f"(R = {info['aligned']} aligned training images)", file=out)
     c, q = report["cost"], report["query"]
     if c:
         print(

@@ -96,7 +96,7 @@ class InfluenceConfig:
     k: int = 2048
     projection: str = "sketch"  # "sketch" | "gaussian"
     seed: int = 0
-    damping: float = 1.0  # relative to the mean eigenvalue of Phi^T Phi
+    damping: float = 10.0  # relative to the mean eigenvalue of Phi^T Phi (bench/README.md)
     aggregate: str = "normalized"  # "normalized" (each test error counts the same) | "sum"
     support: int = 100  # an image "drives" a test error when among its top-`support` images
     explain_top: int = 3  # test errors recorded per training image

@@ -1,28 +1,31 @@
 """Which training images drive the model's test errors: TRAK-style projected-gradient influence.
 
 For a model ``f`` restricted to the parameters ``theta`` of ``layers`` (default: last block +
-head), with a random projection ``P`` (:mod:`robustar_ls.explain.projection`):
+head), with a random projection ``P`` (:mod:`robustar_ls.explain.projection`, a sparse sign
+sketch by default):
 
 - train side, once per model version and cached on disk (:mod:`feature_cache`):
-  ``phi_i = P^T grad_theta m(x_i)`` with the *margin* ``m = z_y - logsumexp_{j != y} z_j``. Unlike
-  the loss, its gradient does not vanish when the image is fitted, so images whose shortcut the
-  model has already learned keep large features (TRAK's extra ``(1 - p_i)`` weight is dropped
-  for the same reason);
+  ``phi_i = P^T grad_theta m(x_i)`` with the *margin* ``m = z_y - logsumexp_{j != y} z_j``.
+  Unlike the loss, its gradient does not vanish when the image is fitted, so images whose
+  shortcut the model has already learned keep large features (TRAK's ``(1 - p_i)`` weight is
+  dropped for the same reason);
 - test side, for every misclassified test image ``t`` (true ``y``, predicted ``yhat``):
   ``psi_t = P^T grad_theta (z_yhat - z_y)``, the direction that pushes it further toward the
   wrong class (it does not vanish for confidently wrong images either);
 - kernel: ``S[i, t] = phi_i^T (Phi^T Phi + lambda I)^-1 psi_t`` with
-  ``lambda = damping * trace(Phi^T Phi) / k`` (relative to the mean eigenvalue, so the same
-  ``damping`` means the same smoothing for 1,000 or 100,000 images). ``S[i, t] > 0``: training on image i (raising its
-  margin) moves test image t toward its wrong prediction;
-- aggregate over the test errors into one score per training image (``cfg.aggregate``):
-  ``sum`` of ``S[i, t]``; ``normalized``: each test column standardised over the training
-  images first, so every error counts the same. Each image also records how many errors it
-  "drives" (it is among that error's ``cfg.support`` highest) and the errors it explains most.
+  ``lambda = damping * trace(Phi^T Phi) / k``, i.e. relative to the mean eigenvalue, so one
+  ``damping`` means the same for 1,000 or 100,000 images. The default (10) shrinks only the few
+  dominant directions (shared by whole classes) and leaves the rest as plain dot products.
+  ``S[i, t] > 0``: training on image i (raising its margin) moves test image t toward its
+  wrong prediction;
+- aggregate into one score per training image (``cfg.aggregate``): ``normalized`` (default)
+  standardises each test error's column over the training images first, so every error counts
+  the same; ``sum`` adds the raw values. Each image also records how many errors it "drives"
+  (it is among that error's ``cfg.support`` highest) and the errors it explains most.
 
 A query is one gradient and one projection per test error and a streaming ``(n, k) x (k, T)``
-product over the memory-mapped train features. Which variants rank shortcut-carrying images
-first was measured in ``bench/bench_influence.py`` (see ``bench/README.md``).
+product over the memory-mapped train features. The variants and the defaults were measured in
+``bench/bench_influence.py`` (numbers in ``bench/README.md``).
 """
 
 from __future__ import annotations
