@@ -18,6 +18,7 @@ from typing import Any
 from robustar_ls import __version__
 from robustar_ls.config import (
     ConfigError,
+    InfluenceConfig,
     LabelStudioConfig,
     ModelConfig,
     PairedConfig,
@@ -356,6 +357,166 @@ def sync_summary(sync: dict) -> str:
     return "\n".join([line, *(f"  error: {e['error']}" for e in sync["errors"])])
 
 
+# -- influence ------------------------------------------------------------------------------
+
+
+def add_influence(sub) -> None:
+    p = sub.add_parser(
+        "influence",
+        help="rank training images by how much they drive the model's test errors",
+        description="Score every training image by how much it drives the model's errors on "
+        "the test split (TRAK-style projected gradients; train features cached per model "
+        "version under <data>/.robustar/influence). Without --out, --json prints "
+        '{"model_version", "scores": {relpath: score}, ...}. With --label-studio-url and '
+        "--project (API key from LABEL_STUDIO_API_KEY) the scores are written into the tasks.",
+    )
+    p.add_argument("--data", required=True, help="dataset folder with train/ and test/")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--arch", default=None, help="architecture, for a bare state_dict")
+    p.add_argument("--out", default=None, help="write the full scores JSON here")
+    p.add_argument("--top", type=int, default=None, help="explain / write only the N highest")
+    p.add_argument("--k", type=int, default=None, help="projection size (default 2048)")
+    p.add_argument("--layers", default=None, help="comma-separated module names")
+    p.add_argument("--projection", choices=["sketch", "gaussian"], default=None)
+    p.add_argument("--damping", type=float, default=None)
+    p.add_argument("--aggregate", choices=["normalized", "sum"], default=None)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, …")
+    p.add_argument("--test-split", dest="test_split", default=None, help="default: test")
+    p.add_argument("--cache-dir", default=None, help="default: <data>/.robustar/influence")
+    p.add_argument("--label-studio-url", dest="url", default=None, help="Label Studio URL")
+    p.add_argument("--project", default=None, help="Label Studio project title to update")
+    p.set_defaults(func=run_influence)
+
+
+def influence_config(args: argparse.Namespace) -> InfluenceConfig:
+    flags = pick(args, InfluenceConfig)
+    if getattr(args, "layers", None):
+        flags["layers"] = tuple(name.strip() for name in args.layers.split(",") if name.strip())
+    section = dict(settings_section(args, "influence"))
+    if isinstance(section.get("layers"), list):
+        section["layers"] = tuple(section["layers"])
+    cfg = build(InfluenceConfig, section, flags)
+    if cfg.k < 1 or cfg.batch_size < 1 or cfg.damping < 0:
+        raise ConfigError("influence: k and batch size must be positive, damping >= 0")
+    return cfg
+
+
+def run_influence(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from robustar_ls.data.folders import ImageFolderSplits
+    from robustar_ls.explain.feature_cache import FeatureCacheError
+    from robustar_ls.explain.influence import InfluenceError, InfluenceScorer
+    from robustar_ls.explain.projection import ProjectionError
+    from robustar_ls.models.checkpoint import atomic_write_bytes, load_checkpoint
+
+    cfg = influence_config(args)
+    if args.top is not None and args.top < 1:
+        raise UserError("--top must be at least 1")
+    if args.url and not args.project:
+        raise UserError("--label-studio-url needs --project (the project title)")
+    data = ImageFolderSplits.open(args.data, required=("train", cfg.test_split))
+    ckpt = load_checkpoint(args.checkpoint, arch=args.arch, classes=data.classes)
+    cache = Path(args.cache_dir) if args.cache_dir else data.root / ".robustar" / "influence"
+    progress = tqdm_progress(not args.quiet)
+    try:
+        scorer = InfluenceScorer(ckpt.model, None, cfg)
+        result = scorer.score(
+            data.splits["train"],
+            data.splits[cfg.test_split],
+            image_size=ckpt.image_size,
+            model_version=ckpt.version,
+            classes=data.classes,
+            cache_root=cache,
+            top=args.top,
+            progress=progress,
+        )
+    except (InfluenceError, ProjectionError, FeatureCacheError) as err:
+        raise UserError(str(err)) from err
+    top = result.ranked(args.top if args.top is not None else 10)
+    highlights = [
+        {
+            "relpath": rel,
+            "score": result.scores[rel],
+            "rank": result.ranks[rel],
+            "drives": result.drives.get(rel, 0),
+            "explains": result.explain_text(rel),
+        }
+        for rel in top
+    ]
+    summary: dict[str, Any] = {
+        "model_version": result.model_version,
+        "train_images": len(result.scores),
+        "test_error_count": len(result.test_errors),
+        "top": highlights,
+    }
+    if args.project:
+        summary["label_studio"] = write_influence_to_label_studio(args, result, progress)
+    document = {
+        "model_version": result.model_version,
+        "scores": result.scores,
+        "ranks": result.ranks,
+        "explains": result.explains,
+        "test_errors": result.test_errors,
+    }
+    if args.out:
+        text = json.dumps(document, indent=1, sort_keys=True) + "\n"
+        atomic_write_bytes(Path(args.out), text.encode())
+        summary["out"] = str(args.out)
+    if args.json:
+        shown = {key: value for key, value in document.items() if key != "ranks"}
+        print_json(summary if args.out else {**shown, **summary})
+    elif args.out:
+        print(f"wrote scores of {len(result.scores)} training images to {args.out}")
+    else:
+        print(f"{len(result.test_errors)} test errors; most responsible training images:")
+        for item in highlights:
+            print(f"{item['rank']:5d}  {item['score']:+.4g}  {item['relpath']}  {item['explains']}")
+    return 0
+
+
+def write_influence_to_label_studio(args: argparse.Namespace, result, progress) -> dict:
+    """Write the scores into the project's tasks; returns what was done."""
+    from robustar_ls.config import LabelStudioConfig, secrets_from_env
+
+    try:
+        from robustar_ls.labelstudio import client as ls
+        from robustar_ls.labelstudio.influence_fields import write_influence
+    except ImportError as err:
+        raise UserError(
+            f"writing to Label Studio needs robustar_ls.labelstudio.client ({err}); "
+            "update robustar-ls, or run without --label-studio-url and use --out"
+        ) from err
+    ls_cfg = build(
+        LabelStudioConfig,
+        settings_section(args, "label_studio"),
+        pick(args, LabelStudioConfig),
+        {"api_key": secrets_from_env()["label_studio_api_key"]},
+    )
+    if not ls_cfg.api_key:
+        raise UserError("set LABEL_STUDIO_API_KEY (a legacy token or a personal access token)")
+    try:
+        client = ls.connect(ls_cfg.url, ls_cfg.api_key)
+        project = ls.find_project(client, ls_cfg.project)
+        if project is None:
+            raise UserError(
+                f"no Label Studio project titled {ls_cfg.project!r} at {ls_cfg.url}; "
+                "create it with `robustar-ls import`"
+            )
+        report = write_influence(client, project.id, result, args.top, progress)
+    except ls.LabelStudioError as err:
+        raise UserError(str(err)) from err
+    log.info(
+        "Label Studio project %s: %d tasks scored, %d old scores cleared, %d updated",
+        project.id,
+        report.scored,
+        report.cleared,
+        report.updated,
+    )
+    return {"project_id": project.id, **report.as_dict()}
+
+
 # -- import -------------------------------------------------------------------------------
 
 
@@ -634,6 +795,7 @@ COMMANDS = [
     add_sync_train,
     add_import,
     add_serve,
+    add_influence,
     add_demo,
 ]
 
