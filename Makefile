@@ -13,7 +13,7 @@ demo: venv venv-ls  ## set everything up and run the built-in demo
 	$(VENV)/bin/robustar-ls demo --label-studio-bin $(CURDIR)/$(VENV_LS)/bin/label-studio
 
 test: venv venv-ls  ## run the whole test suite (unit + end-to-end against a real Label Studio)
-	ROBUSTAR_LS_LABEL_STUDIO_BIN=$(CURDIR)/$(VENV_LS)/bin/label-studio $(PY) -m pytest -q
+	OMP_NUM_THREADS=1 ROBUSTAR_LS_LABEL_STUDIO_BIN=$(CURDIR)/$(VENV_LS)/bin/label-studio $(PY) -m pytest -q
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -56,8 +56,8 @@ class DemoConfig:
     label_studio_port: int = 8080
     backend_port: int = 9090
     per_class: int = 200
-    epochs: int = 8
-    spurious_fraction: float = 0.5
+    epochs: int = 10
+    spurious_fraction: float = 0.7
     wait: bool = True  # keep serving until Ctrl-C
 
 
