@@ -1,0 +1,151 @@
+"""``robustar-ls import``: turn an ImageFolder dataset into a ready Label Studio project.
+
+Steps, ordered so that a rerun after any failure converges (each one finds what exists):
+
+1. check the dataset (training images) and that it lies under the document root — nothing is
+   created in Label Studio when these fail;
+2. find or create the project, set the label config;
+3. find or create the local-files storage, then fetch one image through Label Studio (a wrong
+   document root shows here, before any task exists);
+4. import one task per training image not yet in the project, in bulk batches;
+5. connect the ML backend (when given);
+6. find or create the "Most influential first" Data Manager view.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from label_studio_sdk import LabelStudio
+
+from robustar_ls.config import ImportConfig, LabelStudioConfig
+from robustar_ls.data.folders import DatasetError, ImageFolderSplits
+from robustar_ls.labelstudio import client as ls
+from robustar_ls.labelstudio.client import LabelStudioError
+from robustar_ls.labelstudio.config import LabelConfigError, default_label_config, find_tags
+
+log = logging.getLogger(__name__)
+
+Saliency = Callable[[str], str]
+
+
+def task_data(relpath: str, true_class: str, image_url: str, saliency_url: str = "") -> dict:
+    """The data of one task (one training image); the fields the label config shows."""
+    return {
+        "image": image_url,
+        "relpath": relpath,
+        "true_class": true_class,
+        "summary": f"True class: {true_class}",
+        "saliency": saliency_url,
+        "influence": 0.0,  # a JSON number: the influence view sorts it numerically
+        "influence_rank": 0,
+        "influence_explains": "",
+    }
+
+
+def build_tasks(
+    data: ImageFolderSplits, document_root: str | Path, saliency: Saliency | None = None
+) -> list[dict]:
+    """One task per training image, its image served from Label Studio's local files.
+
+    ``saliency`` maps an image URL to the URL of its saliency heatmap (the backend's); without
+    it the field is left empty.
+    """
+    samples = data.splits.get("train") or []
+    if not samples:
+        raise DatasetError(f"{data.root} has no training images (train/<class>/<image>)")
+    train_url = ls.local_files_url(data.split_dir("train"), document_root)
+    tasks = []
+    for sample in samples:
+        url = train_url + "/" + urllib.parse.quote(sample.relpath, safe="/")
+        tasks.append(
+            task_data(
+                sample.relpath,
+                data.classes[sample.label],
+                url,
+                saliency(url) if saliency is not None else "",
+            )
+        )
+    return tasks
+
+
+def read_label_config(path: str = "") -> str:
+    """The labeling config XML: the file at ``path`` (checked), or the packaged default."""
+    if not path:
+        return default_label_config()
+    try:
+        xml = Path(path).read_text()
+    except OSError as err:
+        raise LabelStudioError(f"cannot read label config {path}: {err.strerror}") from err
+    try:
+        find_tags(xml)
+    except LabelConfigError as err:
+        raise LabelStudioError(f"label config {path}: {err}") from err
+    return xml
+
+
+def import_project(
+    client: LabelStudio,
+    ls_cfg: LabelStudioConfig,
+    cfg: ImportConfig,
+    basic_auth: tuple[str, str] | None = None,
+    saliency: Saliency | None = None,
+    progress: Callable | None = None,
+) -> dict[str, Any]:
+    """Create or update the project for ``cfg.data``; returns a JSON-able summary."""
+    if not cfg.data:
+        raise LabelStudioError("no dataset given (--data)")
+    if not ls_cfg.document_root:
+        raise LabelStudioError(
+            "no --document-root: images are served through Label Studio's local files; start "
+            "Label Studio with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and "
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<a folder containing the dataset>, and pass "
+            "that folder as --document-root (uploading images is not supported)"
+        )
+    data = ImageFolderSplits.open(cfg.data, required=("train",))
+    tasks = build_tasks(data, ls_cfg.document_root, saliency)  # checks the document root too
+    label_config = read_label_config(cfg.label_config)
+
+    project = ls.ensure_project(client, ls_cfg.project, label_config)
+    storage = ls.ensure_local_storage(
+        client,
+        project.id,
+        data.root,
+        ls_cfg.document_root,
+        probe=data.splits["train"][0].path,
+    )
+    result = ls.import_tasks(client, project.id, tasks, cfg.batch_size, progress=progress)
+    log.info(
+        "project %s: %d tasks created, %d already there",
+        project.id,
+        result.created,
+        result.existing,
+    )
+    backend_id = None
+    if cfg.backend_url:
+        backend_id = ls.ensure_ml_backend(client, project.id, cfg.backend_url, basic_auth).id
+    view = ls.ensure_influence_view(client, project.id)
+    return {
+        "project_id": project.id,
+        "project_url": f"{ls_cfg.url.rstrip('/')}/projects/{project.id}/data?tab={view.id}",
+        "storage_id": storage.id,
+        "created_tasks": result.created,
+        "existing_tasks": result.existing,
+        "view_id": view.id,
+        "ml_backend_id": backend_id,
+    }
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """One human line for the CLI."""
+    backend = (
+        f", ML backend {summary['ml_backend_id']}" if summary["ml_backend_id"] is not None else ""
+    )
+    return (
+        f"project {summary['project_id']}: {summary['created_tasks']} tasks created, "
+        f"{summary['existing_tasks']} already there{backend}; open {summary['project_url']}"
+    )

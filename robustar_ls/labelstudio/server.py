@@ -1,0 +1,396 @@
+"""Start and stop a real Label Studio server (the demo and the end-to-end tests).
+
+Label Studio lives in its own virtualenv (it pins Django and friends), so it is driven through
+its ``label-studio`` executable only. SQLite, a data dir of our own:
+
+    label-studio start --no-browser --enable-legacy-api-token \
+        --internal-host 127.0.0.1 --port <free port>
+
+with ``LABEL_STUDIO_USERNAME/PASSWORD/USER_TOKEN`` creating the first user (the legacy token)
+and ``LABEL_STUDIO_LOCAL_FILES_*`` serving files under a temporary document root. A personal
+access token is then created the way a user does it: log in, ``POST /api/token/``.
+
+A cold start spends most of its time in database migrations (minutes on a small machine), so
+a migrated, user-less SQLite database is cached per Label Studio install and copied into each
+new data dir; later sessions start in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
+
+import requests
+from label_studio_sdk import LabelStudio
+
+BIN_ENV = "ROBUSTAR_LS_LABEL_STUDIO_BIN"
+TIMEOUT_ENV = "ROBUSTAR_LS_E2E_STARTUP_TIMEOUT"
+DB_CACHE_ENV = "ROBUSTAR_LS_E2E_DB_CACHE"
+DEFAULT_STARTUP_TIMEOUT = 600.0
+DB_FILE = "label_studio.sqlite3"
+LOG_TAIL_CHARS = 4000
+INSTALL_HINT = (
+    "Label Studio is not installed: run `make venv-ls` (creates .venv-ls "
+    "with label-studio==1.23.2) or set ROBUSTAR_LS_LABEL_STUDIO_BIN=/path/to/label-studio"
+)
+
+TokenKind = Literal["legacy", "pat"]
+
+
+class LabelStudioStartError(RuntimeError):
+    """Label Studio did not come up; the message ends with the tail of its log."""
+
+
+@dataclass(frozen=True)
+class LabelStudioServer:
+    """A running Label Studio server and the credentials of its only user."""
+
+    url: str
+    username: str
+    password: str
+    legacy_token: str
+    pat: str
+    document_root: Path
+    data_dir: Path
+    log_path: Path
+    startup_seconds: float
+    _clients: dict[str, LabelStudio] = field(default_factory=dict, repr=False, compare=False)
+
+    def token(self, kind: TokenKind = "legacy") -> str:
+        """The API key of one kind: ``legacy`` (``Token`` header) or ``pat`` (JWT refresh)."""
+        tokens = {"legacy": self.legacy_token, "pat": self.pat}
+        if kind not in tokens:
+            raise ValueError(f"unknown token kind {kind!r}; use 'legacy' or 'pat'")
+        return tokens[kind]
+
+    def client(self, kind: TokenKind = "legacy") -> LabelStudio:
+        """A label-studio-sdk client authenticated with the given kind of token."""
+        if kind not in self._clients:
+            self._clients[kind] = LabelStudio(base_url=self.url, api_key=self.token(kind))
+        return self._clients[kind]
+
+    def auth_headers(self) -> dict[str, str]:
+        """Headers for plain HTTP requests (``/data/local-files``...) with the legacy token."""
+        return {"Authorization": f"Token {self.legacy_token}"}
+
+    def local_files_url(self, path: Path) -> str:
+        """The ``/data/local-files/?d=...`` URL Label Studio serves ``path`` under."""
+        relative = Path(path).resolve().relative_to(self.document_root)
+        return f"/data/local-files/?d={quote(relative.as_posix(), safe='/')}"
+
+
+def find_label_studio_bin(repo_root: Path) -> str | None:
+    """``$ROBUSTAR_LS_LABEL_STUDIO_BIN``, else ``.venv-ls/bin/label-studio``, else PATH.
+
+    Raises `FileNotFoundError` when the environment variable names a missing file: an
+    explicit setting that does not work must fail loudly, not skip.
+    """
+    explicit = os.environ.get(BIN_ENV)
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise FileNotFoundError(f"{BIN_ENV}={explicit} is not an executable file")
+        return explicit
+    local = repo_root / ".venv-ls" / "bin" / "label-studio"
+    if os.access(local, os.X_OK):
+        return str(local)
+    return shutil.which("label-studio")
+
+
+def startup_timeout() -> float:
+    """Seconds to wait for migrations and for ``/health`` (``$ROBUSTAR_LS_E2E_STARTUP_TIMEOUT``)."""
+    return float(os.environ.get(TIMEOUT_ENV, DEFAULT_STARTUP_TIMEOUT))
+
+
+def db_cache_enabled() -> bool:
+    """Whether to reuse a migrated database (``ROBUSTAR_LS_E2E_DB_CACHE=0`` turns it off)."""
+    return os.environ.get(DB_CACHE_ENV, "1").lower() not in {"0", "false", "no", "off"}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port the OS reports free right now (bind to port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def base_env(data_dir: Path) -> dict[str, str]:
+    """Environment for any ``label-studio`` command: own data dir, no network calls.
+
+    Without the empty Sentry DSNs and the disabled version check, commands can hang for
+    minutes on a machine without internet access.
+    """
+    env = dict(os.environ)
+    env.update(
+        LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
+        LATEST_VERSION_CHECK="false",
+        COLLECT_ANALYTICS="false",
+        SENTRY_DSN="",
+        FRONTEND_SENTRY_DSN="",
+        LOG_LEVEL="INFO",
+    )
+    return env
+
+
+def server_env(
+    data_dir: Path, document_root: Path, username: str, password: str, token: str
+) -> dict[str, str]:
+    """Environment for ``label-studio start``: first user, legacy token, local files."""
+    env = base_env(data_dir)
+    env.update(
+        LABEL_STUDIO_USERNAME=username,
+        LABEL_STUDIO_PASSWORD=password,
+        LABEL_STUDIO_USER_TOKEN=token,
+        LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
+        LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(document_root),
+        LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
+        # The ML backend runs on this machine: let Label Studio call loopback addresses.
+        ML_BLOCK_LOCAL_IP="false",
+        SSRF_PROTECTION_ENABLED="false",
+    )
+    return env
+
+
+def start_command(binary: str, port: int, host: str = "127.0.0.1") -> list[str]:
+    """The ``label-studio start`` command line."""
+    return [
+        binary,
+        "start",
+        "--no-browser",
+        "--enable-legacy-api-token",
+        "--internal-host",
+        host,
+        "--port",
+        str(port),
+    ]
+
+
+def log_tail(log_path: Path, chars: int = LOG_TAIL_CHARS) -> str:
+    """The last ``chars`` characters of a log file ('' when it does not exist)."""
+    try:
+        text = log_path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    return text[-chars:]
+
+
+def spawn(command: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``command`` in its own process group, stdout and stderr into ``log_path``."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            command,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_process(process: subprocess.Popen[bytes], grace_seconds: float = 15.0) -> None:
+    """SIGTERM the process group, SIGKILL it if it is still alive after ``grace_seconds``."""
+    if process.poll() is not None:
+        return
+    _signal_group(process, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        _signal_group(process, signal.SIGKILL)
+        process.wait(timeout=grace_seconds)
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Send ``sig`` to the process group led by ``process`` (it may have just exited)."""
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+
+
+def wait_for_health(
+    url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float
+) -> None:
+    """Poll ``GET /health`` until it answers 200; fail early if the server exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise LabelStudioStartError(
+                f"label-studio exited with code {process.returncode} before /health answered;"
+                f" log {log_path}:\n{log_tail(log_path)}"
+            )
+        if _healthy(url):
+            return
+        time.sleep(1.0)
+    raise LabelStudioStartError(
+        f"label-studio did not answer {url}/health within {timeout:.0f} s"
+        f" (set {TIMEOUT_ENV} to wait longer); log {log_path}:\n{log_tail(log_path)}"
+    )
+
+
+def _healthy(url: str) -> bool:
+    """Whether ``/health`` answers 200 now."""
+    try:
+        return requests.get(f"{url}/health", timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def install_key(binary: str) -> str:
+    """A key that changes when this Label Studio install changes (pip rewrites the script)."""
+    resolved = Path(binary).resolve()
+    stamp = f"{resolved}:{resolved.stat().st_mtime_ns}"
+    return hashlib.sha256(stamp.encode()).hexdigest()[:16]
+
+
+def migrated_database(binary: str, cache_dir: Path, timeout: float) -> Path:
+    """A migrated, user-less SQLite database for this install, made once and cached.
+
+    ``label-studio version`` applies all migrations to its data dir and exits without
+    creating a user, which is exactly the template wanted.
+    """
+    cached = cache_dir / f"label-studio-{install_key(binary)}.sqlite3"
+    if cached.exists():
+        return cached
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix="migrate-") as scratch:
+        data_dir = Path(scratch)
+        log_path = data_dir / "migrate.log"
+        process = spawn([binary, "version"], base_env(data_dir), log_path)
+        try:
+            returncode = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stop_process(process)
+            raise LabelStudioStartError(
+                f"`label-studio version` (migrations) took over {timeout:.0f} s:\n"
+                f"{log_tail(log_path)}"
+            ) from None
+        if returncode != 0 or not (data_dir / DB_FILE).exists():
+            raise LabelStudioStartError(
+                f"`label-studio version` failed with code {returncode}:\n{log_tail(log_path)}"
+            )
+        partial = cached.with_suffix(".partial")
+        shutil.copyfile(data_dir / DB_FILE, partial)
+        os.replace(partial, cached)
+    return cached
+
+
+def create_personal_access_token(url: str, username: str, password: str) -> str:
+    """Log in like a browser and create a personal access token (a JWT refresh token).
+
+    ``GET /user/login/`` sets the CSRF cookie, the form ``POST`` opens a session, and
+    ``POST /api/token/`` (with the CSRF header) answers ``{"token": "<refresh token>"}``.
+    """
+    with requests.Session() as session:
+        session.get(f"{url}/user/login/", timeout=30).raise_for_status()
+        response = session.post(
+            f"{url}/user/login/",
+            data={
+                "email": username,
+                "password": password,
+                "csrfmiddlewaretoken": session.cookies["csrftoken"],
+            },
+            headers={"Referer": f"{url}/user/login/"},
+            allow_redirects=False,
+            timeout=30,
+        )
+        if response.status_code != 302:
+            raise LabelStudioStartError(f"login as {username} failed: {response.status_code}")
+        response = session.post(
+            f"{url}/api/token/",
+            headers={"X-CSRFToken": session.cookies["csrftoken"], "Referer": f"{url}/"},
+            timeout=30,
+        )
+        response.raise_for_status()
+        return str(response.json()["token"])
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The first user of a Label Studio server and its legacy API token."""
+
+    username: str
+    password: str
+    legacy_token: str
+
+    @classmethod
+    def random(cls, username: str = "robustar-e2e@example.com") -> Credentials:
+        return cls(username, secrets.token_urlsafe(16), secrets.token_hex(20))
+
+
+@contextmanager
+def running_label_studio(
+    binary: str,
+    workdir: Path,
+    db_template: Path | None = None,
+    timeout: float | None = None,
+    *,
+    credentials: Credentials | None = None,
+    port: int | None = None,
+    document_root: Path | None = None,
+    host: str = "127.0.0.1",
+) -> Iterator[LabelStudioServer]:
+    """Run ``label-studio start`` under ``workdir`` until the context exits.
+
+    ``workdir`` receives ``data/`` (database, media; kept, so a rerun finds its projects),
+    ``documents/`` (the local-files document root, unless ``document_root`` is given) and
+    ``label-studio.log``. ``db_template``, when given and no database exists yet, is copied in
+    so that no migration runs. ``port`` defaults to a free one.
+    """
+    timeout = startup_timeout() if timeout is None else timeout
+    data_dir = workdir / "data"
+    document_root = Path(document_root or workdir / "documents")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    document_root.mkdir(parents=True, exist_ok=True)
+    document_root = document_root.resolve()
+    if db_template is not None and not (data_dir / DB_FILE).exists():
+        shutil.copyfile(db_template, data_dir / DB_FILE)
+    creds = credentials or Credentials.random()
+    port = port or free_port(host)
+    url = f"http://{host}:{port}"
+    if _healthy(url):
+        raise LabelStudioStartError(f"something already answers on {url}; choose another port")
+    log_path = workdir / "label-studio.log"
+    env = server_env(data_dir, document_root, creds.username, creds.password, creds.legacy_token)
+    started = time.monotonic()
+    process = spawn(start_command(binary, port, host), env, log_path)
+    try:
+        wait_for_health(url, process, log_path, timeout)
+        startup_seconds = time.monotonic() - started
+        yield LabelStudioServer(
+            url=url,
+            username=creds.username,
+            password=creds.password,
+            legacy_token=creds.legacy_token,
+            pat=create_personal_access_token(url, creds.username, creds.password),
+            document_root=document_root,
+            data_dir=data_dir,
+            log_path=log_path,
+            startup_seconds=startup_seconds,
+        )
+    finally:
+        stop_process(process)
+
+
+def add_local_storage(client: LabelStudio, project_id: int, path: Path) -> int:
+    """Connect ``path`` (under the document root) to a project as local-files import storage.
+
+    Label Studio serves ``/data/local-files/?d=...`` only for files inside such a storage.
+    Returns the storage id.
+    """
+    storage = client.import_storage.local.create(
+        project=project_id,
+        path=str(Path(path).resolve()),
+        use_blob_urls=False,
+        title=f"local files {Path(path).name}",
+    )
+    return int(storage.id)

@@ -1,0 +1,32 @@
+#!/usr/bin/env python
+"""Create or update the Label Studio project for a dataset (same as ``robustar-ls import``).
+
+Example::
+
+    LABEL_STUDIO_API_KEY=... python scripts/import_project.py --data /data/ds \\
+        --label-studio-url http://localhost:8080 --project "My dataset" \\
+        --document-root /data --backend-url http://localhost:9090
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from robustar_ls import cli
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The parser of ``robustar-ls import``."""
+    parser = cli.get_args_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["import"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.main(["import", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

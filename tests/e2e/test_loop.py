@@ -1,0 +1,307 @@
+"""The whole loop, as a user runs it: real Label Studio, `robustar-ls serve` under gunicorn,
+and only label-studio-sdk calls (plus our CLI) in between.
+
+import → Label Studio fetches predictions → smart tools → annotations → sync-train → new model
+version served → "Start Training" → influence-ranked view.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import requests
+import torch
+
+from robustar_ls.cli import main
+from robustar_ls.config import SyntheticConfig
+from robustar_ls.data.folders import ImageFolderSplits
+from robustar_ls.data.masks import MaskStore
+from robustar_ls.data.synthetic import make_dataset
+from robustar_ls.labelstudio import client as ls
+from robustar_ls.labelstudio.brush import mask_to_rle, rle_to_mask
+from robustar_ls.labelstudio.server import free_port, log_tail, stop_process
+from robustar_ls.models.checkpoint import read_version, save_checkpoint
+from robustar_ls.models.zoo import create_classifier
+
+pytestmark = pytest.mark.e2e
+
+SIZE = 16
+AUTH = ("robustar", "loop-pass")
+
+
+def _retrieve_predictions(client, project_id: int) -> None:
+    """Ask Label Studio to fetch predictions for every task (the Data Manager action)."""
+    client.actions.create(
+        id="retrieve_tasks_predictions",
+        project=project_id,
+        selected_items={"all": True, "excluded": []},
+    )
+
+
+def _versions_of_predictions(client, task_ids) -> dict[int, set[str]]:
+    return {
+        task_id: {p.model_version for p in client.predictions.list(task=task_id)}
+        for task_id in task_ids
+    }
+
+
+@pytest.fixture
+def loop(label_studio, local_files_dir, tmp_path, monkeypatch) -> Iterator[SimpleNamespace]:
+    """A tiny dataset under the document root, a checkpoint, and `robustar-ls serve` running."""
+    data = local_files_dir / "shapes"
+    make_dataset(
+        data,
+        SyntheticConfig(size=SIZE, per_class=4, val_per_class=2, test_per_class=3, classes=2),
+    )
+    classes = ImageFolderSplits.open(data).classes
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(
+        checkpoint,
+        create_classifier("resnet18_small", len(classes), width=4),
+        arch="resnet18_small",
+        classes=classes,
+        image_size=SIZE,
+        width=4,
+    )
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("train:\n  epochs: 2\n  batch_size: 8\n  device: cpu\n")
+    project = f"loop-{local_files_dir.name[-20:]}"
+    port = free_port()
+    backend_url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "LABEL_STUDIO_API_KEY": label_studio.pat,  # the backend uses a personal access token
+        "BASIC_AUTH_USER": AUTH[0],
+        "BASIC_AUTH_PASS": AUTH[1],
+        "ROBUSTAR_LS_SECRET": "loop-secret",
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "robustar_ls.cli",
+        "serve",
+        "--config",
+        str(settings),
+        "--checkpoint",
+        str(checkpoint),
+        "--document-root",
+        str(label_studio.document_root),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+        "--label-studio-url",
+        label_studio.url,
+        "--data",
+        str(data),
+        "--project",
+        project,
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
+    log_path = tmp_path / "backend.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while not _healthy(backend_url):
+            assert process.poll() is None, f"backend exited:\n{log_tail(log_path)}"
+            assert time.monotonic() < deadline, f"backend not up:\n{log_tail(log_path)}"
+            time.sleep(0.5)
+        for name, value in env.items():
+            if name.startswith(("BASIC_AUTH", "ROBUSTAR_LS_SECRET")):
+                monkeypatch.setenv(name, value)
+        monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.legacy_token)  # CLI: legacy
+        yield SimpleNamespace(
+            data=data,
+            checkpoint=checkpoint,
+            project=project,
+            backend_url=backend_url,
+            log_path=log_path,
+            cache=tmp_path / "cache",
+        )
+    finally:
+        stop_process(process, grace_seconds=10)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/health", timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+def _import(label_studio, loop, capsys) -> dict:
+    argv = [
+        "import",
+        "--data",
+        str(loop.data),
+        "--label-studio-url",
+        label_studio.url,
+        "--project",
+        loop.project,
+        "--backend-url",
+        loop.backend_url,
+        "--document-root",
+        str(label_studio.document_root),
+        "-q",
+        "--json",
+    ]
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _spurious_result(mask: np.ndarray) -> list[dict]:
+    return [
+        {
+            "from_name": "spurious",
+            "to_name": "image",
+            "type": "brushlabels",
+            "original_width": SIZE,
+            "original_height": SIZE,
+            "image_rotation": 0,
+            "value": {
+                "format": "rle",
+                "rle": mask_to_rle(mask.astype(np.uint8) * 255),
+                "brushlabels": ["Spurious"],
+            },
+        }
+    ]
+
+
+def test_the_whole_loop(label_studio, loop, capsys):
+    client = label_studio.client("pat")
+    summary = _import(label_studio, loop, capsys)
+    pid, ml_id = summary["project_id"], summary["ml_backend_id"]
+    assert summary["created_tasks"] == 8 and ml_id is not None
+    tasks = ls.tasks_by_image(client, pid)
+    task_ids = [t.id for t in tasks.values()]
+
+    # 1. Label Studio itself fetches predictions from the backend, stored with our version.
+    v1 = read_version(loop.checkpoint)
+    _retrieve_predictions(client, pid)
+    assert _versions_of_predictions(client, task_ids) == {t: {v1} for t in task_ids}
+    prediction = next(iter(client.predictions.list(task=task_ids[0])))
+    kinds = {r["type"]: r for r in prediction.result}
+    assert "Predicted: " in kinds["textarea"]["value"]["text"][0]
+    attention = kinds["brushlabels"]
+    assert attention["value"]["brushlabels"] == ["Model attention"]
+    decoded = rle_to_mask(attention["value"]["rle"], SIZE, SIZE)
+    assert decoded.shape == (SIZE, SIZE) and decoded.any()
+    # no COCO weights on this machine: no Spurious pre-annotation, and the server says why
+    assert "Mask R-CNN" in loop.log_path.read_text() or "segmenter" in loop.log_path.read_text()
+
+    # 2. The smart tools, through label-studio-sdk's interactive call.
+    for context in (
+        {"x": 25.0, "y": 25.0, "width": 1, "keypointlabels": ["Pick colour"]},
+        {"x": 10.0, "y": 10.0, "width": 60.0, "height": 60.0, "rectanglelabels": ["Object"]},
+    ):
+        tag = "colour_pick" if "keypointlabels" in context else "object_box"
+        kind = "keypointlabels" if "keypointlabels" in context else "rectanglelabels"
+        region = {
+            "original_width": SIZE,
+            "original_height": SIZE,
+            "image_rotation": 0,
+            "value": context,
+            "id": f"r-{tag}",
+            "from_name": tag,
+            "to_name": "image",
+            "type": kind,
+            "is_positive": True,
+        }
+        raw = client.ml.with_raw_response.predict_interactive(
+            id=ml_id, task=task_ids[0], context={"result": [region]}
+        )
+        answer = raw.response.json()
+        assert "errors" not in answer, answer
+        (brush,) = answer["data"]["result"]
+        assert brush["value"]["brushlabels"] == ["Spurious"]
+        assert rle_to_mask(brush["value"]["rle"], SIZE, SIZE).any()
+
+    # 3. Annotators paint Spurious pixels on two tasks; sync-train pulls and trains on them.
+    painted = sorted(tasks)[:2]
+    for relpath in painted:
+        mask = np.zeros((SIZE, SIZE), dtype=bool)
+        mask[:4, :4] = True
+        client.annotations.create(id=tasks[relpath].id, result=_spurious_result(mask))
+    argv = [
+        "sync-train",
+        "--data",
+        str(loop.data),
+        "--checkpoint",
+        str(loop.checkpoint),
+        "--label-studio-url",
+        label_studio.url,
+        "--project",
+        loop.project,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "-q",
+        "--json",
+    ]
+    assert main(argv) == 0
+    trained = json.loads(capsys.readouterr().out)
+    store = MaskStore(loop.data / "masks")
+    assert sorted(store.relpaths()) == sorted(str(Path(p).with_suffix(".png")) for p in painted)
+    assert store.read(painted[0])[:4, :4].all() and store.read(painted[0]).sum() == 16
+    v2 = read_version(loop.checkpoint)
+    assert trained["parent_version"] == v1 and trained["model_version"] == v2 != v1
+
+    # 4. The running backend serves the new version: Label Studio gets v2 predictions.
+    _retrieve_predictions(client, pid)
+    assert all(v2 in versions for versions in _versions_of_predictions(client, task_ids).values())
+
+    # 5. "Start Training" (ml.train) runs sync + paired training in the backend, to completion.
+    client.ml.train(id=ml_id)
+    status = {}
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        status = requests.get(f"{loop.backend_url}/train/status", auth=AUTH, timeout=10).json()
+        if status.get("state") in ("succeeded", "failed"):
+            break
+        time.sleep(1)
+    assert status.get("state") == "succeeded", (status, log_tail(loop.log_path))
+    v3 = read_version(loop.checkpoint)
+    assert v3 != v2 and status["result"]["model_version"] == v3
+
+    # 6. Influence ranks the tasks; the view reads them back in that order.
+    argv = [
+        "influence",
+        "--data",
+        str(loop.data),
+        "--checkpoint",
+        str(loop.checkpoint),
+        "--label-studio-url",
+        label_studio.url,
+        "--project",
+        loop.project,
+        "--k",
+        "64",
+        "-q",
+        "--json",
+    ]
+    assert main(argv) == 0
+    capsys.readouterr()
+    view = ls.ensure_influence_view(client, pid)
+    ordered = list(client.tasks.list(project=pid, view=view.id, fields="all"))
+    scores = [t.data["influence"] for t in ordered]
+    assert len(scores) == 8 and scores == sorted(scores, reverse=True)
+    ranks = [t.data["influence_rank"] for t in ordered]
+    assert ranks[0] == 1

@@ -1,0 +1,136 @@
+"""The Label Studio client layer without a server: paths, URLs, batching, merging, errors.
+
+The same functions against a real Label Studio are tested in tests/e2e/test_import.py.
+"""
+
+from __future__ import annotations
+
+import socket
+from types import SimpleNamespace
+
+import pytest
+
+from robustar_ls.labelstudio import client as ls
+
+
+def test_relative_to_document_root_and_url(tmp_path):
+    image = tmp_path / "root" / "my data" / "train" / "cat" / "a b#1.png"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(b"")
+    assert ls.relative_to_document_root(image, tmp_path / "root") == "my data/train/cat/a b#1.png"
+    url = ls.local_files_url(image, tmp_path / "root")
+    assert url == "/data/local-files/?d=my%20data/train/cat/a%20b%231.png"
+
+
+def test_data_outside_document_root_is_a_clear_error(tmp_path):
+    (tmp_path / "root").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(ls.LabelStudioError, match="not inside the document root"):
+        ls.local_files_url(tmp_path / "elsewhere" / "x.png", tmp_path / "root")
+    with pytest.raises(ls.LabelStudioError, match="sub-folder"):
+        ls._storage_path(tmp_path / "root", tmp_path / "root")
+
+
+def test_storage_path_keeps_the_document_root_as_given(tmp_path):
+    real = tmp_path / "real"
+    (real / "ds").mkdir(parents=True)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    # the server compares strings under its own document root spelling, here the link
+    assert ls._storage_path(real / "ds", link) == str(link / "ds")
+    assert ls._covers(str(link), str(link / "ds")) and not ls._covers(str(link / "d"), str(link))
+    assert not ls._covers(str(tmp_path / "ds"), str(tmp_path / "ds-private"))
+
+
+def test_influence_view_is_numeric_and_descending():
+    data = ls.influence_view_data()
+    assert data["title"] == ls.INFLUENCE_VIEW_TITLE
+    assert data["ordering"] == ["-tasks:data.influence"]
+    assert data["columnsDisplayType"]["tasks:data.influence"] == "Number"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_connect_unreachable_and_missing_key():
+    url = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(ls.LabelStudioError, match=r"cannot reach Label Studio at .*is it running"):
+        ls.connect(url, "some-token")
+    with pytest.raises(ls.LabelStudioError, match="LABEL_STUDIO_API_KEY"):
+        ls.connect(url, "")
+    with pytest.raises(ls.LabelStudioError, match="http://"):
+        ls.connect("localhost:8080", "some-token")
+
+
+class FakeClient:
+    """Just enough of LabelStudio for import_tasks / update_task_data / tasks_by_image."""
+
+    def __init__(self, tasks=()):
+        self.tasks_store = {i + 1: dict(d) for i, d in enumerate(tasks)}
+        self.import_calls: list[int] = []
+        self.patched: list[int] = []
+        self.projects = SimpleNamespace(import_tasks=self._import)
+        self.tasks = SimpleNamespace(list=self._list, update=self._update)
+
+    def _import(self, project_id, request, **kwargs):
+        self.import_calls.append(len(request))
+        ids = []
+        for data in request:
+            task_id = len(self.tasks_store) + 1
+            self.tasks_store[task_id] = dict(data)
+            ids.append(task_id)
+        return SimpleNamespace(task_ids=ids)
+
+    def _list(self, project, **kwargs):
+        return [SimpleNamespace(id=i, data=dict(d)) for i, d in self.tasks_store.items()]
+
+    def _update(self, task_id, data, project):
+        self.patched.append(int(task_id))
+        self.tasks_store[int(task_id)] = dict(data)
+
+
+def _tasks(n):
+    return [{"relpath": f"c/{i:03d}.png", "image": f"/x/{i}", "influence": 0.0} for i in range(n)]
+
+
+def test_import_tasks_batches_and_skips_existing():
+    client = FakeClient(_tasks(3))
+    result = ls.import_tasks(client, 1, _tasks(10) + _tasks(2), batch_size=4)
+    assert client.import_calls == [4, 3]
+    assert (result.created, result.existing) == (7, 5)
+    assert len(result.task_ids) == 7
+    relpaths = [d["relpath"] for d in client.tasks_store.values()]
+    assert sorted(relpaths) == sorted({t["relpath"] for t in _tasks(10)})
+    again = ls.import_tasks(client, 1, _tasks(10), batch_size=4)
+    assert (again.created, again.existing) == (0, 10) and client.import_calls == [4, 3]
+
+
+def test_import_tasks_rejects_task_without_relpath_and_bad_batch():
+    with pytest.raises(ValueError, match="relpath"):
+        ls.import_tasks(FakeClient(), 1, [{"image": "x"}])
+    with pytest.raises(ValueError, match="batch size"):
+        ls.import_tasks(FakeClient(), 1, _tasks(2), batch_size=0)
+
+
+def test_tasks_by_image_lowest_id_wins():
+    client = FakeClient([*_tasks(2), _tasks(1)[0], {"image": "no relpath"}])
+    found = ls.tasks_by_image(client, 1)
+    assert sorted(found) == ["c/000.png", "c/001.png"]
+    assert found["c/000.png"].id == 1
+
+
+def test_update_task_data_merges_and_skips_unchanged():
+    client = FakeClient(_tasks(4))
+    result = ls.update_task_data(
+        client, 1, {1: {"influence": 2.5}, 2: {"influence": 0.0}, 3: {"influence_rank": 1}}
+    )
+    assert (result.updated, result.unchanged) == (2, 1)
+    assert sorted(client.patched) == [1, 3]
+    assert client.tasks_store[1] == {**_tasks(1)[0], "influence": 2.5}
+    assert client.tasks_store[3] == {**_tasks(3)[2], "influence_rank": 1}
+    with pytest.raises(ls.LabelStudioError, match="not in project"):
+        ls.update_task_data(client, 1, {99: {"influence": 1.0}})
+    assert sorted(client.patched) == [1, 3]

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from robustar_ls.config import (
+    ConfigError,
+    TrainConfig,
+    build,
+    pick,
+    read_settings_file,
+    secrets_from_env,
+)
+
+
+def test_file_then_flags_override(tmp_path):
+    (tmp_path / "s.yaml").write_text("train:\n  epochs: 3\n  lr: 0.1\n")
+    section = read_settings_file(tmp_path / "s.yaml")["train"]
+    flags = pick(argparse.Namespace(epochs=7, lr=None), TrainConfig)
+    cfg = build(TrainConfig, section, flags)
+    assert cfg.epochs == 7 and cfg.lr == 0.1 and cfg.batch_size == TrainConfig().batch_size
+
+
+def test_toml_and_unknown_keys(tmp_path):
+    (tmp_path / "s.toml").write_text("[train]\nepochs = 2\n")
+    assert read_settings_file(tmp_path / "s.toml") == {"train": {"epochs": 2}}
+    with pytest.raises(ConfigError, match="unknown setting 'epoch'"):
+        build(TrainConfig, {"epoch": 2})
+
+
+def test_broken_file_is_named(tmp_path):
+    (tmp_path / "bad.yaml").write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        read_settings_file(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_settings_file(tmp_path / "missing.yaml")
+
+
+def test_secrets_only_from_environment():
+    env = {"LABEL_STUDIO_API_KEY": "k", "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p"}
+    assert secrets_from_env(env) == {
+        "label_studio_api_key": "k",
+        "basic_auth_user": "u",
+        "basic_auth_pass": "p",
+        "secret": "",
+    }
+    assert secrets_from_env({"LABEL_STUDIO_USER_TOKEN": "t"})["label_studio_api_key"] == "t"
+    assert secrets_from_env({"ROBUSTAR_LS_SECRET": "s"})["secret"] == "s"

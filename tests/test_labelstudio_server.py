@@ -1,0 +1,90 @@
+"""The fixture's helpers, with stand-in executables (no Label Studio needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from robustar_ls.labelstudio.server import (
+    BIN_ENV,
+    TIMEOUT_ENV,
+    LabelStudioServer,
+    LabelStudioStartError,
+    find_label_studio_bin,
+    free_port,
+    running_label_studio,
+)
+
+
+def _script(path: Path, body: str) -> str:
+    """Write an executable shell script standing in for ``label-studio``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\n{body}\n", encoding="utf-8")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_env_var_wins_over_repo_venv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _script(tmp_path / ".venv-ls" / "bin" / "label-studio", "exit 0")
+    explicit = _script(tmp_path / "elsewhere" / "label-studio", "exit 0")
+    monkeypatch.setenv(BIN_ENV, explicit)
+    assert find_label_studio_bin(tmp_path) == explicit
+
+
+def test_repo_venv_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(BIN_ENV, raising=False)
+    local = _script(tmp_path / ".venv-ls" / "bin" / "label-studio", "exit 0")
+    assert find_label_studio_bin(tmp_path) == local
+
+
+def test_missing_explicit_bin_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(BIN_ENV, str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match=BIN_ENV):
+        find_label_studio_bin(tmp_path)
+
+
+def test_free_port_is_bindable() -> None:
+    assert 0 < free_port() < 65536
+
+
+def test_server_that_exits_reports_its_log(tmp_path: Path) -> None:
+    binary = _script(tmp_path / "bin" / "label-studio", "echo 'migration boom'; exit 3")
+    with (
+        pytest.raises(LabelStudioStartError, match=r"(?s)code 3.*migration boom"),
+        running_label_studio(binary, tmp_path / "work", timeout=60),
+    ):
+        pass
+
+
+def test_server_that_never_answers_times_out_and_is_killed(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    binary = _script(tmp_path / "bin" / "label-studio", f"echo $$ > {pid_file}; exec sleep 600")
+    with (
+        pytest.raises(LabelStudioStartError, match=TIMEOUT_ENV),
+        running_label_studio(binary, tmp_path / "work", timeout=2),
+    ):
+        pass
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_local_files_url_is_relative_and_quoted(tmp_path: Path) -> None:
+    root = tmp_path.resolve()
+    server = LabelStudioServer(
+        url="http://127.0.0.1:1",
+        username="u",
+        password="p",
+        legacy_token="legacy",
+        pat="a.b.c",
+        document_root=root,
+        data_dir=root / "data",
+        log_path=root / "log",
+        startup_seconds=0.0,
+    )
+    assert server.local_files_url(root / "ds" / "a b.png") == "/data/local-files/?d=ds/a%20b.png"
+    assert server.token("pat") == "a.b.c"
+    with pytest.raises(ValueError, match="token kind"):
+        server.token("jwt")  # type: ignore[arg-type]

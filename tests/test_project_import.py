@@ -1,0 +1,109 @@
+"""Task building and the checks `robustar-ls import` makes before touching Label Studio."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from robustar_ls.cli import main
+from robustar_ls.config import ImportConfig, LabelStudioConfig
+from robustar_ls.data.folders import DatasetError, ImageFolderSplits
+from robustar_ls.labelstudio.client import LabelStudioError
+from robustar_ls.labelstudio.config import default_label_config
+from robustar_ls.labelstudio.project_import import (
+    build_tasks,
+    import_project,
+    read_label_config,
+    task_data,
+)
+
+
+class NoCalls:
+    """A client that fails the test on any use: the checks must come first."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"Label Studio was called ({name}) before the checks")
+
+
+@pytest.fixture
+def rooted(tiny_dataset, tmp_path):
+    root = tmp_path / "docroot"
+    shutil.copytree(tiny_dataset, root / "sets" / "tiny")
+    return root, root / "sets" / "tiny"
+
+
+def test_task_data_fields():
+    data = task_data("cat/1.png", "cat", "/data/local-files/?d=x/cat/1.png", "http://b/s")
+    assert data == {
+        "image": "/data/local-files/?d=x/cat/1.png",
+        "relpath": "cat/1.png",
+        "true_class": "cat",
+        "summary": "True class: cat",
+        "saliency": "http://b/s",
+        "influence": 0.0,
+        "influence_rank": 0,
+        "influence_explains": "",
+    }
+    assert isinstance(data["influence"], float) and isinstance(data["influence_rank"], int)
+
+
+def test_build_tasks_one_per_training_image(rooted):
+    root, data_dir = rooted
+    data = ImageFolderSplits.open(data_dir)
+    tasks = build_tasks(data, root, saliency=lambda url: "sal:" + url)
+    train = data.splits["train"]
+    assert [t["relpath"] for t in tasks] == [s.relpath for s in train]
+    first = tasks[0]
+    assert first["image"] == f"/data/local-files/?d=sets/tiny/train/{train[0].relpath}"
+    assert first["true_class"] == data.classes[train[0].label]
+    assert first["saliency"] == "sal:" + first["image"]
+    assert build_tasks(data, root)[0]["saliency"] == ""
+
+
+def test_dataset_outside_document_root_fails_before_label_studio(rooted, tmp_path):
+    root, data_dir = rooted
+    other = tmp_path / "other"
+    other.mkdir()
+    ls_cfg = LabelStudioConfig(project="p1-test", document_root=str(other))
+    with pytest.raises(LabelStudioError, match="not inside the document root"):
+        import_project(NoCalls(), ls_cfg, ImportConfig(data=str(data_dir)))
+    with pytest.raises(LabelStudioError, match="--document-root"):
+        import_project(NoCalls(), LabelStudioConfig(), ImportConfig(data=str(data_dir)))
+
+
+def test_dataset_without_images_fails_before_label_studio(tmp_path):
+    (tmp_path / "root" / "ds" / "train" / "cat").mkdir(parents=True)
+    ls_cfg = LabelStudioConfig(document_root=str(tmp_path / "root"))
+    with pytest.raises(DatasetError, match="no images"):
+        import_project(NoCalls(), ls_cfg, ImportConfig(data=str(tmp_path / "root" / "ds")))
+
+
+def test_cli_import_errors_exit_2(rooted, tmp_path, capsys, monkeypatch):
+    root, data_dir = rooted
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "some-token")
+    common = ["import", "--data", str(data_dir), "--project", "p1-test", "-q"]
+    assert (
+        main([*common, "--label-studio-url", "http://127.0.0.1:9", "--document-root", str(root)])
+        == 2
+    )
+    assert "cannot reach Label Studio at http://127.0.0.1:9" in capsys.readouterr().err
+    assert main([*common, "--document-root", str(root), "--batch-size", "0"]) == 2
+    assert "--batch-size" in capsys.readouterr().err
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY")
+    monkeypatch.delenv("LABEL_STUDIO_USER_TOKEN", raising=False)
+    assert main([*common, "--document-root", str(root)]) == 2
+    assert "LABEL_STUDIO_API_KEY" in capsys.readouterr().err
+
+
+def test_read_label_config_checks_user_files(tmp_path):
+    assert read_label_config("") == default_label_config()
+    good = tmp_path / "good.xml"
+    good.write_text(default_label_config())
+    assert read_label_config(str(good)) == default_label_config()
+    bad = tmp_path / "bad.xml"
+    bad.write_text('<View><Image name="image" value="$image"/></View>')
+    with pytest.raises(LabelStudioError, match="bad.xml"):
+        read_label_config(str(bad))
+    with pytest.raises(LabelStudioError, match="cannot read"):
+        read_label_config(str(tmp_path / "missing.xml"))

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from robustar_ls.config import SyntheticConfig
+from robustar_ls.data.masks import MaskStore
+from robustar_ls.data.synthetic import image_specs, make_dataset, render
+
+
+def _digest(folder):
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            digest.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _cfg(**kw):
+    base = dict(size=16, per_class=6, val_per_class=2, test_per_class=3, classes=3, seed=5)
+    base.update(kw)
+    return SyntheticConfig(**base)
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    make_dataset(tmp_path / "a", _cfg())
+    make_dataset(tmp_path / "b", _cfg())
+    make_dataset(tmp_path / "c", _cfg(seed=6))
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+@pytest.mark.parametrize("kind", ["patch", "background"])
+def test_changing_the_feature_changes_pixels_inside_the_oracle_mask_only(kind):
+    cfg = _cfg(kind=kind)
+    for _, spec, _ in image_specs("train", 4, cfg):
+        image, mask = render(spec)
+        for other in range(cfg.classes):
+            if other == spec.feature:
+                continue
+            changed, other_mask = render(replace(spec, feature=other))
+            assert np.array_equal(mask, other_mask)
+            diff = np.any(image != changed, axis=-1)
+            assert diff.any(), "a different feature must change some pixels"
+            assert not np.any(diff & ~mask), "pixels outside the oracle mask changed"
+
+
+def test_layout_manifest_and_split_statistics(tmp_path):
+    cfg = _cfg(per_class=40, bias=0.75, spurious_fraction=0.5)
+    make_dataset(tmp_path, cfg)
+    manifest = json.loads((tmp_path / "spurious.json").read_text())
+    train = sorted(
+        p.relative_to(tmp_path / "train").as_posix() for p in (tmp_path / "train").rglob("*.png")
+    )
+    assert sorted(manifest) == train and len(train) == 120
+    assert train[0] == "circle/00000.png"
+    counts = {s: list(manifest.values()).count(s) for s in ("aligned", "misaligned", "none")}
+    assert 40 <= counts["none"] <= 80  # about half carry no feature
+    assert counts["aligned"] > counts["misaligned"] > 0
+    store = MaskStore(tmp_path / "oracle_masks")
+    assert sorted(store.relpaths()) == train
+    for split, n in (("val", 6), ("test", 9)):
+        assert len(list((tmp_path / split).rglob("*.png"))) == n
+
+
+def test_patch_colour_carries_the_class_in_train_but_not_in_test(tmp_path):
+    cfg = _cfg(per_class=30, test_per_class=30, bias=1.0)
+    specs = {split: list(image_specs(split, 30, cfg)) for split in ("train", "test")}
+    assert all(spec.feature == spec.label for _, spec, _ in specs["train"])
+    agree = np.mean([spec.feature == spec.label for _, spec, _ in specs["test"]])
+    assert agree < 0.6  # out-of-domain: feature independent of the class (chance 1/3)
+
+
+def test_oracle_mask_matches_written_image(tmp_path):
+    make_dataset(tmp_path, _cfg(kind="patch"))
+    rel = "square/00006.png"
+    mask = MaskStore(tmp_path / "oracle_masks").read(rel, size=(16, 16))
+    assert 0 < mask.sum() < 16 * 16 / 4
+    assert Image.open(tmp_path / "train" / rel).size == (16, 16)
+
+
+def test_bad_settings_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset kind"):
+        make_dataset(tmp_path, _cfg(kind="texture"))
+    with pytest.raises(ValueError, match="--classes"):
+        make_dataset(tmp_path, _cfg(classes=9))
+    with pytest.raises(ValueError, match="--bias"):
+        make_dataset(tmp_path, _cfg(bias=1.5))
