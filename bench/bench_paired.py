@@ -59,6 +59,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default="/tmp/bench_paired", help="datasets and checkpoints go here")
     p.add_argument("--kinds", nargs="+", default=["patch", "background"])
     p.add_argument("--per-class", type=int, default=150)
+    p.add_argument(
+        "--spurious-fraction",
+        type=float,
+        default=None,
+        help="share of training images with the feature (make-dataset default: 1.0)",
+    )
     p.add_argument("--eval-per-class", type=int, default=75, help="val and test images per class")
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--shortcut-epochs", type=int, default=10)
@@ -99,9 +105,8 @@ def influence_ranking(data_root: Path, checkpoint: Path, seed: int) -> list[str]
     responsible first; None while that module is not installed.
     """
     try:
-        from robustar_ls.explain.influence import InfluenceScorer
-
         from robustar_ls.config import InfluenceConfig
+        from robustar_ls.explain.influence import InfluenceScorer
     except ImportError:
         return None
     data = ImageFolderSplits.open(data_root)
@@ -249,7 +254,11 @@ def time_epochs(data_root: Path, checkpoint: Path, args) -> dict:
 
 def run_kind(kind: str, args, work: Path) -> dict:
     root = work / kind
+    fraction = (
+        {} if args.spurious_fraction is None else {"spurious_fraction": args.spurious_fraction}
+    )
     synth = SyntheticConfig(
+        **fraction,
         kind=kind,
         size=32,
         per_class=args.per_class,
