@@ -16,7 +16,7 @@ Then paired training's time per epoch over plain training (``loop.train_one_epoc
 same images, measured interleaved in one process several times, against the limit 1 + f
 (f = fraction annotated).
 
-Usage (about 35 minutes on 2 cores shared with other jobs, with the defaults)::
+Usage (about 22 minutes on 2 cores shared with other jobs, with the defaults)::
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python bench/bench_paired.py --work /tmp/bench_paired \\
         --json-out /tmp/bench_paired.json
