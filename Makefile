@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 .PHONY: demo test lint format bench venv venv-ls browser clean
 
 demo: venv venv-ls  ## set everything up and run the built-in demo
-	$(VENV)/bin/robustar-ls demo --label-studio-bin $(VENV_LS)/bin/label-studio
+	$(VENV)/bin/robustar-ls demo --label-studio-bin $(CURDIR)/$(VENV_LS)/bin/label-studio
 
 test: venv venv-ls  ## run the whole test suite (unit + end-to-end against a real Label Studio)
 	ROBUSTAR_LS_LABEL_STUDIO_BIN=$(CURDIR)/$(VENV_LS)/bin/label-studio $(PY) -m pytest -q

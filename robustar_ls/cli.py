@@ -12,18 +12,24 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from robustar_ls import __version__
 from robustar_ls.config import (
     ConfigError,
     InfluenceConfig,
+    LabelStudioConfig,
     ModelConfig,
+    PairedConfig,
+    ServeConfig,
+    SyncConfig,
     SyntheticConfig,
     TrainConfig,
     build,
     pick,
     read_settings_file,
+    secrets_from_env,
 )
 
 log = logging.getLogger("robustar_ls")
@@ -177,6 +183,178 @@ def run_eval(args: argparse.Namespace) -> int:
         for split, m in splits.items():
             print(f"{split:6s} accuracy {m['accuracy']:.4f}  (n={m['n']})")
     return 0
+
+
+# -- sync-train -----------------------------------------------------------------------------
+
+
+def add_sync_train(sub) -> None:
+    p = sub.add_parser(
+        "sync-train",
+        help="sync masks from Label Studio, then paired fine-tuning of a checkpoint",
+        description="With --label-studio-url, first pull the finished 'Spurious' brush "
+        "annotations of project TITLE into DIR (default <data>/masks; API key from "
+        "LABEL_STUDIO_API_KEY). Then fine-tune CKPT with paired training from the masks in DIR, "
+        "evaluate before and after on every split and write the new checkpoint atomically "
+        "(over CKPT unless --out). Under `torchrun --nproc-per-node N --no-python "
+        "robustar-ls sync-train ...` it trains with DistributedDataParallel.",
+    )
+    p.add_argument("--data", required=True, help="dataset folder with train/<class>/...")
+    p.add_argument("--checkpoint", required=True, help="checkpoint to fine-tune (the served one)")
+    p.add_argument(
+        "--masks",
+        default=None,
+        help="mask folder laid out as DIR/train/<class>/<stem>.png (default <data>/masks; "
+        "e.g. <data>/oracle_masks for a synthetic dataset)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="where to write the new checkpoint (default: over --checkpoint, atomically)",
+    )
+    p.add_argument(
+        "--fill",
+        choices=FILL_MODE_CHOICES,
+        default=None,
+        help="what replaces the spurious pixels (default noise)",
+    )
+    p.add_argument(
+        "--align-weight",
+        dest="align_weight",
+        type=float,
+        default=None,
+        help="λ of the logit-alignment term (default 0.1; 1 diverged in tests)",
+    )
+    p.add_argument(
+        "--worst-of",
+        dest="worst_of",
+        type=int,
+        default=None,
+        help="K > 1: of K random fills per image train on the worst (default 1)",
+    )
+    p.add_argument(
+        "--label-studio-url",
+        dest="label_studio_url",
+        default=None,
+        help="sync finished 'Spurious' brush annotations from this Label Studio into the mask "
+        "folder first (API key from LABEL_STUDIO_API_KEY)",
+    )
+    p.add_argument(
+        "--project",
+        default=None,
+        help="title of the Label Studio project to sync (default robustar-ls)",
+    )
+    p.add_argument(
+        "--dry-run",
+        dest="dry_run",
+        action="store_true",
+        help="with --label-studio-url: report what the sync would change; write and train nothing",
+    )
+    add_train_flags(p)
+    p.set_defaults(func=run_sync_train)
+
+
+# The fill modes, listed here so that building the parser does not import torch.
+FILL_MODE_CHOICES = ("noise", "weak_noise", "black", "colour", "stripes", "mixture")
+
+
+def resolve_masks(args: argparse.Namespace) -> Path:
+    """The mask folder training reads and a sync writes: ``--masks`` or ``<data>/masks``."""
+    return Path(args.masks) if args.masks else Path(args.data) / "masks"
+
+
+def label_studio_config(args: argparse.Namespace) -> LabelStudioConfig | None:
+    """Label Studio settings for a sync, or None without ``--label-studio-url``."""
+    if not args.label_studio_url:
+        if args.dry_run or args.project:
+            raise UserError("--dry-run and --project need --label-studio-url")
+        return None
+    api_key = secrets_from_env()["label_studio_api_key"]
+    if not api_key:
+        raise UserError(
+            "set LABEL_STUDIO_API_KEY to a Label Studio access token (Account & Settings → "
+            "Personal Access Token, or the legacy token) to sync from --label-studio-url"
+        )
+    flags = {"url": args.label_studio_url, "project": args.project, "api_key": api_key}
+    return build(LabelStudioConfig, settings_section(args, "label_studio"), flags)
+
+
+def run_sync_train(args: argparse.Namespace) -> int:
+    from robustar_ls.data.masks import MaskError
+    from robustar_ls.labelstudio.client import LabelStudioError
+    from robustar_ls.labelstudio.sync import SyncError
+    from robustar_ls.train.fills import FillError
+    from robustar_ls.train.sync_train import NoMasksError, SyncRankError, sync_and_train
+
+    paired_cfg = build(PairedConfig, settings_section(args, "paired"), pick(args, PairedConfig))
+    sync_cfg = build(SyncConfig, settings_section(args, "sync"))
+    label_studio = label_studio_config(args)
+    try:
+        summary = sync_and_train(
+            args.data,
+            args.checkpoint,
+            label_studio=label_studio,
+            paired=paired_cfg,
+            train=train_config(args),
+            sync=sync_cfg,
+            masks=resolve_masks(args),
+            out=args.out,
+            dry_run=args.dry_run,
+            progress=tqdm_progress(not args.quiet),
+        )
+    except (
+        MaskError,
+        FillError,
+        SyncError,
+        NoMasksError,
+        SyncRankError,
+        LabelStudioError,
+    ) as err:
+        raise UserError(str(err)) from err
+    if summary is None:  # a DDP worker other than rank 0: rank 0 reports
+        return 0
+    sync = summary["sync"]
+    if not summary["trained"]:  # --dry-run
+        if args.json:
+            print_json(summary)
+        else:
+            print(f"Label Studio sync (dry run): {sync_summary(sync)}")
+        return 0
+    if args.json:
+        print_json(
+            {
+                "model_version": summary["model_version"],
+                "parent_version": summary["parent_version"],
+                "before": summary["before"],
+                "after": summary["after"],
+                "annotated": summary["annotated"],
+                "loss_terms": summary["loss_terms"],
+                "out": summary["out"],
+                "sync": sync,
+            }
+        )
+    else:
+        before = ", ".join(f"{s} {a:.3f}" for s, a in summary["before"].items())
+        after = ", ".join(f"{s} {a:.3f}" for s, a in summary["after"].items())
+        if sync is not None:
+            print(f"Label Studio sync: {sync_summary(sync)}")
+        print(
+            f"saved {summary['out']} ({summary['model_version']}, parent "
+            f"{summary['parent_version']}); {summary['annotated']} annotated images\n"
+            f"  before: {before}\n  after:  {after}"
+        )
+    return 0
+
+
+def sync_summary(sync: dict) -> str:
+    """One line from a SyncReport dict, then its errors, one per line."""
+    c = sync["counts"]
+    changes = f"{c['added']} added, {c['updated']} updated, {c['removed']} removed"
+    line = (
+        f"{changes}{' (would be)' if sync['dry_run'] else ''}; {c['unchanged']} unchanged, "
+        f"{c['skipped']} skipped, {c['errors']} errors"
+    )
+    return "\n".join([line, *(f"  error: {e['error']}" for e in sync["errors"])])
 
 
 # -- influence ------------------------------------------------------------------------------
@@ -363,7 +541,31 @@ def add_import(sub) -> None:
     )
     p.add_argument("--label-config", dest="label_config", default=None, help="labeling XML")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    p.add_argument(
+        "--saliency-base-url",
+        dest="saliency_base_url",
+        default=None,
+        help="backend URL as the browser reaches it, for heatmap links (default --backend-url)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        dest="cache_dir",
+        default=None,
+        help="the backend's --cache-dir (its URL-signing key); or set ROBUSTAR_LS_SECRET",
+    )
     p.set_defaults(func=run_import)
+
+
+def saliency_links(cfg, secret: str) -> Callable[[str], str] | None:
+    """Signed heatmap URLs for task data, when a backend is connected (same key as serve)."""
+    from robustar_ls.config import default_cache_dir
+    from robustar_ls.labelstudio.urls import resolve_secret, saliency_url
+
+    base = cfg.saliency_base_url or cfg.backend_url
+    if not base:
+        return None
+    key = resolve_secret(secret, cfg.cache_dir or default_cache_dir())
+    return lambda image_ref: saliency_url(base, image_ref, key)
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -371,6 +573,8 @@ def run_import(args: argparse.Namespace) -> int:
     from robustar_ls.labelstudio.client import LabelStudioError, connect
     from robustar_ls.labelstudio.project_import import import_project, summary_line
 
+    if not args.verbose:  # one INFO line per HTTP request otherwise
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     secrets = secrets_from_env()
     ls_cfg = build(
         LabelStudioConfig,
@@ -387,7 +591,12 @@ def run_import(args: argparse.Namespace) -> int:
     try:
         client = connect(ls_cfg.url, ls_cfg.api_key)
         summary = import_project(
-            client, ls_cfg, cfg, basic_auth=basic_auth, progress=tqdm_progress(not args.quiet)
+            client,
+            ls_cfg,
+            cfg,
+            basic_auth=basic_auth,
+            saliency=saliency_links(cfg, secrets["secret"]),
+            progress=tqdm_progress(not args.quiet),
         )
     except LabelStudioError as err:
         raise UserError(str(err)) from err
@@ -398,9 +607,197 @@ def run_import(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- serve ----------------------------------------------------------------------------------
+
+
+def add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="run the Label Studio ML backend (gunicorn)")
+    p.add_argument("--checkpoint", required=True, help="classifier checkpoint to serve")
+    p.add_argument(
+        "--document-root",
+        dest="document_root",
+        default=None,
+        help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT: /data/local-files/ images are read here",
+    )
+    p.add_argument("--label-studio-url", dest="label_studio_url", default=None)
+    p.add_argument("--host", default=None, help="default 0.0.0.0")
+    p.add_argument("--port", type=int, default=None, help="default 9090")
+    p.add_argument("--workers", type=int, default=None, help="gunicorn worker processes")
+    p.add_argument(
+        "--segmenter-weights",
+        dest="segmenter_weights",
+        default=None,
+        help="Mask R-CNN COCO weights (default: the torch hub cache)",
+    )
+    p.add_argument(
+        "--no-segmenter",
+        dest="segmenter",
+        action="store_false",
+        default=None,
+        help="no Mask R-CNN 'Spurious' pre-annotation",
+    )
+    p.add_argument("--score-threshold", dest="score_threshold", type=float, default=None)
+    p.add_argument(
+        "--saliency-method",
+        dest="saliency_method",
+        default=None,
+        choices=["gradcam", "input_gradient"],
+    )
+    p.add_argument("--top-fraction", dest="top_fraction", type=float, default=None)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    p.add_argument(
+        "--cache-dir",
+        dest="cache_dir",
+        default=None,
+        help="saliency PNG cache and URL-signing key (default ~/.cache/robustar-ls)",
+    )
+    p.add_argument("--device", default=None)
+    p.add_argument(
+        "--data",
+        default=None,
+        help="dataset folder (train/<class>/...): enables Label Studio's 'Start Training' "
+        "(sync the project's masks, paired training, new checkpoint over --checkpoint)",
+    )
+    p.add_argument("--project", default=None, help="Label Studio project title (for training)")
+    p.add_argument("--masks", default=None, help="mask store for training (default <data>/masks)")
+    p.add_argument("--debug", action="store_true", help="Flask's development server instead")
+    p.set_defaults(func=run_serve)
+
+
+def serve_training_jobs(args: argparse.Namespace, cfg: ServeConfig):
+    """The "Start Training" job runner for ``serve --data``, or None without ``--data``.
+
+    Shared by all gunicorn workers through ``<cache_dir>/training`` (one job at a time).
+    """
+    if not cfg.data:
+        return None
+    from robustar_ls.train.jobs import TrainingJobs
+    from robustar_ls.train.sync_train import training_job
+
+    label_studio = LabelStudioConfig(
+        url=cfg.label_studio_url,
+        api_key=cfg.label_studio_api_key,
+        project=cfg.project,
+        document_root=cfg.document_root,
+    )
+    run = training_job(
+        cfg.data,
+        cfg.checkpoint,
+        label_studio=label_studio,
+        paired=build(PairedConfig, settings_section(args, "paired")),
+        train=build(TrainConfig, settings_section(args, "train")),  # not serve's flags
+        sync=build(SyncConfig, settings_section(args, "sync")),
+        masks=cfg.masks or None,
+    )
+    return TrainingJobs(run, state_dir=cfg.resolved_cache_dir() / "training")
+
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """Defaults < settings file [serve] < flags < secrets from the environment."""
+    import dataclasses
+
+    from robustar_ls.config import secrets_from_env
+
+    cfg = build(ServeConfig, settings_section(args, "serve"), pick(args, ServeConfig))
+    secrets = secrets_from_env()
+    return dataclasses.replace(
+        cfg,
+        label_studio_api_key=secrets["label_studio_api_key"],
+        basic_auth_user=secrets["basic_auth_user"],
+        basic_auth_pass=secrets["basic_auth_pass"],
+        secret=secrets["secret"],
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from robustar_ls.backend.server import serve
+    from robustar_ls.labelstudio.urls import resolve_secret
+    from robustar_ls.models.checkpoint import read_version
+
+    cfg = serve_config(args)
+    log.info("serving %s (model version %s)", cfg.checkpoint, read_version(cfg.checkpoint))
+    if cfg.document_root and not Path(cfg.document_root).is_dir():
+        raise UserError(f"--document-root {cfg.document_root} is not a folder")
+    # Resolve the URL-signing key once, here, so every worker shares it.
+    cfg = dataclasses.replace(cfg, secret=resolve_secret(cfg.secret, cfg.resolved_cache_dir()))
+
+    if cfg.data and not Path(cfg.data).is_dir():
+        raise UserError(f"--data {cfg.data} is not a folder")
+
+    def factory():
+        from robustar_ls.backend.app import create_app
+
+        return create_app(cfg, jobs=serve_training_jobs(args, cfg))
+
+    serve(factory, cfg.host, cfg.port, cfg.workers, cfg.threads, cfg.timeout, debug=args.debug)
+    return 0
+
+
+# -- demo -----------------------------------------------------------------------------------
+
+
+def add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the whole loop on a built-in dataset: Label Studio + backend + ranked project",
+    )
+    p.add_argument("--workdir", default=None, help="work folder (default ./demo)")
+    p.add_argument(
+        "--label-studio-bin",
+        dest="label_studio_bin",
+        default=None,
+        help="the label-studio executable (default .venv-ls/bin/label-studio)",
+    )
+    p.add_argument("--label-studio-port", dest="label_studio_port", type=int, default=None)
+    p.add_argument("--backend-port", dest="backend_port", type=int, default=None)
+    p.add_argument("--per-class", dest="per_class", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument(
+        "--no-wait",
+        dest="wait",
+        action="store_false",
+        default=None,
+        help="stop the servers once everything is set up (for scripts and tests)",
+    )
+    p.set_defaults(func=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from robustar_ls.demo import DemoConfig, DemoError
+    from robustar_ls.demo import run_demo as demo
+    from robustar_ls.labelstudio.server import LabelStudioStartError
+
+    overrides = pick(args, DemoConfig)
+    if not overrides["label_studio_bin"]:
+        overrides["label_studio_bin"] = str(Path(".venv-ls/bin/label-studio").resolve())
+    cfg = build(DemoConfig, settings_section(args, "demo"), overrides)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        summary = demo(cfg, main)
+    except (DemoError, LabelStudioStartError) as err:
+        raise UserError(str(err)) from err
+    if args.json:
+        print_json(summary)
+    return 0
+
+
 # -- entry point ----------------------------------------------------------------------------
 
-COMMANDS = [add_make_dataset, add_train, add_eval, add_import, add_influence]
+COMMANDS = [
+    add_make_dataset,
+    add_train,
+    add_eval,
+    add_sync_train,
+    add_import,
+    add_serve,
+    add_influence,
+    add_demo,
+]
 
 
 def get_args_parser() -> argparse.ArgumentParser:

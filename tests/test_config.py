@@ -43,5 +43,7 @@ def test_secrets_only_from_environment():
         "label_studio_api_key": "k",
         "basic_auth_user": "u",
         "basic_auth_pass": "p",
+        "secret": "",
     }
     assert secrets_from_env({"LABEL_STUDIO_USER_TOKEN": "t"})["label_studio_api_key"] == "t"
+    assert secrets_from_env({"ROBUSTAR_LS_SECRET": "s"})["secret"] == "s"

@@ -10,7 +10,13 @@ from robustar_ls.cli import main
 from robustar_ls.config import ImportConfig, LabelStudioConfig
 from robustar_ls.data.folders import DatasetError, ImageFolderSplits
 from robustar_ls.labelstudio.client import LabelStudioError
-from robustar_ls.labelstudio.project_import import build_tasks, import_project, task_data
+from robustar_ls.labelstudio.config import default_label_config
+from robustar_ls.labelstudio.project_import import (
+    build_tasks,
+    import_project,
+    read_label_config,
+    task_data,
+)
 
 
 class NoCalls:
@@ -77,8 +83,10 @@ def test_cli_import_errors_exit_2(rooted, tmp_path, capsys, monkeypatch):
     root, data_dir = rooted
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", "some-token")
     common = ["import", "--data", str(data_dir), "--project", "p1-test", "-q"]
-    assert main([*common, "--label-studio-url", "http://127.0.0.1:9", "--document-root",
-                 str(root)]) == 2
+    assert (
+        main([*common, "--label-studio-url", "http://127.0.0.1:9", "--document-root", str(root)])
+        == 2
+    )
     assert "cannot reach Label Studio at http://127.0.0.1:9" in capsys.readouterr().err
     assert main([*common, "--document-root", str(root), "--batch-size", "0"]) == 2
     assert "--batch-size" in capsys.readouterr().err
@@ -86,3 +94,16 @@ def test_cli_import_errors_exit_2(rooted, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("LABEL_STUDIO_USER_TOKEN", raising=False)
     assert main([*common, "--document-root", str(root)]) == 2
     assert "LABEL_STUDIO_API_KEY" in capsys.readouterr().err
+
+
+def test_read_label_config_checks_user_files(tmp_path):
+    assert read_label_config("") == default_label_config()
+    good = tmp_path / "good.xml"
+    good.write_text(default_label_config())
+    assert read_label_config(str(good)) == default_label_config()
+    bad = tmp_path / "bad.xml"
+    bad.write_text('<View><Image name="image" value="$image"/></View>')
+    with pytest.raises(LabelStudioError, match="bad.xml"):
+        read_label_config(str(bad))
+    with pytest.raises(LabelStudioError, match="cannot read"):
+        read_label_config(str(tmp_path / "missing.xml"))

@@ -26,6 +26,7 @@ from robustar_ls.config import ImportConfig, LabelStudioConfig
 from robustar_ls.data.folders import DatasetError, ImageFolderSplits
 from robustar_ls.labelstudio import client as ls
 from robustar_ls.labelstudio.client import LabelStudioError
+from robustar_ls.labelstudio.config import LabelConfigError, default_label_config, find_tags
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +74,18 @@ def build_tasks(
 
 
 def read_label_config(path: str = "") -> str:
-    """The labeling config XML: the file at ``path``, or the packaged default."""
+    """The labeling config XML: the file at ``path`` (checked), or the packaged default."""
     if not path:
-        from robustar_ls.labelstudio.config import default_label_config
-
         return default_label_config()
     try:
-        return Path(path).read_text()
+        xml = Path(path).read_text()
     except OSError as err:
         raise LabelStudioError(f"cannot read label config {path}: {err.strerror}") from err
+    try:
+        find_tags(xml)
+    except LabelConfigError as err:
+        raise LabelStudioError(f"label config {path}: {err}") from err
+    return xml
 
 
 def import_project(
@@ -116,7 +120,9 @@ def import_project(
     )
     result = ls.import_tasks(client, project.id, tasks, cfg.batch_size, progress=progress)
     log.info(
-        "project %s: %d tasks created, %d already there", project.id, result.created,
+        "project %s: %d tasks created, %d already there",
+        project.id,
+        result.created,
         result.existing,
     )
     backend_id = None
@@ -143,4 +149,3 @@ def summary_line(summary: dict[str, Any]) -> str:
         f"project {summary['project_id']}: {summary['created_tasks']} tasks created, "
         f"{summary['existing_tasks']} already there{backend}; open {summary['project_url']}"
     )
-

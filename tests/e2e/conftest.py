@@ -1,4 +1,4 @@
-"""Fixtures that run a real Label Studio server (see ls_server.py for how it is started)."""
+"""Fixtures that run a real Label Studio server (see robustar_ls/labelstudio/server.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .ls_server import (
+from robustar_ls.labelstudio.server import (
     INSTALL_HINT,
     LabelStudioServer,
     db_cache_enabled,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import socket
 import threading
@@ -26,11 +25,6 @@ from robustar_ls.labelstudio.config import default_label_config
 from robustar_ls.labelstudio.project_import import import_project
 
 pytestmark = pytest.mark.e2e
-
-# Label Studio refuses ML backend and webhook URLs on loopback/private networks unless told
-# otherwise; the server fixture passes our environment on, and starts after collection.
-os.environ.setdefault("ML_BLOCK_LOCAL_IP", "false")
-os.environ.setdefault("SSRF_PROTECTION_ENABLED", "false")
 
 BACKEND_AUTH = ("robustar", "backend-secret")
 

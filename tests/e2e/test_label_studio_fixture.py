@@ -12,8 +12,7 @@ from label_studio_sdk.core.api_error import ApiError
 from PIL import Image
 
 from robustar_ls.labelstudio.config import default_label_config
-
-from .ls_server import LabelStudioServer, add_local_storage
+from robustar_ls.labelstudio.server import LabelStudioServer, add_local_storage
 
 pytestmark = pytest.mark.e2e
 

@@ -1,7 +1,7 @@
-"""Start and stop a real Label Studio server for end-to-end tests.
+"""Start and stop a real Label Studio server (the demo and the end-to-end tests).
 
 Label Studio lives in its own virtualenv (it pins Django and friends), so it is driven through
-its ``label-studio`` executable only. One server per test session, SQLite, a temporary data dir:
+its ``label-studio`` executable only. SQLite, a data dir of our own:
 
     label-studio start --no-browser --enable-legacy-api-token \
         --internal-host 127.0.0.1 --port <free port>
@@ -43,7 +43,7 @@ DEFAULT_STARTUP_TIMEOUT = 600.0
 DB_FILE = "label_studio.sqlite3"
 LOG_TAIL_CHARS = 4000
 INSTALL_HINT = (
-    "Label Studio is not installed for the e2e tests: run `make venv-ls` (creates .venv-ls "
+    "Label Studio is not installed: run `make venv-ls` (creates .venv-ls "
     "with label-studio==1.23.2) or set ROBUSTAR_LS_LABEL_STUDIO_BIN=/path/to/label-studio"
 )
 
@@ -156,19 +156,22 @@ def server_env(
         LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
         LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(document_root),
         LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
+        # The ML backend runs on this machine: let Label Studio call loopback addresses.
+        ML_BLOCK_LOCAL_IP="false",
+        SSRF_PROTECTION_ENABLED="false",
     )
     return env
 
 
-def start_command(binary: str, port: int) -> list[str]:
-    """The ``label-studio start`` command line used by the fixture."""
+def start_command(binary: str, port: int, host: str = "127.0.0.1") -> list[str]:
+    """The ``label-studio start`` command line."""
     return [
         binary,
         "start",
         "--no-browser",
         "--enable-legacy-api-token",
         "--internal-host",
-        "127.0.0.1",
+        host,
         "--port",
         str(port),
     ]
@@ -311,40 +314,64 @@ def create_personal_access_token(url: str, username: str, password: str) -> str:
         return str(response.json()["token"])
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """The first user of a Label Studio server and its legacy API token."""
+
+    username: str
+    password: str
+    legacy_token: str
+
+    @classmethod
+    def random(cls, username: str = "robustar-e2e@example.com") -> Credentials:
+        return cls(username, secrets.token_urlsafe(16), secrets.token_hex(20))
+
+
 @contextmanager
 def running_label_studio(
-    binary: str, workdir: Path, db_template: Path | None = None, timeout: float | None = None
+    binary: str,
+    workdir: Path,
+    db_template: Path | None = None,
+    timeout: float | None = None,
+    *,
+    credentials: Credentials | None = None,
+    port: int | None = None,
+    document_root: Path | None = None,
+    host: str = "127.0.0.1",
 ) -> Iterator[LabelStudioServer]:
     """Run ``label-studio start`` under ``workdir`` until the context exits.
 
-    ``workdir`` receives ``data/`` (database, media), ``documents/`` (the local-files
-    document root) and ``label-studio.log``. ``db_template``, when given, is copied in as
-    the database so that no migration runs.
+    ``workdir`` receives ``data/`` (database, media; kept, so a rerun finds its projects),
+    ``documents/`` (the local-files document root, unless ``document_root`` is given) and
+    ``label-studio.log``. ``db_template``, when given and no database exists yet, is copied in
+    so that no migration runs. ``port`` defaults to a free one.
     """
     timeout = startup_timeout() if timeout is None else timeout
-    data_dir, document_root = workdir / "data", workdir / "documents"
-    data_dir.mkdir(parents=True)
-    document_root.mkdir(parents=True)
+    data_dir = workdir / "data"
+    document_root = Path(document_root or workdir / "documents")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    document_root.mkdir(parents=True, exist_ok=True)
     document_root = document_root.resolve()
-    if db_template is not None:
+    if db_template is not None and not (data_dir / DB_FILE).exists():
         shutil.copyfile(db_template, data_dir / DB_FILE)
-    username, password = "robustar-e2e@example.com", secrets.token_urlsafe(16)
-    legacy_token = secrets.token_hex(20)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    creds = credentials or Credentials.random()
+    port = port or free_port(host)
+    url = f"http://{host}:{port}"
+    if _healthy(url):
+        raise LabelStudioStartError(f"something already answers on {url}; choose another port")
     log_path = workdir / "label-studio.log"
-    env = server_env(data_dir, document_root, username, password, legacy_token)
+    env = server_env(data_dir, document_root, creds.username, creds.password, creds.legacy_token)
     started = time.monotonic()
-    process = spawn(start_command(binary, port), env, log_path)
+    process = spawn(start_command(binary, port, host), env, log_path)
     try:
         wait_for_health(url, process, log_path, timeout)
         startup_seconds = time.monotonic() - started
         yield LabelStudioServer(
             url=url,
-            username=username,
-            password=password,
-            legacy_token=legacy_token,
-            pat=create_personal_access_token(url, username, password),
+            username=creds.username,
+            password=creds.password,
+            legacy_token=creds.legacy_token,
+            pat=create_personal_access_token(url, creds.username, creds.password),
             document_root=document_root,
             data_dir=data_dir,
             log_path=log_path,

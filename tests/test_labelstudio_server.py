@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .ls_server import (
+from robustar_ls.labelstudio.server import (
     BIN_ENV,
     TIMEOUT_ENV,
     LabelStudioServer,

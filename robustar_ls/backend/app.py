@@ -1,0 +1,225 @@
+"""The Flask app Label Studio talks to (label-studio-ml 2.x protocol, on Flask 3).
+
+Routes (JSON unless noted):
+
+- ``GET /health`` (and ``GET /``) → ``{"status": "UP", "model_class": …, "model_version": …}``;
+  never behind basic auth.
+- ``POST /setup`` ``{project, schema, …}`` → ``{"model_version": …}``.
+- ``POST /predict`` ``{tasks: [...], label_config, params: {context}}`` →
+  ``{"results": [{"model_version", "score", "result": [...]}, …]}``, one per task, in order.
+- ``POST /webhook`` ``{action, project, …}``: ``START_TRAINING`` starts the training job;
+  ``ANNOTATION_CREATED/UPDATED/DELETED`` are acknowledged, logged and passed to the hook.
+- ``GET /versions`` → ``{"versions": [...], "model_version": …, "training": …}``.
+- ``GET /train/status`` → the training job's status.
+- ``GET /saliency/<key>.png?sig=…`` → the heatmap PNG for the served model version. The HMAC
+  signature is its authorisation (an ``<img>`` in the annotator's browser cannot send the
+  backend's basic-auth credentials), so it is exempt from basic auth and needs a valid ``sig``.
+
+Every other route needs HTTP basic auth when ``basic_auth_user``/``basic_auth_pass`` are set.
+Errors are JSON ``{"error": …}`` with a 4xx/5xx status; no traceback ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from robustar_ls.backend.images import ImageFetchError
+from robustar_ls.backend.predictor import Predictor, build_predictor
+from robustar_ls.config import ServeConfig
+from robustar_ls.labelstudio.config import LabelConfigError
+from robustar_ls.labelstudio.urls import image_ref_from_key, resolve_secret, verify
+
+log = logging.getLogger(__name__)
+
+MODEL_CLASS = "RobustarBackend"
+ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED")
+TRAIN_EVENTS = ("START_TRAINING",)
+PUBLIC_ENDPOINTS = {"health", "saliency", "static"}
+
+AnnotationHook = Callable[[str, dict[str, Any]], Any]
+
+
+class ApiError(Exception):
+    """An error answered as JSON ``{"error": message}`` with ``status``."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class BackendState:
+    cfg: ServeConfig
+    predictor: Predictor
+    jobs: Any | None
+    secret: str
+    annotation_hook: AnnotationHook | None
+
+
+def create_app(
+    cfg: ServeConfig,
+    predictor: Predictor | None = None,
+    jobs: Any | None = None,
+    annotation_hook: AnnotationHook | None = None,
+) -> Flask:
+    """Build the app. ``predictor=None`` loads the checkpoint (and segmenter) from ``cfg`` now.
+
+    ``jobs`` is a ``robustar_ls.train.jobs.TrainingJobs`` (``start(payload)``, ``status()``);
+    without it ``START_TRAINING`` is answered with a clear 501.
+    """
+    app = Flask("robustar_ls.backend")
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
+    app.json.sort_keys = False
+    state = BackendState(
+        cfg=cfg,
+        predictor=predictor if predictor is not None else build_predictor(cfg),
+        jobs=jobs,
+        secret=resolve_secret(cfg.secret, cfg.resolved_cache_dir()),
+        annotation_hook=annotation_hook,
+    )
+    app.extensions["robustar_ls"] = state
+    _register_auth(app, cfg)
+    _register_errors(app)
+    _register_routes(app, state)
+    return app
+
+
+def _register_auth(app: Flask, cfg: ServeConfig) -> None:
+    if not (cfg.basic_auth_user and cfg.basic_auth_pass):
+        return
+    user, password = cfg.basic_auth_user.encode(), cfg.basic_auth_pass.encode()
+
+    @app.before_request
+    def check_basic_auth() -> Response | None:
+        if request.endpoint in PUBLIC_ENDPOINTS:
+            return None
+        auth = request.authorization
+        ok = (
+            auth is not None
+            and auth.type == "basic"
+            and hmac.compare_digest((auth.username or "").encode(), user)
+            and hmac.compare_digest((auth.password or "").encode(), password)
+        )
+        if ok:
+            return None
+        response = jsonify(error="unauthorized: this ML backend needs HTTP basic auth")
+        response.status_code = 401
+        response.headers["WWW-Authenticate"] = 'Basic realm="robustar-ls"'
+        return response
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def api_error(err: ApiError):
+        return jsonify(error=str(err)), err.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(err: HTTPException):
+        return jsonify(error=f"{err.name}: {err.description}"), err.code or 500
+
+    @app.errorhandler(Exception)
+    def internal_error(err: Exception):
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return jsonify(error="internal error in the ML backend; see its log"), 500
+
+
+def _json_body() -> dict[str, Any]:
+    body = request.get_json(silent=True, force=True)
+    if not isinstance(body, dict):
+        raise ApiError("the request body must be a JSON object", 400)
+    return body
+
+
+def _register_routes(app: Flask, state: BackendState) -> None:
+    predictor = state.predictor
+
+    @app.get("/")
+    @app.get("/health")
+    def health():
+        return jsonify(status="UP", model_class=MODEL_CLASS, model_version=predictor.model_version)
+
+    @app.post("/setup")
+    def setup():
+        body = _json_body()
+        log.debug("setup for project %s", body.get("project"))
+        return jsonify(model_version=predictor.model_version)
+
+    @app.post("/predict")
+    def predict():
+        body = _json_body()
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list) or not tasks:
+            raise ApiError("'tasks' must be a non-empty list of Label Studio tasks", 400)
+        label_config = body.get("label_config")
+        if label_config is not None and not isinstance(label_config, str):
+            raise ApiError("'label_config' must be the labeling config XML (a string)", 400)
+        params = body.get("params") or {}
+        context = params.get("context") if isinstance(params, dict) else None
+        try:
+            results = predictor.predict(tasks, label_config=label_config, context=context)
+        except LabelConfigError as err:
+            raise ApiError(f"label config cannot be used: {err}", 422) from err
+        return jsonify(results=results)
+
+    @app.post("/webhook")
+    def webhook():
+        body = _json_body()
+        event = body.get("action")
+        if event in TRAIN_EVENTS:
+            if state.jobs is None:
+                raise ApiError(
+                    "training is not configured on this backend; run `robustar-ls sync-train` "
+                    "or start the backend with training enabled",
+                    501,
+                )
+            started, status = state.jobs.start(body)
+            log.info("START_TRAINING: %s", "started" if started else "already running")
+            code = 201 if started else 200
+            return jsonify(status="ok" if started else "busy", result=status), code
+        if event in ANNOTATION_EVENTS:
+            annotation = body.get("annotation") or {}
+            task = body.get("task") or {}
+            log.info("%s: annotation %s of task %s", event, annotation.get("id"), task.get("id"))
+            result = state.annotation_hook(event, body) if state.annotation_hook else None
+            return jsonify(status="ok", event=event, result=result), 200
+        log.info("webhook event %r ignored", event)
+        return jsonify(status="Unknown event", event=event), 200
+
+    @app.get("/versions")
+    def versions():
+        version = predictor.model_version
+        training = state.jobs.status() if state.jobs is not None else None
+        return jsonify(versions=[version], model_version=version, training=training)
+
+    @app.get("/train/status")
+    def train_status():
+        if state.jobs is None:
+            raise ApiError("training is not configured on this backend", 501)
+        return jsonify(state.jobs.status())
+
+    @app.get("/saliency/<key>.png")
+    def saliency(key: str):
+        if not verify(key, request.args.get("sig", ""), state.secret):
+            raise ApiError("bad or missing signature for this saliency URL", 403)
+        try:
+            image_ref = image_ref_from_key(key)
+        except ValueError as err:
+            raise ApiError(str(err), 400) from err
+        try:
+            png, version = predictor.saliency_png(image_ref)
+        except ImageFetchError as err:
+            log.warning("saliency for %r: %s", image_ref, err)
+            raise ApiError(str(err), err.status) from err
+        response = Response(png, mimetype="image/png")
+        response.set_etag(f"{version}-{key[:64]}")
+        response.headers["Cache-Control"] = "no-cache"  # revalidate: the model may change
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        response.headers["X-Model-Version"] = version
+        return response.make_conditional(request)

@@ -1,0 +1,300 @@
+"""Fetch a task's image: from the document root on disk, from Label Studio, or over HTTP(S).
+
+Image references, as they appear in task data:
+
+- ``/data/local-files/?d=<rel>``: Label Studio local storage. Read directly from
+  ``document_root/<rel>`` (no HTTP), refusing any path that leaves the document root. Without a
+  document root it is fetched from Label Studio instead.
+- ``/data/upload/…``, ``/storage-data/…`` and other URLs starting with ``/``: fetched from Label
+  Studio with its API key (legacy token → ``Token``; personal access token = JWT refresh token →
+  exchanged for an access token, ``Bearer``; label-studio-sdk does the exchange and caching).
+  An absolute file path inside the document root is read from disk instead.
+- ``http(s)://…``: fetched; the API key is sent only to Label Studio's own host.
+- a relative path (``train/cat/1.png``): read from under the document root.
+- anything else (``s3://``, ``data:`` …): refused as an unknown URL scheme.
+
+Every failure is an :class:`ImageFetchError` with an HTTP-like status and a message that says
+what to fix; sizes are limited in bytes and pixels (decompression bombs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import posixpath
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urljoin, urlparse
+
+import requests
+from PIL import Image
+
+from robustar_ls.data.images import MAX_PIXELS, ImageLoadError, decode_rgb, load_rgb
+
+log = logging.getLogger(__name__)
+
+LABEL_STUDIO_PREFIXES = ("/data/", "/storage-data/", "/upload/", "data/", "upload/")
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):")
+
+
+class ImageFetchError(ValueError):
+    """A task image cannot be fetched or decoded; ``status`` is the HTTP-like cause."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class FetchedImage:
+    """A decoded RGB image and what identifies its content for caching."""
+
+    image: Image.Image
+    ref: str
+    identity: str  # "file:<path>:<mtime_ns>:<size>" or "sha256:<hex of the bytes>"
+    path: Path | None = None  # the file on disk, when read from the document root
+
+
+class LabelStudioAuth:
+    """The ``Authorization`` header for Label Studio, from a legacy token or a PAT.
+
+    A personal access token is a JWT *refresh* token: it is exchanged at
+    ``POST /api/token/refresh/`` for a short-lived access token sent as ``Bearer``. This reuses
+    label-studio-sdk's client, which detects the token kind, refreshes and caches the access
+    token (thread-safe), rather than re-implementing that.
+    """
+
+    def __init__(self, url: str, api_key: str) -> None:
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self._client = None
+        self._lock = threading.Lock()
+
+    def header(self) -> dict[str, str]:
+        if not self.api_key:
+            return {}
+        from label_studio_sdk import LabelStudio
+        from label_studio_sdk.core.api_error import ApiError
+
+        try:
+            with self._lock:
+                if self._client is None:
+                    self._client = LabelStudio(base_url=self.url, api_key=self.api_key)
+            # The SDK builds its auth header here, refreshing an expired access token first.
+            value = self._client._client_wrapper.get_headers()["Authorization"]
+        except ApiError as err:
+            raise ImageFetchError(
+                f"Label Studio at {self.url} did not accept the API key "
+                f"(HTTP {err.status_code}: {err.body}); set LABEL_STUDIO_API_KEY to a valid "
+                "legacy token or personal access token",
+                status=502,
+            ) from err
+        except requests.RequestException as err:  # pragma: no cover - the SDK uses httpx
+            raise ImageFetchError(f"cannot reach Label Studio at {self.url}: {err}", 502) from err
+        except Exception as err:  # httpx errors while refreshing a personal access token
+            raise ImageFetchError(
+                f"cannot get an access token from Label Studio at {self.url} "
+                f"({type(err).__name__}: {err})",
+                status=502,
+            ) from err
+        return {"Authorization": value}
+
+
+class ImageFetcher:
+    """Resolve and load task images (see the module docstring for the accepted references)."""
+
+    def __init__(
+        self,
+        document_root: str | Path | None = None,
+        label_studio_url: str = "",
+        auth: LabelStudioAuth | None = None,
+        max_bytes: int = 64 * 1024 * 1024,
+        max_pixels: int = MAX_PIXELS,
+        timeout: float = 30.0,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.document_root = Path(document_root).resolve() if document_root else None
+        self.label_studio_url = label_studio_url.rstrip("/")
+        self.auth = auth
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+        self.timeout = timeout
+        self.session = session or requests.Session()
+
+    @classmethod
+    def from_config(cls, cfg) -> ImageFetcher:
+        """Build from a :class:`robustar_ls.config.ServeConfig`."""
+        auth = LabelStudioAuth(cfg.label_studio_url, cfg.label_studio_api_key)
+        return cls(
+            document_root=cfg.document_root or None,
+            label_studio_url=cfg.label_studio_url,
+            auth=auth,
+            max_bytes=cfg.max_image_bytes,
+            max_pixels=cfg.max_image_pixels,
+            timeout=cfg.fetch_timeout,
+        )
+
+    # -- resolving ------------------------------------------------------------------------
+
+    def local_path(self, ref: str) -> Path | None:
+        """The file under the document root that ``ref`` names, or None if it is not local.
+
+        Raises :class:`ImageFetchError` (403) when ``ref`` tries to leave the document root.
+        """
+        if not isinstance(ref, str) or not ref:
+            raise ImageFetchError("the task has no image reference (empty value)", 400)
+        parsed = urlparse(ref)
+        if _SCHEME.match(ref):
+            same_host = bool(self.label_studio_url) and (
+                parsed.netloc == urlparse(self.label_studio_url).netloc
+            )
+            if not (same_host and parsed.path.rstrip("/").endswith("/data/local-files")):
+                return None
+        path = parsed.path if ref.startswith("/") or _SCHEME.match(ref) else ref
+        if path.rstrip("/").endswith("/data/local-files") or path.startswith("data/local-files"):
+            values = parse_qs(parsed.query, keep_blank_values=True).get("d")
+            relative = values[-1] if values else ""
+            if not relative:
+                raise ImageFetchError(f"local-files URL {ref!r} has no ?d=<path>", 400)
+            if self.document_root is None:
+                return None  # fetched from Label Studio, which knows its document root
+            # Same normalisation as Label Studio's /data/local-files/ view.
+            return self._under_root(posixpath.normpath(relative).lstrip("/"), ref)
+        if ref.startswith(LABEL_STUDIO_PREFIXES):
+            return None
+        if ref.startswith("/"):
+            if self.document_root is not None:
+                candidate = Path(ref).resolve()
+                if candidate.is_relative_to(self.document_root) and candidate.is_file():
+                    return candidate
+            return None  # a URL relative to Label Studio
+        if self.document_root is None:
+            raise ImageFetchError(
+                f"image {ref!r} is a relative path but no document root is configured; "
+                "start the backend with --document-root",
+                400,
+            )
+        return self._under_root(ref, ref)
+
+    def _under_root(self, relative: str, ref: str) -> Path:
+        assert self.document_root is not None
+        candidate = (self.document_root / relative).resolve()
+        if not candidate.is_relative_to(self.document_root):
+            raise ImageFetchError(
+                f"image {ref!r} points outside the document root; refused", status=403
+            )
+        return candidate
+
+    def remote_url(self, ref: str) -> str:
+        """The absolute URL to download ``ref`` from (not for local files)."""
+        match = _SCHEME.match(ref)
+        if match:
+            if match.group(1).lower() in ("http", "https"):
+                return ref
+            raise ImageFetchError(
+                f"unknown URL scheme {match.group(1)!r} in image {ref[:80]!r}; use "
+                "/data/local-files/?d=…, /data/upload/…, http(s):// or a path under the "
+                "document root",
+                400,
+            )
+        if not self.label_studio_url:
+            raise ImageFetchError(
+                f"image {ref!r} is on Label Studio but no Label Studio URL is configured", 400
+            )
+        if ref.startswith(("upload/", "/upload/")):
+            ref = "/data/" + ref.lstrip("/")
+        return urljoin(self.label_studio_url + "/", ref.lstrip("/"))
+
+    # -- loading --------------------------------------------------------------------------
+
+    def fetch(self, ref: str) -> FetchedImage:
+        """Load the image ``ref`` names as RGB, or raise :class:`ImageFetchError`."""
+        try:
+            return self._fetch(ref)
+        except ImageFetchError:
+            raise
+        except (ValueError, OSError) as err:  # e.g. a NUL byte in a path, an odd file system
+            raise ImageFetchError(
+                f"image reference {str(ref)[:120]!r} cannot be used: {err}", 400
+            ) from err
+
+    def _fetch(self, ref: str) -> FetchedImage:
+        path = self.local_path(ref)
+        if path is not None:
+            return self._read_file(path, ref)
+        url = self.remote_url(ref)
+        data = self._download(url, ref)
+        image = self._decode(data, ref)
+        return FetchedImage(image, ref, "sha256:" + hashlib.sha256(data).hexdigest())
+
+    def _read_file(self, path: Path, ref: str) -> FetchedImage:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise ImageFetchError(f"image {ref!r} not found ({path} does not exist)", 404) from None
+        except OSError as err:
+            raise ImageFetchError(f"cannot read image {ref!r}: {err.strerror}", 403) from err
+        if not path.is_file():
+            raise ImageFetchError(f"image {ref!r} is not a file", 404)
+        if stat.st_size > self.max_bytes:
+            raise ImageFetchError(
+                f"image {ref!r} is {stat.st_size} bytes, over the limit of {self.max_bytes}", 413
+            )
+        try:
+            image = load_rgb(path, max_pixels=self.max_pixels)
+        except ImageLoadError as err:
+            raise ImageFetchError(str(err), 422) from err
+        identity = f"file:{path}:{stat.st_mtime_ns}:{stat.st_size}"
+        return FetchedImage(image, ref, identity, path)
+
+    def _headers_for(self, url: str) -> dict[str, str]:
+        if self.auth is None or not self.label_studio_url:
+            return {}
+        if urlparse(url).netloc != urlparse(self.label_studio_url).netloc:
+            return {}  # never send Label Studio's key to another host
+        return self.auth.header()
+
+    def _download(self, url: str, ref: str) -> bytes:
+        headers = self._headers_for(url)
+        try:
+            with self.session.get(url, headers=headers, timeout=self.timeout, stream=True) as resp:
+                if resp.status_code == 404:
+                    raise ImageFetchError(f"image {ref!r} not found (HTTP 404 from {url})", 404)
+                if resp.status_code in (401, 403):
+                    raise ImageFetchError(
+                        f"{url} refused to serve image {ref!r} (HTTP {resp.status_code}); "
+                        "check LABEL_STUDIO_API_KEY and the Label Studio URL",
+                        502,
+                    )
+                if resp.status_code != 200:
+                    raise ImageFetchError(
+                        f"fetching image {ref!r} from {url} failed with HTTP {resp.status_code}",
+                        502,
+                    )
+                declared = resp.headers.get("Content-Length")
+                if declared and declared.isdigit() and int(declared) > self.max_bytes:
+                    raise ImageFetchError(
+                        f"image {ref!r} is {declared} bytes, over the limit of {self.max_bytes}",
+                        413,
+                    )
+                chunks, size = [], 0
+                for chunk in resp.iter_content(chunk_size=1 << 16):
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise ImageFetchError(
+                            f"image {ref!r} is over the limit of {self.max_bytes} bytes", 413
+                        )
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except requests.RequestException as err:
+            raise ImageFetchError(
+                f"cannot fetch image {ref!r} from {url}: {type(err).__name__}", 502
+            ) from err
+
+    def _decode(self, data: bytes, ref: str) -> Image.Image:
+        try:
+            return decode_rgb(data, name=f"image {ref!r}", max_pixels=self.max_pixels)
+        except ImageLoadError as err:
+            raise ImageFetchError(str(err), 422) from err

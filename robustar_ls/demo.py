@@ -1,0 +1,282 @@
+"""``robustar-ls demo``: the whole loop on a built-in dataset, from nothing to annotating.
+
+Steps (each reuses what an earlier run left in the work folder):
+
+1. a synthetic ``patch`` dataset whose corner patch is a shortcut for the class;
+2. a small classifier trained on it (it learns the shortcut: high in-distribution accuracy,
+   low out-of-domain accuracy);
+3. Label Studio (own virtualenv, SQLite, local-files serving, a demo user and token);
+4. the ML backend (``robustar-ls serve``);
+5. the project import, then influence scores written into the tasks;
+6. a summary of where to click; both servers run until Ctrl-C.
+
+Everything lives under the work folder (default ``./demo``): ``documents/`` is Label Studio's
+local-files document root and holds the dataset, ``label-studio/`` its database,
+``model.pt`` the served checkpoint, ``credentials.json`` the demo login.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from robustar_ls.labelstudio.server import (
+    Credentials,
+    LabelStudioServer,
+    free_port,
+    log_tail,
+    running_label_studio,
+    stop_process,
+)
+
+log = logging.getLogger(__name__)
+
+DEMO_USER = "demo@robustar-ls.dev"
+PROJECT = "robustar-ls demo"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    workdir: str = "demo"
+    label_studio_bin: str = ""
+    label_studio_port: int = 8080
+    backend_port: int = 9090
+    per_class: int = 200
+    epochs: int = 8
+    spurious_fraction: float = 0.5
+    wait: bool = True  # keep serving until Ctrl-C
+
+
+class DemoError(RuntimeError):
+    """A demo step failed; the message says which and how to fix it."""
+
+
+def demo_credentials(path: Path) -> Credentials:
+    """The demo login, made once and kept so a rerun logs in with the same password."""
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        return Credentials(stored["username"], stored["password"], stored["legacy_token"])
+    creds = Credentials(DEMO_USER, secrets.token_urlsafe(12), secrets.token_hex(20))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(creds.__dict__, indent=1))
+    path.chmod(0o600)
+    return creds
+
+
+def run_step(name: str, argv: list[str], cli_main: Callable[[list[str]], int]) -> None:
+    log.info("demo: %s", name)
+    code = cli_main(argv)
+    if code != 0:
+        raise DemoError(f"step '{name}' failed (robustar-ls {' '.join(argv)} exited {code})")
+
+
+def prepare_model(cfg: DemoConfig, data: Path, model: Path, cli_main) -> None:
+    """Dataset + shortcut classifier, unless an earlier run made them."""
+    if not (data / "spurious.json").is_file():
+        run_step(
+            "make the dataset",
+            [
+                "make-dataset",
+                str(data),
+                "--kind",
+                "patch",
+                "--per-class",
+                str(cfg.per_class),
+                "--test-per-class",
+                "50",
+                "--val-per-class",
+                "50",
+                "--spurious-fraction",
+                str(cfg.spurious_fraction),
+            ],
+            cli_main,
+        )
+    if not model.is_file():
+        run_step(
+            "train the classifier (it learns the shortcut)",
+            ["train", "--data", str(data), "--out", str(model), "--epochs", str(cfg.epochs)],
+            cli_main,
+        )
+
+
+@contextmanager
+def running_backend(
+    checkpoint: Path, document_root: Path, data: Path, port: int, ls: LabelStudioServer, log_path
+) -> Iterator[str]:
+    """``robustar-ls serve`` in a subprocess (one gunicorn worker) until the context exits."""
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, LABEL_STUDIO_API_KEY=ls.legacy_token)
+    command = [
+        sys.executable,
+        "-m",
+        "robustar_ls.cli",
+        "serve",
+        "--checkpoint",
+        str(checkpoint),
+        "--document-root",
+        str(document_root),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--label-studio-url",
+        ls.url,
+        "--data",
+        str(data),
+        "--project",
+        PROJECT,
+        "--cache-dir",
+        str(document_root.parent / "cache"),
+    ]
+    with open(log_path, "ab") as handle:
+        process = subprocess.Popen(
+            command, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise DemoError(f"the backend exited early; its log:\n{log_tail(log_path)}")
+            try:
+                if requests.get(f"{url}/health", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        else:
+            raise DemoError(f"the backend did not answer {url}/health; log:\n{log_tail(log_path)}")
+        yield url
+    finally:
+        stop_process(process, grace_seconds=10)
+
+
+def next_steps(ls: LabelStudioServer, summary: dict, backend_url: str, work: Path) -> str:
+    data = work / "documents" / "patch"
+    return f"""
+robustar-ls demo is running.
+
+  Label Studio   {summary.get("project_url", ls.url)}
+  login          {ls.username}  /  {ls.password}
+  ML backend     {backend_url}   (connected to the project)
+  API token      {ls.legacy_token}
+
+What to do next:
+  1. Open the project. The "Most influential first" tab lists the training images that drive
+     the model's out-of-domain errors first; each task shows the model's prediction, where it
+     looks (the "Model attention" region and the heatmap beside the image) and the influence.
+  2. Paint the spurious pixels with the "Spurious" brush (here: the coloured corner patch; the
+     key point tool selects all pixels of the clicked colour) and submit. Mask R-CNN
+     pre-annotations appear once COCO weights are in the torch cache (README, "No weights").
+  3. Retrain: press "Start Training" in the project's Model settings, or run
+       LABEL_STUDIO_API_KEY={ls.legacy_token} robustar-ls sync-train --data {data} \\
+         --checkpoint {work / "model.pt"} --label-studio-url {ls.url} --project "{PROJECT}"
+     The backend serves the new model version on its next request.
+
+Logs: {work / "label-studio.log"}, {work / "backend.log"}.   Ctrl-C stops both servers.
+"""
+
+
+def run_demo(cfg: DemoConfig, cli_main: Callable[[list[str]], int]) -> dict:
+    """Run the demo; returns the import summary (and blocks until Ctrl-C when ``cfg.wait``)."""
+    if not cfg.label_studio_bin or not os.access(cfg.label_studio_bin, os.X_OK):
+        raise DemoError(
+            f"no Label Studio executable at {cfg.label_studio_bin or '(none given)'}: run "
+            "`make demo` (it installs label-studio into .venv-ls) or pass --label-studio-bin"
+        )
+    work = Path(cfg.workdir).resolve()
+    documents = work / "documents"
+    data, model = documents / "patch", work / "model.pt"
+    prepare_model(cfg, data, model, cli_main)
+    creds = demo_credentials(work / "credentials.json")
+    log.info("demo: start Label Studio (the first start migrates its database: minutes)")
+    with running_label_studio(
+        cfg.label_studio_bin,
+        work / "label-studio",
+        credentials=creds,
+        port=cfg.label_studio_port or free_port(),
+        document_root=documents,
+    ) as ls:
+        log.info("demo: Label Studio is up at %s", ls.url)
+        os.environ["LABEL_STUDIO_API_KEY"] = ls.legacy_token  # read by the steps below
+        with running_backend(
+            model, documents, data, cfg.backend_port or free_port(), ls, work / "backend.log"
+        ) as backend_url:
+            summary = import_and_rank(ls, data, documents, backend_url, work, cli_main)
+            print(next_steps(ls, summary, backend_url, work), flush=True)
+            if cfg.wait:
+                wait_for_interrupt()
+    return summary
+
+
+def import_and_rank(ls, data: Path, documents: Path, backend_url: str, work: Path, cli_main):
+    """Import the project (JSON summary captured) and write influence into its tasks."""
+    captured = io.StringIO()
+    with redirect_stdout(captured):
+        run_step(
+            "import the project",
+            [
+                "import",
+                "--data",
+                str(data),
+                "--label-studio-url",
+                ls.url,
+                "--project",
+                PROJECT,
+                "--backend-url",
+                backend_url,
+                "--document-root",
+                str(documents),
+                "--cache-dir",
+                str(work / "cache"),
+                "-q",
+                "--json",
+            ],
+            cli_main,
+        )
+    run_step(
+        "score influence and order the tasks",
+        [
+            "influence",
+            "--data",
+            str(data),
+            "--checkpoint",
+            str(work / "model.pt"),
+            "--label-studio-url",
+            ls.url,
+            "--project",
+            PROJECT,
+            "-q",
+        ],
+        cli_main,
+    )
+    return json.loads(captured.getvalue())
+
+
+def wait_for_interrupt() -> None:
+    """Block until Ctrl-C or SIGTERM."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print("\nstopping Label Studio and the backend…", flush=True)

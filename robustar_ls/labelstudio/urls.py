@@ -1,0 +1,106 @@
+"""Signed URLs of the backend's saliency heatmaps (no Flask: the import helper uses this too).
+
+Task data is static, but the heatmap must follow the model version on disk. So a task's
+``saliency`` field holds a URL of the backend, ``<base>/saliency/<key>.png?sig=<hmac>``, where
+``key`` encodes the task's image reference (e.g. ``/data/local-files/?d=train/cat/1.png``) and
+``sig`` is an HMAC-SHA256 of the key. The backend serves the heatmap of that image for the model
+version it is serving *now*. The signature means nobody can make the backend read an arbitrary
+file or URL: only image references that were signed with the secret are served.
+
+The secret must be the same wherever URLs are written (``robustar-ls import``) and checked
+(every gunicorn worker of ``robustar-ls serve``): from ``ROBUSTAR_LS_SECRET`` (read by the CLI),
+or else the random key in ``<cache_dir>/secret.key``, created once and shared by every process
+on the machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hmac
+import os
+import re
+import secrets
+import tempfile
+from hashlib import sha256
+from pathlib import Path
+from urllib.parse import quote
+
+SECRET_FILE = "secret.key"
+SIGNATURE_CHARS = 32  # hex characters of the HMAC kept in the URL (128 bits)
+_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def load_or_create_secret(cache_dir: str | Path) -> str:
+    """The signing key kept in ``<cache_dir>/secret.key``; created (mode 0600) if missing.
+
+    Creation is atomic (write a temp file, then ``os.link`` it into place, which fails if another
+    process won the race), so concurrent workers all end up with the same key.
+    """
+    folder = Path(cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / SECRET_FILE
+    if not path.exists():
+        fd, tmp = tempfile.mkstemp(prefix=".secret.", dir=folder)
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+                handle.flush()
+                os.fsync(handle.fileno())
+            # Fails if another process created the file first: then theirs is used.
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    secret = path.read_text().strip()
+    if len(secret) < 16:
+        raise ValueError(
+            f"the URL-signing key in {path} is too short; delete the file to make a new one"
+        )
+    return secret
+
+
+def resolve_secret(secret: str, cache_dir: str | Path) -> str:
+    """``secret`` when given (e.g. from ``ROBUSTAR_LS_SECRET``), else the shared key file."""
+    return secret or load_or_create_secret(cache_dir)
+
+
+def image_key(image_ref: str) -> str:
+    """A URL-safe key that encodes an image reference (reversible)."""
+    return base64.urlsafe_b64encode(image_ref.encode()).decode().rstrip("=")
+
+
+def image_ref_from_key(key: str) -> str:
+    """The image reference a key encodes; ``ValueError`` for a malformed key."""
+    if not _KEY.fullmatch(key):
+        raise ValueError(f"malformed image key {key[:40]!r}")
+    try:
+        return base64.urlsafe_b64decode(key + "=" * (-len(key) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError) as err:
+        raise ValueError(f"malformed image key {key[:40]!r}") from err
+
+
+def sign(key: str, secret: str) -> str:
+    """The signature of ``key`` (hex)."""
+    if not secret:
+        raise ValueError("no URL-signing secret configured")
+    return hmac.new(secret.encode(), key.encode(), sha256).hexdigest()[:SIGNATURE_CHARS]
+
+
+def verify(key: str, signature: str, secret: str) -> bool:
+    """Whether ``signature`` is the signature of ``key`` (constant-time comparison)."""
+    if not signature or not secret:
+        return False
+    return hmac.compare_digest(sign(key, secret), signature)
+
+
+def saliency_url(base_url: str, image_ref: str, secret: str) -> str:
+    """The signed URL of the backend's saliency heatmap of ``image_ref``.
+
+    ``base_url`` is the backend as the annotator's browser reaches it, e.g.
+    ``http://localhost:9090``.
+    """
+    key = image_key(image_ref)
+    return f"{base_url.rstrip('/')}/saliency/{key}.png?sig={quote(sign(key, secret))}"

@@ -1,0 +1,236 @@
+"""Sync masks from Label Studio, then paired training: the job behind ``robustar-ls sync-train``
+and behind Label Studio's "Start Training" button (``/webhook`` → :class:`TrainingJobs`).
+
+:func:`sync_and_train` runs: connect → find the project → :func:`sync_masks` into the mask store
+(``<data>/masks`` unless told otherwise) → :func:`paired_finetune` from the served checkpoint →
+a summary with the sync report. Without Label Studio settings it trains from the masks already in
+the store (e.g. ``<data>/oracle_masks``).
+
+Syncs into one mask store are serialised by an ``flock`` on ``<masks>/.sync.lock``: a CLI run and
+a webhook job never interleave their writes. A dry run takes no lock (it writes nothing, not even
+the lock file). Under ``torchrun`` only rank 0 syncs; the other ranks wait for it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from robustar_ls.config import LabelStudioConfig, PairedConfig, SyncConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".sync.lock"
+
+
+class NoMasksError(RuntimeError):
+    """After syncing, no training image has a mask: nothing to pair."""
+
+
+class SyncRankError(RuntimeError):
+    """Under torchrun: rank 0's sync failed (this rank waited for it)."""
+
+
+@contextmanager
+def mask_store_lock(masks_root: Path) -> Iterator[None]:
+    """Exclusive lock on one mask store, across threads and processes."""
+    masks_root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(masks_root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def project_id_of(project: Any) -> int:
+    pid = project.get("id") if isinstance(project, dict) else getattr(project, "id", None)
+    if pid is None:
+        raise ValueError(f"Label Studio project {project!r} has no id")
+    return int(pid)
+
+
+def sync_from_label_studio(
+    label_studio: LabelStudioConfig,
+    data_root: str | Path,
+    masks_root: str | Path,
+    sync: SyncConfig = SyncConfig(),
+    dry_run: bool = False,
+    progress: Callable | None = None,
+    client: Any = None,
+):
+    """Connect and run :func:`sync_masks` for the project titled ``label_studio.project``.
+
+    ``client``: an already connected label-studio-sdk client (default: ``connect`` with the
+    URL and API key of ``label_studio``). Returns the :class:`SyncReport`.
+    """
+    from robustar_ls.data.folders import ImageFolderSplits
+    from robustar_ls.data.masks import MaskStore
+    from robustar_ls.labelstudio.client import connect, find_project
+    from robustar_ls.labelstudio.sync import SyncError, sync_masks
+
+    data = ImageFolderSplits.open(data_root, required=("train",))
+    if client is None:
+        client = connect(label_studio.url, label_studio.api_key)
+    project = find_project(client, label_studio.project)
+    if project is None:
+        raise SyncError(
+            f"Label Studio at {label_studio.url} has no project titled "
+            f"{label_studio.project!r}; create it with `robustar-ls import`"
+        )
+    masks_root = Path(masks_root)
+    # a dry run writes nothing, not even the lock file
+    with nullcontext() if dry_run else mask_store_lock(masks_root):
+        return sync_masks(
+            client,
+            project_id_of(project),
+            data,
+            MaskStore(masks_root),
+            dry_run=dry_run,
+            progress=progress,
+            retries=sync.retries,
+            backoff=sync.backoff,
+            page_size=sync.page_size,
+            label=sync.label,
+        )
+
+
+def sync_and_train(
+    data: str | Path,
+    checkpoint: str | Path,
+    *,
+    label_studio: LabelStudioConfig | None = None,
+    paired: PairedConfig = PairedConfig(),
+    train: TrainConfig = TrainConfig(),
+    sync: SyncConfig = SyncConfig(),
+    masks: str | Path | None = None,
+    out: str | Path | None = None,
+    dry_run: bool = False,
+    progress: Callable | None = None,
+    client: Any = None,
+) -> dict[str, Any] | None:
+    """Sync (when ``label_studio`` is given), then paired fine-tuning of ``checkpoint``.
+
+    Returns ``paired_finetune``'s summary (``model_version``, ``parent_version``, ``before``,
+    ``after``, …) plus ``"sync"``: the sync report as a dict (None without Label Studio) and
+    ``"trained"``: True. With ``dry_run`` the sync only reports and nothing is trained
+    (``{"sync": …, "trained": False}``). On a ``torchrun`` rank other than 0, None.
+
+    Under ``torchrun`` only rank 0 talks to Label Studio; the other ranks wait for it in the
+    process group (started here, then reused by the training) before reading the masks.
+    """
+    masks_root = Path(masks) if masks else Path(data) / "masks"
+    if label_studio is None:
+        if dry_run:
+            raise ValueError("dry_run needs Label Studio settings: it previews a sync")
+        return _train(data, checkpoint, masks_root, paired, train, out, progress, None)
+
+    from robustar_ls.train.distributed import init_distributed, launched_by_torchrun, shutdown
+
+    def run_sync():
+        return sync_from_label_studio(
+            label_studio, data, masks_root, sync, dry_run=dry_run, progress=progress, client=client
+        )
+
+    if not launched_by_torchrun():
+        report = run_sync()
+        return _after_sync(
+            report, data, checkpoint, masks_root, paired, train, out, dry_run, progress
+        )
+    ctx = init_distributed(train.device)
+    try:
+        report = _on_rank0_then_share(ctx, run_sync)
+        result = _after_sync(
+            report, data, checkpoint, masks_root, paired, train, out, dry_run, progress
+        )
+        return result if ctx.is_main else None
+    finally:
+        shutdown(ctx)
+
+
+def _after_sync(report, data, checkpoint, masks_root, paired, train, out, dry_run, progress):
+    if dry_run:
+        return {"sync": report.to_dict(), "trained": False}
+    _check_has_masks(data, masks_root, report)
+    return _train(data, checkpoint, masks_root, paired, train, out, progress, report.to_dict())
+
+
+def _train(data, checkpoint, masks_root, paired, train, out, progress, report):
+    from robustar_ls.train.finetune import paired_finetune
+
+    result = paired_finetune(
+        data, checkpoint, masks_root, paired, train, out=out, progress=progress
+    )
+    if result is None:
+        return None
+    return {**result, "sync": report, "trained": True}
+
+
+def _on_rank0_then_share(ctx, compute: Callable[[], Any]) -> Any:
+    """Run ``compute`` on rank 0 only; every rank returns its result (or raises its error)."""
+    import torch.distributed as dist
+
+    box: list[Any] = [None]
+    error: BaseException | None = None
+    if ctx.is_main:
+        try:
+            box = [{"ok": compute()}]
+        except Exception as err:  # shared, then re-raised below
+            error = err
+            box = [{"error": f"{type(err).__name__}: {err}"}]
+    dist.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error
+    if "error" in box[0]:
+        raise SyncRankError(f"rank 0 failed to sync from Label Studio: {box[0]['error']}")
+    return box[0]["ok"]
+
+
+def _check_has_masks(data: str | Path, masks_root: Path, report) -> None:
+    from robustar_ls.data.folders import ImageFolderSplits
+    from robustar_ls.data.masks import MaskStore
+
+    samples = ImageFolderSplits.open(data, required=("train",)).splits["train"]
+    if not MaskStore(masks_root).match([s.relpath for s in samples]):
+        raise NoMasksError(
+            f"no training image has a mask in {masks_root} after syncing from Label Studio "
+            f"({report.summary()}); paint 'Spurious' regions and submit the annotations first"
+        )
+
+
+def training_job(
+    data: str | Path,
+    checkpoint: str | Path,
+    *,
+    label_studio: LabelStudioConfig | None,
+    paired: PairedConfig = PairedConfig(),
+    train: TrainConfig = TrainConfig(),
+    sync: SyncConfig = SyncConfig(),
+    masks: str | Path | None = None,
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The ``run`` function for :class:`robustar_ls.train.jobs.TrainingJobs`: each "Start
+    Training" webhook syncs and trains in place (the served checkpoint is replaced atomically,
+    the backend picks up the new version on its next request)."""
+
+    def run(payload: dict[str, Any]) -> dict[str, Any]:
+        log.info("training job triggered by %s", payload.get("action", "a request"))
+        result = sync_and_train(
+            data,
+            checkpoint,
+            label_studio=label_studio,
+            paired=paired,
+            train=train,
+            sync=sync,
+            masks=masks,
+        )
+        if result is None:  # pragma: no cover - the webhook never runs under torchrun
+            raise RuntimeError("training ran as a non-zero torchrun rank")
+        return result
+
+    return run

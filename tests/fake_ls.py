@@ -1,0 +1,74 @@
+"""A fake label-studio-sdk client and builders of Label Studio tasks, for unit tests."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from robustar_ls.labelstudio.brush import mask_to_rle
+from robustar_ls.labelstudio.config import default_label_config
+
+W, H = 8, 6  # default size of the test images
+
+
+class ApiError(Exception):
+    def __init__(self, status_code: int) -> None:
+        super().__init__(f"status {status_code}")
+        self.status_code = status_code
+
+
+class FakeTasks:
+    def __init__(self, tasks: list[dict]) -> None:
+        self.tasks = tasks
+        self.calls: list[int] = []
+        self.fail: dict[int, Exception] = {}  # page -> error raised every time
+
+    def list(self, *, project, fields, page, page_size, request_options=None):
+        assert request_options == {"max_retries": 0}  # one retry policy: ours
+        assert fields == "all"
+        self.calls.append(page)
+        if page in self.fail:
+            raise self.fail[page]
+        items = self.tasks[(page - 1) * page_size : page * page_size]
+        return SimpleNamespace(items=items, response=SimpleNamespace(total=len(self.tasks)))
+
+
+class FakeClient:
+    def __init__(self, tasks: list[dict]) -> None:
+        self.tasks = FakeTasks(tasks)
+        self.projects = SimpleNamespace(
+            get=lambda id, request_options=None: SimpleNamespace(
+                id=id, label_config=default_label_config()
+            )
+        )
+        self._client_wrapper = SimpleNamespace(get_base_url=lambda: "http://ls.test:1234")
+
+
+def region(mask: np.ndarray, label: str = "Spurious", from_name: str = "spurious") -> dict:
+    return {
+        "from_name": from_name,
+        "to_name": "image",
+        "type": "brushlabels",
+        "original_width": mask.shape[1],
+        "original_height": mask.shape[0],
+        "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [label]},
+    }
+
+
+def annotation(ann_id: int, updated_at: str, result: list, cancelled: bool = False) -> dict:
+    return {"id": ann_id, "updated_at": updated_at, "was_cancelled": cancelled, "result": result}
+
+
+def task(task_id: int, relpath: str, annotations: list) -> dict:
+    return {
+        "id": task_id,
+        "data": {"image": f"/data/local-files/?d=ds/train/{relpath}", "relpath": relpath},
+        "annotations": annotations,
+    }
+
+
+def box(y0: int, y1: int, x0: int, x1: int, h: int = H, w: int = W) -> np.ndarray:
+    mask = np.zeros((h, w), np.uint8)
+    mask[y0:y1, x0:x1] = 255
+    return mask

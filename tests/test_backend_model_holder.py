@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+import torch
+
+from robustar_ls.backend.model_holder import ModelHolder
+from robustar_ls.models.checkpoint import CheckpointError, save_checkpoint
+from robustar_ls.models.zoo import create_classifier
+
+CLASSES = ["circle", "square", "triangle"]
+
+
+def tiny_checkpoint(path, seed=0, parent=None):
+    torch.manual_seed(seed)
+    model = create_classifier("resnet18_small", len(CLASSES), width=4)
+    return save_checkpoint(
+        path,
+        model,
+        arch="resnet18_small",
+        classes=CLASSES,
+        image_size=16,
+        width=4,
+        parent_version=parent,
+    )
+
+
+def test_initial_load_and_no_reload_while_unchanged(tmp_path):
+    version = tiny_checkpoint(tmp_path / "m.pt")
+    holder = ModelHolder(tmp_path / "m.pt", device="cpu")
+    first = holder.current()
+    assert first.version == version and first.classes == CLASSES and first.image_size == 16
+    assert holder.current() is first and holder.reloads == 0
+
+
+def test_new_checkpoint_is_picked_up_on_next_call(tmp_path):
+    path = tmp_path / "m.pt"
+    v1 = tiny_checkpoint(path)
+    holder = ModelHolder(path, device="cpu")
+    old = holder.current()
+    v2 = tiny_checkpoint(path, seed=1, parent=v1)
+    assert v2 != v1
+    fresh = holder.current()
+    assert fresh.version == v2 and holder.reloads == 1
+    assert old.version == v1  # a request holding the old model keeps a complete old model
+    x = torch.zeros(1, 3, 16, 16)
+    assert old.model(x).shape == fresh.model(x).shape == (1, 3)
+
+
+def test_truncated_file_keeps_old_model_and_logs_once(tmp_path, caplog):
+    path = tmp_path / "m.pt"
+    v1 = tiny_checkpoint(path)
+    holder = ModelHolder(path, device="cpu")
+    holder.current()
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])  # a non-atomic writer, caught mid-write
+    with caplog.at_level(logging.ERROR):
+        for _ in range(3):
+            assert holder.current().version == v1
+    errors = [r for r in caplog.records if "cannot be loaded" in r.getMessage()]
+    assert len(errors) == 1 and v1 in errors[0].getMessage()
+    assert holder.last_error and "truncated" in holder.last_error
+    v2 = tiny_checkpoint(path, seed=2, parent=v1)
+    assert holder.current().version == v2 and holder.last_error is None
+
+
+def test_deleted_file_keeps_serving(tmp_path):
+    path = tmp_path / "m.pt"
+    v1 = tiny_checkpoint(path)
+    holder = ModelHolder(path, device="cpu")
+    holder.current()
+    path.unlink()
+    assert holder.current().version == v1
+    assert "does not exist" in holder.last_error
+
+
+def test_unusable_initial_checkpoint_raises(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        ModelHolder(tmp_path / "bad.pt", device="cpu").load_initial()
+    with pytest.raises(CheckpointError, match="does not exist"):
+        ModelHolder(tmp_path / "missing.pt", device="cpu").load_initial()
+
+
+def test_prepare_runs_before_publication(tmp_path):
+    path = tmp_path / "m.pt"
+    tiny_checkpoint(path)
+    seen = []
+    holder = ModelHolder(path, device="cpu", prepare=lambda s: s.extras.update(tag=s.version))
+    served = holder.current()
+    seen.append(served.extras["tag"])
+    tiny_checkpoint(path, seed=3, parent=served.version)
+    fresh = holder.current()
+    assert fresh.extras["tag"] == fresh.version != seen[0]
+
+
+def test_concurrent_requests_during_reload_see_whole_models(tmp_path):
+    path = tmp_path / "m.pt"
+    v1 = tiny_checkpoint(path)
+    holder = ModelHolder(path, device="cpu")
+    holder.current()
+    v2 = tiny_checkpoint(path, seed=4, parent=v1)
+    seen, errors = [], []
+
+    def request():
+        try:
+            served = holder.current()
+            served.model(torch.zeros(1, 3, 16, 16))
+            seen.append(served.version)
+        except Exception as err:  # noqa: BLE001 - recorded for the assertion
+            errors.append(err)
+
+    threads = [threading.Thread(target=request) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and set(seen) <= {v1, v2} and holder.reloads == 1
+    assert holder.current().version == v2

@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robustar_ls.train.fills import (
+    BASE_MODES,
+    FILL_MODES,
+    WEAK_NOISE_STD,
+    FillError,
+    apply_fill,
+    mixture_choices,
+)
+
+
+def batch(n: int = 6, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 3, size, size, generator=g)
+    masks = torch.rand(n, 1, size, size, generator=g) < 0.4
+    masks[0] = False  # one image with an empty mask
+    masks[1] = True  # one fully masked
+    return images, masks
+
+
+@pytest.mark.parametrize("mode", FILL_MODES)
+def test_fill_touches_masked_pixels_only(mode):
+    images, masks = batch()
+    out = apply_fill(images, masks, mode, torch.Generator().manual_seed(1))
+    keep = ~masks.expand_as(images)
+    assert torch.equal(out[keep], images[keep])  # bit-identical outside the mask
+    assert out.shape == images.shape and out.dtype == images.dtype
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert not torch.equal(out, images)  # and it did change something inside
+    assert torch.equal(images, batch()[0])  # input not modified in place
+
+
+@pytest.mark.parametrize("mode", FILL_MODES)
+def test_float_masks_match_bool_masks(mode):
+    images, masks = batch()
+    a = apply_fill(images, masks, mode, torch.Generator().manual_seed(3))
+    b = apply_fill(images, masks.float(), mode, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("mode", FILL_MODES)
+def test_fill_is_reproducible_with_a_generator(mode):
+    images, masks = batch()
+    a = apply_fill(images, masks, mode, torch.Generator().manual_seed(5))
+    b = apply_fill(images, masks, mode, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+
+
+def test_black_and_colour_values():
+    images, masks = batch()
+    black = apply_fill(images, masks, "black")
+    assert torch.all(black[masks.expand_as(images)] == 0)
+    full = torch.ones_like(masks)
+    colour = apply_fill(images, full, "colour", torch.Generator().manual_seed(0))
+    per_image = colour[:, :, 0, 0]
+    assert torch.equal(colour, per_image[:, :, None, None].expand_as(colour))  # one per image
+    assert len(torch.unique(per_image, dim=0)) == len(images)  # drawn per image
+
+
+def test_weak_noise_stays_near_the_original():
+    images = torch.full((4, 3, 32, 32), 0.5)
+    masks = torch.ones(4, 1, 32, 32, dtype=torch.bool)
+    out = apply_fill(images, masks, "weak_noise", torch.Generator().manual_seed(0))
+    diff = out - images
+    assert abs(float(diff.mean())) < 0.01
+    assert abs(float(diff.std()) - WEAK_NOISE_STD) < 0.01  # Gaussian σ, nothing clipped at 0.5
+    noise = apply_fill(images, masks, "noise", torch.Generator().manual_seed(0))
+    assert float((noise - images).abs().mean()) > 2 * float(diff.abs().mean())
+
+
+def test_stripes_are_two_colours_per_image():
+    images = torch.rand(8, 3, 16, 16)
+    masks = torch.ones(8, 1, 16, 16, dtype=torch.bool)
+    out = apply_fill(images, masks, "stripes", torch.Generator().manual_seed(2))
+    for image in out:
+        colours = torch.unique(image.flatten(1).T, dim=0)
+        assert len(colours) == 2
+
+
+def test_mixture_applies_the_drawn_mode_per_image():
+    n = 40
+    images = torch.rand(n, 3, 16, 16)
+    masks = torch.ones(n, 1, 16, 16, dtype=torch.bool)
+    choices = mixture_choices(n, torch.Generator().manual_seed(7))
+    assert set(choices) == set(BASE_MODES)  # 40 draws hit all five modes with this seed
+    out = apply_fill(images, masks, "mixture", torch.Generator().manual_seed(7))
+    for image, original, mode in zip(out, images, choices, strict=True):
+        pixels = torch.unique(image.flatten(1).T, dim=0)
+        if mode == "black":
+            assert torch.all(image == 0)
+        elif mode == "colour":
+            assert len(pixels) == 1
+        elif mode == "stripes":
+            assert len(pixels) == 2
+        elif mode == "weak_noise":
+            assert float((image - original).abs().max()) < 8 * WEAK_NOISE_STD
+            assert len(pixels) > 100
+        else:  # noise: unrelated to the original
+            assert len(pixels) > 100
+            assert float((image - original).abs().mean()) > 0.2
+
+
+def test_unknown_mode_and_bad_shapes_are_clear_errors():
+    images, masks = batch()
+    with pytest.raises(FillError, match="unknown fill mode 'zebra'"):
+        apply_fill(images, masks, "zebra")
+    with pytest.raises(FillError, match="mask size"):
+        apply_fill(images, masks[:, :, :8, :8], "noise")
+    with pytest.raises(FillError, match=r"\(N, 1, H, W\)"):
+        apply_fill(images, masks.expand(-1, 3, -1, -1), "noise")

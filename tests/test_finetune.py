@@ -1,0 +1,353 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from robustar_ls import cli
+from robustar_ls.config import ConfigError, PairedConfig, SyntheticConfig, TrainConfig
+from robustar_ls.data.folders import ImageFolderSplits
+from robustar_ls.data.masks import MaskError, MaskStore
+from robustar_ls.data.synthetic import make_dataset
+from robustar_ls.models.checkpoint import load_checkpoint, read_version, save_checkpoint
+from robustar_ls.models.zoo import create_classifier
+from robustar_ls.train import finetune
+from robustar_ls.train.augment import random_crop_flip
+from robustar_ls.train.finetune import PairedDataset, find_masks, make_pairs, paired_finetune
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_TRAIN = TrainConfig(epochs=2, batch_size=8, lr=0.01, device="cpu", seed=0)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("paired") / "data"
+    make_dataset(
+        root,
+        SyntheticConfig(
+            kind="patch", size=16, per_class=6, test_per_class=3, val_per_class=3, classes=2
+        ),
+    )
+    return root
+
+
+@pytest.fixture()
+def checkpoint(dataset, tmp_path) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    model = create_classifier("resnet18_small", 2, width=4)
+    save_checkpoint(
+        path, model, arch="resnet18_small", classes=["circle", "square"], image_size=16, width=4
+    )
+    return path
+
+
+def test_paired_finetune_writes_a_new_version_with_parent_and_metrics(
+    dataset, checkpoint, tmp_path
+):
+    old_version = read_version(checkpoint)
+    old_bytes = checkpoint.read_bytes()
+    out = tmp_path / "new.pt"
+    result = paired_finetune(
+        dataset, checkpoint, dataset / "oracle_masks", PairedConfig(), TINY_TRAIN, out=out
+    )
+    assert checkpoint.read_bytes() == old_bytes  # --out leaves the input alone
+    assert result["parent_version"] == old_version
+    assert result["model_version"] != old_version
+    assert set(result["before"]) == set(result["after"]) == {"train", "val", "test"}
+    assert result["annotated"] == 12 == result["train_images"]  # every image has an oracle mask
+    assert len(result["history"]) == TINY_TRAIN.epochs
+    for epoch in result["history"]:
+        assert {"loss", "ce", "ce_paired", "align", "accuracy"} <= set(epoch)
+        assert epoch["ce_paired"] > 0 and epoch["annotated"] == 1.0
+    saved = load_checkpoint(out)
+    assert saved.version == result["model_version"]
+    assert saved.parent_version == old_version
+    assert saved.metrics["splits"]["test"]["accuracy"] == result["after"]["test"]
+    assert saved.config["paired"]["fill"] == "noise" and saved.config["annotated"] == 12
+
+
+def test_default_out_replaces_the_checkpoint(dataset, checkpoint):
+    old_version = read_version(checkpoint)
+    result = paired_finetune(
+        dataset,
+        checkpoint,
+        dataset / "oracle_masks",
+        PairedConfig(),
+        TrainConfig(epochs=1, batch_size=8, device="cpu"),
+    )
+    assert read_version(checkpoint) == result["model_version"] != old_version
+    assert load_checkpoint(checkpoint).parent_version == old_version
+
+
+def test_only_restricts_the_masks_and_none_is_the_control(dataset, checkpoint, tmp_path):
+    chosen = {"circle/00000.png", "square/00007.png"}
+    result = paired_finetune(
+        dataset,
+        checkpoint,
+        dataset / "oracle_masks",
+        PairedConfig(),
+        TINY_TRAIN,
+        only=chosen,
+        out=tmp_path / "a.pt",
+    )
+    assert result["annotated"] == 2
+    assert result["history"][0]["annotated"] == pytest.approx(2 / 12)
+    control = paired_finetune(
+        dataset, checkpoint, None, PairedConfig(), TINY_TRAIN, out=tmp_path / "b.pt"
+    )
+    assert control["annotated"] == 0
+    assert all(e["ce_paired"] == 0 and e["align"] == 0 for e in control["history"])
+    assert control["history"][0]["loss"] == pytest.approx(control["history"][0]["ce"])
+
+
+def test_a_crash_mid_epoch_leaves_the_old_checkpoint(dataset, checkpoint, monkeypatch):
+    old_bytes = checkpoint.read_bytes()
+    calls = {"n": 0}
+    real = finetune.paired_loss
+
+    def crash_on_second_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed mid-epoch")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(finetune, "paired_loss", crash_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        paired_finetune(dataset, checkpoint, dataset / "oracle_masks", PairedConfig(), TINY_TRAIN)
+    assert calls["n"] == 2
+    assert checkpoint.read_bytes() == old_bytes
+    assert load_checkpoint(checkpoint).version == read_version(checkpoint)
+
+
+def test_a_failed_replace_leaves_the_old_checkpoint_and_no_temp_file(
+    dataset, checkpoint, monkeypatch
+):
+    old_bytes = checkpoint.read_bytes()
+
+    def failing_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("robustar_ls.models.checkpoint.os.replace", failing_replace)
+    with pytest.raises(OSError, match="No space left"):
+        paired_finetune(dataset, checkpoint, dataset / "oracle_masks", PairedConfig(), TINY_TRAIN)
+    assert checkpoint.read_bytes() == old_bytes
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == [checkpoint.name]
+    load_checkpoint(checkpoint)
+
+
+def test_wrong_size_mask_is_named_before_training(dataset, checkpoint, tmp_path, monkeypatch):
+    masks = tmp_path / "masks"
+    shutil.copytree(dataset / "oracle_masks", masks)
+    bad = MaskStore(masks).path_for("square/00008.png")
+    Image.fromarray(np.zeros((10, 12), dtype=np.uint8)).save(bad)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started despite a bad mask")
+
+    monkeypatch.setattr(finetune, "paired_train_one_epoch", no_training)
+    with pytest.raises(MaskError, match=r"00008\.png is 12x10 but its image .* is 16x16"):
+        paired_finetune(dataset, checkpoint, masks, PairedConfig(), TINY_TRAIN)
+
+
+def test_missing_or_empty_mask_folder_is_a_clear_error(dataset, checkpoint, tmp_path):
+    with pytest.raises(MaskError, match="does not exist"):
+        paired_finetune(dataset, checkpoint, tmp_path / "nowhere", PairedConfig(), TINY_TRAIN)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MaskError, match="no mask in"):
+        paired_finetune(dataset, checkpoint, tmp_path / "empty", PairedConfig(), TINY_TRAIN)
+    with pytest.raises(ConfigError, match="unknown fill"):
+        paired_finetune(dataset, checkpoint, None, PairedConfig(fill="zebra"), TINY_TRAIN)
+
+
+def test_dataset_pairs_images_with_their_masks(dataset):
+    data = ImageFolderSplits.open(dataset)
+    samples = data.splits["train"]
+    masks = find_masks(samples, dataset / "oracle_masks", only={samples[0].relpath})
+    ds = PairedDataset(samples, 16, masks)
+    image, mask, has_mask, label = ds[0]
+    assert has_mask and label == samples[0].label
+    expected = MaskStore(dataset / "oracle_masks").read(samples[0].relpath)
+    assert torch.equal(mask[0].bool(), torch.from_numpy(expected))
+    assert float(image.min()) >= 0 and float(image.max()) <= 1  # [0, 1]: filled before normalising
+    _, mask1, has1, _ = ds[1]
+    assert not has1 and not mask1.any()
+
+
+def test_masks_are_resized_with_their_image(dataset):
+    data = ImageFolderSplits.open(dataset)
+    samples = data.splits["train"][:1]
+    ds = PairedDataset(samples, 8, find_masks(samples, dataset / "oracle_masks"))
+    image, mask, _, _ = ds[0]
+    assert image.shape == (3, 8, 8) and mask.shape == (1, 8, 8)
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_crop_and_flip_keep_masks_on_their_pixels():
+    masks = torch.rand(16, 1, 12, 12) < 0.3
+    images = torch.rand(16, 3, 12, 12)
+    images[:, :1] = masks.float()  # channel 0 encodes the mask
+    out, out_masks = random_crop_flip(images, masks, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, :1] > 0.5, out_masks)
+    assert not torch.equal(out_masks, masks)  # something moved
+
+
+@pytest.mark.parametrize("worst_of", [1, 3])
+def test_make_pairs_fills_only_annotated_masked_pixels(worst_of):
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    images = torch.rand(4, 3, 8, 8)
+    masks = torch.zeros(4, 1, 8, 8)
+    masks[:, :, :3] = 1
+    has_mask = torch.tensor([True, False, True, False])
+    cfg = PairedConfig(fill="black", worst_of=worst_of)
+    x, x_tilde = make_pairs(
+        model,
+        images,
+        masks,
+        has_mask,
+        torch.tensor([0, 1, 0, 1]),
+        cfg,
+        torch.Generator().manual_seed(0),
+        torch.device("cpu"),
+    )
+    assert torch.equal(x_tilde[~has_mask], x[~has_mask])
+    assert torch.equal(x_tilde[:, :, 3:], x[:, :, 3:])
+    black = (torch.zeros(3) - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    )
+    assert torch.allclose(x_tilde[0, :, 0, 0], black)
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+def test_cli_sync_train_json(dataset, checkpoint, tmp_path, capsys):
+    out = tmp_path / "cli.pt"
+    code = cli.main(
+        [
+            "sync-train",
+            "--data",
+            str(dataset),
+            "--checkpoint",
+            str(checkpoint),
+            "--masks",
+            str(dataset / "oracle_masks"),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--fill",
+            "mixture",
+            "--align-weight",
+            "0.05",
+            "--worst-of",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
+            "-q",
+        ]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["parent_version"] == read_version(checkpoint)
+    assert summary["model_version"] == read_version(out)
+    assert set(summary["before"]) == {"train", "val", "test"}
+    assert all(0 <= acc <= 1 for acc in summary["after"].values())
+    config = load_checkpoint(out).config["paired"]
+    assert config == {"fill": "mixture", "align_weight": 0.05, "worst_of": 2}
+
+
+def test_cli_default_masks_folder_and_errors(dataset, checkpoint, capsys):
+    code = cli.main(["sync-train", "--data", str(dataset), "--checkpoint", str(checkpoint), "-q"])
+    assert code == 2
+    assert f"mask folder {dataset / 'masks'} does not exist" in capsys.readouterr().err
+
+
+def test_fill_choices_match_the_library():
+    from robustar_ls.train.fills import FILL_MODES
+
+    assert tuple(cli.FILL_MODE_CHOICES) == FILL_MODES
+
+
+def test_script_wrapper_calls_the_cli(dataset, checkpoint, tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import sync_and_train
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "script.pt"
+    code = sync_and_train.main(
+        [
+            "--data",
+            str(dataset),
+            "--checkpoint",
+            str(checkpoint),
+            "--masks",
+            str(dataset / "oracle_masks"),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--json",
+            "-q",
+        ]
+    )
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["model_version"] == read_version(out)
+
+
+# -- DistributedDataParallel ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_writes_one_checkpoint(dataset, checkpoint, tmp_path):
+    old_version = read_version(checkpoint)
+    out = tmp_path / "ddp.pt"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "robustar_ls.cli",
+        "sync-train",
+        "--data",
+        str(dataset),
+        "--checkpoint",
+        str(checkpoint),
+        "--masks",
+        str(dataset / "oracle_masks"),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--json",
+        "-q",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)  # exactly one JSON document: rank 0 only
+    assert summary["parent_version"] == old_version
+    assert read_version(out) == summary["model_version"] != old_version
+    assert load_checkpoint(out).config["world_size"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ddp.pt", checkpoint.name])

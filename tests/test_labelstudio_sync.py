@@ -1,0 +1,291 @@
+"""Unit tests of robustar_ls.labelstudio.sync against a fake label-studio-sdk client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from robustar_ls.data.folders import ImageFolderSplits
+from robustar_ls.data.masks import MaskStore
+from robustar_ls.labelstudio.sync import (
+    LabelStudioUnavailable,
+    SyncError,
+    choose_annotation,
+    decode_regions,
+    relpath_of_task,
+    spurious_regions,
+    sync_masks,
+)
+from tests.fake_ls import ApiError, FakeClient, H, W, annotation, box, region, task
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> ImageFolderSplits:
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        for i in range(3):
+            path = tmp_path / "ds" / "train" / cls / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(path)
+    return ImageFolderSplits.open(tmp_path / "ds")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> MaskStore:
+    return MaskStore(tmp_path / "ds" / "masks")
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def no_sleep(_seconds: float) -> None:
+    return None
+
+
+# -- the annotation rule --------------------------------------------------------------------
+
+
+def test_choose_annotation_ignores_cancelled_and_takes_the_most_recent():
+    old = annotation(1, "2024-05-01T10:00:00.000000Z", [])
+    new = annotation(2, "2024-05-02T10:00:00.000000Z", [])
+    newest_cancelled = annotation(3, "2024-05-03T10:00:00Z", [], cancelled=True)
+    assert choose_annotation([new, old, newest_cancelled])["id"] == 2
+    assert choose_annotation([old])["id"] == 1
+    assert choose_annotation([newest_cancelled]) is None
+    assert choose_annotation([]) is None
+
+
+def test_choose_annotation_compares_times_not_strings_and_breaks_ties_by_id():
+    # same instant written two ways; a later one without fractional seconds
+    a = annotation(5, "2024-05-01T10:00:00.500000Z", [])
+    b = annotation(4, "2024-05-01T10:00:00.500000+00:00", [])
+    c = annotation(3, "2024-05-01T10:00:01Z", [])
+    assert choose_annotation([a, b])["id"] == 5
+    assert choose_annotation([a, b, c])["id"] == 3
+
+
+def test_spurious_regions_keep_only_spurious_on_the_brush_tag():
+    m = box(0, 2, 0, 2)
+    keep = region(m)
+    result = [keep, region(m, label="Model attention"), region(m, from_name="other")]
+    assert spurious_regions(result, "spurious") == [keep]
+
+
+def test_decode_regions_ors_regions():
+    first, second = box(0, 2, 0, 3), box(1, 4, 2, 6)
+    mask = decode_regions([region(first), region(second)])
+    assert mask.dtype == bool
+    np.testing.assert_array_equal(mask, (first > 0) | (second > 0))
+
+
+def test_decode_regions_thresholds_alpha_at_half():
+    graded = np.zeros((H, W), np.uint8)
+    graded[0, 0], graded[0, 1] = 127, 128
+    mask = decode_regions([region(graded)])
+    assert not mask[0, 0] and mask[0, 1]
+
+
+def test_decode_regions_refuses_mixed_sizes():
+    with pytest.raises(ValueError, match="different sizes"):
+        decode_regions([region(box(0, 1, 0, 1)), region(box(0, 1, 0, 1, h=H + 1))])
+
+
+def test_relpath_of_task_uses_relpath_then_the_local_files_path():
+    train = {"a/0.png", "b/x y.png"}
+    assert relpath_of_task({"relpath": "a/0.png", "image": "junk"}, "image", train) == "a/0.png"
+    url = "/data/local-files/?d=data%2Fds%2Ftrain%2Fb%2Fx%20y.png"
+    assert relpath_of_task({"image": url}, "image", train) == "b/x y.png"
+    test_url = "/data/local-files/?d=ds/test/a/0.png"
+    assert relpath_of_task({"image": test_url}, "image", train) is None
+    assert relpath_of_task({"relpath": "c/9.png"}, "image", train) is None
+
+
+# -- sync_masks -----------------------------------------------------------------------------
+
+
+def test_sync_adds_masks_then_is_idempotent(dataset, store, monkeypatch):
+    m0, m1 = box(0, 3, 0, 4), box(2, 6, 4, 8)
+    tasks = [
+        task(1, "a/0.png", [annotation(10, "2024-01-01T00:00:00Z", [region(m0)])]),
+        task(2, "b/1.png", [annotation(11, "2024-01-01T00:00:00Z", [region(m1)])]),
+        task(3, "a/1.png", []),
+    ]
+    client = FakeClient(tasks)
+    report = sync_masks(client, 7, dataset, store, page_size=2)
+    assert sorted(report.added) == ["a/0.png", "b/1.png"]
+    assert report.errors == [] and report.removed == [] and report.updated == []
+    assert client.tasks.calls == [1, 2]
+    np.testing.assert_array_equal(store.read("a/0.png"), m0 > 0)
+    np.testing.assert_array_equal(store.read("b/1.png"), m1 > 0)
+    assert store.read_manifest()["a/0.png"] == {
+        "task_id": 1,
+        "annotation_id": 10,
+        "updated_at": "2024-01-01T00:00:00Z",
+    }
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a sync with nothing new wrote")
+
+    monkeypatch.setattr(MaskStore, "write", refuse)
+    monkeypatch.setattr(MaskStore, "write_manifest", refuse)
+    monkeypatch.setattr(MaskStore, "delete", refuse)
+    again = sync_masks(client, 7, dataset, store, page_size=2)
+    assert not again.changed
+    assert sorted(again.unchanged) == ["a/0.png", "b/1.png"]
+    assert "nothing written" in again.summary()
+
+
+def test_sync_edit_replaces_and_delete_removes(dataset, store):
+    m0, m0_edited = box(0, 3, 0, 4), box(3, 6, 1, 2)
+    tasks = [
+        task(1, "a/0.png", [annotation(10, "2024-01-01T00:00:00Z", [region(m0)])]),
+        task(2, "a/2.png", [annotation(11, "2024-01-01T00:00:00Z", [region(m0)])]),
+    ]
+    client = FakeClient(tasks)
+    sync_masks(client, 7, dataset, store)
+    tasks[0]["annotations"] = [annotation(10, "2024-01-02T00:00:00Z", [region(m0_edited)])]
+    tasks[1]["annotations"] = []
+    report = sync_masks(client, 7, dataset, store)
+    assert report.updated == ["a/0.png"] and report.removed == ["a/2.png"]
+    np.testing.assert_array_equal(store.read("a/0.png"), m0_edited > 0)
+    assert not store.has("a/2.png")
+    assert set(store.read_manifest()) == {"a/0.png"}
+
+
+def test_sync_removes_when_only_cancelled_annotations_remain(dataset, store):
+    first = annotation(10, "2024-01-01T00:00:00Z", [region(box(0, 1, 0, 1))])
+    tasks = [task(1, "a/0.png", [first])]
+    client = FakeClient(tasks)
+    sync_masks(client, 7, dataset, store)
+    tasks[0]["annotations"] = [annotation(12, "2024-01-03T00:00:00Z", [], cancelled=True)]
+    report = sync_masks(client, 7, dataset, store)
+    assert report.removed == ["a/0.png"] and not store.has("a/0.png")
+    assert report.skipped[0]["task_id"] == 1 and "cancelled" in report.skipped[0]["reason"]
+
+
+def test_sync_annotation_without_spurious_region_is_skipped_and_erases(dataset, store):
+    tasks = [task(1, "a/0.png", [annotation(10, "t1", [region(box(0, 1, 0, 1))])])]
+    client = FakeClient(tasks)
+    sync_masks(client, 7, dataset, store)
+    assert store.has("a/0.png")
+    tasks[0]["annotations"] = [
+        annotation(11, "2030-01-01T00:00:00Z", [region(box(0, 1, 0, 1), label="Model attention")])
+    ]
+    report = sync_masks(client, 7, dataset, store)
+    assert report.removed == ["a/0.png"] and not store.has("a/0.png")
+    assert "no Spurious region" in report.skipped[0]["reason"]
+
+
+def test_sync_never_deletes_masks_it_did_not_write(dataset, store):
+    hand_made = box(1, 2, 1, 2)
+    store.write("b/2.png", hand_made)
+    store.write_manifest({"b/2.png": {"source": "hand"}})
+    report = sync_masks(FakeClient([]), 7, dataset, store)
+    assert report.removed == [] and store.has("b/2.png")
+    np.testing.assert_array_equal(store.read("b/2.png"), hand_made > 0)
+
+
+def test_sync_wrong_size_is_an_error_and_not_written(dataset, store):
+    wrong = box(0, 2, 0, 2, h=H + 2, w=W)
+    tasks = [
+        task(1, "a/0.png", [annotation(10, "t", [region(wrong)])]),
+        task(2, "a/1.png", [annotation(11, "t", [region(box(0, 1, 0, 1))])]),
+    ]
+    report = sync_masks(FakeClient(tasks), 7, dataset, store)
+    assert report.added == ["a/1.png"]
+    assert [e["task_id"] for e in report.errors] == [1]
+    error = report.errors[0]["error"]
+    assert "task 1" in error and "a/0.png" in error and f"{W}x{H + 2}" in error
+    assert not store.has("a/0.png") and "a/0.png" not in store.read_manifest()
+
+
+def test_sync_unknown_image_is_an_error(dataset, store):
+    tasks = [task(1, "zzz/0.png", [annotation(10, "t", [region(box(0, 1, 0, 1))])])]
+    report = sync_masks(FakeClient(tasks), 7, dataset, store)
+    assert report.errors[0]["task_id"] == 1 and "shows no image" in report.errors[0]["error"]
+    assert list(store.relpaths()) == []
+
+
+def test_sync_dry_run_reports_and_writes_nothing(dataset, store):
+    store.write("a/2.png", box(0, 1, 0, 1))
+    store.write_manifest({"a/2.png": {"task_id": 9, "annotation_id": 1, "updated_at": "t"}})
+    before = snapshot(store.root)
+    tasks = [task(1, "a/0.png", [annotation(10, "t", [region(box(0, 1, 0, 1))])])]
+    report = sync_masks(FakeClient(tasks), 7, dataset, store, dry_run=True)
+    assert report.dry_run and report.added == ["a/0.png"] and report.removed == ["a/2.png"]
+    assert snapshot(store.root) == before
+
+
+@pytest.mark.parametrize(
+    "error",
+    [httpx.ConnectError("connection refused"), ApiError(502)],
+    ids=["connection", "5xx"],
+)
+def test_sync_label_studio_dies_mid_fetch_leaves_store_unchanged(dataset, store, error):
+    tasks = [
+        task(i + 1, rel, [annotation(10 + i, "t", [region(box(0, 2, 0, 2))])])
+        for i, rel in enumerate(["a/0.png", "a/1.png", "b/0.png"])
+    ]
+    store.write("a/2.png", box(0, 1, 0, 1))
+    store.write_manifest({"a/2.png": {"task_id": 9, "annotation_id": 1, "updated_at": "t"}})
+    before = snapshot(store.root)
+    client = FakeClient(tasks)
+    client.tasks.fail[2] = error
+    sleeps: list[float] = []
+    stopped = r"Label Studio at http://ls.test:1234 stopped answering"
+    with pytest.raises(LabelStudioUnavailable, match=stopped):
+        sync_masks(
+            client, 7, dataset, store, page_size=2, retries=3, backoff=0.25, sleep=sleeps.append
+        )
+    assert sleeps == [0.25, 0.5, 1.0]  # exponential backoff
+    assert client.tasks.calls == [1, 2, 2, 2, 2]
+    assert snapshot(store.root) == before
+
+
+def test_sync_retries_then_succeeds(dataset, store):
+    tasks = [task(1, "a/0.png", [annotation(10, "t", [region(box(0, 1, 0, 1))])])]
+    client = FakeClient(tasks)
+    original = client.tasks.list
+    failures = iter([httpx.ReadTimeout("slow"), ApiError(503)])
+
+    def flaky(**kwargs):
+        err = next(failures, None)
+        if err is not None:
+            raise err
+        return original(**kwargs)
+
+    client.tasks.list = flaky
+    report = sync_masks(client, 7, dataset, store, retries=2, sleep=no_sleep)
+    assert report.added == ["a/0.png"]
+
+
+def test_sync_client_errors_are_not_retried(dataset, store):
+    client = FakeClient([])
+    client.tasks.fail[1] = ApiError(403)
+    sleeps: list[float] = []
+    with pytest.raises(SyncError, match="refused page 1 .*HTTP 403"):
+        sync_masks(client, 7, dataset, store, retries=3, sleep=sleeps.append)
+    assert client.tasks.calls == [1] and sleeps == []
+
+
+def test_sync_failed_write_records_what_was_done(dataset, store, monkeypatch):
+    tasks = [
+        task(1, "a/0.png", [annotation(10, "t", [region(box(0, 1, 0, 1))])]),
+        task(2, "a/1.png", [annotation(11, "t", [region(box(0, 1, 0, 1))])]),
+    ]
+    original = MaskStore.write
+
+    def write_once(self, relpath, mask):
+        if relpath == "a/1.png":
+            raise OSError("disk full")
+        return original(self, relpath, mask)
+
+    monkeypatch.setattr(MaskStore, "write", write_once)
+    with pytest.raises(OSError, match="disk full"):
+        sync_masks(FakeClient(tasks), 7, dataset, store)
+    assert set(store.read_manifest()) == {"a/0.png"} and store.has("a/0.png")

@@ -1,0 +1,168 @@
+"""sync_and_train orchestration with a fake Label Studio client and a fake trainer."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from types import ModuleType, SimpleNamespace
+
+import httpx
+import numpy as np
+import pytest
+
+from robustar_ls.cli import main
+from robustar_ls.config import LabelStudioConfig, SyncConfig
+from robustar_ls.data.masks import MaskStore
+from robustar_ls.train import sync_train
+from robustar_ls.train.jobs import TrainingJobs
+from robustar_ls.train.sync_train import (
+    NoMasksError,
+    mask_store_lock,
+    sync_and_train,
+    training_job,
+)
+from tests.fake_ls import FakeClient, annotation, box, region, task
+
+LS = LabelStudioConfig(url="http://ls.test:1234", api_key="k", project="robustar")
+
+
+@pytest.fixture
+def fake_finetune(monkeypatch):
+    calls: list[dict] = []
+    module = ModuleType("robustar_ls.train.finetune")
+
+    def paired_finetune(data_root, checkpoint, masks_root, paired_cfg, train_cfg, **kwargs):
+        calls.append({"masks_root": masks_root, "masks": sorted(MaskStore(masks_root).relpaths())})
+        return {"model_version": "v2-new", "parent_version": "v1-old", "before": {}, "after": {}}
+
+    module.paired_finetune = paired_finetune
+    monkeypatch.setitem(sys.modules, "robustar_ls.train.finetune", module)
+    return calls
+
+
+@pytest.fixture
+def client(monkeypatch):
+    tasks = [task(1, "a/0.png", [annotation(10, "t", [region(box(0, 2, 0, 2, h=16, w=16))])])]
+    fake = FakeClient(tasks)
+    monkeypatch.setattr(
+        "robustar_ls.labelstudio.client.find_project",
+        lambda client, title: SimpleNamespace(id=3, title=title),
+    )
+    return fake
+
+
+@pytest.fixture
+def data(tmp_path):
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        path = tmp_path / "ds" / "train" / cls / "0.png"
+        path.parent.mkdir(parents=True)
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(path)
+    return tmp_path / "ds"
+
+
+def test_syncs_into_data_masks_then_trains(data, client, fake_finetune):
+    summary = sync_and_train(data, data / "m.pt", label_studio=LS, client=client)
+    assert summary["model_version"] == "v2-new" and summary["trained"]
+    assert summary["sync"]["added"] == ["a/0.png"]
+    assert fake_finetune == [{"masks_root": data / "masks", "masks": ["a/0.png"]}]
+
+
+def test_dry_run_previews_and_does_not_train(data, client, fake_finetune):
+    summary = sync_and_train(data, data / "m.pt", label_studio=LS, client=client, dry_run=True)
+    assert summary == {"sync": summary["sync"], "trained": False}
+    assert summary["sync"]["dry_run"] and summary["sync"]["added"] == ["a/0.png"]
+    assert fake_finetune == [] and not MaskStore(data / "masks").has("a/0.png")
+
+
+def test_no_masks_after_sync_is_a_clear_error(data, client, fake_finetune):
+    client.tasks.tasks[0]["annotations"] = []
+    with pytest.raises(NoMasksError, match="paint 'Spurious' regions"):
+        sync_and_train(data, data / "m.pt", label_studio=LS, client=client)
+    assert fake_finetune == []
+
+
+def test_without_label_studio_trains_from_given_masks(data, fake_finetune):
+    MaskStore(data / "oracle").write("b/0.png", box(0, 1, 0, 1, h=16, w=16))
+    summary = sync_and_train(data, data / "m.pt", masks=data / "oracle")
+    assert summary["sync"] is None and fake_finetune[0]["masks"] == ["b/0.png"]
+
+
+def test_sync_settings_reach_sync_masks(data, client, fake_finetune, monkeypatch):
+    seen = {}
+    real = sync_train.sync_from_label_studio
+
+    def spy(*args, **kwargs):
+        seen["sync"] = args[3]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sync_train, "sync_from_label_studio", spy)
+    cfg = SyncConfig(page_size=1, retries=0)
+    sync_and_train(data, data / "m.pt", label_studio=LS, client=client, sync=cfg)
+    assert seen["sync"] == cfg and client.tasks.calls == [1]
+
+
+def test_mask_store_lock_serialises(tmp_path):
+    order: list[str] = []
+    inside = threading.Event()
+    release = threading.Event()
+
+    def first():
+        with mask_store_lock(tmp_path / "masks"):
+            order.append("first in")
+            inside.set()
+            release.wait(10)
+            order.append("first out")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert inside.wait(10)
+    second = threading.Thread(target=lambda: _enter(tmp_path, order))
+    second.start()
+    second.join(0.2)
+    assert second.is_alive()  # blocked while the first holds the lock
+    release.set()
+    thread.join(10)
+    second.join(10)
+    assert order == ["first in", "first out", "second in"]
+
+
+def _enter(tmp_path, order):
+    with mask_store_lock(tmp_path / "masks"):
+        order.append("second in")
+
+
+def test_training_job_runs_sync_and_train_in_the_background(
+    data, client, fake_finetune, monkeypatch
+):
+    monkeypatch.setattr("robustar_ls.labelstudio.client.connect", lambda url, key: client)
+    jobs = TrainingJobs(
+        training_job(data, data / "m.pt", label_studio=LS), state_dir=data / "state"
+    )
+    started, _ = jobs.start({"action": "START_TRAINING"})
+    status = jobs.wait(30)
+    assert started and status["state"] == "succeeded", status
+    assert status["result"]["model_version"] == "v2-new"
+    assert status["result"]["sync"]["added"] == ["a/0.png"]
+
+
+def test_training_job_failure_is_reported_in_the_status(data, client, fake_finetune, monkeypatch):
+    monkeypatch.setattr("robustar_ls.labelstudio.client.connect", lambda url, key: client)
+    client.tasks.fail[1] = httpx.ConnectError("connection refused")
+    sync = SyncConfig(retries=1, backoff=0.0)
+    jobs = TrainingJobs(training_job(data, data / "m.pt", label_studio=LS, sync=sync))
+    jobs.start({})
+    status = jobs.wait(30)
+    assert status["state"] == "failed" and "stopped answering" in status["error"]
+    assert fake_finetune == []
+
+
+def test_cli_flag_errors(data, monkeypatch, capsys):
+    base = ["sync-train", "--data", str(data), "--checkpoint", str(data / "m.pt")]
+    assert main([*base, "--dry-run"]) == 2
+    assert "--dry-run and --project need --label-studio-url" in capsys.readouterr().err
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    monkeypatch.delenv("LABEL_STUDIO_USER_TOKEN", raising=False)
+    assert main([*base, "--label-studio-url", "http://ls.test:1"]) == 2
+    assert "set LABEL_STUDIO_API_KEY" in capsys.readouterr().err
