@@ -358,8 +358,9 @@ def test_masks_of_exif_rotated_images_are_checked_against_the_displayed_size(tmp
     exif = Image.Exif()
     exif[0x0112] = 6  # shown rotated: 8 wide x 12 high
     for cls in ("a", "b"):
-        (tmp_path / "data" / "train" / cls).mkdir(parents=True)
-        Image.new("RGB", (12, 8), "red").save(tmp_path / "data" / "train" / cls / "x.jpg", exif=exif)
+        folder = tmp_path / "data" / "train" / cls
+        folder.mkdir(parents=True)
+        Image.new("RGB", (12, 8), "red").save(folder / "x.jpg", exif=exif)
     store = MaskStore(tmp_path / "masks")
     store.write("a/x.jpg", np.zeros((12, 8), dtype=bool))
     samples = ImageFolderSplits.open(tmp_path / "data").splits["train"]
