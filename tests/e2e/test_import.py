@@ -277,3 +277,19 @@ def test_unreachable_backend_is_explained(label_studio):
     with pytest.raises(ls.LabelStudioError, match="Start the backend first"):
         ls.ensure_ml_backend(client, project.id, closed)
     assert list(client.ml.list(project=project.id)) == []
+
+
+def test_document_root_defaults_to_label_studios_variable(
+    label_studio, dataset, monkeypatch, capsys
+):
+    """The brief's contract: `import --data --label-studio-url --project` without --document-root
+    works when Label Studio's document-root variable is set in the environment."""
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.legacy_token)
+    monkeypatch.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(label_studio.document_root))
+    argv = ["--data", str(dataset), "--label-studio-url", label_studio.url]
+    code, summary, err = _run_import([*argv, "--project", _title("envroot"), "--json"], capsys)
+    assert code == 0, err
+    assert summary["created_tasks"] == len(_train_relpaths(dataset))
+    monkeypatch.delenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
+    code, _, err = _run_import([*argv, "--project", _title("noroot")], capsys)
+    assert code == 2 and "--document-root" in err
