@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -537,7 +538,8 @@ def add_import(sub) -> None:
         "--document-root",
         dest="document_root",
         default=None,
-        help="the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (must contain --data)",
+        help="the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, which must contain --data "
+        "(default: that variable, when set in this environment)",
     )
     p.add_argument("--label-config", dest="label_config", default=None, help="labeling XML")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
@@ -578,6 +580,8 @@ def run_import(args: argparse.Namespace) -> int:
     secrets = secrets_from_env()
     ls_cfg = build(
         LabelStudioConfig,
+        # a Label Studio started from this shell: its document root is the default
+        {"document_root": os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT") or None},
         settings_section(args, "label_studio"),
         pick(args, LabelStudioConfig),
         {"api_key": secrets["label_studio_api_key"]},

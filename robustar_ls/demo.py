@@ -211,6 +211,7 @@ def run_demo(cfg: DemoConfig, cli_main: Callable[[list[str]], int]) -> dict:
         credentials=creds,
         port=cfg.label_studio_port or free_port(),
         document_root=documents,
+        personal_access_token=False,  # the demo uses the legacy token
     ) as ls:
         log.info("demo: Label Studio is up at %s", ls.url)
         os.environ["LABEL_STUDIO_API_KEY"] = ls.legacy_token  # read by the steps below

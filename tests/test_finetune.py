@@ -351,3 +351,20 @@ def test_two_process_ddp_run_writes_one_checkpoint(dataset, checkpoint, tmp_path
     assert read_version(out) == summary["model_version"] != old_version
     assert load_checkpoint(out).config["world_size"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ddp.pt", checkpoint.name])
+
+
+def test_masks_of_exif_rotated_images_are_checked_against_the_displayed_size(tmp_path):
+    """A mask painted in Label Studio has the image's displayed (rotated) size."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated: 8 wide x 12 high
+    for cls in ("a", "b"):
+        folder = tmp_path / "data" / "train" / cls
+        folder.mkdir(parents=True)
+        Image.new("RGB", (12, 8), "red").save(folder / "x.jpg", exif=exif)
+    store = MaskStore(tmp_path / "masks")
+    store.write("a/x.jpg", np.zeros((12, 8), dtype=bool))
+    samples = ImageFolderSplits.open(tmp_path / "data").splits["train"]
+    assert list(find_masks(samples, tmp_path / "masks")) == ["a/x.jpg"]
+    store.write("b/x.jpg", np.zeros((8, 12), dtype=bool))  # the unrotated size: wrong
+    with pytest.raises(MaskError, match="8x12"):
+        find_masks(samples, tmp_path / "masks")

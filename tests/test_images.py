@@ -53,3 +53,18 @@ def test_pixel_limit(tmp_path):
     with pytest.raises(ImageLoadError, match="over the limit"):
         decode_rgb(buffer.getvalue(), "big.png", max_pixels=5000)
     assert decode_rgb(buffer.getvalue(), "ok.png").size == (100, 100)
+
+
+def test_displayed_size_follows_exif_rotation(tmp_path):
+    from robustar_ls.data.images import displayed_size
+
+    image = Image.new("RGB", (6, 3), "red")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image.save(tmp_path / "r.jpg", exif=exif)
+    Image.new("RGB", (6, 3)).save(tmp_path / "plain.png")
+    assert displayed_size(tmp_path / "r.jpg") == (3, 6) == load_rgb(tmp_path / "r.jpg").size
+    assert displayed_size(tmp_path / "plain.png") == (6, 3)
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    with pytest.raises(ImageLoadError, match="bad.png"):
+        displayed_size(tmp_path / "bad.png")

@@ -20,6 +20,18 @@ def is_image_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def displayed_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) as the image is shown and trained on (EXIF rotation applied), read
+    from the header without decoding the pixels. Masks must have this size."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1)
+    except (OSError, UnidentifiedImageError) as err:
+        raise ImageLoadError(f"{path} is not a readable image: {err}") from err
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Apply EXIF orientation and convert grayscale / RGBA / palette / CMYK to RGB.
 

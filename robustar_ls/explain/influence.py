@@ -181,10 +181,12 @@ def kernel_scores(
     explain_top: int = 3,
     rows_per_chunk: int = 8192,
     progress: Progress | None = None,
+    device: torch.device | str = "cpu",
 ) -> KernelScores:
     """Stream ``S = Phi (Phi^T Phi + lambda I)^-1 Psi^T`` over the train rows and aggregate.
 
-    ``test``: ``(T, k)`` test-side features. Memory: one ``(rows_per_chunk, T)`` block.
+    ``test``: ``(T, k)`` test-side features. Memory: one ``(rows_per_chunk, T)`` block. The
+    k x k solve runs in float64 on the CPU; the streamed products on ``device``.
     """
     if aggregate not in AGGREGATES:
         raise InfluenceError(f"unknown aggregate {aggregate!r}; choose one of {AGGREGATES}")
@@ -202,33 +204,35 @@ def kernel_scores(
     mean = torch.from_numpy(train.feature_sum) @ weights / max(n, 1)
     second = (weights * (gram @ weights)).sum(0) / max(n, 1)
     std = (second - mean**2).clamp_min(0).sqrt().clamp_min(1e-30)
-    weights32 = weights.float()
-    mean32, std32 = mean.float(), std.float()
+    device = torch.device(device)
+    weights32 = weights.float().to(device)
+    mean32, std32 = mean.float().to(device), std.float().to(device)
     normalise = aggregate == "normalized"
     m = min(explain_top, t_count)
     keep = min(support, n)
     scores = np.zeros(n, dtype=np.float64)
     top_index = np.zeros((n, m), dtype=np.int64)
     top_value = np.zeros((n, m), dtype=np.float32)
-    best_val = torch.full((0, t_count), float("-inf"))
-    best_idx = torch.zeros((0, t_count), dtype=torch.int64)
+    best_val = torch.full((0, t_count), float("-inf"), device=device)
+    best_idx = torch.zeros((0, t_count), dtype=torch.int64, device=device)
     starts = range(0, n, rows_per_chunk)
     for start in _progress(progress, starts, desc="influence query", unit="chunk"):
         stop = min(start + rows_per_chunk, n)
-        block = torch.from_numpy(train.rows(start, stop)) @ weights32  # (rows, T)
+        block = torch.from_numpy(train.rows(start, stop)).to(device) @ weights32  # (rows, T)
         if normalise:
             block = (block - mean32) / std32
-        scores[start:stop] = block.double().sum(1).numpy()
+        scores[start:stop] = block.double().sum(1).cpu().numpy()
         if m:
             values, index = block.topk(m, dim=1)
-            top_value[start:stop], top_index[start:stop] = values.numpy(), index.numpy()
-        rows = torch.arange(start, stop).unsqueeze(1).expand(-1, t_count)
+            top_value[start:stop] = values.cpu().numpy()
+            top_index[start:stop] = index.cpu().numpy()
+        rows = torch.arange(start, stop, device=device).unsqueeze(1).expand(-1, t_count)
         merged_val = torch.cat([best_val, block])
         merged_idx = torch.cat([best_idx, rows])
         take = min(keep, merged_val.shape[0])
         best_val, pos = merged_val.topk(take, dim=0)
         best_idx = merged_idx.gather(0, pos)
-    drives = np.bincount(best_idx[best_val > 0].numpy(), minlength=n).astype(np.int64)
+    drives = np.bincount(best_idx[best_val > 0].cpu().numpy(), minlength=n).astype(np.int64)
     return KernelScores(scores=scores, drives=drives, top_index=top_index, top_value=top_value)
 
 
@@ -406,6 +410,7 @@ class InfluenceScorer:
                     support=self.cfg.support,
                     explain_top=self.cfg.explain_top,
                     progress=progress,
+                    device=self.device,
                 )
             else:
                 log.warning("the model makes no test error: every influence score is 0")

@@ -31,6 +31,7 @@ from robustar_ls.labelstudio.config import LabelConfigError, default_label_confi
 log = logging.getLogger(__name__)
 
 Saliency = Callable[[str], str]
+LINK_FIELDS = ("image", "saliency")
 
 
 def task_data(relpath: str, true_class: str, image_url: str, saliency_url: str = "") -> dict:
@@ -118,7 +119,11 @@ def import_project(
         ls_cfg.document_root,
         probe=data.splits["train"][0].path,
     )
-    result = ls.import_tasks(client, project.id, tasks, cfg.batch_size, progress=progress)
+    existing = ls.tasks_by_image(client, project.id)
+    result = ls.import_tasks(
+        client, project.id, tasks, cfg.batch_size, progress=progress, existing=existing
+    )
+    refreshed = refresh_links(client, project.id, tasks, existing, progress)
     log.info(
         "project %s: %d tasks created, %d already there",
         project.id,
@@ -135,9 +140,37 @@ def import_project(
         "storage_id": storage.id,
         "created_tasks": result.created,
         "existing_tasks": result.existing,
+        "refreshed_links": refreshed,
         "view_id": view.id,
         "ml_backend_id": backend_id,
     }
+
+
+def refresh_links(
+    client: LabelStudio,
+    project_id: int,
+    tasks: list[dict[str, Any]],
+    existing: dict[str, Any],
+    progress: Callable | None = None,
+) -> int:
+    """Point existing tasks at the current image and heatmap URLs (e.g. the backend moved).
+
+    Only the link fields are compared and rewritten; influence fields and annotations stay.
+    """
+    updates: dict[int, dict[str, Any]] = {}
+    for task in tasks:
+        old = existing.get(task["relpath"])
+        if old is None:
+            continue
+        changed = {k: task[k] for k in LINK_FIELDS if old.data.get(k) != task[k]}
+        if changed:
+            updates[old.id] = changed
+    if not updates:
+        return 0
+    current = {t.id: t.data for t in existing.values()}
+    ls.update_task_data(client, project_id, updates, progress=progress, current=current)
+    log.info("project %s: updated image/heatmap links of %d tasks", project_id, len(updates))
+    return len(updates)
 
 
 def summary_line(summary: dict[str, Any]) -> str:

@@ -338,13 +338,16 @@ def running_label_studio(
     port: int | None = None,
     document_root: Path | None = None,
     host: str = "127.0.0.1",
+    personal_access_token: bool = True,
 ) -> Iterator[LabelStudioServer]:
     """Run ``label-studio start`` under ``workdir`` until the context exits.
 
     ``workdir`` receives ``data/`` (database, media; kept, so a rerun finds its projects),
     ``documents/`` (the local-files document root, unless ``document_root`` is given) and
     ``label-studio.log``. ``db_template``, when given and no database exists yet, is copied in
-    so that no migration runs. ``port`` defaults to a free one.
+    so that no migration runs. ``port`` defaults to a free one. With
+    ``personal_access_token`` a PAT is created for the user (Label Studio keeps one per user:
+    a second server on the same data dir answers 409, so reruns pass False).
     """
     timeout = startup_timeout() if timeout is None else timeout
     data_dir = workdir / "data"
@@ -371,7 +374,11 @@ def running_label_studio(
             username=creds.username,
             password=creds.password,
             legacy_token=creds.legacy_token,
-            pat=create_personal_access_token(url, creds.username, creds.password),
+            pat=(
+                create_personal_access_token(url, creds.username, creds.password)
+                if personal_access_token
+                else ""
+            ),
             document_root=document_root,
             data_dir=data_dir,
             log_path=log_path,

@@ -53,14 +53,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
-from PIL import Image
 
 from robustar_ls.data.folders import ImageFolderSplits
+from robustar_ls.data.images import displayed_size
 from robustar_ls.data.masks import MaskStore
 
 log = logging.getLogger(__name__)
@@ -380,14 +380,6 @@ def relpath_of_task(data: Mapping[str, Any], image_key: str, train: set[str]) ->
     return None
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) as the image is shown and trained on (EXIF rotation applied)."""
-    with Image.open(path) as image:
-        width, height = image.size
-        orientation = image.getexif().get(0x0112, 1)
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-
-
 # -- the sync -------------------------------------------------------------------------------
 
 
@@ -487,7 +479,7 @@ def plan_sync(
         image = samples[rel].path
         try:
             mask = decode_regions(regions)
-            width, height = image_size(image)
+            width, height = displayed_size(image)
         except (ValueError, OSError) as err:
             report.errors.append(
                 {

@@ -33,7 +33,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from robustar_ls.config import ConfigError, PairedConfig, TrainConfig, to_dict
 from robustar_ls.data.folders import ImageFolderSplits, Sample, normalize
-from robustar_ls.data.images import load_rgb
+from robustar_ls.data.images import displayed_size, load_rgb
 from robustar_ls.data.masks import MaskError, MaskStore
 from robustar_ls.models.checkpoint import load_checkpoint, save_checkpoint
 from robustar_ls.train.augment import random_crop_flip
@@ -56,11 +56,6 @@ TERMS = ("loss", "ce", "ce_paired", "align")
 
 
 # -- data -----------------------------------------------------------------------------------
-
-
-def _image_size_on_disk(path: Path) -> tuple[int, int]:
-    with Image.open(path) as image:
-        return image.size
 
 
 def find_masks(
@@ -89,8 +84,8 @@ def find_masks(
         found = {rel: path for rel, path in found.items() if rel in only}
     by_rel = {s.relpath: s for s in samples}
     for rel, mask_path in found.items():
-        image_size = _image_size_on_disk(by_rel[rel].path)
-        mask_size = _image_size_on_disk(mask_path)
+        image_size = displayed_size(by_rel[rel].path)
+        mask_size = displayed_size(mask_path)
         if mask_size != image_size:
             raise MaskError(
                 f"mask {mask_path} is {mask_size[0]}x{mask_size[1]} but its image "

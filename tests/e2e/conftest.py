@@ -18,6 +18,8 @@ from robustar_ls.labelstudio.server import (
     startup_timeout,
 )
 
+from .backend_fixtures import backend, dataset  # noqa: F401  (shared e2e fixtures)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_NAME = "robustar-ls-label-studio"
 

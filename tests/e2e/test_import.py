@@ -107,6 +107,7 @@ def test_import_creates_everything_and_reruns_add_only_new_images(
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.legacy_token)
     monkeypatch.setenv("BASIC_AUTH_USER", BACKEND_AUTH[0])
     monkeypatch.setenv("BASIC_AUTH_PASS", BACKEND_AUTH[1])
+    monkeypatch.setenv("ROBUSTAR_LS_SECRET", "import-test-secret")
     title = _title("import")
     argv = [
         "--data", str(dataset), "--label-studio-url", label_studio.url, "--project", title,
@@ -130,6 +131,7 @@ def test_import_creates_everything_and_reruns_add_only_new_images(
     assert task.data["true_class"] == relpath.split("/")[0]
     assert task.data["summary"] == f"True class: {relpath.split('/')[0]}"
     assert task.data["influence"] == 0.0 and task.data["influence_rank"] == 0
+    assert task.data["saliency"].startswith(backend_stub.url + "/saliency/")
     image = requests.get(
         label_studio.url + task.data["image"], headers=label_studio.auth_headers(), timeout=30
     )
@@ -155,6 +157,7 @@ def test_import_creates_everything_and_reruns_add_only_new_images(
     code, again, err = _run_import(argv, capsys)
     assert code == 0, err
     assert (again["created_tasks"], again["existing_tasks"]) == (0, len(relpaths))
+    assert again["refreshed_links"] == 0
     for key in ("project_id", "storage_id", "view_id", "ml_backend_id"):
         assert again[key] == summary[key]
     assert _count_tasks(client, pid) == len(relpaths)
@@ -162,6 +165,15 @@ def test_import_creates_everything_and_reruns_add_only_new_images(
     assert len(list(client.ml.list(project=pid))) == 1
     hooks = [h.url for h in client.webhooks.list(project=str(pid))]
     assert hooks.count(backend_stub.url + "/webhook") == 1
+
+    # the heatmaps moved (e.g. another backend address): existing tasks get the new links only
+    ls.update_task_data(client, pid, {task.id: {"influence": 7.5}})
+    code, moved, err = _run_import([*argv, "--saliency-base-url", "http://moved.test:9"], capsys)
+    assert code == 0, err
+    assert moved["refreshed_links"] == len(relpaths) and moved["created_tasks"] == 0
+    after = ls.tasks_by_image(client, pid)[relpath].data
+    assert after["saliency"].startswith("http://moved.test:9/saliency/")
+    assert after["influence"] == 7.5 and after["image"] == task.data["image"]
 
     # a new image gets a task on the next run
     new = dataset / "train" / relpath.split("/")[0] / "zz-new image.png"
@@ -265,3 +277,19 @@ def test_unreachable_backend_is_explained(label_studio):
     with pytest.raises(ls.LabelStudioError, match="Start the backend first"):
         ls.ensure_ml_backend(client, project.id, closed)
     assert list(client.ml.list(project=project.id)) == []
+
+
+def test_document_root_defaults_to_label_studios_variable(
+    label_studio, dataset, monkeypatch, capsys
+):
+    """The brief's contract: `import --data --label-studio-url --project` without --document-root
+    works when Label Studio's document-root variable is set in the environment."""
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.legacy_token)
+    monkeypatch.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(label_studio.document_root))
+    argv = ["--data", str(dataset), "--label-studio-url", label_studio.url]
+    code, summary, err = _run_import([*argv, "--project", _title("envroot"), "--json"], capsys)
+    assert code == 0, err
+    assert summary["created_tasks"] == len(_train_relpaths(dataset))
+    monkeypatch.delenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
+    code, _, err = _run_import([*argv, "--project", _title("noroot")], capsys)
+    assert code == 2 and "--document-root" in err
