@@ -18,6 +18,7 @@ from typing import Any
 
 from robustar_ls import __version__
 from robustar_ls.config import (
+    FINETUNE_DEFAULTS,
     ConfigError,
     InfluenceConfig,
     LabelStudioConfig,
@@ -67,8 +68,9 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
     return build(ModelConfig, settings_section(args, "model"), pick(args, ModelConfig))
 
 
-def train_config(args: argparse.Namespace) -> TrainConfig:
-    return build(TrainConfig, settings_section(args, "train"), pick(args, TrainConfig))
+def train_config(args: argparse.Namespace, defaults: dict | None = None) -> TrainConfig:
+    """Defaults (``TrainConfig``'s, then ``defaults``) < settings file [train] < flags."""
+    return build(TrainConfig, defaults, settings_section(args, "train"), pick(args, TrainConfig))
 
 
 def print_json(obj: Any) -> None:
@@ -296,7 +298,7 @@ def run_sync_train(args: argparse.Namespace) -> int:
             args.checkpoint,
             label_studio=label_studio,
             paired=paired_cfg,
-            train=train_config(args),
+            train=train_config(args, FINETUNE_DEFAULTS),
             sync=sync_cfg,
             masks=resolve_masks(args),
             out=args.out,
@@ -689,7 +691,7 @@ def serve_training_jobs(args: argparse.Namespace, cfg: ServeConfig):
         cfg.checkpoint,
         label_studio=label_studio,
         paired=build(PairedConfig, settings_section(args, "paired")),
-        train=build(TrainConfig, settings_section(args, "train")),  # not serve's flags
+        train=build(TrainConfig, FINETUNE_DEFAULTS, settings_section(args, "train")),
         sync=build(SyncConfig, settings_section(args, "sync")),
         masks=cfg.masks or None,
     )

@@ -46,6 +46,12 @@ class TrainConfig:
     augment: bool = True  # random crop (pad 2) + horizontal flip
 
 
+# Fine-tuning a trained model (sync-train, Start Training) wants gentler steps than training
+# from scratch: at lr 0.05 / batch 64 paired fine-tuning on a few hundred images collapsed in
+# its first epoch; lr 0.02 / batch 16 did not (bench/README.md, "paired training").
+FINETUNE_DEFAULTS = {"epochs": 12, "lr": 0.02, "batch_size": 16}
+
+
 @dataclass(frozen=True)
 class PairedConfig:
     """Paired training: x is paired with a copy whose spurious pixels are filled."""

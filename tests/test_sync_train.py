@@ -166,3 +166,29 @@ def test_cli_flag_errors(data, monkeypatch, capsys):
     monkeypatch.delenv("LABEL_STUDIO_USER_TOKEN", raising=False)
     assert main([*base, "--label-studio-url", "http://ls.test:1"]) == 2
     assert "set LABEL_STUDIO_API_KEY" in capsys.readouterr().err
+
+
+def test_sync_train_fine_tunes_with_gentler_defaults_than_train(monkeypatch, tmp_path, capsys):
+    """sync-train without flags uses FINETUNE_DEFAULTS; flags and settings files still win."""
+    from robustar_ls.config import FINETUNE_DEFAULTS
+
+    seen = []
+
+    def fake_sync_and_train(data, checkpoint, **kwargs):
+        seen.append(kwargs["train"])
+        keys = ("model_version", "parent_version", "annotated", "loss_terms", "out")
+        return {**dict.fromkeys(keys, ""), "before": {}, "after": {}, "sync": None, "trained": 1}
+
+    monkeypatch.setattr(sync_train, "sync_and_train", fake_sync_and_train)
+    argv = ["sync-train", "--data", str(tmp_path), "--checkpoint", "m.pt", "-q", "--json"]
+    assert main(argv) == 0
+    assert main([*argv, "--lr", "0.3"]) == 0
+    (tmp_path / "s.yaml").write_text("train:\n  batch_size: 4\n")
+    assert main([*argv, "--config", str(tmp_path / "s.yaml")]) == 0
+    capsys.readouterr()
+    assert (seen[0].lr, seen[0].batch_size, seen[0].epochs) == (
+        FINETUNE_DEFAULTS["lr"],
+        FINETUNE_DEFAULTS["batch_size"],
+        FINETUNE_DEFAULTS["epochs"],
+    )
+    assert seen[1].lr == 0.3 and seen[2].batch_size == 4
