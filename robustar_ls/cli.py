@@ -577,8 +577,6 @@ def run_import(args: argparse.Namespace) -> int:
     from robustar_ls.labelstudio.client import LabelStudioError, connect
     from robustar_ls.labelstudio.project_import import import_project, summary_line
 
-    if not args.verbose:  # one INFO line per HTTP request otherwise
-        logging.getLogger("httpx").setLevel(logging.WARNING)
     secrets = secrets_from_env()
     ls_cfg = build(
         LabelStudioConfig,
@@ -782,7 +780,6 @@ def run_demo(args: argparse.Namespace) -> int:
     if not overrides["label_studio_bin"]:
         overrides["label_studio_bin"] = str(Path(".venv-ls/bin/label-studio").resolve())
     cfg = build(DemoConfig, settings_section(args, "demo"), overrides)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         summary = demo(cfg, main)
     except (DemoError, LabelStudioStartError) as err:
@@ -838,6 +835,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:  # one INFO line per HTTP request to Label Studio otherwise
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     from robustar_ls.data.folders import DatasetError
     from robustar_ls.data.images import ImageLoadError
     from robustar_ls.models.checkpoint import CheckpointError
