@@ -5,26 +5,12 @@ import threading
 
 import pytest
 import torch
+from backend_support import CLASSES, save_tiny_checkpoint
 
 from robustar_ls.backend.model_holder import ModelHolder
-from robustar_ls.models.checkpoint import CheckpointError, save_checkpoint
-from robustar_ls.models.zoo import create_classifier
+from robustar_ls.models.checkpoint import CheckpointError
 
-CLASSES = ["circle", "square", "triangle"]
-
-
-def tiny_checkpoint(path, seed=0, parent=None):
-    torch.manual_seed(seed)
-    model = create_classifier("resnet18_small", len(CLASSES), width=4)
-    return save_checkpoint(
-        path,
-        model,
-        arch="resnet18_small",
-        classes=CLASSES,
-        image_size=16,
-        width=4,
-        parent_version=parent,
-    )
+tiny_checkpoint = save_tiny_checkpoint
 
 
 def test_initial_load_and_no_reload_while_unchanged(tmp_path):
