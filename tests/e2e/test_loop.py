@@ -28,6 +28,7 @@ from robustar_ls.data.masks import MaskStore
 from robustar_ls.data.synthetic import make_dataset
 from robustar_ls.labelstudio import client as ls
 from robustar_ls.labelstudio.brush import mask_to_rle, rle_to_mask
+from robustar_ls.labelstudio.results import BrushRegion
 from robustar_ls.labelstudio.server import free_port, log_tail, stop_process
 from robustar_ls.models.checkpoint import read_version, save_checkpoint
 from robustar_ls.models.zoo import create_classifier
@@ -167,21 +168,8 @@ def _import(label_studio, loop, capsys) -> dict:
 
 
 def _spurious_result(mask: np.ndarray) -> list[dict]:
-    return [
-        {
-            "from_name": "spurious",
-            "to_name": "image",
-            "type": "brushlabels",
-            "original_width": SIZE,
-            "original_height": SIZE,
-            "image_rotation": 0,
-            "value": {
-                "format": "rle",
-                "rle": mask_to_rle(mask.astype(np.uint8) * 255),
-                "brushlabels": ["Spurious"],
-            },
-        }
-    ]
+    rle = mask_to_rle(mask.astype(np.uint8) * 255)
+    return [BrushRegion("spurious", "image", rle, "Spurious", SIZE, SIZE).to_dict()]
 
 
 def test_the_whole_loop(label_studio, loop, capsys):

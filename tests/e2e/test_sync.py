@@ -14,6 +14,7 @@ from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.masks import MaskStore
 from robustar_ls.labelstudio.brush import mask_to_rle
 from robustar_ls.labelstudio.config import default_label_config
+from robustar_ls.labelstudio.results import BrushRegion
 from robustar_ls.labelstudio.sync import LabelStudioUnavailable, sync_masks
 
 pytestmark = pytest.mark.e2e
@@ -29,15 +30,8 @@ def box(y0: int, y1: int, x0: int, x1: int, h: int = H, w: int = W) -> np.ndarra
 
 
 def brush(mask: np.ndarray, label: str = "Spurious") -> dict:
-    return {
-        "from_name": "spurious",
-        "to_name": "image",
-        "type": "brushlabels",
-        "original_width": mask.shape[1],
-        "original_height": mask.shape[0],
-        "image_rotation": 0,
-        "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [label]},
-    }
+    height, width = mask.shape
+    return BrushRegion("spurious", "image", mask_to_rle(mask), label, width, height).to_dict()
 
 
 class Project:

@@ -19,6 +19,7 @@ from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.masks import MaskStore
 from robustar_ls.labelstudio.brush import mask_to_rle
 from robustar_ls.labelstudio.config import default_label_config
+from robustar_ls.labelstudio.results import BrushRegion
 from robustar_ls.models.checkpoint import read_version, save_checkpoint
 from robustar_ls.models.zoo import create_classifier
 
@@ -26,14 +27,8 @@ pytestmark = pytest.mark.e2e
 
 
 def spurious(mask: np.ndarray) -> dict:
-    return {
-        "from_name": "spurious",
-        "to_name": "image",
-        "type": "brushlabels",
-        "original_width": mask.shape[1],
-        "original_height": mask.shape[0],
-        "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": ["Spurious"]},
-    }
+    height, width = mask.shape
+    return BrushRegion("spurious", "image", mask_to_rle(mask), "Spurious", width, height).to_dict()
 
 
 @pytest.fixture
