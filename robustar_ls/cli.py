@@ -717,12 +717,13 @@ def run_serve(args: argparse.Namespace) -> int:
     import dataclasses
     from pathlib import Path
 
+    from robustar_ls.backend.last_good import servable_version
     from robustar_ls.backend.server import serve
     from robustar_ls.labelstudio.urls import resolve_secret
-    from robustar_ls.models.checkpoint import read_version
 
     cfg = serve_config(args)
-    log.info("serving %s (model version %s)", cfg.checkpoint, read_version(cfg.checkpoint))
+    version = servable_version(cfg.checkpoint, cfg.last_good_dir())
+    log.info("serving %s (model version %s)", cfg.checkpoint, version)
     if cfg.document_root and not Path(cfg.document_root).is_dir():
         raise UserError(f"--document-root {cfg.document_root} is not a folder")
     # Resolve the URL-signing key once, here, so every worker shares it.

@@ -202,6 +202,10 @@ class ServeConfig:
     def resolved_cache_dir(self) -> Path:
         return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
 
+    def last_good_dir(self) -> Path:
+        """Where the last checkpoint that loaded is kept, for workers restarted after it broke."""
+        return self.resolved_cache_dir() / "last-good"
+
 
 def default_cache_dir() -> Path:
     """Where the backend keeps saliency PNGs and its URL-signing key by default."""

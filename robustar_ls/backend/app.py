@@ -143,7 +143,13 @@ def _register_routes(app: Flask, state: BackendState) -> None:
     @app.get("/")
     @app.get("/health")
     def health():
-        return jsonify(status="UP", model_class=MODEL_CLASS, model_version=predictor.model_version)
+        version = predictor.model_version
+        body = {"status": "UP", "model_class": MODEL_CLASS, "model_version": version}
+        holder = predictor.holder
+        if holder.source != "checkpoint" or holder.last_error:
+            body["serving"] = holder.source
+            body["checkpoint_error"] = "the checkpoint file cannot be loaded; see the log"
+        return jsonify(body)
 
     @app.post("/setup")
     def setup():

@@ -47,7 +47,7 @@ from robustar_ls.explain.saliency import SaliencyExplainer, attention_mask, heat
 from robustar_ls.labelstudio.brush import mask_to_rle
 from robustar_ls.labelstudio.config import LabelConfigError, LabelConfigTags, find_tags
 from robustar_ls.labelstudio.results import BrushRegion, Prediction, TextAreaResult
-from robustar_ls.models.checkpoint import atomic_write_bytes
+from robustar_ls.models.checkpoint import atomic_write_bytes, remove_stale_temp_files
 from robustar_ls.models.segmenter import Segmenter, SegmenterUnavailable
 
 log = logging.getLogger(__name__)
@@ -533,7 +533,9 @@ def _task_id(task: Any) -> str:
 
 def build_predictor(cfg: ServeConfig, timing: dict[str, float] | None = None) -> Predictor:
     """The predictor ``robustar-ls serve`` uses: loads the checkpoint and the segmenter now."""
-    holder = ModelHolder(cfg.checkpoint, device=cfg.device)
+    for stale in remove_stale_temp_files(cfg.checkpoint):
+        log.info("removed %s, left by a checkpoint write that was killed", stale.name)
+    holder = ModelHolder(cfg.checkpoint, device=cfg.device, last_good_dir=cfg.last_good_dir())
     segmenter, reason = None, ""
     if not cfg.segmenter:
         reason = "disabled by the settings (segmenter = false)"

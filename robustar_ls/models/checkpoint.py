@@ -11,11 +11,13 @@ caller), including keys prefixed ``module.`` by DataParallel / DistributedDataPa
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import os
 import re
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -130,6 +132,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+STALE_TEMP_AGE_S = 600.0  # a temp file this old is no write in progress: the writer died
+
+
+def remove_stale_temp_files(path: str | Path, min_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+    """Delete the temp files :func:`atomic_write_bytes` left beside ``path`` when killed.
+
+    Only ``.<name>.*.tmp`` files older than ``min_age_s`` go (a younger one may be a write in
+    progress in another process). Returns what was removed.
+    """
+    path = Path(path)
+    removed = []
+    now = time.time()
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if now - candidate.stat().st_mtime >= min_age_s:
+                candidate.unlink()
+                removed.append(candidate)
+        except OSError:  # vanished meanwhile, or not ours to delete
+            continue
+    return removed
 
 
 def _read(path: Path) -> Any:
