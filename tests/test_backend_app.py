@@ -225,10 +225,12 @@ def basic(user, password):
     return {"Authorization": f"Basic {token}"}
 
 
-def test_basic_auth_on_every_route_but_health(tmp_path):
+def test_basic_auth_on_every_route_but_the_health_checks_and_signed_saliency(tmp_path):
+    """What the README says: `/health`, `/` and signed `/saliency/…` skip basic auth."""
     backend = make_backend(tmp_path, auth=("ls", "pa55"))
     client = backend.client
     assert client.get("/health").status_code == 200
+    assert client.get("/").status_code == 200
     for method, path in [
         ("post", "/predict"),
         ("post", "/setup"),
@@ -396,3 +398,22 @@ def test_webhook_with_the_real_training_jobs(tmp_path):
     jobs.wait(timeout=10)
     status = backend.client.get("/train/status").get_json()
     assert status["state"] == "succeeded" and status["result"]["project"] == 4
+
+
+def test_half_set_basic_auth_refuses_to_build_the_app(tmp_path):
+    from robustar_ls.config import ConfigError
+
+    with pytest.raises(ConfigError, match="BASIC_AUTH_USER is set but BASIC_AUTH_PASS is not"):
+        make_backend(tmp_path, auth=("ls", ""))
+
+
+def test_serve_refuses_half_set_basic_auth_in_one_line(tmp_path, monkeypatch, capsys):
+    from robustar_ls.cli import main
+
+    save_tiny_checkpoint(tmp_path / "m.pt")
+    monkeypatch.setenv("BASIC_AUTH_PASS", "secret-only")
+    monkeypatch.delenv("BASIC_AUTH_USER", raising=False)
+    code = main(["serve", "--checkpoint", str(tmp_path / "m.pt"), "--cache-dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "BASIC_AUTH_PASS is set but BASIC_AUTH_USER is not" in err
+    assert len(err.splitlines()) == 1

@@ -15,7 +15,8 @@ Routes (JSON unless noted):
   signature is its authorisation (an ``<img>`` in the annotator's browser cannot send the
   backend's basic-auth credentials), so it is exempt from basic auth and needs a valid ``sig``.
 
-Every other route needs HTTP basic auth when ``basic_auth_user``/``basic_auth_pass`` are set.
+Every other route needs HTTP basic auth when ``basic_auth_user``/``basic_auth_pass`` are set
+(one without the other is refused when the app is built).
 Errors are JSON ``{"error": …}`` with a 4xx/5xx status; no traceback ever reaches a client.
 """
 
@@ -32,7 +33,7 @@ from werkzeug.exceptions import HTTPException
 
 from robustar_ls.backend.images import ImageFetchError
 from robustar_ls.backend.predictor import Predictor, build_predictor
-from robustar_ls.config import ServeConfig
+from robustar_ls.config import ServeConfig, check_basic_auth
 from robustar_ls.labelstudio.config import LabelConfigError
 from robustar_ls.labelstudio.urls import image_ref_from_key, resolve_secret, verify
 
@@ -92,12 +93,13 @@ def create_app(
 
 
 def _register_auth(app: Flask, cfg: ServeConfig) -> None:
-    if not (cfg.basic_auth_user and cfg.basic_auth_pass):
+    check_basic_auth(cfg.basic_auth_user, cfg.basic_auth_pass)  # half-set: refuse to start
+    if not cfg.basic_auth_user:
         return
     user, password = cfg.basic_auth_user.encode(), cfg.basic_auth_pass.encode()
 
     @app.before_request
-    def check_basic_auth() -> Response | None:
+    def require_basic_auth() -> Response | None:
         if request.endpoint in PUBLIC_ENDPOINTS:
             return None
         auth = request.authorization
