@@ -417,3 +417,37 @@ def test_serve_refuses_half_set_basic_auth_in_one_line(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err.strip()
     assert code == 2 and "BASIC_AUTH_PASS is set but BASIC_AUTH_USER is not" in err
     assert len(err.splitlines()) == 1
+
+
+# -- malformed requests get a 400, never a 500 (issue 10, item 8) -------------------------------
+
+
+@pytest.mark.parametrize("context", [{"result": 5}, {"result": "x"}, 7, {"result": [1, "a"]}])
+def test_malformed_context_is_a_400(backend, context):
+    response = predict(
+        backend.client, [task("ds/train/circle/c0.png")], params={"context": context}
+    )
+    assert_clean_error(response, 400, "context")
+
+
+def test_json_nested_100000_deep_is_a_400(backend):
+    body = '{"tasks": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    for path in ("/predict", "/setup", "/webhook"):
+        response = backend.client.post(path, data=body, content_type="application/json")
+        assert_clean_error(response, 400, "JSON")
+
+
+@pytest.mark.parametrize("field", ["annotation", "task"])
+@pytest.mark.parametrize("value", ["a string", [1, 2], 5])
+def test_webhook_annotation_events_with_a_non_object_are_a_400(backend, field, value):
+    body = {"action": "ANNOTATION_CREATED", "annotation": {"id": 1}, "task": {"id": 2}}
+    body[field] = value
+    response = backend.client.post("/webhook", json=body)
+    assert_clean_error(response, 400, f"'{field}'")
+
+
+def test_signed_saliency_url_with_a_nul_byte_is_a_400(backend):
+    url = saliency_url("http://backend", "/data/local-files/?d=ds/a\x00b.png", SECRET)
+    parsed = urlparse(url)
+    response = backend.client.get(f"{parsed.path}?{parsed.query}")
+    assert_clean_error(response, 400, "cannot be used")

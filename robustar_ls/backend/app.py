@@ -133,10 +133,35 @@ def _register_errors(app: Flask) -> None:
 
 
 def _json_body() -> dict[str, Any]:
-    body = request.get_json(silent=True, force=True)
+    try:
+        body = request.get_json(silent=True, force=True)
+    except RecursionError:
+        raise ApiError("the request body is JSON nested too deeply", 400) from None
     if not isinstance(body, dict):
         raise ApiError("the request body must be a JSON object", 400)
     return body
+
+
+def _object_or_none(body: dict[str, Any], name: str) -> dict[str, Any] | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, dict):
+        raise ApiError(f"'{name}' must be a JSON object, not {type(value).__name__}", 400)
+    return value
+
+
+def _context(body: dict[str, Any]) -> dict[str, Any] | None:
+    """``params.context`` of a /predict body: None, or an object whose ``result`` is a list of
+    regions (objects)."""
+    params = _object_or_none(body, "params") or {}
+    context = _object_or_none(params, "context")
+    if context is None:
+        return None
+    regions = context.get("result")
+    if regions is not None and not (
+        isinstance(regions, list) and all(isinstance(r, dict) for r in regions)
+    ):
+        raise ApiError("'params.context.result' must be a list of region objects", 400)
+    return context
 
 
 def _register_routes(app: Flask, state: BackendState) -> None:
@@ -168,8 +193,7 @@ def _register_routes(app: Flask, state: BackendState) -> None:
         label_config = body.get("label_config")
         if label_config is not None and not isinstance(label_config, str):
             raise ApiError("'label_config' must be the labeling config XML (a string)", 400)
-        params = body.get("params") or {}
-        context = params.get("context") if isinstance(params, dict) else None
+        context = _context(body)
         try:
             results = predictor.predict(tasks, label_config=label_config, context=context)
         except LabelConfigError as err:
@@ -192,13 +216,13 @@ def _register_routes(app: Flask, state: BackendState) -> None:
             code = 201 if started else 200
             return jsonify(status="ok" if started else "busy", result=status), code
         if event in ANNOTATION_EVENTS:
-            annotation = body.get("annotation") or {}
-            task = body.get("task") or {}
+            annotation = _object_or_none(body, "annotation") or {}
+            task = _object_or_none(body, "task") or {}
             log.info("%s: annotation %s of task %s", event, annotation.get("id"), task.get("id"))
             result = state.annotation_hook(event, body) if state.annotation_hook else None
             return jsonify(status="ok", event=event, result=result), 200
-        log.info("webhook event %r ignored", event)
-        return jsonify(status="Unknown event", event=event), 200
+        log.info("webhook event %.80r ignored", event)
+        return jsonify(status="Unknown event", event=event if isinstance(event, str) else None), 200
 
     @app.get("/versions")
     def versions():

@@ -145,6 +145,10 @@ class ImageFetcher:
         """
         if not isinstance(ref, str) or not ref:
             raise ImageFetchError("the task has no image reference (empty value)", 400)
+        if "\x00" in ref:
+            raise ImageFetchError(
+                f"image reference {ref[:120]!r} cannot be used: it holds a NUL byte", 400
+            )
         parsed = urlparse(ref)
         if _SCHEME.match(ref):
             same_host = bool(self.label_studio_url) and (
