@@ -569,7 +569,7 @@ def saliency_links(cfg, secret: str) -> Callable[[str], str] | None:
     if not base:
         return None
     key = resolve_secret(secret, cfg.cache_dir or default_cache_dir())
-    return lambda image_ref: saliency_url(base, image_ref, key)
+    return lambda image_ref: saliency_url(base, image_ref, key, cfg.saliency_url_lifetime)
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -654,6 +654,14 @@ def add_serve(sub) -> None:
         dest="cache_dir",
         default=None,
         help="saliency PNG cache and URL-signing key (default ~/.cache/robustar-ls)",
+    )
+    p.add_argument(
+        "--saliency-url-lifetime",
+        dest="saliency_url_lifetime",
+        type=float,
+        default=None,
+        help="seconds a signed heatmap URL stays valid; a prediction of its task renews it "
+        "(default 604800, a week)",
     )
     p.add_argument("--device", default=None)
     p.add_argument(

@@ -177,6 +177,7 @@ class ServeConfig:
     max_image_bytes: int = 64 * 1024 * 1024
     fetch_timeout: float = 30.0  # seconds, for images fetched over HTTP
     cache_dir: str = ""  # saliency PNGs + the shared secret; "" = ~/.cache/robustar-ls
+    saliency_url_lifetime: float = 7 * 24 * 3600.0  # seconds; predictions renew a URL
     prediction_cache_size: int = 512  # (model version, image) → model outputs, LRU
     device: str = "auto"
     host: str = "0.0.0.0"
@@ -224,6 +225,7 @@ class ImportConfig:
     # from backend_url under docker, where Label Studio calls http://backend:9090.
     saliency_base_url: str = ""
     cache_dir: str = ""  # the backend's cache dir, holding the URL-signing key ("" = default)
+    saliency_url_lifetime: float = 7 * 24 * 3600.0  # seconds; the backend's predictions renew
 
 
 def check_basic_auth(user: str, password: str) -> None:

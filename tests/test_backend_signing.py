@@ -55,7 +55,10 @@ def test_saliency_url_points_at_the_backend_route():
     assert parsed.path.startswith("/saliency/") and parsed.path.endswith(".png")
     key = parsed.path[len("/saliency/") : -len(".png")]
     assert image_ref_from_key(key) == REFS[0]
-    assert verify(key, parse_qs(parsed.query)["sig"][0], "s" * 32)
+    query = parse_qs(parsed.query)
+    expires = int(query["exp"][0])
+    assert verify(key, query["sig"][0], "s" * 32, expires)
+    assert not verify(key, query["sig"][0], "s" * 32, expires + 1)
 
 
 def test_secret_file_is_created_once_private_and_shared(tmp_path):

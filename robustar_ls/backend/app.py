@@ -11,8 +11,9 @@ Routes (JSON unless noted):
   ``ANNOTATION_CREATED/UPDATED/DELETED`` are acknowledged, logged and passed to the hook.
 - ``GET /versions`` → ``{"versions": [...], "model_version": …, "training": …}``.
 - ``GET /train/status`` → the training job's status.
-- ``GET /saliency/<key>.png?sig=…`` → the heatmap PNG for the served model version. The HMAC
-  signature is its authorisation (an ``<img>`` in the annotator's browser cannot send the
+- ``GET /saliency/<key>.png?exp=…&sig=…`` → the heatmap PNG for the served model version, while
+  the URL has not expired (predictions of its task renew it). The HMAC signature is its
+  authorisation (an ``<img>`` in the annotator's browser cannot send the
   backend's basic-auth credentials), so it is exempt from basic auth and needs a valid ``sig``.
 
 Every other route needs HTTP basic auth when ``basic_auth_user``/``basic_auth_pass`` are set
@@ -35,7 +36,14 @@ from robustar_ls.backend.images import ImageFetchError
 from robustar_ls.backend.predictor import Predictor, build_predictor
 from robustar_ls.config import ServeConfig, check_basic_auth
 from robustar_ls.labelstudio.config import LabelConfigError
-from robustar_ls.labelstudio.urls import image_ref_from_key, resolve_secret, verify
+from robustar_ls.labelstudio.urls import (
+    Renewals,
+    image_ref_from_key,
+    parse_expires,
+    resolve_secret,
+    signed_url_parts,
+    verify,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,7 @@ class BackendState:
     jobs: Any | None
     secret: str
     annotation_hook: AnnotationHook | None
+    renewals: Renewals
 
 
 def create_app(
@@ -84,6 +93,9 @@ def create_app(
         jobs=jobs,
         secret=resolve_secret(cfg.secret, cfg.resolved_cache_dir()),
         annotation_hook=annotation_hook,
+        renewals=Renewals(
+            cfg.resolved_cache_dir() / "saliency-renewals", cfg.saliency_url_lifetime
+        ),
     )
     app.extensions["robustar_ls"] = state
     _register_auth(app, cfg)
@@ -164,6 +176,19 @@ def _context(body: dict[str, Any]) -> dict[str, Any] | None:
     return context
 
 
+def _renew_saliency_urls(state: BackendState, tasks: list[Any]) -> None:
+    """A prediction renews the validly signed saliency URLs in its tasks' data."""
+    for task in tasks:
+        data = task.get("data") if isinstance(task, dict) else None
+        for value in data.values() if isinstance(data, dict) else ():
+            parts = signed_url_parts(value) if isinstance(value, str) else None
+            if parts and verify(parts[0], parts[1], state.secret, parts[2]):
+                try:
+                    state.renewals.renew(parts[0])
+                except OSError as err:
+                    log.warning("cannot record a saliency URL renewal: %s", err.strerror)
+
+
 def _register_routes(app: Flask, state: BackendState) -> None:
     predictor = state.predictor
 
@@ -198,6 +223,7 @@ def _register_routes(app: Flask, state: BackendState) -> None:
             results = predictor.predict(tasks, label_config=label_config, context=context)
         except LabelConfigError as err:
             raise ApiError(f"label config cannot be used: {err}", 422) from err
+        _renew_saliency_urls(state, tasks)
         return jsonify(results=results)
 
     @app.post("/webhook")
@@ -238,8 +264,18 @@ def _register_routes(app: Flask, state: BackendState) -> None:
 
     @app.get("/saliency/<key>.png")
     def saliency(key: str):
-        if not verify(key, request.args.get("sig", ""), state.secret):
+        try:
+            expires = parse_expires(request.args.get("exp"))
+        except ValueError as err:
+            raise ApiError(str(err), 400) from err
+        if not verify(key, request.args.get("sig", ""), state.secret, expires):
             raise ApiError("bad or missing signature for this saliency URL", 403)
+        if not state.renewals.valid(key, expires):
+            raise ApiError(
+                "this saliency URL has expired; open the task again in Label Studio (its "
+                "prediction renews the URL) or re-run `robustar-ls import`",
+                403,
+            )
         try:
             image_ref = image_ref_from_key(key)
         except ValueError as err:

@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, urljoin, urlparse
 import requests
 from PIL import Image
 
-from robustar_ls.data.images import MAX_PIXELS, ImageLoadError, decode_rgb, load_rgb
+from robustar_ls.data.images import MAX_PIXELS, ImageLoadError, decode_rgb
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class ImageFetcher:
         try:
             stat = path.stat()
         except FileNotFoundError:
-            raise ImageFetchError(f"image {ref!r} not found ({path} does not exist)", 404) from None
+            raise ImageFetchError(f"image {ref!r} not found under the document root", 404) from None
         except OSError as err:
             raise ImageFetchError(f"cannot read image {ref!r}: {err.strerror}", 403) from err
         if not path.is_file():
@@ -247,9 +247,10 @@ class ImageFetcher:
                 f"image {ref!r} is {stat.st_size} bytes, over the limit of {self.max_bytes}", 413
             )
         try:
-            image = load_rgb(path, max_pixels=self.max_pixels)
-        except ImageLoadError as err:
-            raise ImageFetchError(str(err), 422) from err
+            data = path.read_bytes()
+        except OSError as err:
+            raise ImageFetchError(f"cannot read image {ref!r}: {err.strerror}", 403) from err
+        image = self._decode(data, ref)  # errors name the reference, never the server path
         identity = f"file:{path}:{stat.st_mtime_ns}:{stat.st_size}"
         return FetchedImage(image, ref, identity, path)
 
