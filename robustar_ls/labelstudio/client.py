@@ -140,9 +140,40 @@ def connect(url: str, api_key: str, timeout: float = 60.0) -> LabelStudio:
     return client
 
 
+def open_client(url: str, api_key: str, timeout: float = 60.0) -> LabelStudio:
+    """A client for ``url`` without a check call (the key is only tried on the first request).
+
+    Raises :class:`LabelStudioError` when the key is an expired personal access token.
+    """
+    try:
+        return LabelStudio(base_url=url.rstrip("/"), api_key=api_key, timeout=timeout)
+    except ApiError as err:
+        raise LabelStudioError(_key_not_accepted(url, err)) from err
+
+
+def _key_not_accepted(url: str, err: ApiError) -> str:
+    return (
+        f"Label Studio at {url} did not accept the API key (HTTP {err.status_code}: "
+        f"{err.body}); set LABEL_STUDIO_API_KEY to a valid legacy token or personal access token"
+    )
+
+
 def auth_headers(client: LabelStudio) -> dict[str, str]:
-    """The Authorization header the SDK sends (a fresh access token for a PAT)."""
-    headers = client._client_wrapper.get_headers()
+    """The Authorization header the SDK sends (a fresh access token for a PAT).
+
+    The SDK builds it on every request, exchanging a personal access token for a short-lived
+    access token when the cached one has expired (thread-safe). Raises
+    :class:`LabelStudioError` when the key is refused or no access token can be had.
+    """
+    url = _base_url(client)
+    try:
+        headers = client._client_wrapper.get_headers()
+    except ApiError as err:
+        raise LabelStudioError(_key_not_accepted(url, err)) from err
+    except Exception as err:  # httpx errors or a non-JSON answer while refreshing a PAT
+        raise LabelStudioError(
+            f"cannot get an access token from Label Studio at {url} ({type(err).__name__}: {err})"
+        ) from err
     return {"Authorization": headers["Authorization"]}
 
 
