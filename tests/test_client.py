@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from robustar_ls.labelstudio import client as ls
+from robustar_ls.labelstudio.client import storage
 
 
 def test_relative_to_document_root_and_url(tmp_path):
@@ -28,7 +29,7 @@ def test_data_outside_document_root_is_a_clear_error(tmp_path):
     with pytest.raises(ls.LabelStudioError, match="not inside the document root"):
         ls.local_files_url(tmp_path / "elsewhere" / "x.png", tmp_path / "root")
     with pytest.raises(ls.LabelStudioError, match="sub-folder"):
-        ls._storage_path(tmp_path / "root", tmp_path / "root")
+        storage._storage_path(tmp_path / "root", tmp_path / "root")
 
 
 def test_storage_path_keeps_the_document_root_as_given(tmp_path):
@@ -37,9 +38,11 @@ def test_storage_path_keeps_the_document_root_as_given(tmp_path):
     link = tmp_path / "link"
     link.symlink_to(real)
     # the server compares strings under its own document root spelling, here the link
-    assert ls._storage_path(real / "ds", link) == str(link / "ds")
-    assert ls._covers(str(link), str(link / "ds")) and not ls._covers(str(link / "d"), str(link))
-    assert not ls._covers(str(tmp_path / "ds"), str(tmp_path / "ds-private"))
+    assert storage._storage_path(real / "ds", link) == str(link / "ds")
+    assert storage._covers(str(link), str(link / "ds")) and not storage._covers(
+        str(link / "d"), str(link)
+    )
+    assert not storage._covers(str(tmp_path / "ds"), str(tmp_path / "ds-private"))
 
 
 def test_influence_view_is_numeric_and_descending():

@@ -136,7 +136,7 @@ def test_a_failed_replace_leaves_the_old_checkpoint_and_no_temp_file(
     def failing_replace(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("robustar_ls.models.checkpoint.os.replace", failing_replace)
+    monkeypatch.setattr("robustar_ls.files.os.replace", failing_replace)
     with pytest.raises(OSError, match="No space left"):
         paired_finetune(dataset, checkpoint, dataset / "oracle_masks", PairedConfig(), TINY_TRAIN)
     assert checkpoint.read_bytes() == old_bytes

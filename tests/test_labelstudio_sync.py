@@ -11,15 +11,13 @@ from PIL import Image
 
 from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.masks import MaskStore
-from robustar_ls.labelstudio.sync import (
-    LabelStudioUnavailable,
-    SyncError,
+from robustar_ls.labelstudio.annotations import (
     choose_annotation,
     decode_regions,
     relpath_of_task,
     spurious_regions,
-    sync_masks,
 )
+from robustar_ls.labelstudio.sync import LabelStudioUnavailable, SyncError, sync_masks
 from tests.fake_ls import ApiError, FakeClient, H, W, annotation, box, region, task
 
 

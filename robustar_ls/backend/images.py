@@ -28,10 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urljoin, urlparse
 
-import requests
+import httpx
 from PIL import Image
 
 from robustar_ls.data.images import MAX_PIXELS, ImageLoadError, decode_rgb
+from robustar_ls.errors import RobustarError
+from robustar_ls.labelstudio import client as ls_client
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ LABEL_STUDIO_PREFIXES = ("/data/", "/storage-data/", "/upload/", "data/", "uploa
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):")
 
 
-class ImageFetchError(ValueError):
+class ImageFetchError(RobustarError, ValueError):
     """A task image cannot be fetched or decoded; ``status`` is the HTTP-like cause."""
 
     def __init__(self, message: str, status: int = 400) -> None:
@@ -61,9 +63,9 @@ class LabelStudioAuth:
     """The ``Authorization`` header for Label Studio, from a legacy token or a PAT.
 
     A personal access token is a JWT *refresh* token: it is exchanged at
-    ``POST /api/token/refresh/`` for a short-lived access token sent as ``Bearer``. This reuses
-    label-studio-sdk's client, which detects the token kind, refreshes and caches the access
-    token (thread-safe), rather than re-implementing that.
+    ``POST /api/token/refresh/`` for a short-lived access token sent as ``Bearer``. The client
+    module (:mod:`robustar_ls.labelstudio.client`) lets label-studio-sdk detect the token kind,
+    refresh and cache the access token (thread-safe), rather than re-implementing that.
     """
 
     def __init__(self, url: str, api_key: str) -> None:
@@ -75,31 +77,13 @@ class LabelStudioAuth:
     def header(self) -> dict[str, str]:
         if not self.api_key:
             return {}
-        from label_studio_sdk import LabelStudio
-        from label_studio_sdk.core.api_error import ApiError
-
         try:
             with self._lock:
                 if self._client is None:
-                    self._client = LabelStudio(base_url=self.url, api_key=self.api_key)
-            # The SDK builds its auth header here, refreshing an expired access token first.
-            value = self._client._client_wrapper.get_headers()["Authorization"]
-        except ApiError as err:
-            raise ImageFetchError(
-                f"Label Studio at {self.url} did not accept the API key "
-                f"(HTTP {err.status_code}: {err.body}); set LABEL_STUDIO_API_KEY to a valid "
-                "legacy token or personal access token",
-                status=502,
-            ) from err
-        except requests.RequestException as err:  # pragma: no cover - the SDK uses httpx
-            raise ImageFetchError(f"cannot reach Label Studio at {self.url}: {err}", 502) from err
-        except Exception as err:  # httpx errors while refreshing a personal access token
-            raise ImageFetchError(
-                f"cannot get an access token from Label Studio at {self.url} "
-                f"({type(err).__name__}: {err})",
-                status=502,
-            ) from err
-        return {"Authorization": value}
+                    self._client = ls_client.open_client(self.url, self.api_key)
+            return ls_client.auth_headers(self._client)
+        except ls_client.LabelStudioError as err:
+            raise ImageFetchError(str(err), status=502) from err
 
 
 class ImageFetcher:
@@ -113,7 +97,7 @@ class ImageFetcher:
         max_bytes: int = 64 * 1024 * 1024,
         max_pixels: int = MAX_PIXELS,
         timeout: float = 30.0,
-        session: requests.Session | None = None,
+        session: httpx.Client | None = None,
     ) -> None:
         self.document_root = Path(document_root).resolve() if document_root else None
         self.label_studio_url = label_studio_url.rstrip("/")
@@ -121,7 +105,7 @@ class ImageFetcher:
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.timeout = timeout
-        self.session = session or requests.Session()
+        self.session = session or httpx.Client(follow_redirects=True)
 
     @classmethod
     def from_config(cls, cfg) -> ImageFetcher:
@@ -264,7 +248,7 @@ class ImageFetcher:
     def _download(self, url: str, ref: str) -> bytes:
         headers = self._headers_for(url)
         try:
-            with self.session.get(url, headers=headers, timeout=self.timeout, stream=True) as resp:
+            with self.session.stream("GET", url, headers=headers, timeout=self.timeout) as resp:
                 if resp.status_code == 404:
                     raise ImageFetchError(f"image {ref!r} not found (HTTP 404 from {url})", 404)
                 if resp.status_code in (401, 403):
@@ -285,7 +269,7 @@ class ImageFetcher:
                         413,
                     )
                 chunks, size = [], 0
-                for chunk in resp.iter_content(chunk_size=1 << 16):
+                for chunk in resp.iter_bytes(chunk_size=1 << 16):
                     size += len(chunk)
                     if size > self.max_bytes:
                         raise ImageFetchError(
@@ -293,7 +277,7 @@ class ImageFetcher:
                         )
                     chunks.append(chunk)
                 return b"".join(chunks)
-        except requests.RequestException as err:
+        except (httpx.HTTPError, httpx.InvalidURL) as err:
             raise ImageFetchError(
                 f"cannot fetch image {ref!r} from {url}: {type(err).__name__}", 502
             ) from err

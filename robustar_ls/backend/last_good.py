@@ -17,7 +17,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from robustar_ls.models.checkpoint import CheckpointError, atomic_write_bytes, read_version
+from robustar_ls.files import atomic_write_bytes
+from robustar_ls.models.checkpoint import CheckpointError, read_version
 
 log = logging.getLogger(__name__)
 

@@ -160,10 +160,6 @@ class ModelHolder:
             self.reloads += 1
             return fresh
 
-    @property
-    def version(self) -> str:
-        return self.current().version
-
     def _stat(self) -> FileState:
         try:
             return file_state(self.path)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from robustar_ls.data.images import IMAGE_EXTENSIONS, is_image_file, load_rgb
@@ -96,15 +97,28 @@ class ImageFolderSplits:
         return self.root / split
 
 
-def image_to_tensor(image, image_size: int) -> torch.Tensor:
+def images_to_unit_batch(images: Sequence[Image.Image], image_size: int) -> torch.Tensor:
+    """RGB images → a float ``(N, 3, S, S)`` batch in ``[0, 1]`` (bilinear resize to S x S).
+
+    The one image-to-tensor conversion: training, fine-tuning and the backend all go through it
+    (:func:`image_to_tensor` and :func:`images_to_batch` add the normalisation).
+    """
+    size = (image_size, image_size)
+    arrays = [
+        np.asarray(im if im.size == size else im.resize(size, Image.Resampling.BILINEAR))
+        for im in images
+    ]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def images_to_batch(images: Sequence[Image.Image], image_size: int) -> torch.Tensor:
+    """RGB images → the classifier's normalised ``(N, 3, S, S)`` batch."""
+    return normalize(images_to_unit_batch(images, image_size))
+
+
+def image_to_tensor(image: Image.Image, image_size: int) -> torch.Tensor:
     """PIL RGB image → normalised float tensor (3, S, S)."""
-    if image.size != (image_size, image_size):
-        image = image.resize((image_size, image_size), resample=2)  # bilinear
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    tensor = torch.from_numpy(array).permute(2, 0, 1)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (tensor - mean) / std
+    return images_to_batch([image], image_size)[0].contiguous()
 
 
 def normalize(batch: torch.Tensor) -> torch.Tensor:

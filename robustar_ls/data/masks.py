@@ -17,11 +17,29 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from robustar_ls.models.checkpoint import atomic_write_bytes
+from robustar_ls.errors import RobustarError
+from robustar_ls.files import atomic_write_bytes
 
 
-class MaskError(ValueError):
+class MaskError(RobustarError, ValueError):
     """A mask is missing, unreadable or of the wrong size."""
+
+
+def read_mask_png(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A mask PNG as a bool array (H, W), pixels >= 128 spurious; ``size`` = (w, h) it must have."""
+    try:
+        with Image.open(path) as image:
+            mask = np.asarray(image.convert("L")) >= 128
+    except FileNotFoundError:
+        raise MaskError(f"mask {path} does not exist") from None
+    except OSError as err:
+        raise MaskError(f"mask {path} is unreadable: {err}") from err
+    if size is not None and (mask.shape[1], mask.shape[0]) != tuple(size):
+        raise MaskError(
+            f"mask {path} is {mask.shape[1]}x{mask.shape[0]}, its image is "
+            f"{size[0]}x{size[1]}; masks must have the image's size"
+        )
+    return mask
 
 
 class MaskStore:
@@ -45,19 +63,9 @@ class MaskStore:
     def read(self, relpath: str, size: tuple[int, int] | None = None) -> np.ndarray:
         """The mask as a bool array (H, W); ``size`` = (width, height) it must have."""
         path = self.path_for(relpath)
-        try:
-            with Image.open(path) as image:
-                mask = np.asarray(image.convert("L")) >= 128
-        except FileNotFoundError:
-            raise MaskError(f"no mask for {relpath} at {path}") from None
-        except OSError as err:
-            raise MaskError(f"mask {path} is unreadable: {err}") from err
-        if size is not None and (mask.shape[1], mask.shape[0]) != tuple(size):
-            raise MaskError(
-                f"mask {path} is {mask.shape[1]}x{mask.shape[0]}, its image is "
-                f"{size[0]}x{size[1]}; masks must have the image's size"
-            )
-        return mask
+        if not path.exists():
+            raise MaskError(f"no mask for {relpath} at {path}")
+        return read_mask_png(path, size)
 
     def write(self, relpath: str, mask: np.ndarray) -> Path:
         """Store a mask (bool or 0/255) atomically as an 8-bit PNG."""

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustar_ls.models.checkpoint import atomic_write_bytes
+from robustar_ls.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -13,16 +13,13 @@ from label_studio_sdk.label_interface import LabelInterface
 from label_studio_sdk.label_interface.control_tags import ControlTag
 from label_studio_sdk.label_interface.object_tags import ObjectTag
 
-SPURIOUS_LABEL = "Spurious"
-"""The brush label whose regions become the spurious-pixel masks."""
-
-ATTENTION_LABEL = "Model attention"
-"""The brush label used for saliency overlays (optional in a config)."""
+from robustar_ls.errors import RobustarError
+from robustar_ls.labels import SPURIOUS_LABEL
 
 DEFAULT_CONFIG_RESOURCE = "robustar.xml"
 
 
-class LabelConfigError(ValueError):
+class LabelConfigError(RobustarError, ValueError):
     """The labeling config is not usable by robustar-ls (or not valid at all)."""
 
 

@@ -48,41 +48,50 @@ stored for the image before stays.
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
-from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
 
-from robustar_ls.data.folders import ImageFolderSplits
+from robustar_ls.data.folders import ImageFolderSplits, Sample
 from robustar_ls.data.images import displayed_size
 from robustar_ls.data.masks import MaskStore
+from robustar_ls.labels import SPURIOUS_LABEL
+from robustar_ls.labelstudio.annotations import (
+    choose_annotation,
+    decode_regions,
+    relpath_of_task,
+    spurious_regions,
+    stamp_text,
+)
+from robustar_ls.labelstudio.client import (
+    LabelStudioError,
+    LabelStudioUnavailable,
+    RetryPolicy,
+    fetch_tasks,
+    project_label_config,
+)
+from robustar_ls.labelstudio.config import find_tags
 
 log = logging.getLogger(__name__)
 
-SPURIOUS_LABEL = "Spurious"
-ALPHA_THRESHOLD = 128
+__all__ = ["LabelStudioUnavailable", "SyncError", "SyncReport", "plan_sync", "sync_masks"]
+
 ANNOTATION_RULE = (
     "cancelled (skipped) annotations are ignored; of a task's finished annotations the most "
     "recently updated one wins (largest updated_at, then largest id); its 'Spurious' brush "
     "regions are OR-ed into the mask, 'Model attention' regions are ignored"
 )
 DEFAULT_PAGE_SIZE = 100
-# the SDK retries by itself (twice, with its own backoff); ours is the one retry policy
-NO_SDK_RETRIES = {"max_retries": 0}
+NOTHING_WRITTEN = (
+    "Nothing was written; the mask store is as before. Check that Label Studio is running and "
+    "run the sync again."
+)
 
 
-class SyncError(RuntimeError):
+class SyncError(LabelStudioError):
     """The sync could not run (project, label config); the message says what to fix."""
-
-
-class LabelStudioUnavailable(SyncError):
-    """Label Studio stopped answering while the sync fetched; nothing was written."""
 
 
 @dataclass
@@ -127,260 +136,7 @@ class SyncReport:
         )
 
 
-# -- fetching -------------------------------------------------------------------------------
-
-
-def base_url(client: Any) -> str:
-    """The Label Studio URL a label-studio-sdk client talks to (for messages)."""
-    wrapper = getattr(client, "_client_wrapper", None)
-    getter = getattr(wrapper, "get_base_url", None)
-    return str(getter()) if callable(getter) else "(unknown URL)"
-
-
-def is_transient(err: BaseException) -> bool:
-    """Connection errors, timeouts and 5xx answers are worth retrying; 4xx are not."""
-    import httpx
-
-    if isinstance(err, httpx.TransportError | ConnectionError | TimeoutError):
-        return True
-    status = getattr(err, "status_code", None)
-    return isinstance(status, int) and status >= 500
-
-
-def with_retries(
-    call: Callable[[], Any],
-    what: str,
-    url: str,
-    retries: int,
-    backoff: float,
-    sleep: Callable[[float], None] = time.sleep,
-) -> Any:
-    """Run ``call``; on a transient error retry ``retries`` times, waiting backoff·2^k seconds."""
-    for attempt in range(retries + 1):
-        try:
-            return call()
-        except Exception as err:
-            if not is_transient(err):
-                status = getattr(err, "status_code", None)
-                if not isinstance(status, int):
-                    raise
-                hint = {
-                    401: "; check the API key (LABEL_STUDIO_API_KEY)",
-                    403: "; the API key's user may not read this project",
-                    404: "; does the project exist?",
-                }.get(status, "")
-                raise SyncError(
-                    f"Label Studio at {url} refused {what}: HTTP {status} "
-                    f"{getattr(err, 'body', '')}{hint}. Nothing was written."
-                ) from err
-            if attempt == retries:
-                raise LabelStudioUnavailable(
-                    f"Label Studio at {url} stopped answering while fetching {what} "
-                    f"({retries + 1} tries): {type(err).__name__}: {err}. Nothing was written; "
-                    "the mask store is as before. Check that Label Studio is running and "
-                    "run the sync again."
-                ) from err
-            delay = backoff * (2**attempt)
-            log.warning(
-                "Label Studio at %s: %s failed (%s); retry %d/%d in %.1fs",
-                url,
-                what,
-                err,
-                attempt + 1,
-                retries,
-                delay,
-            )
-            sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def as_dict(obj: Any) -> dict[str, Any]:
-    """An SDK model (pydantic) or dict as a plain dict."""
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    dump = getattr(obj, "model_dump", None) or getattr(obj, "dict", None)
-    if dump is None:
-        raise TypeError(f"cannot read {type(obj).__name__} as a mapping")
-    return dump()
-
-
-def fetch_tasks(
-    client: Any,
-    project_id: int,
-    page_size: int = DEFAULT_PAGE_SIZE,
-    retries: int = 4,
-    backoff: float = 0.5,
-    progress: Callable | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-) -> list[dict[str, Any]]:
-    """Every task of the project with its annotations, fetched page by page (with retries)."""
-    url = base_url(client)
-
-    def page(number: int) -> tuple[list[dict[str, Any]], int]:
-        pager = with_retries(
-            lambda: client.tasks.list(
-                project=project_id,
-                fields="all",
-                page=number,
-                page_size=page_size,
-                request_options=NO_SDK_RETRIES,
-            ),
-            f"page {number} of the tasks of project {project_id}",
-            url,
-            retries,
-            backoff,
-            sleep,
-        )
-        items = [as_dict(task) for task in (pager.items or [])]
-        total = getattr(pager.response, "total", None)
-        return items, int(total) if total is not None else len(items)
-
-    tasks, total = page(1)
-    pages = max(1, math.ceil(total / page_size))
-    numbers: Iterable[int] = range(2, pages + 1)
-    if progress is not None and pages > 1:
-        numbers = progress(numbers, desc="Label Studio pages", unit="page", total=pages - 1)
-    for number in numbers:
-        items, _ = page(number)
-        if not items:
-            break
-        tasks.extend(items)
-    by_id: dict[int, dict[str, Any]] = {}
-    for task in tasks:
-        by_id[int(task["id"])] = task  # tasks added while paging may shift one onto two pages
-    return [by_id[k] for k in sorted(by_id)]
-
-
-def project_label_config(
-    client: Any, project_id: int, retries: int = 4, backoff: float = 0.5, sleep=time.sleep
-) -> str:
-    project = with_retries(
-        lambda: client.projects.get(id=project_id, request_options=NO_SDK_RETRIES),
-        f"project {project_id}",
-        base_url(client),
-        retries,
-        backoff,
-        sleep,
-    )
-    config = getattr(project, "label_config", None)
-    if config is None and isinstance(project, Mapping):
-        config = project.get("label_config")
-    if not config:
-        raise SyncError(f"project {project_id} has no label config; import the project first")
-    return str(config)
-
-
-# -- choosing and decoding ------------------------------------------------------------------
-
-
-def _timestamp(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        return value
-    if not value:
-        return datetime.min
-    text = str(value).replace("Z", "+00:00")
-    try:
-        stamp = datetime.fromisoformat(text)
-    except ValueError:
-        return datetime.min
-    # compare naive and aware stamps alike: Label Studio writes one format per server
-    return (
-        stamp.replace(tzinfo=None)
-        if stamp.tzinfo is None
-        else stamp.astimezone().replace(tzinfo=None)
-    )
-
-
-def stamp_text(value: Any) -> str:
-    """``updated_at`` as a stable string for the manifest."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return "" if value is None else str(value)
-
-
-def choose_annotation(annotations: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The annotation that counts for a task (see the module docstring), or None."""
-    finished = [a for a in annotations if not a.get("was_cancelled")]
-    if not finished:
-        return None
-    return max(finished, key=lambda a: (_timestamp(a.get("updated_at")), int(a.get("id") or 0)))
-
-
-def spurious_regions(
-    result: Iterable[Mapping[str, Any]], brush_name: str, label: str = SPURIOUS_LABEL
-) -> list[Mapping[str, Any]]:
-    """The brush regions of ``result`` labelled ``label`` on the brush tag ``brush_name``."""
-    regions = []
-    for region in result or []:
-        if region.get("from_name") != brush_name:
-            continue
-        value = region.get("value") or {}
-        if label not in (value.get("brushlabels") or []):
-            continue
-        regions.append(region)
-    return regions
-
-
-def decode_regions(regions: Iterable[Mapping[str, Any]]) -> np.ndarray:
-    """OR of the regions' RLE masks → bool (H, W). Raises ValueError on bad or mixed sizes."""
-    from robustar_ls.labelstudio.brush import rle_to_mask
-
-    combined: np.ndarray | None = None
-    for region in regions:
-        value = region.get("value") or {}
-        rle = value.get("rle")
-        if value.get("format", "rle") != "rle" or not rle:
-            raise ValueError(
-                f"region {region.get('id')!r} is not an RLE brush mask "
-                f"(format {value.get('format')!r})"
-            )
-        height, width = region.get("original_height"), region.get("original_width")
-        if not height or not width:
-            raise ValueError(f"region {region.get('id')!r} has no original_width/original_height")
-        mask = np.asarray(rle_to_mask(rle, int(height), int(width))) >= ALPHA_THRESHOLD
-        if combined is None:
-            combined = mask
-        elif combined.shape != mask.shape:
-            raise ValueError(
-                f"regions of one annotation have different sizes: {combined.shape[1]}x"
-                f"{combined.shape[0]} and {mask.shape[1]}x{mask.shape[0]}"
-            )
-        else:
-            combined |= mask
-    if combined is None:
-        raise ValueError("no regions to decode")
-    return combined
-
-
-# -- mapping tasks to training images -------------------------------------------------------
-
-
-def _path_of_url(url: str) -> str:
-    parsed = urlparse(url)
-    query = parse_qs(parsed.query)
-    if "d" in query:
-        return unquote(query["d"][0])
-    return unquote(parsed.path)
-
-
-def relpath_of_task(data: Mapping[str, Any], image_key: str, train: set[str]) -> str | None:
-    """The training relpath a task shows (see the module docstring), or None."""
-    rel = data.get("relpath")
-    if isinstance(rel, str) and rel in train:
-        return rel
-    url = data.get(image_key)
-    if not isinstance(url, str) or not url:
-        return None
-    parts = PurePosixPath(_path_of_url(url).replace("\\", "/")).parts
-    for i in range(len(parts) - 2, -1, -1):
-        if parts[i] == "train":
-            candidate = "/".join(parts[i + 1 :])
-            if candidate in train:
-                return candidate
-    return None
-
-
-# -- the sync -------------------------------------------------------------------------------
+# -- planning -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -391,12 +147,123 @@ class _Plan:
     removals: list[str] = field(default_factory=list)
 
 
-def _brush_name(label_config: str) -> tuple[str, str]:
-    from robustar_ls.labelstudio.config import find_tags
+@dataclass
+class _Planner:
+    """The state of one :func:`plan_sync` run, one task at a time."""
 
-    tags = find_tags(label_config)
-    image_value = str(tags.image_value or "$image").lstrip("$")
-    return str(tags.brush), image_value
+    brush_name: str
+    image_key: str
+    data: ImageFolderSplits
+    store: MaskStore
+    manifest: dict[str, Any]
+    label: str
+    samples: dict[str, Sample]
+    report: SyncReport
+    plan: _Plan
+    seen: dict[str, int] = field(default_factory=dict)  # relpath -> task id that claimed it
+    train: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.train = set(self.samples)
+
+    def error(self, task_id: int, rel: str | None, image: Any, message: str) -> None:
+        self.report.errors.append(
+            {"task_id": task_id, "relpath": rel, "image": image, "error": message}
+        )
+
+    def task(self, task: Mapping[str, Any]) -> None:
+        task_id = int(task["id"])
+        task_data = task.get("data") or {}
+        annotations = task.get("annotations") or []
+        chosen = choose_annotation(annotations)
+        if chosen is None:
+            if annotations:
+                reason = "every annotation was cancelled (skipped)"
+                self.skip(task_id, task_data.get("relpath"), reason)
+            return
+        rel = relpath_of_task(task_data, self.image_key, self.train)
+        if rel is None:
+            message = (
+                f"task {task_id} shows no image of {self.data.root / 'train'} (task data "
+                "needs 'relpath' = <class>/<file> or a local-files URL under train/)"
+            )
+            self.error(task_id, task_data.get("relpath"), task_data.get(self.image_key), message)
+            return
+        if rel in self.seen:
+            message = (
+                f"tasks {self.seen[rel]} and {task_id} both show {rel}; the mask of task "
+                f"{self.seen[rel]} was kept"
+            )
+            self.error(task_id, rel, str(self.samples[rel].path), message)
+            return
+        self.seen[rel] = task_id
+        self.annotation(task_id, rel, chosen)
+
+    def skip(self, task_id: int, rel: str | None, reason: str) -> None:
+        self.report.skipped.append({"task_id": task_id, "relpath": rel, "reason": reason})
+
+    def annotation(self, task_id: int, rel: str, chosen: Mapping[str, Any]) -> None:
+        entry = {
+            "task_id": task_id,
+            "annotation_id": int(chosen.get("id") or 0),
+            "updated_at": stamp_text(chosen.get("updated_at")),
+        }
+        old = self.manifest.get(rel)
+        regions = spurious_regions(chosen.get("result") or [], self.brush_name, self.label)
+        if not regions:
+            self.skip(
+                task_id, rel, f"annotation {entry['annotation_id']} has no {self.label} region"
+            )
+            if isinstance(old, dict) and "task_id" in old:
+                self.plan.removals.append(rel)
+                self.plan.manifest.pop(rel, None)
+            return
+        if old == entry and self.store.has(rel):
+            self.report.unchanged.append(rel)
+            return
+        mask = self.mask(task_id, rel, entry["annotation_id"], regions)
+        if mask is None:
+            return
+        self.plan.writes[rel] = mask
+        self.plan.manifest[rel] = entry
+        (self.report.updated if self.store.has(rel) else self.report.added).append(rel)
+
+    def mask(
+        self, task_id: int, rel: str, annotation_id: int, regions: Iterable[Mapping[str, Any]]
+    ) -> np.ndarray | None:
+        """The decoded mask, checked against its image's size; None (an error entry) if not."""
+        image = self.samples[rel].path
+        try:
+            mask = decode_regions(regions)
+            width, height = displayed_size(image)
+        except (ValueError, OSError) as err:
+            message = (
+                f"task {task_id}, annotation {annotation_id} ({image}): cannot decode the "
+                f"{self.label} mask: {err}"
+            )
+            self.error(task_id, rel, str(image), message)
+            return None
+        if mask.shape != (height, width):
+            message = (
+                f"task {task_id}, annotation {annotation_id}: the {self.label} mask is "
+                f"{mask.shape[1]}x{mask.shape[0]} but image {image} is {width}x{height}; "
+                "mask not written"
+            )
+            self.error(task_id, rel, str(image), message)
+            return None
+        return mask
+
+    def orphans(self) -> None:
+        """Masks from Label Studio whose task no longer has a finished annotation."""
+        for rel, old in self.manifest.items():
+            if rel in self.seen or not (isinstance(old, dict) and "task_id" in old):
+                continue
+            self.plan.removals.append(rel)
+            self.plan.manifest.pop(rel, None)
+        self.report.removed = sorted(r for r in self.plan.removals if self.store.has(r))
+        for rel in self.plan.removals:
+            if rel not in self.report.removed:
+                log.info("manifest entry %s had no mask file any more; dropping it", rel)
 
 
 def plan_sync(
@@ -409,115 +276,21 @@ def plan_sync(
     label: str = SPURIOUS_LABEL,
 ) -> tuple[_Plan, SyncReport]:
     """Decide every change from fetched tasks; reads the disk, writes nothing."""
-    samples = {s.relpath: s for s in data.splits.get("train", [])}
-    train = set(samples)
-    report = SyncReport(tasks=len(tasks))
-    plan = _Plan(before=dict(manifest), manifest=dict(manifest))
-    seen: dict[str, int] = {}  # relpath -> task id that claimed it
-
+    planner = _Planner(
+        brush_name=brush_name,
+        image_key=image_key,
+        data=data,
+        store=store,
+        manifest=manifest,
+        label=label,
+        samples={s.relpath: s for s in data.splits.get("train", [])},
+        report=SyncReport(tasks=len(tasks)),
+        plan=_Plan(before=dict(manifest), manifest=dict(manifest)),
+    )
     for task in tasks:
-        task_id = int(task["id"])
-        task_data = task.get("data") or {}
-        annotations = task.get("annotations") or []
-        chosen = choose_annotation(annotations)
-        if chosen is None:
-            if annotations:
-                report.skipped.append(
-                    {
-                        "task_id": task_id,
-                        "relpath": task_data.get("relpath"),
-                        "reason": "every annotation was cancelled (skipped)",
-                    }
-                )
-            continue
-        rel = relpath_of_task(task_data, image_key, train)
-        if rel is None:
-            report.errors.append(
-                {
-                    "task_id": task_id,
-                    "relpath": task_data.get("relpath"),
-                    "image": task_data.get(image_key),
-                    "error": f"task {task_id} shows no image of {data.root / 'train'} (task data "
-                    "needs 'relpath' = <class>/<file> or a local-files URL under train/)",
-                }
-            )
-            continue
-        if rel in seen:
-            report.errors.append(
-                {
-                    "task_id": task_id,
-                    "relpath": rel,
-                    "image": str(samples[rel].path),
-                    "error": f"tasks {seen[rel]} and {task_id} both show {rel}; the mask of task "
-                    f"{seen[rel]} was kept",
-                }
-            )
-            continue
-        seen[rel] = task_id
-        entry = {
-            "task_id": task_id,
-            "annotation_id": int(chosen.get("id") or 0),
-            "updated_at": stamp_text(chosen.get("updated_at")),
-        }
-        old = manifest.get(rel)
-        regions = spurious_regions(chosen.get("result") or [], brush_name, label)
-        if not regions:
-            report.skipped.append(
-                {
-                    "task_id": task_id,
-                    "relpath": rel,
-                    "reason": f"annotation {entry['annotation_id']} has no {label} region",
-                }
-            )
-            if isinstance(old, dict) and "task_id" in old:
-                plan.removals.append(rel)
-                plan.manifest.pop(rel, None)
-            continue
-        if old == entry and store.has(rel):
-            report.unchanged.append(rel)
-            continue
-        image = samples[rel].path
-        try:
-            mask = decode_regions(regions)
-            width, height = displayed_size(image)
-        except (ValueError, OSError) as err:
-            report.errors.append(
-                {
-                    "task_id": task_id,
-                    "relpath": rel,
-                    "image": str(image),
-                    "error": f"task {task_id}, annotation {entry['annotation_id']} ({image}): "
-                    f"cannot decode the {label} mask: {err}",
-                }
-            )
-            continue
-        if mask.shape != (height, width):
-            report.errors.append(
-                {
-                    "task_id": task_id,
-                    "relpath": rel,
-                    "image": str(image),
-                    "error": f"task {task_id}, annotation {entry['annotation_id']}: the {label} "
-                    f"mask is {mask.shape[1]}x{mask.shape[0]} but image {image} is "
-                    f"{width}x{height}; mask not written",
-                }
-            )
-            continue
-        plan.writes[rel] = mask
-        plan.manifest[rel] = entry
-        (report.updated if store.has(rel) else report.added).append(rel)
-
-    # masks that came from Label Studio whose task no longer has a finished annotation
-    for rel, old in manifest.items():
-        if rel in seen or not (isinstance(old, dict) and "task_id" in old):
-            continue
-        plan.removals.append(rel)
-        plan.manifest.pop(rel, None)
-    report.removed = sorted(r for r in plan.removals if store.has(r))
-    for rel in plan.removals:
-        if rel not in report.removed:
-            log.info("manifest entry %s had no mask file any more; dropping it", rel)
-    return plan, report
+        planner.task(task)
+    planner.orphans()
+    return planner.plan, planner.report
 
 
 def apply_plan(plan: _Plan, store: MaskStore, progress: Callable | None = None) -> None:
@@ -541,6 +314,34 @@ def apply_plan(plan: _Plan, store: MaskStore, progress: Callable | None = None) 
         store.write_manifest(manifest)
 
 
+def _brush_name(label_config: str) -> tuple[str, str]:
+    tags = find_tags(label_config)
+    image_value = str(tags.image_value or "$image").lstrip("$")
+    return str(tags.brush), image_value
+
+
+def fetch_for_sync(
+    client: Any,
+    project_id: int,
+    policy: RetryPolicy,
+    page_size: int = DEFAULT_PAGE_SIZE,
+    progress: Callable | None = None,
+) -> tuple[str, list[dict[str, Any]]]:
+    """The project's label config and every task with its annotations; nothing is written.
+
+    A refusal is a :class:`SyncError`; Label Studio not answering after the retries is a
+    :class:`LabelStudioUnavailable`; both say that nothing was written.
+    """
+    try:
+        label_config = project_label_config(client, project_id, policy)
+        tasks = fetch_tasks(client, project_id, page_size, policy, progress)
+    except LabelStudioUnavailable as err:
+        raise LabelStudioUnavailable(f"{err}. {NOTHING_WRITTEN}") from err.__cause__
+    except LabelStudioError as err:
+        raise SyncError(f"{err}. Nothing was written.") from err.__cause__
+    return label_config, tasks
+
+
 def sync_masks(
     client: Any,
     project_id: int,
@@ -548,21 +349,22 @@ def sync_masks(
     store: MaskStore,
     dry_run: bool = False,
     progress: Callable | None = None,
-    retries: int = 4,
-    backoff: float = 0.5,
+    retries: int | None = None,
+    backoff: float | None = None,
     page_size: int = DEFAULT_PAGE_SIZE,
     label: str = SPURIOUS_LABEL,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
 ) -> SyncReport:
     """Bring ``store`` in line with the project's finished annotations (see the module docs).
 
     Everything is fetched before anything is written; :class:`LabelStudioUnavailable` (after
-    ``retries`` retries with ``backoff``·2^k s waits) leaves the store untouched.
+    ``retries`` retries with ``backoff``·2^k s waits; ``None`` = :class:`RetryPolicy`'s
+    defaults) leaves the store untouched.
     """
-    brush_name, image_key = _brush_name(
-        project_label_config(client, project_id, retries, backoff, sleep)
-    )
-    tasks = fetch_tasks(client, project_id, page_size, retries, backoff, progress, sleep)
+    given = {"retries": retries, "backoff": backoff, "sleep": sleep}
+    policy = RetryPolicy(**{key: value for key, value in given.items() if value is not None})
+    label_config, tasks = fetch_for_sync(client, project_id, policy, page_size, progress)
+    brush_name, image_key = _brush_name(label_config)
     manifest = store.read_manifest()
     plan, report = plan_sync(tasks, brush_name, image_key, data, store, manifest, label)
     report.dry_run = dry_run

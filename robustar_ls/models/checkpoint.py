@@ -11,13 +11,9 @@ caller), including keys prefixed ``module.`` by DataParallel / DistributedDataPa
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import io
-import os
 import re
-import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustar_ls.files import atomic_write_bytes
 from robustar_ls.models.zoo import UnknownArchError, create_classifier
 
 
@@ -112,48 +109,6 @@ def save_checkpoint(
     torch.save(payload, buffer)
     atomic_write_bytes(Path(path), buffer.getvalue())
     return version
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via temp file + fsync + ``os.replace`` (+ fsync of the folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-STALE_TEMP_AGE_S = 600.0  # a temp file this old is no write in progress: the writer died
-
-
-def remove_stale_temp_files(path: str | Path, min_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
-    """Delete the temp files :func:`atomic_write_bytes` left beside ``path`` when killed.
-
-    Only ``.<name>.*.tmp`` files older than ``min_age_s`` go (a younger one may be a write in
-    progress in another process). Returns what was removed.
-    """
-    path = Path(path)
-    removed = []
-    now = time.time()
-    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        try:
-            if now - candidate.stat().st_mtime >= min_age_s:
-                candidate.unlink()
-                removed.append(candidate)
-        except OSError:  # vanished meanwhile, or not ours to delete
-            continue
-    return removed
 
 
 def _read(path: Path) -> Any:

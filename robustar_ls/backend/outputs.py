@@ -1,0 +1,86 @@
+"""What the models say about one image, and the Label Studio prediction made from it.
+
+:class:`ImageOutputs` holds the model outputs independent of the labeling config, so they can be
+cached per (model version, image); :func:`to_prediction` turns them into the regions a given
+config asks for: the summary text, the "Spurious" and the "Model attention" brush regions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robustar_ls.data.folders import SPLITS
+from robustar_ls.explain.saliency import attention_mask
+from robustar_ls.labels import ATTENTION_LABEL, SPURIOUS_LABEL
+from robustar_ls.labelstudio.brush import mask_to_rle
+from robustar_ls.labelstudio.config import LabelConfigTags
+from robustar_ls.labelstudio.results import BrushRegion, Prediction, TextAreaResult
+
+
+@dataclass(frozen=True)
+class ImageOutputs:
+    """What the models say about one image, independent of the label config (cacheable)."""
+
+    probs: np.ndarray  # (num_classes,) softmax
+    width: int
+    height: int
+    attention_rle: list[int]
+    spurious_rle: list[int] | None  # None: no segmenter
+
+
+def image_outputs(
+    probs: np.ndarray, saliency: np.ndarray, spurious: np.ndarray | None, top_fraction: float
+) -> ImageOutputs:
+    """One image's outputs: ``saliency`` at the image's size, ``spurious`` a bool mask or None."""
+    height, width = saliency.shape
+    return ImageOutputs(
+        probs=probs,
+        width=width,
+        height=height,
+        attention_rle=mask_to_rle(attention_mask(saliency, top_fraction)),
+        spurious_rle=None
+        if spurious is None
+        else mask_to_rle(np.asarray(spurious, dtype=np.uint8) * 255),
+    )
+
+
+def summary_text(classes: Sequence[str], probs: np.ndarray, true_class: str | None) -> str:
+    """``Predicted: square (0.93) · True: circle · WRONG``."""
+    index = int(probs.argmax())
+    text = f"Predicted: {classes[index]} ({float(probs[index]):.2f})"
+    if not true_class:
+        return text + " · True: unknown"
+    verdict = "correct" if classes[index] == true_class else "WRONG"
+    return f"{text} · True: {true_class} · {verdict}"
+
+
+def true_class(data: Mapping[str, Any], path: Path | None, classes: Sequence[str]) -> str | None:
+    """From task data ``true_class``, else from ``…/<split>/<class>/<file>`` on disk."""
+    value = data.get("true_class")
+    if isinstance(value, str) and value:
+        return value
+    if path is not None:
+        parent = path.parent
+        if parent.name in classes and parent.parent.name in SPLITS:
+            return parent.name
+    return None
+
+
+def to_prediction(
+    out: ImageOutputs, tags: LabelConfigTags, version: str, summary: str | None
+) -> Prediction:
+    """The prediction of one image for the tags of one labeling config."""
+    result: list[Any] = []
+    if tags.summary_textarea and summary is not None:
+        result.append(TextAreaResult(tags.summary_textarea, tags.image, summary))
+    labels = set(tags.brush_labels or ())
+    regions = [(SPURIOUS_LABEL, out.spurious_rle), (ATTENTION_LABEL, out.attention_rle)]
+    for label, rle in regions:
+        if tags.brush and rle is not None and label in labels:
+            result.append(BrushRegion(tags.brush, tags.image, rle, label, out.width, out.height))
+    return Prediction(model_version=version, score=float(out.probs.max()), result=result)
