@@ -624,7 +624,18 @@ def add_serve(sub) -> None:
         help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT: /data/local-files/ images are read here",
     )
     p.add_argument("--label-studio-url", dest="label_studio_url", default=None)
-    p.add_argument("--host", default=None, help="default 0.0.0.0")
+    p.add_argument(
+        "--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 = all)"
+    )
+    p.add_argument(
+        "--allow-image-host",
+        dest="allowed_image_hosts",
+        action="append",
+        default=None,
+        metavar="HOST",
+        help="also fetch task images from HOST (host, host:port, *.domain or *; repeatable); "
+        "Label Studio's origin and the document root are always allowed",
+    )
     p.add_argument("--port", type=int, default=None, help="default 9090")
     p.add_argument("--workers", type=int, default=None, help="gunicorn worker processes")
     p.add_argument(

@@ -178,11 +178,14 @@ class ServeConfig:
     max_image_pixels: int = 64_000_000
     max_image_bytes: int = 64 * 1024 * 1024
     fetch_timeout: float = 30.0  # seconds, for images fetched over HTTP
+    # Image hosts besides Label Studio's origin: "host", "host:port" (trusted as named, private
+    # addresses included), "*.domain" or "*" (public addresses only). See backend/url_policy.py.
+    allowed_image_hosts: tuple[str, ...] = ()
     cache_dir: str = ""  # saliency PNGs + the shared secret; "" = ~/.cache/robustar-ls
     saliency_url_lifetime: float = 7 * 24 * 3600.0  # seconds; predictions renew a URL
     prediction_cache_size: int = 512  # (model version, image) → model outputs, LRU
     device: str = "auto"
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # loopback only; "0.0.0.0" to listen on every interface (docker)
     port: int = 9090
     workers: int = 1
     threads: int = 1

@@ -9,7 +9,9 @@ Image references, as they appear in task data:
   Studio with its API key (legacy token → ``Token``; personal access token = JWT refresh token →
   exchanged for an access token, ``Bearer``; label-studio-sdk does the exchange and caching).
   An absolute file path inside the document root is read from disk instead.
-- ``http(s)://…``: fetched; the API key is sent only to Label Studio's own host.
+- ``http(s)://…``: fetched only from Label Studio's origin and the hosts the operator allows
+  (:mod:`robustar_ls.backend.url_policy`); redirects only within the same origin; the API key
+  is sent only to Label Studio's own host.
 - a relative path (``train/cat/1.png``): read from under the document root.
 - anything else (``s3://``, ``data:`` …): refused as an unknown URL scheme.
 
@@ -31,6 +33,7 @@ from urllib.parse import parse_qs, urljoin, urlparse
 import httpx
 from PIL import Image
 
+from robustar_ls.backend.url_policy import UrlNotAllowed, UrlPolicy, origin
 from robustar_ls.data.images import MAX_PIXELS, ImageLoadError, decode_rgb
 from robustar_ls.errors import RobustarError
 from robustar_ls.labelstudio import client as ls_client
@@ -38,6 +41,7 @@ from robustar_ls.labelstudio import client as ls_client
 log = logging.getLogger(__name__)
 
 LABEL_STUDIO_PREFIXES = ("/data/", "/storage-data/", "/upload/", "data/", "upload/")
+MAX_REDIRECTS = 3
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):")
 
 
@@ -98,6 +102,7 @@ class ImageFetcher:
         max_pixels: int = MAX_PIXELS,
         timeout: float = 30.0,
         session: httpx.Client | None = None,
+        policy: UrlPolicy | None = None,
     ) -> None:
         self.document_root = Path(document_root).resolve() if document_root else None
         self.label_studio_url = label_studio_url.rstrip("/")
@@ -105,7 +110,8 @@ class ImageFetcher:
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.timeout = timeout
-        self.session = session or httpx.Client(follow_redirects=True)
+        self.session = session or httpx.Client(follow_redirects=False)
+        self.policy = policy or UrlPolicy(self.label_studio_url)
 
     @classmethod
     def from_config(cls, cfg) -> ImageFetcher:
@@ -118,6 +124,7 @@ class ImageFetcher:
             max_bytes=cfg.max_image_bytes,
             max_pixels=cfg.max_image_pixels,
             timeout=cfg.fetch_timeout,
+            policy=UrlPolicy(cfg.label_studio_url, cfg.allowed_image_hosts),
         )
 
     # -- resolving ------------------------------------------------------------------------
@@ -246,9 +253,31 @@ class ImageFetcher:
         return self.auth.header()
 
     def _download(self, url: str, ref: str) -> bytes:
+        """GET ``url``: allowed origins only, redirects followed only within the origin."""
+        first = url
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                self.policy.check(url)
+            except UrlNotAllowed as err:
+                raise ImageFetchError(f"image {ref[:120]!r}: {err}", 403) from err
+            data, location = self._get(url, ref)
+            if location is None:
+                return data
+            url = urljoin(url, location)
+            if origin(url) != origin(first):
+                raise ImageFetchError(
+                    f"image {ref[:120]!r} redirects to another origin ({origin(url)[1]}); refused",
+                    403,
+                )
+        raise ImageFetchError(f"image {ref[:120]!r}: more than {MAX_REDIRECTS} redirects", 502)
+
+    def _get(self, url: str, ref: str) -> tuple[bytes, str | None]:
+        """The body of ``url``, or ``(b"", location)`` for a redirect."""
         headers = self._headers_for(url)
         try:
             with self.session.stream("GET", url, headers=headers, timeout=self.timeout) as resp:
+                if resp.is_redirect and resp.headers.get("Location"):
+                    return b"", resp.headers["Location"]
                 if resp.status_code == 404:
                     raise ImageFetchError(f"image {ref!r} not found (HTTP 404 from {url})", 404)
                 if resp.status_code in (401, 403):
@@ -276,7 +305,7 @@ class ImageFetcher:
                             f"image {ref!r} is over the limit of {self.max_bytes} bytes", 413
                         )
                     chunks.append(chunk)
-                return b"".join(chunks)
+                return b"".join(chunks), None
         except (httpx.HTTPError, httpx.InvalidURL) as err:
             raise ImageFetchError(
                 f"cannot fetch image {ref!r} from {url}: {type(err).__name__}", 502
