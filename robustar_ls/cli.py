@@ -639,6 +639,27 @@ def add_serve(sub) -> None:
     p.add_argument("--port", type=int, default=None, help="default 9090")
     p.add_argument("--workers", type=int, default=None, help="gunicorn worker processes")
     p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads per worker (default 4; /health answers while another thread predicts)",
+    )
+    p.add_argument(
+        "--request-deadline",
+        dest="request_deadline",
+        type=float,
+        default=None,
+        help="seconds per /predict (default 60): tasks whose image is not fetched by then get "
+        "a per-task error",
+    )
+    p.add_argument(
+        "--fetch-parallelism",
+        dest="fetch_parallelism",
+        type=int,
+        default=None,
+        help="images of one request fetched at the same time (default 4)",
+    )
+    p.add_argument(
         "--segmenter-weights",
         dest="segmenter_weights",
         default=None,

@@ -178,6 +178,8 @@ class ServeConfig:
     max_image_pixels: int = 64_000_000
     max_image_bytes: int = 64 * 1024 * 1024
     fetch_timeout: float = 30.0  # seconds, for images fetched over HTTP
+    request_deadline: float = 60.0  # seconds per /predict: later images get a per-task error
+    fetch_parallelism: int = 4  # images of one request fetched at the same time
     # Image hosts besides Label Studio's origin: "host", "host:port" (trusted as named, private
     # addresses included), "*.domain" or "*" (public addresses only). See backend/url_policy.py.
     allowed_image_hosts: tuple[str, ...] = ()
@@ -188,7 +190,7 @@ class ServeConfig:
     host: str = "127.0.0.1"  # loopback only; "0.0.0.0" to listen on every interface (docker)
     port: int = 9090
     workers: int = 1
-    threads: int = 1
+    threads: int = 4  # per worker: /health is answered while another thread predicts
     timeout: int = 300  # gunicorn worker timeout, seconds
     data: str = ""  # dataset folder: enables "Start Training" (sync masks + paired training)
     project: str = "robustar-ls"  # the Label Studio project whose annotations train

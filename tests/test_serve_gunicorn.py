@@ -39,3 +39,36 @@ def test_a_worker_restarted_after_the_checkpoint_broke_serves_the_last_good_mode
         assert all(body and body["model_version"] == version for body in answers)
         assert "checkpoint_error" in answers[-1] and str(tmp_path) not in str(answers[-1])
         assert "last-good copy" in server_log(tmp_path)
+
+
+def test_health_answers_while_a_prediction_waits_on_a_slow_image(tmp_path):
+    import json
+    import threading
+    import urllib.request
+
+    from test_backend_deadline import slow_server
+
+    checkpoint = tmp_path / "model.pt"
+    save_tiny_checkpoint(checkpoint)
+    extra = ("--allow-image-host",)
+    with (
+        slow_server(6.0) as (host, state),
+        gunicorn_backend(checkpoint, tmp_path, *extra, host, workers=1) as (url, _master),
+    ):
+        body = json.dumps({"tasks": [{"id": 1, "data": {"image": f"http://{host}/a.png"}}]})
+        request = urllib.request.Request(
+            url + "/predict", body.encode(), {"Content-Type": "application/json"}
+        )
+        answer = {}
+
+        def post():
+            with urllib.request.urlopen(request, timeout=60) as resp:
+                answer.update(json.loads(resp.read()))
+
+        poster = threading.Thread(target=post)
+        poster.start()
+        wait_for(lambda: state["now"] == 1, 30, "the prediction to reach the slow image")
+        assert health(url) is not None, "the only worker did not answer /health"
+        assert state["now"] == 1  # ... while the prediction was still waiting
+        poster.join(timeout=60)
+        assert answer["results"][0]["result"]

@@ -26,6 +26,7 @@ import logging
 import posixpath
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urljoin, urlparse
@@ -204,10 +205,14 @@ class ImageFetcher:
 
     # -- loading --------------------------------------------------------------------------
 
-    def fetch(self, ref: str) -> FetchedImage:
-        """Load the image ``ref`` names as RGB, or raise :class:`ImageFetchError`."""
+    def fetch(self, ref: str, deadline: float | None = None) -> FetchedImage:
+        """Load the image ``ref`` names as RGB, or raise :class:`ImageFetchError`.
+
+        ``deadline`` (a ``time.monotonic()`` value) bounds a download as a whole, not only
+        each read: a server trickling bytes is cut off there (504).
+        """
         try:
-            return self._fetch(ref)
+            return self._fetch(ref, deadline)
         except ImageFetchError:
             raise
         except (ValueError, OSError) as err:  # e.g. a NUL byte in a path, an odd file system
@@ -215,12 +220,12 @@ class ImageFetcher:
                 f"image reference {str(ref)[:120]!r} cannot be used: {err}", 400
             ) from err
 
-    def _fetch(self, ref: str) -> FetchedImage:
+    def _fetch(self, ref: str, deadline: float | None) -> FetchedImage:
         path = self.local_path(ref)
         if path is not None:
             return self._read_file(path, ref)
         url = self.remote_url(ref)
-        data = self._download(url, ref)
+        data = self._download(url, ref, deadline)
         image = self._decode(data, ref)
         return FetchedImage(image, ref, "sha256:" + hashlib.sha256(data).hexdigest())
 
@@ -252,7 +257,7 @@ class ImageFetcher:
             return {}  # never send Label Studio's key to another host
         return self.auth.header()
 
-    def _download(self, url: str, ref: str) -> bytes:
+    def _download(self, url: str, ref: str, deadline: float | None = None) -> bytes:
         """GET ``url``: allowed origins only, redirects followed only within the origin."""
         first = url
         for _ in range(MAX_REDIRECTS + 1):
@@ -260,7 +265,7 @@ class ImageFetcher:
                 self.policy.check(url)
             except UrlNotAllowed as err:
                 raise ImageFetchError(f"image {ref[:120]!r}: {err}", 403) from err
-            data, location = self._get(url, ref)
+            data, location = self._get(url, ref, deadline)
             if location is None:
                 return data
             url = urljoin(url, location)
@@ -271,11 +276,21 @@ class ImageFetcher:
                 )
         raise ImageFetchError(f"image {ref[:120]!r}: more than {MAX_REDIRECTS} redirects", 502)
 
-    def _get(self, url: str, ref: str) -> tuple[bytes, str | None]:
+    def _remaining(self, deadline: float | None, ref: str) -> float:
+        """Seconds this download may still take (the fetch timeout, or less near the deadline)."""
+        if deadline is None:
+            return self.timeout
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ImageFetchError(f"image {ref[:120]!r}: the request's deadline passed", 504)
+        return min(self.timeout, left)
+
+    def _get(self, url: str, ref: str, deadline: float | None) -> tuple[bytes, str | None]:
         """The body of ``url``, or ``(b"", location)`` for a redirect."""
         headers = self._headers_for(url)
+        timeout = self._remaining(deadline, ref)
         try:
-            with self.session.stream("GET", url, headers=headers, timeout=self.timeout) as resp:
+            with self.session.stream("GET", url, headers=headers, timeout=timeout) as resp:
                 if resp.is_redirect and resp.headers.get("Location"):
                     return b"", resp.headers["Location"]
                 if resp.status_code == 404:
@@ -299,6 +314,7 @@ class ImageFetcher:
                     )
                 chunks, size = [], 0
                 for chunk in resp.iter_bytes(chunk_size=1 << 16):
+                    self._remaining(deadline, ref)
                     size += len(chunk)
                     if size > self.max_bytes:
                         raise ImageFetchError(

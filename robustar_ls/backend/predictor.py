@@ -35,6 +35,8 @@ import numpy as np
 import torch
 
 from robustar_ls.backend.cache import HeatmapCache, LRUCache
+from robustar_ls.backend.fetching import TaskError, TaskFailure, fetch_images, image_ref
+from robustar_ls.backend.fetching import task_id as _task_id
 from robustar_ls.backend.images import FetchedImage, ImageFetcher, ImageFetchError
 from robustar_ls.backend.interactive import brush_label, context_mask
 from robustar_ls.backend.model_holder import ModelHolder, ServedModel
@@ -47,7 +49,6 @@ from robustar_ls.backend.outputs import (
 )
 from robustar_ls.config import SaliencyConfig, ServeConfig
 from robustar_ls.data.folders import images_to_batch
-from robustar_ls.errors import RobustarError
 from robustar_ls.explain.saliency import SaliencyExplainer, heatmap_png, resize_map
 from robustar_ls.files import remove_stale_temp_files
 from robustar_ls.labelstudio.brush import mask_to_rle
@@ -63,10 +64,6 @@ from robustar_ls.models.segmenter import Segmenter, SegmenterUnavailable
 log = logging.getLogger(__name__)
 
 STAGES = ("load", "classifier", "segmenter", "saliency", "encoding")
-
-
-class TaskError(RobustarError, ValueError):
-    """One task cannot be predicted (bad task data); its neighbours are unaffected."""
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -93,6 +90,8 @@ class Predictor:
         cache_size: int = 512,
         cache_dir: str | Path | None = None,
         timing: dict[str, float] | None = None,
+        request_deadline: float = 60.0,
+        fetch_parallelism: int = 4,
     ) -> None:
         self.holder = holder
         self.fetcher = fetcher
@@ -102,6 +101,8 @@ class Predictor:
         self.cache = LRUCache(cache_size)
         self.heatmaps = HeatmapCache(cache_dir) if cache_dir else None
         self.timing = timing
+        self.request_deadline = request_deadline
+        self.fetch_parallelism = fetch_parallelism
         self._tags_cache = LRUCache(8)
         self._compute_lock = threading.Lock()  # saliency hooks are per model: one at a time
         holder.prepare = self._prepare
@@ -164,17 +165,33 @@ class Predictor:
     def _predict_batch(
         self, tasks: Sequence[dict[str, Any]], tags: LabelConfigTags, served: ServedModel
     ) -> list[Prediction]:
-        """Tasks in chunks of ``batch_size``: only one chunk's decoded images are in memory."""
+        """Tasks in chunks of ``batch_size``: only one chunk's decoded images are in memory.
+
+        Images are fetched in parallel (``fetch_parallelism``) within the request's deadline;
+        a task whose image is late or broken gets a prediction with ``error`` instead.
+        """
+        deadline = time.monotonic() + self.request_deadline
         predictions: list[Prediction] = []
         for chunk in chunks(tasks, self.batch_size):
-            predictions.extend(self._predict_chunk(chunk, tags, served))
+            predictions.extend(self._predict_chunk(chunk, tags, served, deadline))
         return predictions
 
     def _predict_chunk(
-        self, tasks: Sequence[dict[str, Any]], tags: LabelConfigTags, served: ServedModel
+        self,
+        tasks: Sequence[dict[str, Any]],
+        tags: LabelConfigTags,
+        served: ServedModel,
+        deadline: float,
     ) -> list[Prediction]:
         with self._timed("load"):
-            fetched = [self._fetch_for_batch(task, tags) for task in tasks]
+            fetched = fetch_images(
+                self.fetcher,
+                tasks,
+                tags.image_value,
+                deadline,
+                self.request_deadline,
+                self.fetch_parallelism,
+            )
         outputs = self._outputs(served, fetched, tasks)
         with self._timed("encoding"):
             return [
@@ -182,27 +199,17 @@ class Predictor:
                 for i, task in enumerate(tasks)
             ]
 
-    def _fetch_for_batch(self, task: Any, tags: LabelConfigTags) -> FetchedImage | None:
-        """The task's image, or None (logged) so that one bad task never fails the others."""
-        try:
-            return self.fetcher.fetch(self._image_ref(task, tags))
-        except (ImageFetchError, TaskError) as err:
-            log.warning("task %s: no prediction: %s", _task_id(task), err)
-        except Exception:  # never let one task's image fail the others
-            log.exception("task %s: no prediction: loading its image failed", _task_id(task))
-        return None
-
     def _outputs(
         self,
         served: ServedModel,
-        fetched: Sequence[FetchedImage | None],
+        fetched: Sequence[FetchedImage | TaskFailure],
         tasks: Sequence[Any],
     ) -> list[ImageOutputs | None]:
         """Each fetched image's outputs: from the cache, else computed in one batch."""
         outputs: list[ImageOutputs | None] = [None] * len(fetched)
         todo = []
         for i, item in enumerate(fetched):
-            if item is None:
+            if isinstance(item, TaskFailure):
                 continue
             outputs[i] = self.cache.get((served.version, item.identity))
             if outputs[i] is None:
@@ -238,17 +245,6 @@ class Predictor:
                 results.append(None)
         return results
 
-    def _image_ref(self, task: Any, tags: LabelConfigTags) -> str:
-        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
-            raise TaskError("the task has no 'data' object")
-        ref = task["data"].get(tags.image_value)
-        if not isinstance(ref, str) or not ref:
-            raise TaskError(
-                f"task data has no image under ${tags.image_value} "
-                f"(keys: {', '.join(sorted(task['data'])) or 'none'})"
-            )
-        return ref
-
     def _compute(self, served: ServedModel, images: Sequence[FetchedImage]) -> list[ImageOutputs]:
         """Classifier, saliency and segmenter on a batch of images."""
         with self._compute_lock:
@@ -282,11 +278,14 @@ class Predictor:
         task: dict[str, Any],
         tags: LabelConfigTags,
         served: ServedModel,
-        item: FetchedImage | None,
+        item: FetchedImage | TaskFailure,
         out: ImageOutputs | None,
     ) -> Prediction:
-        if item is None or out is None:
-            return Prediction(model_version=served.version, score=None, result=[])
+        if isinstance(item, TaskFailure):
+            return Prediction(served.version, score=None, result=[], error=item.message)
+        if out is None:
+            error = "the models failed on this task's image; see the backend's log"
+            return Prediction(served.version, score=None, result=[], error=error)
         summary = None
         if tags.summary_textarea:
             truth = true_class(task.get("data", {}), item.path, served.classes)
@@ -308,7 +307,7 @@ class Predictor:
             log.warning("interactive request, but the label config has no <BrushLabels> tag")
             return empty
         try:
-            item = self.fetcher.fetch(self._image_ref(task, tags))
+            item = self.fetcher.fetch(image_ref(task, tags.image_value))
         except (ImageFetchError, TaskError) as err:
             log.warning("task %s: no interactive result: %s", _task_id(task), err)
             return empty
@@ -357,10 +356,6 @@ class Predictor:
         return self.heatmaps.path(version, identity)
 
 
-def _task_id(task: Any) -> str:
-    return str(task.get("id", "?")) if isinstance(task, dict) else "?"
-
-
 def load_segmenter(cfg: ServeConfig) -> Segmenter | None:
     """The serve settings' Mask R-CNN, or None (with the reason logged once, at start-up)."""
     if not cfg.segmenter:
@@ -392,6 +387,8 @@ def build_predictor(cfg: ServeConfig, timing: dict[str, float] | None = None) ->
         cache_size=cfg.prediction_cache_size,
         cache_dir=cfg.resolved_cache_dir(),
         timing=timing,
+        request_deadline=cfg.request_deadline,
+        fetch_parallelism=cfg.fetch_parallelism,
     )
     holder.load_initial()
     return predictor
