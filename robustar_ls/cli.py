@@ -614,6 +614,17 @@ def run_import(args: argparse.Namespace) -> int:
 # -- serve ----------------------------------------------------------------------------------
 
 
+SERVE_LIMIT_FLAGS = (  # (flag, type, help); defaults in ServeConfig
+    ("--max-image-pixels", int, "pixels per image (default 40000000)"),
+    ("--max-image-side", int, "pixels per side of an image (default 12000)"),
+    ("--max-aspect-ratio", float, "long side / short side of an image (default 20)"),
+    ("--working-side", int, "larger images are decoded at reduced size (default 2048)"),
+    ("--max-request-pixels", int, "pixels of all images of one /predict (default 120000000)"),
+    ("--max-tasks-per-request", int, "tasks of one /predict; later ones get an error (100)"),
+    ("--max-response-bytes", int, "size of a /predict answer (default 33554432)"),
+)
+
+
 def add_serve(sub) -> None:
     p = sub.add_parser("serve", help="run the Label Studio ML backend (gunicorn)")
     p.add_argument("--checkpoint", required=True, help="classifier checkpoint to serve")
@@ -672,6 +683,8 @@ def add_serve(sub) -> None:
         default=None,
         help="no Mask R-CNN 'Spurious' pre-annotation",
     )
+    for flag, kind, text in SERVE_LIMIT_FLAGS:
+        p.add_argument(flag, dest=flag[2:].replace("-", "_"), type=kind, default=None, help=text)
     p.add_argument("--score-threshold", dest="score_threshold", type=float, default=None)
     p.add_argument(
         "--saliency-method",

@@ -175,7 +175,13 @@ class ServeConfig:
     saliency_method: str = "gradcam"  # "gradcam" | "input_gradient"
     top_fraction: float = 0.1
     batch_size: int = 16  # images per classifier / saliency / segmenter call
-    max_image_pixels: int = 64_000_000
+    max_image_pixels: int = 40_000_000  # per image (checked on the header, before decoding)
+    max_image_side: int = 12_000  # pixels, either side
+    max_aspect_ratio: float = 20.0  # long side / short side
+    working_side: int = 2048  # larger images are decoded at reduced size for the models
+    max_request_pixels: int = 120_000_000  # all images of one /predict together
+    max_tasks_per_request: int = 100  # later tasks get a per-task error
+    max_response_bytes: int = 32 * 1024 * 1024  # /predict answer; later tasks get an error
     max_image_bytes: int = 64 * 1024 * 1024
     fetch_timeout: float = 30.0  # seconds, for images fetched over HTTP
     request_deadline: float = 60.0  # seconds per /predict: later images get a per-task error
@@ -202,6 +208,16 @@ class ServeConfig:
             score_threshold=self.score_threshold,
             device=self.device,
             batch_size=self.batch_size,
+        )
+
+    def image_limits(self):
+        from robustar_ls.backend.decoding import ImageLimits
+
+        return ImageLimits(
+            max_pixels=self.max_image_pixels,
+            max_side=self.max_image_side,
+            max_aspect=self.max_aspect_ratio,
+            working_side=self.working_side,
         )
 
     def saliency_config(self) -> SaliencyConfig:

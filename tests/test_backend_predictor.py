@@ -9,8 +9,9 @@ import numpy as np
 from backend_support import CLASSES, make_backend, task, two_tone, write_png
 from label_studio_sdk.label_interface import LabelInterface
 
+from robustar_ls.backend.build import build_predictor
 from robustar_ls.backend.outputs import summary_text
-from robustar_ls.backend.predictor import STAGES, build_predictor
+from robustar_ls.backend.predictor import STAGES
 from robustar_ls.config import ServeConfig
 from robustar_ls.labelstudio.brush import rle_to_mask
 from robustar_ls.labelstudio.config import default_label_config

@@ -32,8 +32,9 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from robustar_ls.backend.build import build_predictor
 from robustar_ls.backend.images import ImageFetchError
-from robustar_ls.backend.predictor import Predictor, build_predictor
+from robustar_ls.backend.predictor import Predictor
 from robustar_ls.config import ServeConfig, check_basic_auth
 from robustar_ls.labelstudio.config import LabelConfigError
 from robustar_ls.labelstudio.urls import (

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
+from robustar_ls.backend.decoding import PixelBudget
 from robustar_ls.backend.images import FetchedImage, ImageFetcher, ImageFetchError
 from robustar_ls.errors import RobustarError
 
@@ -63,15 +64,17 @@ def fetch_images(
     deadline: float,
     deadline_s: float,
     parallelism: int,
+    budget: PixelBudget | None = None,
 ) -> list[FetchedImage | TaskFailure]:
     """Each task's image, at most ``parallelism`` at a time, giving up at ``deadline``
-    (a ``time.monotonic()`` value; ``deadline_s`` is its length, for the message)."""
+    (a ``time.monotonic()`` value; ``deadline_s`` is its length, for the message), all of
+    them within the request's pixel ``budget``."""
     results: list[FetchedImage | TaskFailure] = [deadline_failure(deadline_s)] * len(tasks)
     pool = ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(tasks))))
     futures = {}
     for i, task in enumerate(tasks):
         try:
-            futures[pool.submit(fetcher.fetch, image_ref(task, image_value), deadline)] = i
+            futures[pool.submit(fetcher.fetch, image_ref(task, image_value), deadline, budget)] = i
         except TaskError as err:
             results[i] = TaskFailure(str(err), 400)
     done, _ = wait(futures, timeout=max(0.0, deadline - time.monotonic()))

@@ -34,8 +34,9 @@ from urllib.parse import parse_qs, urljoin, urlparse
 import httpx
 from PIL import Image
 
+from robustar_ls.backend.decoding import ImageLimits, ImageTooLarge, PixelBudget, decode_limited
 from robustar_ls.backend.url_policy import UrlNotAllowed, UrlPolicy, origin
-from robustar_ls.data.images import MAX_PIXELS, ImageLoadError, decode_rgb
+from robustar_ls.data.images import ImageLoadError
 from robustar_ls.errors import RobustarError
 from robustar_ls.labelstudio import client as ls_client
 
@@ -62,6 +63,12 @@ class FetchedImage:
     ref: str
     identity: str  # "file:<path>:<mtime_ns>:<size>" or "sha256:<hex of the bytes>"
     path: Path | None = None  # the file on disk, when read from the document root
+    size: tuple[int, int] | None = None  # displayed (width, height) when ``image`` is reduced
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        """The size Label Studio shows the image at (regions and masks are drawn at it)."""
+        return self.size or self.image.size
 
 
 class LabelStudioAuth:
@@ -100,16 +107,19 @@ class ImageFetcher:
         label_studio_url: str = "",
         auth: LabelStudioAuth | None = None,
         max_bytes: int = 64 * 1024 * 1024,
-        max_pixels: int = MAX_PIXELS,
+        max_pixels: int | None = None,
         timeout: float = 30.0,
         session: httpx.Client | None = None,
         policy: UrlPolicy | None = None,
+        limits: ImageLimits | None = None,
     ) -> None:
         self.document_root = Path(document_root).resolve() if document_root else None
         self.label_studio_url = label_studio_url.rstrip("/")
         self.auth = auth
         self.max_bytes = max_bytes
-        self.max_pixels = max_pixels
+        self.limits = limits or (
+            ImageLimits(max_pixels=max_pixels) if max_pixels else ImageLimits()
+        )
         self.timeout = timeout
         self.session = session or httpx.Client(follow_redirects=False)
         self.policy = policy or UrlPolicy(self.label_studio_url)
@@ -123,7 +133,7 @@ class ImageFetcher:
             label_studio_url=cfg.label_studio_url,
             auth=auth,
             max_bytes=cfg.max_image_bytes,
-            max_pixels=cfg.max_image_pixels,
+            limits=cfg.image_limits(),
             timeout=cfg.fetch_timeout,
             policy=UrlPolicy(cfg.label_studio_url, cfg.allowed_image_hosts),
         )
@@ -205,14 +215,16 @@ class ImageFetcher:
 
     # -- loading --------------------------------------------------------------------------
 
-    def fetch(self, ref: str, deadline: float | None = None) -> FetchedImage:
+    def fetch(
+        self, ref: str, deadline: float | None = None, budget: PixelBudget | None = None
+    ) -> FetchedImage:
         """Load the image ``ref`` names as RGB, or raise :class:`ImageFetchError`.
 
         ``deadline`` (a ``time.monotonic()`` value) bounds a download as a whole, not only
         each read: a server trickling bytes is cut off there (504).
         """
         try:
-            return self._fetch(ref, deadline)
+            return self._fetch(ref, deadline, budget)
         except ImageFetchError:
             raise
         except (ValueError, OSError) as err:  # e.g. a NUL byte in a path, an odd file system
@@ -220,16 +232,17 @@ class ImageFetcher:
                 f"image reference {str(ref)[:120]!r} cannot be used: {err}", 400
             ) from err
 
-    def _fetch(self, ref: str, deadline: float | None) -> FetchedImage:
+    def _fetch(self, ref: str, deadline: float | None, budget: PixelBudget | None) -> FetchedImage:
         path = self.local_path(ref)
         if path is not None:
-            return self._read_file(path, ref)
+            return self._read_file(path, ref, budget)
         url = self.remote_url(ref)
         data = self._download(url, ref, deadline)
-        image = self._decode(data, ref)
-        return FetchedImage(image, ref, "sha256:" + hashlib.sha256(data).hexdigest())
+        image, size = self._decode(data, ref, budget)
+        identity = "sha256:" + hashlib.sha256(data).hexdigest()
+        return FetchedImage(image, ref, identity, size=size)
 
-    def _read_file(self, path: Path, ref: str) -> FetchedImage:
+    def _read_file(self, path: Path, ref: str, budget: PixelBudget | None) -> FetchedImage:
         try:
             stat = path.stat()
         except FileNotFoundError:
@@ -246,9 +259,9 @@ class ImageFetcher:
             data = path.read_bytes()
         except OSError as err:
             raise ImageFetchError(f"cannot read image {ref!r}: {err.strerror}", 403) from err
-        image = self._decode(data, ref)  # errors name the reference, never the server path
+        image, size = self._decode(data, ref, budget)  # errors name ref, not the server path
         identity = f"file:{path}:{stat.st_mtime_ns}:{stat.st_size}"
-        return FetchedImage(image, ref, identity, path)
+        return FetchedImage(image, ref, identity, path, size)
 
     def _headers_for(self, url: str) -> dict[str, str]:
         if self.auth is None or not self.label_studio_url:
@@ -327,8 +340,12 @@ class ImageFetcher:
                 f"cannot fetch image {ref!r} from {url}: {type(err).__name__}", 502
             ) from err
 
-    def _decode(self, data: bytes, ref: str) -> Image.Image:
+    def _decode(
+        self, data: bytes, ref: str, budget: PixelBudget | None
+    ) -> tuple[Image.Image, tuple[int, int]]:
         try:
-            return decode_rgb(data, name=f"image {ref!r}", max_pixels=self.max_pixels)
+            return decode_limited(data, f"image {ref[:120]!r}", self.limits, budget)
+        except ImageTooLarge as err:
+            raise ImageFetchError(str(err), 413) from err
         except ImageLoadError as err:
             raise ImageFetchError(str(err), 422) from err

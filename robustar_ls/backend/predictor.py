@@ -13,6 +13,9 @@ batches of ``batch_size``; the classifier sees images resized to the checkpoint'
 masks come back at each image's original size. Model outputs are cached per (model version,
 image content) in a bounded LRU, so re-asking for a task costs no model call.
 
+Requests are bounded (:mod:`robustar_ls.backend.limits`, :mod:`robustar_ls.backend.decoding`):
+a task over a limit, or whose image is late or broken, gets a prediction with an ``error``.
+
 With ``context`` (Label Studio's smart tools), a key point gives the pixels within a colour
 range of the clicked one, a rectangle the object inside it: one "Spurious" brush region.
 
@@ -35,10 +38,12 @@ import numpy as np
 import torch
 
 from robustar_ls.backend.cache import HeatmapCache, LRUCache
+from robustar_ls.backend.decoding import PixelBudget
 from robustar_ls.backend.fetching import TaskError, TaskFailure, fetch_images, image_ref
 from robustar_ls.backend.fetching import task_id as _task_id
 from robustar_ls.backend.images import FetchedImage, ImageFetcher, ImageFetchError
 from robustar_ls.backend.interactive import brush_label, context_mask
+from robustar_ls.backend.limits import RequestLimits, upscale_mask
 from robustar_ls.backend.model_holder import ModelHolder, ServedModel
 from robustar_ls.backend.outputs import (
     ImageOutputs,
@@ -47,10 +52,9 @@ from robustar_ls.backend.outputs import (
     to_prediction,
     true_class,
 )
-from robustar_ls.config import SaliencyConfig, ServeConfig
+from robustar_ls.config import SaliencyConfig
 from robustar_ls.data.folders import images_to_batch
 from robustar_ls.explain.saliency import SaliencyExplainer, heatmap_png, resize_map
-from robustar_ls.files import remove_stale_temp_files
 from robustar_ls.labelstudio.brush import mask_to_rle
 from robustar_ls.labelstudio.config import (
     LabelConfigError,
@@ -59,7 +63,7 @@ from robustar_ls.labelstudio.config import (
     find_tags,
 )
 from robustar_ls.labelstudio.results import BrushRegion, Prediction
-from robustar_ls.models.segmenter import Segmenter, SegmenterUnavailable
+from robustar_ls.models.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +96,7 @@ class Predictor:
         timing: dict[str, float] | None = None,
         request_deadline: float = 60.0,
         fetch_parallelism: int = 4,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.holder = holder
         self.fetcher = fetcher
@@ -103,6 +108,7 @@ class Predictor:
         self.timing = timing
         self.request_deadline = request_deadline
         self.fetch_parallelism = fetch_parallelism
+        self.limits = limits or RequestLimits()
         self._tags_cache = LRUCache(8)
         self._compute_lock = threading.Lock()  # saliency hooks are per model: one at a time
         holder.prepare = self._prepare
@@ -158,9 +164,12 @@ class Predictor:
         """One prediction dict per task, in order. Raises LabelConfigError for a bad config."""
         tags = self.tags_for(label_config)
         served = self.holder.current()
+        accepted, refused = self.limits.split_tasks(tasks, served.version)
         if context and isinstance(context, dict) and context.get("result"):
-            return [self._interactive(task, tags, context, served).to_dict() for task in tasks]
-        return [p.to_dict() for p in self._predict_batch(tasks, tags, served)]
+            done = [self._interactive(task, tags, context, served) for task in accepted]
+        else:
+            done = self._predict_batch(accepted, tags, served)
+        return self.limits.bound_response([p.to_dict() for p in done + refused])
 
     def _predict_batch(
         self, tasks: Sequence[dict[str, Any]], tags: LabelConfigTags, served: ServedModel
@@ -171,9 +180,10 @@ class Predictor:
         a task whose image is late or broken gets a prediction with ``error`` instead.
         """
         deadline = time.monotonic() + self.request_deadline
+        budget = PixelBudget(self.limits.max_pixels)
         predictions: list[Prediction] = []
         for chunk in chunks(tasks, self.batch_size):
-            predictions.extend(self._predict_chunk(chunk, tags, served, deadline))
+            predictions.extend(self._predict_chunk(chunk, tags, served, deadline, budget))
         return predictions
 
     def _predict_chunk(
@@ -182,6 +192,7 @@ class Predictor:
         tags: LabelConfigTags,
         served: ServedModel,
         deadline: float,
+        budget: PixelBudget,
     ) -> list[Prediction]:
         with self._timed("load"):
             fetched = fetch_images(
@@ -191,6 +202,7 @@ class Predictor:
                 deadline,
                 self.request_deadline,
                 self.fetch_parallelism,
+                budget,
             )
         outputs = self._outputs(served, fetched, tasks)
         with self._timed("encoding"):
@@ -266,8 +278,8 @@ class Predictor:
             return [
                 image_outputs(
                     probs_np[k],
-                    resize_map(maps[k], item.image.size),
-                    spurious[k],
+                    resize_map(maps[k], item.original_size),
+                    upscale_mask(spurious[k], item.original_size),
                     self.saliency.top_fraction,
                 )
                 for k, item in enumerate(images)
@@ -317,8 +329,9 @@ class Predictor:
             return empty
         label = brush_label(chosen, list(tags.brush_labels or ()))
         with self._timed("encoding"):
+            mask = upscale_mask(mask, item.original_size)
             rle = mask_to_rle(mask.astype(np.uint8) * 255)
-        width, height = item.image.size
+        width, height = item.original_size
         region = BrushRegion(tags.brush, tags.image, rle, label, width, height)
         return Prediction(model_version=served.version, score=1.0, result=[region])
 
@@ -354,41 +367,3 @@ class Predictor:
             stat = local.stat()
             identity = f"{local}:{stat.st_mtime_ns}:{stat.st_size}"
         return self.heatmaps.path(version, identity)
-
-
-def load_segmenter(cfg: ServeConfig) -> Segmenter | None:
-    """The serve settings' Mask R-CNN, or None (with the reason logged once, at start-up)."""
-    if not cfg.segmenter:
-        reason = "disabled by the settings (segmenter = false)"
-    else:
-        try:
-            return Segmenter.from_config(cfg.segmenter_config())
-        except SegmenterUnavailable as err:
-            reason = str(err)
-    log.warning(
-        "no Mask R-CNN segmenter: predictions carry no 'Spurious' pre-annotation and the "
-        "rectangle tool uses its colour-based fallback. Reason: %s",
-        reason,
-    )
-    return None
-
-
-def build_predictor(cfg: ServeConfig, timing: dict[str, float] | None = None) -> Predictor:
-    """The predictor ``robustar-ls serve`` uses: loads the checkpoint and the segmenter now."""
-    for stale in remove_stale_temp_files(cfg.checkpoint):
-        log.info("removed %s, left by a checkpoint write that was killed", stale.name)
-    holder = ModelHolder(cfg.checkpoint, device=cfg.device, last_good_dir=cfg.last_good_dir())
-    predictor = Predictor(
-        holder,
-        ImageFetcher.from_config(cfg),
-        load_segmenter(cfg),
-        saliency=cfg.saliency_config(),
-        batch_size=cfg.batch_size,
-        cache_size=cfg.prediction_cache_size,
-        cache_dir=cfg.resolved_cache_dir(),
-        timing=timing,
-        request_deadline=cfg.request_deadline,
-        fetch_parallelism=cfg.fetch_parallelism,
-    )
-    holder.load_initial()
-    return predictor
