@@ -37,6 +37,7 @@ from robustar_ls.data.images import displayed_size, load_rgb
 from robustar_ls.data.masks import MaskError, MaskStore
 from robustar_ls.models.checkpoint import load_checkpoint, save_checkpoint
 from robustar_ls.train.augment import random_crop_flip
+from robustar_ls.train.checkpoint_guard import check_unchanged
 from robustar_ls.train.distributed import (
     DistContext,
     all_reduce_sum,
@@ -305,13 +306,25 @@ def paired_finetune(
     ctx = init_distributed(train_cfg.device)
     try:
         return _run(
-            data, samples, masks, parent, paired_cfg, train_cfg, out, progress, ctx, masks_root
+            data,
+            samples,
+            masks,
+            parent,
+            paired_cfg,
+            train_cfg,
+            out,
+            progress,
+            ctx,
+            masks_root,
+            checkpoint,
         )
     finally:
         shutdown(ctx)
 
 
-def _run(data, samples, masks, parent, paired_cfg, train_cfg, out, progress, ctx, masks_root):
+def _run(
+    data, samples, masks, parent, paired_cfg, train_cfg, out, progress, ctx, masks_root, source
+):
     device = ctx.device
     generator = seed_everything(train_cfg.seed)  # data order (one process)
     # crop, flip and fill draws: a different stream per process
@@ -386,6 +399,8 @@ def _run(data, samples, masks, parent, paired_cfg, train_cfg, out, progress, ctx
         barrier(ctx)
         return None
     after = evaluate_splits(model, data, parent.image_size, device)
+    if source is not None:
+        check_unchanged(source, parent.version)  # compare-and-swap: never overwrite silently
     version = save_checkpoint(
         out,
         model,

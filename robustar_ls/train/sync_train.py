@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from robustar_ls.config import LabelStudioConfig, PairedConfig, SyncConfig, TrainConfig
+from robustar_ls.train.checkpoint_guard import training_lock
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,26 @@ def sync_and_train(
     process group (started here, then reused by the training) before reading the masks.
     """
     masks_root = Path(masks) if masks else Path(data) / "masks"
+    # One training per checkpoint at a time, CLI and server alike (a dry run trains nothing).
+    with nullcontext() if dry_run else training_lock(checkpoint):
+        return _sync_and_train(
+            data,
+            checkpoint,
+            label_studio,
+            paired,
+            train,
+            sync,
+            masks_root,
+            out,
+            dry_run,
+            progress,
+            client,
+        )
+
+
+def _sync_and_train(
+    data, checkpoint, label_studio, paired, train, sync, masks_root, out, dry_run, progress, client
+):
     if label_studio is None:
         if dry_run:
             raise ValueError("dry_run needs Label Studio settings: it previews a sync")
