@@ -17,6 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from robustar_ls import __version__
+from robustar_ls.cli_types import (
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    port_number,
+    positive_float,
+    positive_int,
+    prepare_output_file,
+)
 from robustar_ls.config import (
     FINETUNE_DEFAULTS,
     ConfigError,
@@ -85,14 +94,16 @@ def add_make_dataset(sub) -> None:
     p = sub.add_parser("make-dataset", help="write a synthetic spurious-feature dataset")
     p.add_argument("out", help="output folder")
     p.add_argument("--kind", choices=["patch", "background"], default=None)
-    p.add_argument("--size", type=int, default=None, help="image side in pixels (default 32)")
-    p.add_argument("--per-class", dest="per_class", type=int, default=None)
-    p.add_argument("--test-per-class", dest="test_per_class", type=int, default=None)
-    p.add_argument("--val-per-class", dest="val_per_class", type=int, default=None)
-    p.add_argument("--classes", type=int, default=None)
-    p.add_argument("--bias", type=float, default=None)
-    p.add_argument("--spurious-fraction", dest="spurious_fraction", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--size", type=positive_int, default=None, help="image side in pixels (default 32)"
+    )
+    p.add_argument("--per-class", dest="per_class", type=positive_int, default=None)
+    p.add_argument("--test-per-class", dest="test_per_class", type=non_negative_int, default=None)
+    p.add_argument("--val-per-class", dest="val_per_class", type=non_negative_int, default=None)
+    p.add_argument("--classes", type=positive_int, default=None)
+    p.add_argument("--bias", type=fraction, default=None)
+    p.add_argument("--spurious-fraction", dest="spurious_fraction", type=fraction, default=None)
+    p.add_argument("--seed", type=non_negative_int, default=None)
     p.set_defaults(func=run_make_dataset)
 
 
@@ -118,18 +129,20 @@ def run_make_dataset(args: argparse.Namespace) -> int:
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default=None, help="classifier architecture (default resnet18_small)")
-    p.add_argument("--width", type=int, default=None, help="small-ResNet width (64 = full)")
-    p.add_argument("--image-size", dest="image_size", type=int, default=None)
+    p.add_argument(
+        "--width", type=positive_int, default=None, help="small-ResNet width (64 = full)"
+    )
+    p.add_argument("--image-size", dest="image_size", type=positive_int, default=None)
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--weight-decay", dest="weight_decay", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--batch-size", dest="batch_size", type=positive_int, default=None)
+    p.add_argument("--lr", type=positive_float, default=None)
+    p.add_argument("--weight-decay", dest="weight_decay", type=non_negative_float, default=None)
+    p.add_argument("--seed", type=non_negative_int, default=None)
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, …")
-    p.add_argument("--num-workers", dest="num_workers", type=int, default=None)
+    p.add_argument("--num-workers", dest="num_workers", type=non_negative_int, default=None)
 
 
 def add_train(sub) -> None:
@@ -145,6 +158,7 @@ def add_train(sub) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from robustar_ls.train.run import train_classifier
 
+    prepare_output_file(args.out)  # a bad --out fails now, not after the training
     summary = train_classifier(
         args.data,
         args.out,
@@ -224,14 +238,14 @@ def add_sync_train(sub) -> None:
     p.add_argument(
         "--align-weight",
         dest="align_weight",
-        type=float,
+        type=non_negative_float,
         default=None,
         help="λ of the logit-alignment term (default 0.1; 1 diverged in tests)",
     )
     p.add_argument(
         "--worst-of",
         dest="worst_of",
-        type=int,
+        type=positive_int,
         default=None,
         help="K > 1: of K random fills per image train on the worst (default 1)",
     )
@@ -292,6 +306,8 @@ def run_sync_train(args: argparse.Namespace) -> int:
     paired_cfg = build(PairedConfig, settings_section(args, "paired"), pick(args, PairedConfig))
     sync_cfg = build(SyncConfig, settings_section(args, "sync"))
     label_studio = label_studio_config(args)
+    if args.out and not args.dry_run:
+        prepare_output_file(args.out)
     try:
         summary = sync_and_train(
             args.data,
@@ -377,13 +393,15 @@ def add_influence(sub) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--arch", default=None, help="architecture, for a bare state_dict")
     p.add_argument("--out", default=None, help="write the full scores JSON here")
-    p.add_argument("--top", type=int, default=None, help="explain / write only the N highest")
-    p.add_argument("--k", type=int, default=None, help="projection size (default 2048)")
+    p.add_argument(
+        "--top", type=positive_int, default=None, help="explain / write only the N highest"
+    )
+    p.add_argument("--k", type=positive_int, default=None, help="projection size (default 2048)")
     p.add_argument("--layers", default=None, help="comma-separated module names")
     p.add_argument("--projection", choices=["sketch", "gaussian"], default=None)
-    p.add_argument("--damping", type=float, default=None)
+    p.add_argument("--damping", type=positive_float, default=None)
     p.add_argument("--aggregate", choices=["normalized", "sum"], default=None)
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    p.add_argument("--batch-size", dest="batch_size", type=positive_int, default=None)
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, …")
     p.add_argument("--test-split", dest="test_split", default=None, help="default: test")
     p.add_argument("--cache-dir", default=None, help="default: <data>/.robustar/influence")
@@ -544,7 +562,7 @@ def add_import(sub) -> None:
         "(default: that variable, when set in this environment)",
     )
     p.add_argument("--label-config", dest="label_config", default=None, help="labeling XML")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    p.add_argument("--batch-size", dest="batch_size", type=positive_int, default=None)
     p.add_argument(
         "--saliency-base-url",
         dest="saliency_base_url",
@@ -615,13 +633,21 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 SERVE_LIMIT_FLAGS = (  # (flag, type, help); defaults in ServeConfig
-    ("--max-image-pixels", int, "pixels per image (default 40000000)"),
-    ("--max-image-side", int, "pixels per side of an image (default 12000)"),
-    ("--max-aspect-ratio", float, "long side / short side of an image (default 20)"),
-    ("--working-side", int, "larger images are decoded at reduced size (default 2048)"),
-    ("--max-request-pixels", int, "pixels of all images of one /predict (default 120000000)"),
-    ("--max-tasks-per-request", int, "tasks of one /predict; later ones get an error (100)"),
-    ("--max-response-bytes", int, "size of a /predict answer (default 33554432)"),
+    ("--max-image-pixels", positive_int, "pixels per image (default 40000000)"),
+    ("--max-image-side", positive_int, "pixels per side of an image (default 12000)"),
+    ("--max-aspect-ratio", positive_float, "long side / short side of an image (default 20)"),
+    ("--working-side", positive_int, "larger images are decoded at reduced size (default 2048)"),
+    (
+        "--max-request-pixels",
+        positive_int,
+        "pixels of all images of one /predict (default 120000000)",
+    ),
+    (
+        "--max-tasks-per-request",
+        positive_int,
+        "tasks of one /predict; later ones get an error (100)",
+    ),
+    ("--max-response-bytes", positive_int, "size of a /predict answer (default 33554432)"),
 )
 
 
@@ -647,18 +673,18 @@ def add_serve(sub) -> None:
         help="also fetch task images from HOST (host, host:port, *.domain or *; repeatable); "
         "Label Studio's origin and the document root are always allowed",
     )
-    p.add_argument("--port", type=int, default=None, help="default 9090")
-    p.add_argument("--workers", type=int, default=None, help="gunicorn worker processes")
+    p.add_argument("--port", type=port_number, default=None, help="default 9090")
+    p.add_argument("--workers", type=positive_int, default=None, help="gunicorn worker processes")
     p.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=None,
         help="threads per worker (default 4; /health answers while another thread predicts)",
     )
     p.add_argument(
         "--request-deadline",
         dest="request_deadline",
-        type=float,
+        type=positive_float,
         default=None,
         help="seconds per /predict (default 60): tasks whose image is not fetched by then get "
         "a per-task error",
@@ -666,7 +692,7 @@ def add_serve(sub) -> None:
     p.add_argument(
         "--fetch-parallelism",
         dest="fetch_parallelism",
-        type=int,
+        type=positive_int,
         default=None,
         help="images of one request fetched at the same time (default 4)",
     )
@@ -685,15 +711,15 @@ def add_serve(sub) -> None:
     )
     for flag, kind, text in SERVE_LIMIT_FLAGS:
         p.add_argument(flag, dest=flag[2:].replace("-", "_"), type=kind, default=None, help=text)
-    p.add_argument("--score-threshold", dest="score_threshold", type=float, default=None)
+    p.add_argument("--score-threshold", dest="score_threshold", type=fraction, default=None)
     p.add_argument(
         "--saliency-method",
         dest="saliency_method",
         default=None,
         choices=["gradcam", "input_gradient"],
     )
-    p.add_argument("--top-fraction", dest="top_fraction", type=float, default=None)
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    p.add_argument("--top-fraction", dest="top_fraction", type=fraction, default=None)
+    p.add_argument("--batch-size", dest="batch_size", type=positive_int, default=None)
     p.add_argument(
         "--cache-dir",
         dest="cache_dir",
@@ -703,7 +729,7 @@ def add_serve(sub) -> None:
     p.add_argument(
         "--saliency-url-lifetime",
         dest="saliency_url_lifetime",
-        type=float,
+        type=positive_float,
         default=None,
         help="seconds a signed heatmap URL stays valid; a prediction of its task renews it "
         "(default 604800, a week)",
@@ -809,10 +835,10 @@ def add_demo(sub) -> None:
         default=None,
         help="the label-studio executable (default .venv-ls/bin/label-studio)",
     )
-    p.add_argument("--label-studio-port", dest="label_studio_port", type=int, default=None)
-    p.add_argument("--backend-port", dest="backend_port", type=int, default=None)
-    p.add_argument("--per-class", dest="per_class", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--label-studio-port", dest="label_studio_port", type=port_number, default=None)
+    p.add_argument("--backend-port", dest="backend_port", type=port_number, default=None)
+    p.add_argument("--per-class", dest="per_class", type=positive_int, default=None)
+    p.add_argument("--epochs", type=positive_int, default=None)
     p.add_argument(
         "--no-wait",
         dest="wait",
@@ -893,6 +919,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("httpx").setLevel(logging.WARNING)
     from robustar_ls.data.folders import DatasetError
     from robustar_ls.data.images import ImageLoadError
+    from robustar_ls.errors import RobustarError
     from robustar_ls.models.checkpoint import CheckpointError
     from robustar_ls.models.zoo import UnknownArchError
 
@@ -905,6 +932,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         CheckpointError,
         ImageLoadError,
         UnknownArchError,
+        RobustarError,
     ) as err:
         print(f"robustar-ls {args.command}: error: {err}", file=sys.stderr)
         return 2

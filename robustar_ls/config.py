@@ -47,6 +47,17 @@ class TrainConfig:
     num_workers: int = 0
     augment: bool = True  # random crop (pad 2) + horizontal flip
 
+    def __post_init__(self) -> None:
+        # Settings files are checked here; flags already were, by argparse.
+        if isinstance(self.epochs, int) and self.epochs < 1:
+            raise ConfigError(f"train setting 'epochs' must be at least 1, not {self.epochs}")
+        if isinstance(self.batch_size, int) and self.batch_size < 1:
+            raise ConfigError(
+                f"train setting 'batch_size' must be at least 1, not {self.batch_size}"
+            )
+        if isinstance(self.lr, int | float) and not self.lr > 0:
+            raise ConfigError(f"train setting 'lr' must be positive, not {self.lr}")
+
 
 # Fine-tuning a trained model (sync-train, Start Training) wants gentler steps than training
 # from scratch: at lr 0.05 / batch 64 paired fine-tuning on a few hundred images collapsed in
@@ -314,11 +325,41 @@ def build(cls: type, *sources: dict[str, Any] | None) -> Any:
                     f"unknown setting {key!r} for {cls.__name__}; known: {', '.join(known)}"
                 )
             if value is not None:
-                values[key] = value
+                values[key] = _checked_value(cls, known[key], value)
     try:
         return cls(**values)
     except TypeError as err:
         raise ConfigError(f"bad settings for {cls.__name__}: {err}") from err
+
+
+_KINDS = {  # annotation → (accepts, what to say)
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "str | None": (lambda v: isinstance(v, str), "a string"),
+    "tuple[str, ...]": (
+        lambda v: isinstance(v, list | tuple) and all(isinstance(x, str) for x in v),
+        "a list of strings",
+    ),
+}
+
+
+def _checked_value(cls: type, f: dataclasses.Field, value: Any) -> Any:
+    """``value`` if it has the field's type (an int is a float too); ConfigError otherwise."""
+    kind = _KINDS.get(str(f.type))
+    if kind is None:
+        return value
+    accepts, noun = kind
+    if not accepts(value):
+        raise ConfigError(
+            f"setting {f.name!r} of {cls.__name__} must be {noun}, not {value!r}"[:300]
+        )
+    if str(f.type) == "float":
+        return float(value)
+    if str(f.type).startswith("tuple"):
+        return tuple(value)
+    return value
 
 
 def pick(namespace: Any, cls: type) -> dict[str, Any]:
