@@ -11,7 +11,7 @@ from label_studio_sdk.label_interface import LabelInterface
 
 from robustar_ls.backend.outputs import summary_text
 from robustar_ls.backend.predictor import STAGES, build_predictor
-from robustar_ls.config import ServeConfig
+from robustar_ls.config import SegmenterConfig, ServeConfig
 from robustar_ls.labelstudio.brush import rle_to_mask
 from robustar_ls.labelstudio.config import default_label_config
 
@@ -127,7 +127,7 @@ def test_no_segmenter_weights_serves_the_rest_and_says_so_once(tmp_path, caplog)
     cfg = ServeConfig(
         checkpoint=str(backend.checkpoint),
         document_root=str(backend.root),
-        segmenter_weights=str(tmp_path / "no-such-maskrcnn.pth"),
+        segmentation=SegmenterConfig(weights=str(tmp_path / "no-such-maskrcnn.pth")),
         cache_dir=str(tmp_path / "cache2"),
         device="cpu",
     )

@@ -33,6 +33,7 @@ from werkzeug.exceptions import HTTPException
 from robustar_ls.backend.images import ImageFetchError
 from robustar_ls.backend.predictor import Predictor, build_predictor
 from robustar_ls.config import ServeConfig
+from robustar_ls.errors import RobustarError
 from robustar_ls.labelstudio.config import LabelConfigError
 from robustar_ls.labelstudio.urls import image_ref_from_key, resolve_secret, verify
 
@@ -46,7 +47,7 @@ PUBLIC_ENDPOINTS = {"health", "saliency", "static"}
 AnnotationHook = Callable[[str, dict[str, Any]], Any]
 
 
-class ApiError(Exception):
+class ApiError(RobustarError):
     """An error answered as JSON ``{"error": message}`` with ``status``."""
 
     def __init__(self, message: str, status: int = 400) -> None:
@@ -138,7 +139,13 @@ def _json_body() -> dict[str, Any]:
 
 
 def _register_routes(app: Flask, state: BackendState) -> None:
-    predictor = state.predictor
+    _register_model_routes(app, state.predictor)
+    _register_training_routes(app, state)
+    _register_saliency_route(app, state)
+
+
+def _register_model_routes(app: Flask, predictor: Predictor) -> None:
+    """Label Studio's ML-backend API: health, setup, predict."""
 
     @app.get("/")
     @app.get("/health")
@@ -167,6 +174,11 @@ def _register_routes(app: Flask, state: BackendState) -> None:
         except LabelConfigError as err:
             raise ApiError(f"label config cannot be used: {err}", 422) from err
         return jsonify(results=results)
+
+
+def _register_training_routes(app: Flask, state: BackendState) -> None:
+    """Webhook events (Start Training, annotation events) and the training status."""
+    predictor = state.predictor
 
     @app.post("/webhook")
     def webhook():
@@ -203,6 +215,11 @@ def _register_routes(app: Flask, state: BackendState) -> None:
         if state.jobs is None:
             raise ApiError("training is not configured on this backend", 501)
         return jsonify(state.jobs.status())
+
+
+def _register_saliency_route(app: Flask, state: BackendState) -> None:
+    """The signed heatmap PNG URLs written into task data."""
+    predictor = state.predictor
 
     @app.get("/saliency/<key>.png")
     def saliency(key: str):

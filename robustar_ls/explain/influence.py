@@ -171,14 +171,31 @@ def damping_value(gram: np.ndarray, damping: float) -> float:
     return float(damping * np.trace(gram) / gram.shape[0])
 
 
+def _solve(
+    train: TrainFeatures, test: np.ndarray, damping: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``W = (Phi^T Phi + lambda I)^-1 Psi^T`` (float64, CPU) and the mean and std of each
+    column of ``S = Phi W`` over the train rows, from the sufficient statistics alone."""
+    n, k = train.n, train.k
+    gram = torch.from_numpy(np.asarray(train.gram, dtype=np.float64))
+    lam = damping_value(train.gram, damping)
+    hessian = gram + max(lam, 1e-12) * torch.eye(k, dtype=torch.float64)
+    chol = torch.linalg.cholesky(hessian)
+    weights = torch.cholesky_solve(torch.from_numpy(test.T.copy()), chol)  # (k, T)
+    mean = torch.from_numpy(train.feature_sum) @ weights / max(n, 1)
+    second = (weights * (gram @ weights)).sum(0) / max(n, 1)
+    std = (second - mean**2).clamp_min(0).sqrt().clamp_min(1e-30)
+    return weights, mean, std
+
+
 def kernel_scores(
     train: TrainFeatures,
     test: np.ndarray,
     *,
-    damping: float = 0.01,
-    aggregate: str = "sum",
-    support: int = 100,
-    explain_top: int = 3,
+    damping: float = InfluenceConfig.damping,
+    aggregate: str = InfluenceConfig.aggregate,
+    support: int = InfluenceConfig.support,
+    explain_top: int = InfluenceConfig.explain_top,
     rows_per_chunk: int = 8192,
     progress: Progress | None = None,
     device: torch.device | str = "cpu",
@@ -195,15 +212,7 @@ def kernel_scores(
     if test.ndim != 2 or test.shape[1] != k:
         raise InfluenceError(f"test features have shape {test.shape}, expected (T, {k})")
     t_count = test.shape[0]
-    gram = torch.from_numpy(np.asarray(train.gram, dtype=np.float64))
-    lam = damping_value(train.gram, damping)
-    hessian = gram + max(lam, 1e-12) * torch.eye(k, dtype=torch.float64)
-    chol = torch.linalg.cholesky(hessian)
-    weights = torch.cholesky_solve(torch.from_numpy(test.T.copy()), chol)  # (k, T)
-    # Column statistics of S over the train rows, from the sufficient statistics alone.
-    mean = torch.from_numpy(train.feature_sum) @ weights / max(n, 1)
-    second = (weights * (gram @ weights)).sum(0) / max(n, 1)
-    std = (second - mean**2).clamp_min(0).sqrt().clamp_min(1e-30)
+    weights, mean, std = _solve(train, test, damping)
     device = torch.device(device)
     weights32 = weights.float().to(device)
     mean32, std32 = mean.float().to(device), std.float().to(device)
