@@ -16,8 +16,10 @@ from typing import Any
 
 import yaml
 
+from robustar_ls.errors import RobustarError
 
-class ConfigError(ValueError):
+
+class ConfigError(RobustarError, ValueError):
     """A settings file or value is wrong; the message says which and how to fix it."""
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import requests
 
+from robustar_ls.errors import RobustarError
 from robustar_ls.labelstudio.server import (
     Credentials,
     LabelStudioServer,
@@ -61,7 +62,7 @@ class DemoConfig:
     wait: bool = True  # keep serving until Ctrl-C
 
 
-class DemoError(RuntimeError):
+class DemoError(RobustarError, RuntimeError):
     """A demo step failed; the message says which and how to fix it."""
 
 

@@ -36,6 +36,8 @@ from urllib.parse import quote
 import requests
 from label_studio_sdk import LabelStudio
 
+from robustar_ls.errors import RobustarError
+
 BIN_ENV = "ROBUSTAR_LS_LABEL_STUDIO_BIN"
 TIMEOUT_ENV = "ROBUSTAR_LS_E2E_STARTUP_TIMEOUT"
 DB_CACHE_ENV = "ROBUSTAR_LS_E2E_DB_CACHE"
@@ -50,7 +52,7 @@ INSTALL_HINT = (
 TokenKind = Literal["legacy", "pat"]
 
 
-class LabelStudioStartError(RuntimeError):
+class LabelStudioStartError(RobustarError, RuntimeError):
     """Label Studio did not come up; the message ends with the tail of its log."""
 
 

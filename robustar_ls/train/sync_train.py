@@ -22,17 +22,18 @@ from pathlib import Path
 from typing import Any
 
 from robustar_ls.config import LabelStudioConfig, PairedConfig, SyncConfig, TrainConfig
+from robustar_ls.errors import RobustarError
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".sync.lock"
 
 
-class NoMasksError(RuntimeError):
+class NoMasksError(RobustarError, RuntimeError):
     """After syncing, no training image has a mask: nothing to pair."""
 
 
-class SyncRankError(RuntimeError):
+class SyncRankError(RobustarError, RuntimeError):
     """Under torchrun: rank 0's sync failed (this rank waited for it)."""
 
 
