@@ -287,7 +287,7 @@ def run_sync_train(args: argparse.Namespace) -> int:
     from robustar_ls.labelstudio.client import LabelStudioError
     from robustar_ls.labelstudio.sync import SyncError
     from robustar_ls.train.fills import FillError
-    from robustar_ls.train.sync_train import NoMasksError, SyncRankError, sync_and_train
+    from robustar_ls.workflows.sync_train import NoMasksError, SyncRankError, sync_and_train
 
     paired_cfg = build(PairedConfig, settings_section(args, "paired"), pick(args, PairedConfig))
     sync_cfg = build(SyncConfig, settings_section(args, "sync"))
@@ -675,8 +675,8 @@ def serve_training_jobs(args: argparse.Namespace, cfg: ServeConfig):
     """
     if not cfg.data:
         return None
-    from robustar_ls.train.jobs import TrainingJobs
-    from robustar_ls.train.sync_train import training_job
+    from robustar_ls.workflows.jobs import TrainingJobs
+    from robustar_ls.workflows.sync_train import training_job
 
     label_studio = LabelStudioConfig(
         url=cfg.label_studio_url,
@@ -772,9 +772,9 @@ def add_demo(sub) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from robustar_ls.demo import DemoConfig, DemoError
-    from robustar_ls.demo import run_demo as demo
-    from robustar_ls.labelstudio.server import LabelStudioStartError
+    from robustar_ls.workflows.demo import DemoConfig, DemoError
+    from robustar_ls.workflows.demo import run_demo as demo
+    from robustar_ls.workflows.label_studio import LabelStudioStartError
 
     overrides = pick(args, DemoConfig)
     if not overrides["label_studio_bin"]:

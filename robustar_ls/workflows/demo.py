@@ -35,7 +35,7 @@ from pathlib import Path
 import requests
 
 from robustar_ls.errors import RobustarError
-from robustar_ls.labelstudio.server import (
+from robustar_ls.workflows.label_studio import (
     Credentials,
     LabelStudioServer,
     free_port,

@@ -215,7 +215,7 @@ def training_job(
     sync: SyncConfig = SyncConfig(),
     masks: str | Path | None = None,
 ) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """The ``run`` function for :class:`robustar_ls.train.jobs.TrainingJobs`: each "Start
+    """The ``run`` function for :class:`robustar_ls.workflows.jobs.TrainingJobs`: each "Start
     Training" webhook syncs and trains in place (the served checkpoint is replaced atomically,
     the backend picks up the new version on its next request)."""
 
