@@ -14,6 +14,10 @@ from robustar_ls.explain.projection import ProjectionError
 from robustar_ls.models.checkpoint import CheckpointError
 from robustar_ls.models.zoo import UnknownArchError
 from robustar_ls.train.fills import FillError
+from robustar_ls.workflows.demo import DemoError
+from robustar_ls.workflows.label_studio import LabelStudioStartError
+from robustar_ls.workflows.project import ProjectNotFound
+from robustar_ls.workflows.sync_train import NoMasksError, SyncRankError
 
 ROOTED = [
     (ConfigError, ValueError),
@@ -25,6 +29,11 @@ ROOTED = [
     (CheckpointError, ValueError),
     (UnknownArchError, ValueError),
     (FillError, ValueError),
+    (DemoError, RuntimeError),
+    (LabelStudioStartError, RuntimeError),
+    (ProjectNotFound, LookupError),
+    (NoMasksError, RuntimeError),
+    (SyncRankError, RuntimeError),
 ]
 
 

@@ -275,9 +275,10 @@ def test_cli_default_masks_folder_and_errors(dataset, checkpoint, capsys):
 
 
 def test_fill_choices_match_the_library():
+    from robustar_ls.cli.sync_train import FILL_MODE_CHOICES
     from robustar_ls.train.fills import FILL_MODES
 
-    assert tuple(cli.FILL_MODE_CHOICES) == FILL_MODES
+    assert tuple(FILL_MODE_CHOICES) == FILL_MODES
 
 
 def test_script_wrapper_calls_the_cli(dataset, checkpoint, tmp_path, capsys):

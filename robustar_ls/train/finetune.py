@@ -271,7 +271,7 @@ def _accuracies(splits: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def paired_finetune(
-    data_root: str | Path,
+    data_root: str | Path | ImageFolderSplits,
     checkpoint: str | Path,
     masks_root: str | Path | None,
     paired_cfg: PairedConfig,
@@ -283,8 +283,9 @@ def paired_finetune(
     """Fine-tune ``checkpoint`` with the paired loss; write the result to ``out`` (default:
     over ``checkpoint``).
 
-    ``masks_root`` is a mask-store folder (``<root>/train/<class>/<stem>.png``); ``None`` means
-    plain fine-tuning (every image unannotated: the control). ``only`` restricts which masks
+    ``data_root``: the dataset folder, or the dataset already opened (a sync-train opens it
+    once). ``masks_root`` is a mask-store folder (``<root>/train/<class>/<stem>.png``); ``None``
+    means plain fine-tuning (every image unannotated: the control). ``only`` restricts which masks
     are used (image relpaths "<class>/<file>").
 
     Returns, on rank 0: ``{model_version, parent_version, before: {split: accuracy},
@@ -292,7 +293,11 @@ def paired_finetune(
     terms], loss_terms: last epoch's terms, seconds, out}``; other ranks return ``None``.
     """
     _check_paired_config(paired_cfg)
-    data = ImageFolderSplits.open(data_root, required=("train",))
+    data = (
+        data_root
+        if isinstance(data_root, ImageFolderSplits)
+        else ImageFolderSplits.open(data_root, required=("train",))
+    )
     samples = data.splits["train"]
     masks = {} if masks_root is None else find_masks(samples, masks_root, only)
     if masks_root is not None and not masks and only is None:
