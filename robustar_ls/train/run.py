@@ -14,7 +14,13 @@ from robustar_ls.config import ModelConfig, TrainConfig, to_dict
 from robustar_ls.data.folders import ImageDataset, ImageFolderSplits, Sample
 from robustar_ls.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from robustar_ls.models.zoo import create_classifier, default_device
-from robustar_ls.train.loop import evaluate, make_optimizer, seed_everything, train_one_epoch
+from robustar_ls.train.loop import (
+    epoch_progress,
+    evaluate,
+    make_optimizer,
+    seed_everything,
+    train_one_epoch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +95,6 @@ def train_classifier(
     optimizer, scheduler = make_optimizer(model, train_cfg, train_cfg.epochs * len(loader))
     history = []
     for epoch in range(train_cfg.epochs):
-        bar = None
-        if progress:
-
-            def bar(it, epoch=epoch):
-                return progress(it, desc=f"epoch {epoch + 1}/{train_cfg.epochs}", leave=False)
-
         stats = train_one_epoch(
             model,
             loader,
@@ -103,7 +103,7 @@ def train_classifier(
             device,
             augment=train_cfg.augment,
             generator=generator,
-            progress=bar,
+            progress=epoch_progress(progress, epoch, train_cfg.epochs),
         )
         log.info(
             "epoch %d/%d loss %.4f acc %.4f",
