@@ -8,7 +8,7 @@ from typing import Any
 
 from robustar_ls.config import LabelStudioConfig
 from robustar_ls.errors import RobustarError
-from robustar_ls.labelstudio.client import find_project
+from robustar_ls.labelstudio import client as ls_client
 
 
 class ProjectNotFound(RobustarError, LookupError):
@@ -24,7 +24,7 @@ def project_id_of(project: Any) -> int:
 
 def project_id(client: Any, label_studio: LabelStudioConfig) -> int:
     """The id of the project titled ``label_studio.project``; :class:`ProjectNotFound` if none."""
-    project = find_project(client, label_studio.project)
+    project = ls_client.find_project(client, label_studio.project)
     if project is None:
         raise ProjectNotFound(
             f"no Label Studio project titled {label_studio.project!r} at {label_studio.url}; "
