@@ -94,3 +94,14 @@ def test_python_dash_m_runs_the_cli():
         check=False,
     )
     assert result.returncode == 0 and result.stdout.startswith("robustar-ls ")
+
+
+def test_building_the_parser_imports_neither_torch_nor_the_sdk():
+    code = (
+        "import sys; from robustar_ls.cli import get_args_parser; get_args_parser(); "
+        "print('torch' in sys.modules, 'label_studio_sdk' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["False", "False"]
