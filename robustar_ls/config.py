@@ -2,7 +2,7 @@
 
 A settings file (YAML or TOML) may hold any of the sections below; command-line flags override
 it. Secrets (API keys, passwords) are never read from files: only from the environment, by
-:func:`secrets_from_env`, called in ``cli.py``.
+:func:`secrets_from_env`, called in ``cli/`` (``cli/options.py``).
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from typing import Any, ClassVar
 
 import yaml
 
+from robustar_ls.errors import RobustarError
 from robustar_ls.labels import SPURIOUS_LABEL
 
 
-class ConfigError(ValueError):
+class ConfigError(RobustarError, ValueError):
     """A settings file or value is wrong; the message says which and how to fix it."""
 
 

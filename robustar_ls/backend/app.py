@@ -72,7 +72,7 @@ def create_app(
 ) -> Flask:
     """Build the app. ``predictor=None`` loads the checkpoint (and segmenter) from ``cfg`` now.
 
-    ``jobs`` is a ``robustar_ls.train.jobs.TrainingJobs`` (``start(payload)``, ``status()``);
+    ``jobs`` is a ``robustar_ls.workflows.jobs.TrainingJobs`` (``start(payload)``, ``status()``);
     without it ``START_TRAINING`` is answered with a clear 501.
     """
     app = Flask("robustar_ls.backend")

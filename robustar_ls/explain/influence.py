@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader
 
 from robustar_ls.config import InfluenceConfig
 from robustar_ls.data.folders import ImageDataset, Sample
+from robustar_ls.errors import RobustarError
 from robustar_ls.explain.feature_cache import FeatureCache, TrainFeatures
 from robustar_ls.explain.projection import make_projection
 from robustar_ls.models.zoo import default_device, head_and_last_block
@@ -59,7 +60,7 @@ CACHE_FORMAT = 1
 GRAD_BYTES = 256 * 2**20  # per-sample gradients held at once (micro-batches are cut to fit)
 
 
-class InfluenceError(ValueError):
+class InfluenceError(RobustarError, ValueError):
     """Influence cannot be computed as asked; the message says what to change."""
 
 
@@ -104,7 +105,7 @@ def target_value(logits: torch.Tensor, label: torch.Tensor, target: str) -> torc
 
 
 @dataclass(frozen=True)
-class TestError:
+class MisclassifiedTest:
     """A misclassified test image."""
 
     relpath: str
@@ -366,7 +367,7 @@ class InfluenceScorer:
     # -- predictions ------------------------------------------------------------------------
 
     @torch.no_grad()
-    def test_errors(self, samples: Sequence[Sample], image_size: int) -> list[TestError]:
+    def test_errors(self, samples: Sequence[Sample], image_size: int) -> list[MisclassifiedTest]:
         """The misclassified images among ``samples``."""
         errors, offset = [], 0
         for images, labels in self.loader(samples, image_size):
@@ -376,7 +377,9 @@ class InfluenceScorer:
                 if int(pred[j]) != int(labels[j]):
                     sample = samples[offset + j]
                     errors.append(
-                        TestError(sample.relpath, sample.label, int(pred[j]), float(conf[j]))
+                        MisclassifiedTest(
+                            sample.relpath, sample.label, int(pred[j]), float(conf[j])
+                        )
                     )
             offset += len(labels)
         return errors
@@ -433,7 +436,7 @@ class InfluenceScorer:
     def _result(
         self,
         train: Sequence[Sample],
-        errors: list[TestError],
+        errors: list[MisclassifiedTest],
         kernel: KernelScores,
         classes: Sequence[str],
         model_version: str,

@@ -23,11 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustar_ls.errors import RobustarError
 from robustar_ls.files import atomic_write_bytes
 from robustar_ls.models.zoo import UnknownArchError, create_classifier
 
 
-class CheckpointError(ValueError):
+class CheckpointError(RobustarError, ValueError):
     """A checkpoint cannot be used; the message names the file and what to fix."""
 
 
