@@ -13,7 +13,7 @@ MSB-first and laid out as::
 and padded with zero bits to a whole number of bytes (always at least one
 padding bit, so a stream ending exactly on a byte boundary gets a full zero byte).
 
-This module is a numpy re-implementation of ``label_studio_sdk.converter.brush``:
+This package is a numpy re-implementation of ``label_studio_sdk.converter.brush``:
 
 * :func:`mask_to_rle` produces exactly the same byte list as ``mask2rle``;
 * :func:`decode_rle_flat` produces exactly the same array as ``decode_rle``
