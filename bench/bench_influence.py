@@ -35,7 +35,7 @@ from robustar_ls.config import InfluenceConfig, ModelConfig, SyntheticConfig, Tr
 from robustar_ls.data.folders import ImageDataset, ImageFolderSplits
 from robustar_ls.data.synthetic import SHAPES, image_specs, make_dataset
 from robustar_ls.explain.feature_cache import TrainFeatures, gram_of
-from robustar_ls.explain.influence import InfluenceScorer, TestError, kernel_scores
+from robustar_ls.explain.influence import InfluenceScorer, MisclassifiedTest, kernel_scores
 from robustar_ls.models.checkpoint import load_checkpoint
 from robustar_ls.train.run import train_classifier
 
@@ -251,7 +251,7 @@ def variants(model, data, ckpt_version, args) -> tuple[list[dict], dict]:
     cfg = InfluenceConfig(k=args.k)
     scorer = InfluenceScorer(model, None, cfg, device="cpu")
     size = load_checkpoint(args._ckpt).image_size
-    errors: list[TestError] = scorer.test_errors(test, size)
+    errors: list[MisclassifiedTest] = scorer.test_errors(test, size)
     colours = spurious_classes(data, splits.classes)
     follow = sum(colours[e.relpath] == e.predicted for e in errors)
     info = {

@@ -6,9 +6,8 @@ for the same number of epochs in four ways and report out-of-domain (test) and i
 
 (a) paired training with oracle masks on every spurious training image (spurious.json != none);
 (b) the top 10% of training images by influence (``robustar_ls.explain.influence`` against
-    the shortcut model's test errors) — or, where that module is not installed, by an ORACLE
-    proxy (:func:`oracle_ranking`, labelled as such in the output; ``--top-source oracle``
-    forces it);
+    the shortcut model's test errors) — or, with ``--top-source oracle``, by an ORACLE proxy
+    (:func:`oracle_ranking`, labelled as such in the output);
 (c) a random 10% of training images;
 (d) plain fine-tuning without masks (the control).
 
@@ -37,18 +36,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from robustar_ls.config import ModelConfig, PairedConfig, SyntheticConfig, TrainConfig
+from robustar_ls.config import (
+    InfluenceConfig,
+    ModelConfig,
+    PairedConfig,
+    SyntheticConfig,
+    TrainConfig,
+)
 from robustar_ls.data.folders import ImageDataset, ImageFolderSplits, normalize
 from robustar_ls.data.synthetic import make_dataset
+from robustar_ls.explain.influence import InfluenceScorer
 from robustar_ls.models.checkpoint import load_checkpoint
 from robustar_ls.train.fills import apply_fill
-from robustar_ls.train.finetune import (
-    PairedDataset,
-    find_masks,
-    paired_finetune,
-    paired_train_one_epoch,
-)
+from robustar_ls.train.finetune import PairedDataset, find_masks, paired_finetune
 from robustar_ls.train.loop import make_optimizer, train_one_epoch
+from robustar_ls.train.paired_epoch import paired_train_one_epoch
 from robustar_ls.train.run import train_classifier
 
 log = logging.getLogger("bench_paired")
@@ -81,7 +83,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--top-source",
         choices=["auto", "influence", "oracle"],
         default="auto",
-        help="ranking for (b): influence when installed (auto), or the oracle proxy",
+        help="ranking for (b): influence (auto = influence), or the oracle proxy",
     )
     p.add_argument("--timing-reps", type=int, default=3)
     p.add_argument("--timing-images", type=int, default=256)
@@ -99,16 +101,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 # -- selections -----------------------------------------------------------------------------
 
 
-def influence_ranking(data_root: Path, checkpoint: Path, seed: int) -> list[str] | None:
+def influence_ranking(data_root: Path, checkpoint: Path, seed: int) -> list[str]:
     """Training images ranked by the influence scorer (``robustar_ls.explain.influence``,
     default settings, scored against the shortcut model's misclassified test images), most
-    responsible first; None while that module is not installed.
+    responsible first.
     """
-    try:
-        from robustar_ls.config import InfluenceConfig
-        from robustar_ls.explain.influence import InfluenceScorer
-    except ImportError:
-        return None
     data = ImageFolderSplits.open(data_root)
     ckpt = load_checkpoint(checkpoint, classes=data.classes)
     scorer = InfluenceScorer(ckpt.model, None, InfluenceConfig(device="cpu", seed=seed))
@@ -166,15 +163,12 @@ def selections(data_root: Path, checkpoint: Path, args) -> dict:
     status = json.loads((data_root / "spurious.json").read_text())
     everything = sorted(status)
     k = max(1, round(args.fraction * len(everything)))
-    ranked = None
-    if args.top_source in ("auto", "influence"):
-        ranked = influence_ranking(data_root, checkpoint, args.finetune_seed)
-        if ranked is None and args.top_source == "influence":
-            raise SystemExit("--top-source influence: robustar_ls.explain.influence is missing")
-    top_source = "influence"
-    if ranked is None:
+    if args.top_source == "oracle":
         ranked = oracle_ranking(data_root, checkpoint, args.finetune_seed)
         top_source = "ORACLE proxy, not influence"
+    else:
+        ranked = influence_ranking(data_root, checkpoint, args.finetune_seed)
+        top_source = "influence"
     top = set(ranked[:k])
     return {
         "all": ({rel for rel, s in status.items() if s != "none"}, "every spurious image"),

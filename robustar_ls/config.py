@@ -2,7 +2,7 @@
 
 A settings file (YAML or TOML) may hold any of the sections below; command-line flags override
 it. Secrets (API keys, passwords) are never read from files: only from the environment, by
-:func:`secrets_from_env`, called in ``cli.py``.
+:func:`secrets_from_env`, called in ``cli/`` (``cli/options.py``).
 """
 
 from __future__ import annotations
@@ -10,16 +10,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
+from robustar_ls.errors import RobustarError
 from robustar_ls.labels import SPURIOUS_LABEL
 
 
-class ConfigError(ValueError):
+class ConfigError(RobustarError, ValueError):
     """A settings file or value is wrong; the message says which and how to fix it."""
 
 
@@ -47,8 +49,7 @@ class TrainConfig:
     num_workers: int = 0
     augment: bool = True  # random crop (pad 2) + horizontal flip
 
-    def __post_init__(self) -> None:
-        # Settings files are checked here; flags already were, by argparse.
+    def __post_init__(self) -> None:  # settings files; flags were checked by argparse
         if isinstance(self.epochs, int) and self.epochs < 1:
             raise ConfigError(f"train setting 'epochs' must be at least 1, not {self.epochs}")
         if isinstance(self.batch_size, int) and self.batch_size < 1:
@@ -180,11 +181,7 @@ class ServeConfig:
     basic_auth_user: str = ""
     basic_auth_pass: str = field(default="", repr=False)
     secret: str = field(default="", repr=False)
-    segmenter_weights: str | None = None  # None = torchvision's file in the torch hub cache
     segmenter: bool = True  # False = no Mask R-CNN pre-annotation at all
-    score_threshold: float = 0.5
-    saliency_method: str = "gradcam"  # "gradcam" | "input_gradient"
-    top_fraction: float = 0.1
     batch_size: int = 16  # images per classifier / saliency / segmenter call
     max_image_pixels: int = 40_000_000  # per image (checked on the header, before decoding)
     max_image_side: int = 12_000  # pixels, either side
@@ -213,26 +210,33 @@ class ServeConfig:
     project: str = "robustar-ls"  # the Label Studio project whose annotations train
     masks: str = ""  # mask store for training ("" = <data>/masks)
 
+    segmentation: SegmenterConfig = field(default_factory=SegmenterConfig)  # device, batch: ours
+    saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
+
+    # flat names of the serve flags (and of older settings files) -> (nested config, field)
+    ALIASES: ClassVar[dict[str, tuple[str, str]]] = {
+        "segmenter_weights": ("segmentation", "weights"),
+        "score_threshold": ("segmentation", "score_threshold"),
+        "saliency_method": ("saliency", "method"),
+        "top_fraction": ("saliency", "top_fraction"),
+    }
+
     def segmenter_config(self) -> SegmenterConfig:
-        return SegmenterConfig(
-            weights=self.segmenter_weights,
-            score_threshold=self.score_threshold,
-            device=self.device,
-            batch_size=self.batch_size,
-        )
-
-    def image_limits(self):
-        from robustar_ls.backend.decoding import ImageLimits
-
-        return ImageLimits(
-            max_pixels=self.max_image_pixels,
-            max_side=self.max_image_side,
-            max_aspect=self.max_aspect_ratio,
-            working_side=self.working_side,
+        """The segmenter's settings, with the backend's ``device`` and ``batch_size``."""
+        return dataclasses.replace(
+            self.segmentation, device=self.device, batch_size=self.batch_size
         )
 
     def saliency_config(self) -> SaliencyConfig:
-        return SaliencyConfig(method=self.saliency_method, top_fraction=self.top_fraction)
+        return self.saliency
+
+    @property
+    def segmenter_weights(self) -> str | None:
+        return self.segmentation.weights
+
+    @property
+    def top_fraction(self) -> float:
+        return self.saliency.top_fraction
 
     def resolved_cache_dir(self) -> Path:
         return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
@@ -310,22 +314,37 @@ def read_settings_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build(cls: type, *sources: dict[str, Any] | None) -> Any:
+def build(cls: type, *sources: Mapping[str, Any] | None) -> Any:
     """Build dataclass ``cls`` from mappings, later ones overriding; ``None`` values are skipped.
 
-    Unknown keys are an error (a typo in a settings file should not be silently ignored).
+    A field holding a config dataclass takes a mapping of its own fields (merged key by key
+    across sources); ``cls.ALIASES`` maps flat names onto such nested fields. Unknown keys are
+    an error (a typo in a settings file should not be silently ignored).
     """
     known = {f.name: f for f in fields(cls)}
+    aliases: dict[str, tuple[str, str]] = getattr(cls, "ALIASES", {})
     values: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
     for source in sources:
         for key, value in (source or {}).items():
             key = key.replace("-", "_")
+            if key in aliases:
+                outer, inner = aliases[key]
+                if value is not None:
+                    nested.setdefault(outer, {})[inner] = value
+                continue
             if key not in known:
+                names = [*known, *aliases]
                 raise ConfigError(
-                    f"unknown setting {key!r} for {cls.__name__}; known: {', '.join(known)}"
+                    f"unknown setting {key!r} for {cls.__name__}; known: {', '.join(names)}"
                 )
-            if value is not None:
+            if isinstance(value, Mapping) and _nested_type(known[key]) is not None:
+                nested.setdefault(key, {}).update(value)
+            elif value is not None:
                 values[key] = _checked_value(cls, known[key], value)
+    for key, mapping in nested.items():
+        base = values.get(key)
+        values[key] = build(_nested_type(known[key]), to_dict(base) if base else None, mapping)
     try:
         return cls(**values)
     except TypeError as err:
@@ -362,9 +381,18 @@ def _checked_value(cls: type, f: dataclasses.Field, value: Any) -> Any:
     return value
 
 
+def _nested_type(f: dataclasses.Field) -> type | None:
+    """The config dataclass a field holds (by its default factory), or None."""
+    if f.default_factory is dataclasses.MISSING:
+        return None
+    default = f.default_factory()
+    return type(default) if dataclasses.is_dataclass(default) else None
+
+
 def pick(namespace: Any, cls: type) -> dict[str, Any]:
     """The attributes of an argparse namespace that are fields of ``cls`` (None = not given)."""
-    return {f.name: getattr(namespace, f.name, None) for f in fields(cls)}
+    names = [*(f.name for f in fields(cls)), *getattr(cls, "ALIASES", {})]
+    return {name: getattr(namespace, name, None) for name in names}
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -19,9 +19,7 @@ from robustar_ls import cli
 
 def get_args_parser() -> argparse.ArgumentParser:
     """The parser of ``robustar-ls import``."""
-    parser = cli.get_args_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices["import"]
+    return cli.command_parser("import")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,9 +16,7 @@ from robustar_ls import cli
 
 def get_args_parser() -> argparse.ArgumentParser:
     """The ``sync-train`` sub-command's parser (for --help and for tests)."""
-    parser = cli.get_args_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices["sync-train"]
+    return cli.command_parser("sync-train")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

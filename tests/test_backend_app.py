@@ -384,7 +384,7 @@ def test_brush_masks_come_back_at_the_original_size(backend):
 def test_webhook_with_the_real_training_jobs(tmp_path):
     import threading
 
-    from robustar_ls.train.jobs import TrainingJobs
+    from robustar_ls.workflows.jobs import TrainingJobs
 
     release = threading.Event()
 

@@ -164,3 +164,12 @@ def test_a_failing_segmenter_fails_only_its_region(backend, monkeypatch):
     assert interactive(backend, rectangle(2, 2, 14, 12))["result"] == []
     both = interactive(backend, rectangle(2, 2, 14, 12), keypoint(6, 6))
     assert np.array_equal(the_mask(both), object_mask())
+
+
+def test_brush_label_keeps_the_region_label_the_brush_has():
+    from robustar_ls.backend.interactive import brush_label
+
+    assert brush_label("Background", ["Background", "Spurious"]) == "Background"
+    assert brush_label("Cat", ["Background", "Spurious"]) == "Spurious"
+    assert brush_label(None, ["Background"]) == "Background"
+    assert brush_label(None, []) == "Spurious"

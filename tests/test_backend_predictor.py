@@ -10,9 +10,8 @@ from backend_support import CLASSES, make_backend, task, two_tone, write_png
 from label_studio_sdk.label_interface import LabelInterface
 
 from robustar_ls.backend.build import build_predictor
-from robustar_ls.backend.outputs import summary_text
 from robustar_ls.backend.predictor import STAGES
-from robustar_ls.config import ServeConfig
+from robustar_ls.config import SegmenterConfig, ServeConfig
 from robustar_ls.labelstudio.brush import rle_to_mask
 from robustar_ls.labelstudio.config import default_label_config
 
@@ -55,15 +54,6 @@ def test_summary_names_prediction_truth_and_verdict(tmp_path):
     assert "True: triangle" in texts[1]  # from the test/<class>/ folder
     assert "True: square" in texts[2]  # task data wins over the folder
     assert "True: circle" in texts[3]  # an absolute path under the root
-
-
-def test_summary_text_format():
-    probs = np.array([0.05, 0.93, 0.02])
-    assert summary_text(CLASSES, probs, "circle") == (
-        "Predicted: square (0.93) · True: circle · WRONG"
-    )
-    assert summary_text(CLASSES, probs, "square").endswith("· correct")
-    assert summary_text(CLASSES, probs, None) == "Predicted: square (0.93) · True: unknown"
 
 
 def test_attention_region_is_the_top_fraction_at_original_size(tmp_path):
@@ -128,7 +118,7 @@ def test_no_segmenter_weights_serves_the_rest_and_says_so_once(tmp_path, caplog)
     cfg = ServeConfig(
         checkpoint=str(backend.checkpoint),
         document_root=str(backend.root),
-        segmenter_weights=str(tmp_path / "no-such-maskrcnn.pth"),
+        segmentation=SegmenterConfig(weights=str(tmp_path / "no-such-maskrcnn.pth")),
         cache_dir=str(tmp_path / "cache2"),
         device="cpu",
     )

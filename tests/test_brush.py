@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from robustar_ls.labelstudio import brush
+from robustar_ls.labelstudio.brush import decode as brush_decode
 
 sdk = pytest.importorskip("label_studio_sdk.converter.brush")
 
@@ -229,7 +230,7 @@ def test_items_outside_byte_range_use_low_bits_like_sdk() -> None:
 @pytest.mark.parametrize("block", [1, 2, 3, 7, 64])
 def test_decoder_blocks(monkeypatch: pytest.MonkeyPatch, block: int) -> None:
     """Records straddling the decoder's internal block boundaries."""
-    monkeypatch.setattr(brush, "_DECODE_BLOCK", block)
+    monkeypatch.setattr(brush_decode, "_DECODE_BLOCK", block)
     for kind in ["graded", "blob", "stripes"]:
         mask = _pattern(kind, 17, 23)
         np.testing.assert_array_equal(brush.rle_to_mask(brush.mask_to_rle(mask), 17, 23), mask)

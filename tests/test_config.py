@@ -55,3 +55,50 @@ def test_half_set_basic_auth_is_refused_in_one_line(half):
         secrets_from_env(half)
     assert "\n" not in str(err.value)
     assert secrets_from_env({"BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p"})["basic_auth_pass"]
+
+
+def test_serve_composes_the_segmenter_and_saliency_settings(tmp_path):
+    from robustar_ls.config import SaliencyConfig, SegmenterConfig, ServeConfig
+
+    (tmp_path / "s.yaml").write_text(
+        "serve:\n"
+        "  device: cpu\n"
+        "  batch_size: 8\n"
+        "  score_threshold: 0.6\n"  # the flat name of older files still works
+        "  segmentation:\n"
+        "    mask_threshold: 0.3\n"
+        "    min_region_px: 4\n"
+        "    min_size: 512\n"
+        "    max_size: 900\n"
+        "  saliency:\n"
+        "    method: input_gradient\n"
+    )
+    section = read_settings_file(tmp_path / "s.yaml")["serve"]
+    flags = pick(argparse.Namespace(top_fraction=0.2, segmenter_weights=None), ServeConfig)
+    cfg = build(ServeConfig, section, flags)
+    assert cfg.segmenter_config() == SegmenterConfig(
+        weights=None,
+        score_threshold=0.6,
+        min_region_px=4,
+        device="cpu",
+        mask_threshold=0.3,
+        batch_size=8,
+        min_size=512,
+        max_size=900,
+    )
+    assert cfg.saliency_config() == SaliencyConfig(method="input_gradient", top_fraction=0.2)
+    assert cfg.top_fraction == 0.2 and cfg.segmenter_weights is None
+    with pytest.raises(ConfigError, match="unknown setting 'min_sise' for SegmenterConfig"):
+        build(ServeConfig, {"segmentation": {"min_sise": 1}})
+    assert build(ServeConfig) == ServeConfig()
+
+
+def test_flags_override_the_nested_file_settings():
+    from robustar_ls.config import ServeConfig
+
+    cfg = build(
+        ServeConfig,
+        {"segmentation": {"weights": "a.pth", "min_size": 600}},
+        {"segmenter_weights": "b.pth"},
+    )
+    assert cfg.segmentation.weights == "b.pth" and cfg.segmentation.min_size == 600

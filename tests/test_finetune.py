@@ -19,9 +19,10 @@ from robustar_ls.data.masks import MaskError, MaskStore
 from robustar_ls.data.synthetic import make_dataset
 from robustar_ls.models.checkpoint import load_checkpoint, read_version, save_checkpoint
 from robustar_ls.models.zoo import create_classifier
-from robustar_ls.train import finetune
+from robustar_ls.train import finetune, paired_epoch
 from robustar_ls.train.augment import random_crop_flip
-from robustar_ls.train.finetune import PairedDataset, find_masks, make_pairs, paired_finetune
+from robustar_ls.train.finetune import PairedDataset, find_masks, paired_finetune
+from robustar_ls.train.paired_epoch import make_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = TrainConfig(epochs=2, batch_size=8, lr=0.01, device="cpu", seed=0)
@@ -112,7 +113,7 @@ def test_only_restricts_the_masks_and_none_is_the_control(dataset, checkpoint, t
 def test_a_crash_mid_epoch_leaves_the_old_checkpoint(dataset, checkpoint, monkeypatch):
     old_bytes = checkpoint.read_bytes()
     calls = {"n": 0}
-    real = finetune.paired_loss
+    real = paired_epoch.paired_loss
 
     def crash_on_second_batch(*args, **kwargs):
         calls["n"] += 1
@@ -120,7 +121,7 @@ def test_a_crash_mid_epoch_leaves_the_old_checkpoint(dataset, checkpoint, monkey
             raise KeyboardInterrupt("killed mid-epoch")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(finetune, "paired_loss", crash_on_second_batch)
+    monkeypatch.setattr(paired_epoch, "paired_loss", crash_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
         paired_finetune(dataset, checkpoint, dataset / "oracle_masks", PairedConfig(), TINY_TRAIN)
     assert calls["n"] == 2
@@ -275,9 +276,10 @@ def test_cli_default_masks_folder_and_errors(dataset, checkpoint, capsys):
 
 
 def test_fill_choices_match_the_library():
+    from robustar_ls.cli.sync_train import FILL_MODE_CHOICES
     from robustar_ls.train.fills import FILL_MODES
 
-    assert tuple(cli.FILL_MODE_CHOICES) == FILL_MODES
+    assert tuple(FILL_MODE_CHOICES) == FILL_MODES
 
 
 def test_script_wrapper_calls_the_cli(dataset, checkpoint, tmp_path, capsys):
@@ -377,7 +379,7 @@ def test_masks_of_exif_rotated_images_are_checked_against_the_displayed_size(tmp
 
 def test_a_second_training_of_the_same_checkpoint_is_refused(dataset, checkpoint):
     from robustar_ls.train.checkpoint_guard import CheckpointBusy, training_lock
-    from robustar_ls.train.sync_train import sync_and_train
+    from robustar_ls.workflows.sync_train import sync_and_train
 
     old_bytes = checkpoint.read_bytes()
     with training_lock(checkpoint), pytest.raises(CheckpointBusy, match="another training"):

@@ -306,3 +306,14 @@ def test_cli_label_studio_needs_a_project(dataset, checkpoint, capsys):
     argv += ["--label-studio-url", "http://localhost:1", "-q"]
     assert cli.main(argv) == 2
     assert "--project" in capsys.readouterr().err
+
+
+def test_kernel_scores_defaults_are_the_influence_settings():
+    import inspect
+
+    from robustar_ls.config import InfluenceConfig
+
+    params = inspect.signature(kernel_scores).parameters
+    cfg = InfluenceConfig()
+    for name in ("damping", "aggregate", "support", "explain_top"):
+        assert params[name].default == getattr(cfg, name), name

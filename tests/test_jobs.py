@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from robustar_ls.train.jobs import TrainingJobs
+from robustar_ls.workflows.jobs import TrainingJobs
 
 WAIT = 10.0  # seconds a test waits for a job it controls before it fails
 
@@ -137,7 +137,7 @@ CHILD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from robustar_ls.train.jobs import TrainingJobs
+    from robustar_ls.workflows.jobs import TrainingJobs
     state, go = Path(sys.argv[1]), Path(sys.argv[2])
 
     def run(payload):

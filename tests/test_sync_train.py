@@ -13,9 +13,9 @@ import pytest
 from robustar_ls.cli import main
 from robustar_ls.config import LabelStudioConfig, SyncConfig
 from robustar_ls.data.masks import MaskStore
-from robustar_ls.train import sync_train
-from robustar_ls.train.jobs import TrainingJobs
-from robustar_ls.train.sync_train import (
+from robustar_ls.workflows import sync_train
+from robustar_ls.workflows.jobs import TrainingJobs
+from robustar_ls.workflows.sync_train import (
     NoMasksError,
     mask_store_lock,
     sync_and_train,

@@ -36,6 +36,7 @@ from robustar_ls.backend.build import build_predictor
 from robustar_ls.backend.images import ImageFetchError
 from robustar_ls.backend.predictor import Predictor
 from robustar_ls.config import ServeConfig, check_basic_auth
+from robustar_ls.errors import RobustarError
 from robustar_ls.labelstudio.config import LabelConfigError
 from robustar_ls.labelstudio.urls import (
     Renewals,
@@ -56,7 +57,7 @@ PUBLIC_ENDPOINTS = {"health", "saliency", "static"}
 AnnotationHook = Callable[[str, dict[str, Any]], Any]
 
 
-class ApiError(Exception):
+class ApiError(RobustarError):
     """An error answered as JSON ``{"error": message}`` with ``status``."""
 
     def __init__(self, message: str, status: int = 400) -> None:
@@ -82,7 +83,7 @@ def create_app(
 ) -> Flask:
     """Build the app. ``predictor=None`` loads the checkpoint (and segmenter) from ``cfg`` now.
 
-    ``jobs`` is a ``robustar_ls.train.jobs.TrainingJobs`` (``start(payload)``, ``status()``);
+    ``jobs`` is a ``robustar_ls.workflows.jobs.TrainingJobs`` (``start(payload)``, ``status()``);
     without it ``START_TRAINING`` is answered with a clear 501.
     """
     app = Flask("robustar_ls.backend")
@@ -191,6 +192,13 @@ def _renew_saliency_urls(state: BackendState, tasks: list[Any]) -> None:
 
 
 def _register_routes(app: Flask, state: BackendState) -> None:
+    _register_model_routes(app, state)
+    _register_training_routes(app, state)
+    _register_saliency_route(app, state)
+
+
+def _register_model_routes(app: Flask, state: BackendState) -> None:
+    """Label Studio's ML-backend API: health, setup, predict."""
     predictor = state.predictor
 
     @app.get("/")
@@ -227,6 +235,11 @@ def _register_routes(app: Flask, state: BackendState) -> None:
         _renew_saliency_urls(state, tasks)
         return jsonify(results=results)
 
+
+def _register_training_routes(app: Flask, state: BackendState) -> None:
+    """Webhook events (Start Training, annotation events) and the training status."""
+    predictor = state.predictor
+
     @app.post("/webhook")
     def webhook():
         body = _json_body()
@@ -262,6 +275,11 @@ def _register_routes(app: Flask, state: BackendState) -> None:
         if state.jobs is None:
             raise ApiError("training is not configured on this backend", 501)
         return jsonify(state.jobs.status())
+
+
+def _register_saliency_route(app: Flask, state: BackendState) -> None:
+    """The signed heatmap PNG URLs written into task data."""
+    predictor = state.predictor
 
     @app.get("/saliency/<key>.png")
     def saliency(key: str):

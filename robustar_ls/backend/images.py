@@ -133,7 +133,12 @@ class ImageFetcher:
             label_studio_url=cfg.label_studio_url,
             auth=auth,
             max_bytes=cfg.max_image_bytes,
-            limits=cfg.image_limits(),
+            limits=ImageLimits(
+                max_pixels=cfg.max_image_pixels,
+                max_side=cfg.max_image_side,
+                max_aspect=cfg.max_aspect_ratio,
+                working_side=cfg.working_side,
+            ),
             timeout=cfg.fetch_timeout,
             policy=UrlPolicy(cfg.label_studio_url, cfg.allowed_image_hosts),
         )

@@ -12,13 +12,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from robustar_ls.data.images import IMAGE_EXTENSIONS, is_image_file, load_rgb
+from robustar_ls.errors import RobustarError
 
 SPLITS = ("train", "val", "test")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class DatasetError(ValueError):
+class DatasetError(RobustarError, ValueError):
     """The dataset folder is not laid out as expected; the message says what to fix."""
 
 

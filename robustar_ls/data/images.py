@@ -8,11 +8,13 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from robustar_ls.errors import RobustarError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MAX_PIXELS = 64_000_000  # larger images are refused (decompression bombs)
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(RobustarError, ValueError):
     """An image cannot be read; the message names it and says why."""
 
 

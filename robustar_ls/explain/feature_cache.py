@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from robustar_ls.errors import RobustarError
 from robustar_ls.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ FLOAT16_TARGET = 1024.0  # rows are scaled so their largest |value| is this (flo
 FILES = ("train_features.npy", "row_scales.npy", "gram.npy", "feature_sum.npy")
 
 
-class FeatureCacheError(RuntimeError):
+class FeatureCacheError(RobustarError, RuntimeError):
     """The cache folder cannot be written; the message says where."""
 
 

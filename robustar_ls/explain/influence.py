@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader
 
 from robustar_ls.config import InfluenceConfig
 from robustar_ls.data.folders import ImageDataset, Sample
+from robustar_ls.errors import RobustarError
 from robustar_ls.explain.feature_cache import FeatureCache, TrainFeatures
 from robustar_ls.explain.projection import make_projection
 from robustar_ls.models.zoo import default_device, head_and_last_block
@@ -59,7 +60,7 @@ CACHE_FORMAT = 1
 GRAD_BYTES = 256 * 2**20  # per-sample gradients held at once (micro-batches are cut to fit)
 
 
-class InfluenceError(ValueError):
+class InfluenceError(RobustarError, ValueError):
     """Influence cannot be computed as asked; the message says what to change."""
 
 
@@ -104,7 +105,7 @@ def target_value(logits: torch.Tensor, label: torch.Tensor, target: str) -> torc
 
 
 @dataclass(frozen=True)
-class TestError:
+class MisclassifiedTest:
     """A misclassified test image."""
 
     relpath: str
@@ -171,14 +172,31 @@ def damping_value(gram: np.ndarray, damping: float) -> float:
     return float(damping * np.trace(gram) / gram.shape[0])
 
 
+def _solve(
+    train: TrainFeatures, test: np.ndarray, damping: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``W = (Phi^T Phi + lambda I)^-1 Psi^T`` (float64, CPU) and the mean and std of each
+    column of ``S = Phi W`` over the train rows, from the sufficient statistics alone."""
+    n, k = train.n, train.k
+    gram = torch.from_numpy(np.asarray(train.gram, dtype=np.float64))
+    lam = damping_value(train.gram, damping)
+    hessian = gram + max(lam, 1e-12) * torch.eye(k, dtype=torch.float64)
+    chol = torch.linalg.cholesky(hessian)
+    weights = torch.cholesky_solve(torch.from_numpy(test.T.copy()), chol)  # (k, T)
+    mean = torch.from_numpy(train.feature_sum) @ weights / max(n, 1)
+    second = (weights * (gram @ weights)).sum(0) / max(n, 1)
+    std = (second - mean**2).clamp_min(0).sqrt().clamp_min(1e-30)
+    return weights, mean, std
+
+
 def kernel_scores(
     train: TrainFeatures,
     test: np.ndarray,
     *,
-    damping: float = 0.01,
-    aggregate: str = "sum",
-    support: int = 100,
-    explain_top: int = 3,
+    damping: float = InfluenceConfig.damping,
+    aggregate: str = InfluenceConfig.aggregate,
+    support: int = InfluenceConfig.support,
+    explain_top: int = InfluenceConfig.explain_top,
     rows_per_chunk: int = 8192,
     progress: Progress | None = None,
     device: torch.device | str = "cpu",
@@ -195,15 +213,7 @@ def kernel_scores(
     if test.ndim != 2 or test.shape[1] != k:
         raise InfluenceError(f"test features have shape {test.shape}, expected (T, {k})")
     t_count = test.shape[0]
-    gram = torch.from_numpy(np.asarray(train.gram, dtype=np.float64))
-    lam = damping_value(train.gram, damping)
-    hessian = gram + max(lam, 1e-12) * torch.eye(k, dtype=torch.float64)
-    chol = torch.linalg.cholesky(hessian)
-    weights = torch.cholesky_solve(torch.from_numpy(test.T.copy()), chol)  # (k, T)
-    # Column statistics of S over the train rows, from the sufficient statistics alone.
-    mean = torch.from_numpy(train.feature_sum) @ weights / max(n, 1)
-    second = (weights * (gram @ weights)).sum(0) / max(n, 1)
-    std = (second - mean**2).clamp_min(0).sqrt().clamp_min(1e-30)
+    weights, mean, std = _solve(train, test, damping)
     device = torch.device(device)
     weights32 = weights.float().to(device)
     mean32, std32 = mean.float().to(device), std.float().to(device)
@@ -357,7 +367,7 @@ class InfluenceScorer:
     # -- predictions ------------------------------------------------------------------------
 
     @torch.no_grad()
-    def test_errors(self, samples: Sequence[Sample], image_size: int) -> list[TestError]:
+    def test_errors(self, samples: Sequence[Sample], image_size: int) -> list[MisclassifiedTest]:
         """The misclassified images among ``samples``."""
         errors, offset = [], 0
         for images, labels in self.loader(samples, image_size):
@@ -367,7 +377,9 @@ class InfluenceScorer:
                 if int(pred[j]) != int(labels[j]):
                     sample = samples[offset + j]
                     errors.append(
-                        TestError(sample.relpath, sample.label, int(pred[j]), float(conf[j]))
+                        MisclassifiedTest(
+                            sample.relpath, sample.label, int(pred[j]), float(conf[j])
+                        )
                     )
             offset += len(labels)
         return errors
@@ -424,7 +436,7 @@ class InfluenceScorer:
     def _result(
         self,
         train: Sequence[Sample],
-        errors: list[TestError],
+        errors: list[MisclassifiedTest],
         kernel: KernelScores,
         classes: Sequence[str],
         model_version: str,

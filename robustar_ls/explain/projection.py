@@ -26,10 +26,12 @@ from collections.abc import Sequence
 
 import torch
 
+from robustar_ls.errors import RobustarError
+
 PROJECTIONS = ("sketch", "gaussian")
 
 
-class ProjectionError(ValueError):
+class ProjectionError(RobustarError, ValueError):
     """Unknown projection or impossible size."""
 
 

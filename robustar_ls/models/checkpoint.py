@@ -23,11 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustar_ls.errors import RobustarError
 from robustar_ls.files import atomic_write_bytes
 from robustar_ls.models.zoo import UnknownArchError, create_classifier
 
 
-class CheckpointError(ValueError):
+class CheckpointError(RobustarError, ValueError):
     """A checkpoint cannot be used; the message names the file and what to fix."""
 
 
@@ -153,18 +154,7 @@ def load_checkpoint(
     optional and, when given, must agree with the file (a clear error otherwise).
     """
     path = Path(path)
-    raw = _read(path)
-    if isinstance(raw, Mapping) and "model" in raw and _is_state_dict(raw["model"]):
-        meta = raw
-        state = _strip_module_prefix(raw["model"])
-    elif _is_state_dict(raw):
-        meta = {}
-        state = _strip_module_prefix(raw)
-    else:
-        raise CheckpointError(
-            f"{path} holds neither a robustar-ls checkpoint nor a state_dict "
-            f"(found {type(raw).__name__}); save the model's state_dict() with torch.save"
-        )
+    meta, state = _meta_and_state(_read(path), path)
     file_arch, file_classes = meta.get("arch"), meta.get("classes")
     if arch and file_arch and arch != file_arch:
         raise CheckpointError(f"{path} was trained as {file_arch!r}, not {arch!r}; fix --arch")
@@ -199,6 +189,18 @@ def load_checkpoint(
         created_at=meta.get("created_at", ""),
         metrics=dict(meta.get("metrics") or {}),
         config=dict(meta.get("config") or {}),
+    )
+
+
+def _meta_and_state(raw: Any, path: Path) -> tuple[Mapping[str, Any], dict[str, Any]]:
+    """A full checkpoint's metadata and weights, or ``({}, weights)`` for a bare state_dict."""
+    if isinstance(raw, Mapping) and "model" in raw and _is_state_dict(raw["model"]):
+        return raw, _strip_module_prefix(raw["model"])
+    if _is_state_dict(raw):
+        return {}, _strip_module_prefix(raw)
+    raise CheckpointError(
+        f"{path} holds neither a robustar-ls checkpoint nor a state_dict "
+        f"(found {type(raw).__name__}); save the model's state_dict() with torch.save"
     )
 
 

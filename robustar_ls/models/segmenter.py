@@ -26,6 +26,7 @@ from torch import nn
 
 from robustar_ls.config import SegmenterConfig
 from robustar_ls.data.regions import pixel_box, remove_specks
+from robustar_ls.errors import RobustarError
 from robustar_ls.models.zoo import default_device
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ COCO_NUM_CLASSES = 91
 _CLASS_LOGITS_KEY = "roi_heads.box_predictor.cls_score.weight"
 
 
-class SegmenterUnavailable(RuntimeError):
+class SegmenterUnavailable(RobustarError, RuntimeError):
     """No usable Mask R-CNN weights; the message says where they were looked for and the fix."""
 
 

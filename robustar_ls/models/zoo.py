@@ -9,8 +9,10 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from robustar_ls.errors import RobustarError
 
-class UnknownArchError(ValueError):
+
+class UnknownArchError(RobustarError, ValueError):
     """The architecture name is not in the zoo."""
 
 

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import torch
 
+from robustar_ls.errors import RobustarError
+
 BASE_MODES = ("noise", "weak_noise", "black", "colour", "stripes")
 FILL_MODES = (*BASE_MODES, "mixture")
 WEAK_NOISE_STD = 0.1
 STRIPE_PERIODS = (2, 8)  # inclusive range of the stripe period in pixels
 
 
-class FillError(ValueError):
+class FillError(RobustarError, ValueError):
     """Bad fill mode or mismatched image and mask shapes."""
 
 

@@ -6,10 +6,9 @@ mask-store folder, evaluates again and writes the new checkpoint atomically (new
 the old one as parent, the metrics and the settings). Until that final ``os.replace`` the old
 checkpoint file is untouched, so a run killed at any moment leaves the old model serving.
 
-Per batch: random crop and flip, the same for image and mask (``augment.random_crop_flip``);
-the fill in [0, 1] space (``fills.apply_fill``); then ImageNet normalisation; then one
-forward/backward pass over x and the annotated x̃. SGD with a cosine schedule over all steps
-(a constant rate gave unstable end points; see MEASURED.md).
+One epoch is :func:`robustar_ls.train.paired_epoch.paired_train_one_epoch`. SGD with a cosine
+schedule over all steps (a constant rate gave unstable end points: README.md, "Sync and paired
+training"; the runs are in bench/README.md).
 
 Launched by ``torchrun`` it trains with DistributedDataParallel: each process sees its shard
 (DistributedSampler), ``TrainConfig.batch_size`` is per process, and only rank 0 evaluates and
@@ -20,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,28 +31,23 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from robustar_ls.config import ConfigError, PairedConfig, TrainConfig, to_dict
-from robustar_ls.data.folders import ImageFolderSplits, Sample, normalize
+from robustar_ls.data.folders import ImageFolderSplits, Sample
 from robustar_ls.data.images import displayed_size, load_rgb
 from robustar_ls.data.masks import MaskError, MaskStore
-from robustar_ls.models.checkpoint import load_checkpoint, save_checkpoint
-from robustar_ls.train.augment import random_crop_flip
+from robustar_ls.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from robustar_ls.train.checkpoint_guard import check_unchanged
 from robustar_ls.train.distributed import (
     DistContext,
-    all_reduce_sum,
     barrier,
     init_distributed,
     shutdown,
 )
-from robustar_ls.train.fills import FILL_MODES, apply_fill
-from robustar_ls.train.loop import make_optimizer, seed_everything
-from robustar_ls.train.paired import paired_loss, select_worst
+from robustar_ls.train.fills import FILL_MODES
+from robustar_ls.train.loop import Progress, epoch_progress, make_optimizer, seed_everything
+from robustar_ls.train.paired_epoch import TERMS, paired_train_one_epoch
 from robustar_ls.train.run import evaluate_splits
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[..., Iterable]
-TERMS = ("loss", "ce", "ce_paired", "align")
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -154,107 +148,6 @@ def _read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
     return array
 
 
-# -- one epoch ------------------------------------------------------------------------------
-
-
-def make_pairs(
-    model: nn.Module,
-    images01: torch.Tensor,
-    masks: torch.Tensor,
-    has_mask: torch.Tensor,
-    labels: torch.Tensor,
-    cfg: PairedConfig,
-    generator: torch.Generator | None,
-    device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised (x, x̃) on ``device``; x̃ = x where there is no mask.
-
-    With ``cfg.worst_of`` = K > 1, K fills are drawn for the annotated images and the one with
-    the highest paired loss is kept (:func:`paired.select_worst`).
-    """
-    x = normalize(images01).to(device)
-    if not bool(has_mask.any()):
-        return x, x
-    rows = has_mask.nonzero().flatten()
-    sub, sub_masks = images01[rows], masks[rows]
-    if cfg.worst_of > 1:
-        candidates = torch.stack(
-            [
-                normalize(apply_fill(sub, sub_masks, cfg.fill, generator))
-                for _ in range(cfg.worst_of)
-            ]
-        ).to(device)
-        base = getattr(model, "module", model)  # no DDP collectives in the selection pass
-        filled = select_worst(
-            base, x[rows.to(device)], candidates, labels[rows].to(device), cfg.align_weight
-        )
-    else:
-        filled = normalize(apply_fill(sub, sub_masks, cfg.fill, generator)).to(device)
-    x_tilde = x.clone()
-    x_tilde[rows.to(device)] = filled
-    return x, x_tilde
-
-
-def paired_train_one_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    device: torch.device,
-    cfg: PairedConfig,
-    *,
-    augment: bool = True,
-    generator: torch.Generator | None = None,
-    progress: Progress | None = None,
-    ctx: DistContext | None = None,
-) -> dict[str, float]:
-    """One epoch of paired training; returns the epoch's terms (summed over processes).
-
-    ``loss`` and ``ce`` are means per image; ``ce_paired`` and ``align`` are means per
-    *annotated* image (so they read the same whatever the fraction annotated); ``accuracy``
-    is on the unfilled x; ``annotated`` is the fraction of images with a mask.
-    """
-    model.train()
-    sums = torch.zeros(7, dtype=torch.float64)  # loss ce ce_paired align correct seen annotated
-    batches = progress(loader) if progress else loader
-    for images01, masks, has_mask, labels in batches:
-        if augment:
-            images01, masks = random_crop_flip(images01, masks, generator=generator)
-        x, x_tilde = make_pairs(model, images01, masks, has_mask, labels, cfg, generator, device)
-        labels = labels.to(device)
-        terms = paired_loss(model, x, x_tilde, labels, has_mask, cfg.align_weight)
-        optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        optimizer.step()
-        scheduler.step()
-        n = len(labels)
-        sums += torch.tensor(
-            [
-                terms["loss"].item() * n,
-                terms["ce"].item() * n,
-                terms["ce_paired"].item() * n,
-                terms["align"].item() * n,
-                (terms["logits"].argmax(1) == labels).sum().item(),
-                n,
-                int(has_mask.sum()),
-            ],
-            dtype=torch.float64,
-        )
-        if progress and hasattr(batches, "set_postfix"):
-            batches.set_postfix(loss=f"{sums[0] / sums[5]:.3f}")
-    if ctx is not None:
-        sums = all_reduce_sum(ctx, sums)
-    seen, annotated = max(float(sums[5]), 1.0), float(sums[6])
-    return {
-        "loss": float(sums[0]) / seen,
-        "ce": float(sums[1]) / seen,
-        "ce_paired": float(sums[2]) / annotated if annotated else 0.0,
-        "align": float(sums[3]) / annotated if annotated else 0.0,
-        "accuracy": float(sums[4]) / seen,
-        "annotated": annotated / seen,
-    }
-
-
 # -- the job --------------------------------------------------------------------------------
 
 
@@ -272,7 +165,7 @@ def _accuracies(splits: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def paired_finetune(
-    data_root: str | Path,
+    data_root: str | Path | ImageFolderSplits,
     checkpoint: str | Path,
     masks_root: str | Path | None,
     paired_cfg: PairedConfig,
@@ -284,8 +177,9 @@ def paired_finetune(
     """Fine-tune ``checkpoint`` with the paired loss; write the result to ``out`` (default:
     over ``checkpoint``).
 
-    ``masks_root`` is a mask-store folder (``<root>/train/<class>/<stem>.png``); ``None`` means
-    plain fine-tuning (every image unannotated: the control). ``only`` restricts which masks
+    ``data_root``: the dataset folder, or the dataset already opened (a sync-train opens it
+    once). ``masks_root`` is a mask-store folder (``<root>/train/<class>/<stem>.png``); ``None``
+    means plain fine-tuning (every image unannotated: the control). ``only`` restricts which masks
     are used (image relpaths "<class>/<file>").
 
     Returns, on rank 0: ``{model_version, parent_version, before: {split: accuracy},
@@ -293,7 +187,11 @@ def paired_finetune(
     terms], loss_terms: last epoch's terms, seconds, out}``; other ranks return ``None``.
     """
     _check_paired_config(paired_cfg)
-    data = ImageFolderSplits.open(data_root, required=("train",))
+    data = (
+        data_root
+        if isinstance(data_root, ImageFolderSplits)
+        else ImageFolderSplits.open(data_root, required=("train",))
+    )
     samples = data.splits["train"]
     masks = {} if masks_root is None else find_masks(samples, masks_root, only)
     if masks_root is not None and not masks and only is None:
@@ -306,132 +204,180 @@ def paired_finetune(
     ctx = init_distributed(train_cfg.device)
     try:
         return _run(
-            data,
-            samples,
-            masks,
-            parent,
-            paired_cfg,
-            train_cfg,
-            out,
-            progress,
-            ctx,
-            masks_root,
-            checkpoint,
+            FinetuneRun(
+                data=data,
+                masks=masks,
+                masks_root=Path(masks_root) if masks_root is not None else None,
+                parent=parent,
+                paired=paired_cfg,
+                train=train_cfg,
+                out=out,
+                progress=progress,
+                ctx=ctx,
+                source=checkpoint,
+            )
         )
     finally:
         shutdown(ctx)
 
 
-def _run(
-    data, samples, masks, parent, paired_cfg, train_cfg, out, progress, ctx, masks_root, source
-):
-    device = ctx.device
-    generator = seed_everything(train_cfg.seed)  # data order (one process)
-    # crop, flip and fill draws: a different stream per process
-    aug_generator = torch.Generator().manual_seed(train_cfg.seed + 1 + ctx.rank)
-    model = parent.model.to(device)
-    before = evaluate_splits(model, data, parent.image_size, device) if ctx.is_main else {}
+@dataclass(frozen=True)
+class FinetuneRun:
+    """Everything one paired fine-tuning run works with, opened and resolved."""
+
+    data: ImageFolderSplits
+    masks: dict[str, Path]  # image relpath -> mask file, for the annotated training images
+    masks_root: Path | None
+    parent: Checkpoint
+    paired: PairedConfig
+    train: TrainConfig
+    out: Path
+    progress: Progress | None
+    ctx: DistContext
+    source: Path | None = None  # the checkpoint trained from: checked unchanged before writing
+
+    @property
+    def samples(self) -> list[Sample]:
+        return self.data.splits["train"]
+
+
+def _run(run: FinetuneRun) -> dict[str, Any] | None:
+    ctx, device = run.ctx, run.ctx.device
+    generator = seed_everything(run.train.seed)  # data order (one process)
+    model = run.parent.model.to(device)
+    before = evaluate_splits(model, run.data, run.parent.image_size, device) if ctx.is_main else {}
     barrier(ctx)
-    dataset = PairedDataset(samples, parent.image_size, masks)
+    loader, sampler = _paired_loader(run, generator)
+    history, seconds = _train_epochs(run, _wrap_ddp(model, ctx), loader, sampler)
+    if not ctx.is_main:
+        barrier(ctx)
+        return None
+    after = evaluate_splits(model, run.data, run.parent.image_size, device)
+    version = _save(run, model, before, after, history)
+    barrier(ctx)
+    log.info("wrote %s (%s, parent %s)", run.out, version, run.parent.version)
+    return {
+        "model_version": version,
+        "parent_version": run.parent.version,
+        "before": _accuracies(before),
+        "after": _accuracies(after),
+        "counts": {split: int(m["n"]) for split, m in after.items()},
+        "annotated": len(run.masks),
+        "train_images": len(run.samples),
+        "epochs": run.train.epochs,
+        "history": history,
+        "loss_terms": {t: history[-1][t] for t in TERMS} if history else {},
+        "seconds": seconds,
+        "out": str(run.out),
+    }
+
+
+def _paired_loader(
+    run: FinetuneRun, generator: torch.Generator
+) -> tuple[DataLoader, DistributedSampler | None]:
+    """Shuffled batches of the paired dataset; under DDP each process gets its shard."""
+    ctx, cfg = run.ctx, run.train
+    dataset = PairedDataset(run.samples, run.parent.image_size, run.masks)
     sampler = (
-        DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=train_cfg.seed)
+        DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed)
         if ctx.distributed
         else None
     )
     loader = DataLoader(
         dataset,
-        batch_size=train_cfg.batch_size,
+        batch_size=cfg.batch_size,
         shuffle=sampler is None,
         sampler=sampler,
         generator=generator if sampler is None else None,
-        num_workers=train_cfg.num_workers,
+        num_workers=cfg.num_workers,
     )
-    if ctx.distributed:
-        ids = [device.index] if device.type == "cuda" else None
-        train_model: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    else:
-        train_model = model
-    optimizer, scheduler = make_optimizer(train_model, train_cfg, train_cfg.epochs * len(loader))
+    return loader, sampler
+
+
+def _wrap_ddp(model: nn.Module, ctx: DistContext) -> nn.Module:
+    if not ctx.distributed:
+        return model
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def _train_epochs(
+    run: FinetuneRun,
+    model: nn.Module,
+    loader: DataLoader,
+    sampler: DistributedSampler | None,
+) -> tuple[list[dict[str, float]], float]:
+    """Every epoch of paired training: (per-epoch terms, seconds)."""
+    ctx, cfg = run.ctx, run.train
+    # crop, flip and fill draws: a different stream per process
+    aug_generator = torch.Generator().manual_seed(cfg.seed + 1 + ctx.rank)
+    optimizer, scheduler = make_optimizer(model, cfg, cfg.epochs * len(loader))
     log.info(
         "paired fine-tuning %s: %d of %d training images annotated, fill %s, λ %g, worst of %d",
-        parent.version,
-        len(masks),
-        len(samples),
-        paired_cfg.fill,
-        paired_cfg.align_weight,
-        paired_cfg.worst_of,
+        run.parent.version,
+        len(run.masks),
+        len(run.samples),
+        run.paired.fill,
+        run.paired.align_weight,
+        run.paired.worst_of,
     )
     history, started = [], time.perf_counter()
-    for epoch in range(train_cfg.epochs):
+    for epoch in range(cfg.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
-        bar = None
-        if progress and ctx.is_main:
-
-            def bar(it, epoch=epoch):
-                return progress(it, desc=f"epoch {epoch + 1}/{train_cfg.epochs}", leave=False)
-
         tick = time.perf_counter()
         stats = paired_train_one_epoch(
-            train_model,
+            model,
             loader,
             optimizer,
             scheduler,
-            device,
-            paired_cfg,
-            augment=train_cfg.augment,
+            ctx.device,
+            run.paired,
+            augment=cfg.augment,
             generator=aug_generator,
-            progress=bar,
+            progress=epoch_progress(run.progress if ctx.is_main else None, epoch, cfg.epochs),
             ctx=ctx,
         )
-        stats = {"epoch": epoch + 1, **stats, "seconds": time.perf_counter() - tick}
-        history.append(stats)
+        history.append({"epoch": epoch + 1, **stats, "seconds": time.perf_counter() - tick})
         if ctx.is_main:
             log.info(
                 "epoch %d/%d loss %.4f ce %.4f ce_paired %.4f align %.4f acc %.4f",
                 epoch + 1,
-                train_cfg.epochs,
+                cfg.epochs,
                 *(stats[t] for t in TERMS),
                 stats["accuracy"],
             )
-    seconds = time.perf_counter() - started
-    if not ctx.is_main:
-        barrier(ctx)
-        return None
-    after = evaluate_splits(model, data, parent.image_size, device)
-    if source is not None:
-        check_unchanged(source, parent.version)  # compare-and-swap: never overwrite silently
-    version = save_checkpoint(
-        out,
+    return history, time.perf_counter() - started
+
+
+def _save(
+    run: FinetuneRun,
+    model: nn.Module,
+    before: dict[str, dict[str, float]],
+    after: dict[str, dict[str, float]],
+    history: list[dict[str, float]],
+) -> str:
+    """Write the fine-tuned checkpoint atomically (the parent as its parent); its version.
+
+    Compare-and-swap: refused when the source checkpoint no longer holds the parent version.
+    """
+    if run.source is not None:
+        check_unchanged(run.source, run.parent.version)
+    return save_checkpoint(
+        run.out,
         model,
-        arch=parent.arch,
-        classes=data.classes,
-        image_size=parent.image_size,
-        width=parent.width,
-        parent_version=parent.version,
+        arch=run.parent.arch,
+        classes=run.data.classes,
+        image_size=run.parent.image_size,
+        width=run.parent.width,
+        parent_version=run.parent.version,
         metrics={"splits": after, "before": before, "history": history},
         config={
-            "paired": to_dict(paired_cfg),
-            "train": to_dict(train_cfg),
-            "data": str(data.root),
-            "masks": str(masks_root) if masks_root is not None else None,
-            "annotated": len(masks),
-            "world_size": ctx.world_size,
+            "paired": to_dict(run.paired),
+            "train": to_dict(run.train),
+            "data": str(run.data.root),
+            "masks": str(run.masks_root) if run.masks_root is not None else None,
+            "annotated": len(run.masks),
+            "world_size": run.ctx.world_size,
         },
     )
-    barrier(ctx)
-    log.info("wrote %s (%s, parent %s)", out, version, parent.version)
-    return {
-        "model_version": version,
-        "parent_version": parent.version,
-        "before": _accuracies(before),
-        "after": _accuracies(after),
-        "counts": {split: int(m["n"]) for split, m in after.items()},
-        "annotated": len(masks),
-        "train_images": len(samples),
-        "epochs": train_cfg.epochs,
-        "history": history,
-        "loss_terms": {t: history[-1][t] for t in TERMS} if history else {},
-        "seconds": seconds,
-        "out": str(out),
-    }

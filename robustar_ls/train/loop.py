@@ -1,4 +1,6 @@
-"""Plain training and evaluation as small functions (torchvision references' habit)."""
+"""Plain training and evaluation as small functions (torchvision references' habit), and
+:func:`run_epoch`, the one epoch driver that plain and paired training (``paired_epoch``) share.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +42,47 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, steps: int):
     return optimizer, scheduler
 
 
+# A training step: one batch -> (the loss to back-propagate, a float64 row of statistics that
+# the epoch sums: counts and per-image sums, never means).
+Step = Callable[[Any], tuple[torch.Tensor, torch.Tensor]]
+
+
+def run_epoch(
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    step: Step,
+    n_stats: int,
+    *,
+    progress: Progress | None = None,
+    postfix: Callable[[torch.Tensor], dict[str, str]] | None = None,
+) -> torch.Tensor:
+    """The one epoch driver of plain and paired training: per batch ``step`` → backward →
+    optimizer and scheduler step; returns the ``n_stats`` statistics summed over the epoch.
+
+    ``postfix(sums)`` sets the progress bar's postfix after each batch.
+    """
+    sums = torch.zeros(n_stats, dtype=torch.float64)
+    batches = progress(loader) if progress else loader
+    for batch in batches:
+        loss, stats = step(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        sums += stats
+        if postfix and hasattr(batches, "set_postfix"):
+            batches.set_postfix(**postfix(sums))
+    return sums
+
+
+def epoch_progress(progress: Progress | None, epoch: int, epochs: int) -> Progress | None:
+    """``progress`` labelled "epoch i/n" (a bar per epoch that does not stay), or None."""
+    if progress is None:
+        return None
+    return lambda it: progress(it, desc=f"epoch {epoch + 1}/{epochs}", leave=False)
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -52,32 +96,24 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """One epoch of cross-entropy training; returns mean loss and accuracy."""
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
-    batches = progress(loader) if progress else loader
-    for images, labels in batches:
+
+    def step(batch) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = batch
         if augment:
             images, _ = random_crop_flip(images, generator=generator)
         images, labels = images.to(device), labels.to(device)
         logits = model(images)
         loss = nn.functional.cross_entropy(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        total_loss += loss.item() * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
-        seen += len(labels)
-        if progress and hasattr(batches, "set_postfix"):
-            batches.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
-    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)}
+        n = len(labels)
+        correct = (logits.argmax(1) == labels).sum().item()
+        return loss, torch.tensor([loss.item() * n, correct, n], dtype=torch.float64)
 
+    def postfix(sums: torch.Tensor) -> dict[str, str]:
+        return {"loss": f"{sums[0] / sums[2]:.3f}", "acc": f"{sums[1] / sums[2]:.3f}"}
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device) -> torch.Tensor:
-    """Logits for every batch of ``loader``, concatenated, in order."""
-    model.eval()
-    outputs = [model(images.to(device)).cpu() for images, _ in loader]
-    return torch.cat(outputs) if outputs else torch.empty(0)
+    sums = run_epoch(loader, optimizer, scheduler, step, 3, progress=progress, postfix=postfix)
+    seen = max(float(sums[2]), 1.0)
+    return {"loss": float(sums[0]) / seen, "accuracy": float(sums[1]) / seen}
 
 
 @torch.no_grad()

@@ -16,9 +16,9 @@ and the batch loss is the mean of ℓ_i over all N images. So, with every term d
 
 An unannotated image contributes CE(x) once (Robustar paired it with itself and counted its
 loss twice). With every image annotated this is CE(x) + CE(x̃) + λ·(batch mean of the squared
-distance), the loss measured in MEASURED.md (λ = 0.1 worked, λ = 1 diverged). Dividing by N
-rather than by |A| keeps each annotated image's weight independent of how many annotated
-images happen to share its batch.
+distance), the loss of the runs in README.md, "Sync and paired training" (λ = 0.1 worked,
+λ = 1 diverged). Dividing by N rather than by |A| keeps each annotated image's weight
+independent of how many annotated images happen to share its batch.
 
 Worst-case mode (Wang et al. 2022): of K fills per image, train on the one whose paired terms
 CE(z(x̃), y) + λ‖z(x) − z(x̃)‖² are highest, chosen without gradients with the model in eval

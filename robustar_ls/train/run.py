@@ -14,7 +14,13 @@ from robustar_ls.config import ModelConfig, TrainConfig, to_dict
 from robustar_ls.data.folders import ImageDataset, ImageFolderSplits, Sample
 from robustar_ls.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from robustar_ls.models.zoo import create_classifier, default_device
-from robustar_ls.train.loop import evaluate, make_optimizer, seed_everything, train_one_epoch
+from robustar_ls.train.loop import (
+    epoch_progress,
+    evaluate,
+    make_optimizer,
+    seed_everything,
+    train_one_epoch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,16 @@ def evaluate_splits(
     }
 
 
+def _initial_model(
+    parent: Checkpoint | None, cfg: ModelConfig, num_classes: int
+) -> tuple[torch.nn.Module, str, int, int]:
+    """(model, arch, width, image size): the parent checkpoint's, or a new model from ``cfg``."""
+    if parent is not None:
+        return parent.model, parent.arch, parent.width, parent.image_size
+    model = create_classifier(cfg.arch, num_classes, width=cfg.width, pretrained=cfg.pretrained)
+    return model, cfg.arch, cfg.width, cfg.image_size
+
+
 def train_classifier(
     data_root: str | Path,
     out: str | Path,
@@ -68,15 +84,8 @@ def train_classifier(
     data = ImageFolderSplits.open(data_root, required=("train",))
     device = default_device(train_cfg.device)
     generator = seed_everything(train_cfg.seed)
-    parent: Checkpoint | None = None
-    if init:
-        parent = load_checkpoint(init, classes=data.classes, arch=model_cfg.arch)
-        model, image_size, arch, width = parent.model, parent.image_size, parent.arch, parent.width
-    else:
-        arch, width, image_size = model_cfg.arch, model_cfg.width, model_cfg.image_size
-        model = create_classifier(
-            arch, len(data.classes), width=width, pretrained=model_cfg.pretrained
-        )
+    parent = load_checkpoint(init, classes=data.classes, arch=model_cfg.arch) if init else None
+    model, arch, width, image_size = _initial_model(parent, model_cfg, len(data.classes))
     model.to(device)
     loader = make_loader(
         data.splits["train"],
@@ -87,14 +96,8 @@ def train_classifier(
         num_workers=train_cfg.num_workers,
     )
     optimizer, scheduler = make_optimizer(model, train_cfg, train_cfg.epochs * len(loader))
-    history = []
-    for epoch in range(train_cfg.epochs):
-        bar = None
-        if progress:
-
-            def bar(it, epoch=epoch):
-                return progress(it, desc=f"epoch {epoch + 1}/{train_cfg.epochs}", leave=False)
-
+    history, epochs = [], train_cfg.epochs
+    for epoch in range(epochs):
         stats = train_one_epoch(
             model,
             loader,
@@ -103,16 +106,11 @@ def train_classifier(
             device,
             augment=train_cfg.augment,
             generator=generator,
-            progress=bar,
-        )
-        log.info(
-            "epoch %d/%d loss %.4f acc %.4f",
-            epoch + 1,
-            train_cfg.epochs,
-            stats["loss"],
-            stats["accuracy"],
+            progress=epoch_progress(progress, epoch, epochs),
         )
         history.append(stats)
+        loss, accuracy = stats["loss"], stats["accuracy"]
+        log.info("epoch %d/%d loss %.4f acc %.4f", epoch + 1, epochs, loss, accuracy)
     metrics = evaluate_splits(model, data, image_size, device)
     version = save_checkpoint(
         out,

@@ -1,4 +1,7 @@
-"""Fixtures that run a real Label Studio server (see robustar_ls/labelstudio/server.py)."""
+"""Fixtures that run a real Label Studio server.
+
+See robustar_ls/workflows/label_studio.py (the launcher) and tests/label_studio_launcher.py.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from robustar_ls.labelstudio.server import (
+from robustar_ls.workflows.label_studio import LabelStudioServer, running_label_studio
+from tests.label_studio_launcher import (
     INSTALL_HINT,
-    LabelStudioServer,
     db_cache_enabled,
     find_label_studio_bin,
     migrated_database,
-    running_label_studio,
     startup_timeout,
 )
 
@@ -61,7 +63,9 @@ def label_studio(
             label_studio_bin, _db_cache_dir(request.config), startup_timeout()
         )
     workdir = tmp_path_factory.mktemp("label-studio")
-    with running_label_studio(label_studio_bin, workdir, db_template=template) as server:
+    with running_label_studio(
+        label_studio_bin, workdir, db_template=template, timeout=startup_timeout()
+    ) as server:
         yield server
 
 

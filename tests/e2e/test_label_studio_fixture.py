@@ -12,7 +12,8 @@ from label_studio_sdk.core.api_error import ApiError
 from PIL import Image
 
 from robustar_ls.labelstudio.config import default_label_config
-from robustar_ls.labelstudio.server import LabelStudioServer, add_local_storage
+from robustar_ls.workflows.label_studio import LabelStudioServer
+from tests.label_studio_launcher import add_local_storage
 
 pytestmark = pytest.mark.e2e
 

@@ -29,9 +29,9 @@ from robustar_ls.data.synthetic import make_dataset
 from robustar_ls.labelstudio import client as ls
 from robustar_ls.labelstudio.brush import mask_to_rle, rle_to_mask
 from robustar_ls.labelstudio.results import BrushRegion
-from robustar_ls.labelstudio.server import free_port, log_tail, stop_process
 from robustar_ls.models.checkpoint import read_version, save_checkpoint
 from robustar_ls.models.zoo import create_classifier
+from robustar_ls.workflows.label_studio import free_port, log_tail, stop_process
 
 pytestmark = pytest.mark.e2e
 

@@ -10,21 +10,19 @@ with ``LABEL_STUDIO_USERNAME/PASSWORD/USER_TOKEN`` creating the first user (the 
 and ``LABEL_STUDIO_LOCAL_FILES_*`` serving files under a temporary document root. A personal
 access token is then created the way a user does it: log in, ``POST /api/token/``.
 
-A cold start spends most of its time in database migrations (minutes on a small machine), so
-a migrated, user-less SQLite database is cached per Label Studio install and copied into each
-new data dir; later sessions start in seconds.
+A cold start spends most of its time in database migrations (minutes on a small machine);
+``db_template`` copies in an already migrated database (the end-to-end tests cache one per
+Label Studio install: ``tests/label_studio_launcher.py``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -36,21 +34,16 @@ from urllib.parse import quote
 import requests
 from label_studio_sdk import LabelStudio
 
-BIN_ENV = "ROBUSTAR_LS_LABEL_STUDIO_BIN"
-TIMEOUT_ENV = "ROBUSTAR_LS_E2E_STARTUP_TIMEOUT"
-DB_CACHE_ENV = "ROBUSTAR_LS_E2E_DB_CACHE"
+from robustar_ls.errors import RobustarError
+
 DEFAULT_STARTUP_TIMEOUT = 600.0
 DB_FILE = "label_studio.sqlite3"
 LOG_TAIL_CHARS = 4000
-INSTALL_HINT = (
-    "Label Studio is not installed: run `make venv-ls` (creates .venv-ls "
-    "with label-studio==1.23.2) or set ROBUSTAR_LS_LABEL_STUDIO_BIN=/path/to/label-studio"
-)
 
 TokenKind = Literal["legacy", "pat"]
 
 
-class LabelStudioStartError(RuntimeError):
+class LabelStudioStartError(RobustarError, RuntimeError):
     """Label Studio did not come up; the message ends with the tail of its log."""
 
 
@@ -90,33 +83,6 @@ class LabelStudioServer:
         """The ``/data/local-files/?d=...`` URL Label Studio serves ``path`` under."""
         relative = Path(path).resolve().relative_to(self.document_root)
         return f"/data/local-files/?d={quote(relative.as_posix(), safe='/')}"
-
-
-def find_label_studio_bin(repo_root: Path) -> str | None:
-    """``$ROBUSTAR_LS_LABEL_STUDIO_BIN``, else ``.venv-ls/bin/label-studio``, else PATH.
-
-    Raises `FileNotFoundError` when the environment variable names a missing file: an
-    explicit setting that does not work must fail loudly, not skip.
-    """
-    explicit = os.environ.get(BIN_ENV)
-    if explicit:
-        if not os.access(explicit, os.X_OK):
-            raise FileNotFoundError(f"{BIN_ENV}={explicit} is not an executable file")
-        return explicit
-    local = repo_root / ".venv-ls" / "bin" / "label-studio"
-    if os.access(local, os.X_OK):
-        return str(local)
-    return shutil.which("label-studio")
-
-
-def startup_timeout() -> float:
-    """Seconds to wait for migrations and for ``/health`` (``$ROBUSTAR_LS_E2E_STARTUP_TIMEOUT``)."""
-    return float(os.environ.get(TIMEOUT_ENV, DEFAULT_STARTUP_TIMEOUT))
-
-
-def db_cache_enabled() -> bool:
-    """Whether to reuse a migrated database (``ROBUSTAR_LS_E2E_DB_CACHE=0`` turns it off)."""
-    return os.environ.get(DB_CACHE_ENV, "1").lower() not in {"0", "false", "no", "off"}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -233,7 +199,7 @@ def wait_for_health(
         time.sleep(1.0)
     raise LabelStudioStartError(
         f"label-studio did not answer {url}/health within {timeout:.0f} s"
-        f" (set {TIMEOUT_ENV} to wait longer); log {log_path}:\n{log_tail(log_path)}"
+        f"; log {log_path}:\n{log_tail(log_path)}"
     )
 
 
@@ -243,45 +209,6 @@ def _healthy(url: str) -> bool:
         return requests.get(f"{url}/health", timeout=5).status_code == 200
     except requests.RequestException:
         return False
-
-
-def install_key(binary: str) -> str:
-    """A key that changes when this Label Studio install changes (pip rewrites the script)."""
-    resolved = Path(binary).resolve()
-    stamp = f"{resolved}:{resolved.stat().st_mtime_ns}"
-    return hashlib.sha256(stamp.encode()).hexdigest()[:16]
-
-
-def migrated_database(binary: str, cache_dir: Path, timeout: float) -> Path:
-    """A migrated, user-less SQLite database for this install, made once and cached.
-
-    ``label-studio version`` applies all migrations to its data dir and exits without
-    creating a user, which is exactly the template wanted.
-    """
-    cached = cache_dir / f"label-studio-{install_key(binary)}.sqlite3"
-    if cached.exists():
-        return cached
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir, prefix="migrate-") as scratch:
-        data_dir = Path(scratch)
-        log_path = data_dir / "migrate.log"
-        process = spawn([binary, "version"], base_env(data_dir), log_path)
-        try:
-            returncode = process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            stop_process(process)
-            raise LabelStudioStartError(
-                f"`label-studio version` (migrations) took over {timeout:.0f} s:\n"
-                f"{log_tail(log_path)}"
-            ) from None
-        if returncode != 0 or not (data_dir / DB_FILE).exists():
-            raise LabelStudioStartError(
-                f"`label-studio version` failed with code {returncode}:\n{log_tail(log_path)}"
-            )
-        partial = cached.with_suffix(".partial")
-        shutil.copyfile(data_dir / DB_FILE, partial)
-        os.replace(partial, cached)
-    return cached
 
 
 def create_personal_access_token(url: str, username: str, password: str) -> str:
@@ -332,7 +259,7 @@ def running_label_studio(
     binary: str,
     workdir: Path,
     db_template: Path | None = None,
-    timeout: float | None = None,
+    timeout: float = DEFAULT_STARTUP_TIMEOUT,
     *,
     credentials: Credentials | None = None,
     port: int | None = None,
@@ -349,7 +276,6 @@ def running_label_studio(
     ``personal_access_token`` a PAT is created for the user (Label Studio keeps one per user:
     a second server on the same data dir answers 409, so reruns pass False).
     """
-    timeout = startup_timeout() if timeout is None else timeout
     data_dir = workdir / "data"
     document_root = Path(document_root or workdir / "documents")
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -386,18 +312,3 @@ def running_label_studio(
         )
     finally:
         stop_process(process)
-
-
-def add_local_storage(client: LabelStudio, project_id: int, path: Path) -> int:
-    """Connect ``path`` (under the document root) to a project as local-files import storage.
-
-    Label Studio serves ``/data/local-files/?d=...`` only for files inside such a storage.
-    Returns the storage id.
-    """
-    storage = client.import_storage.local.create(
-        project=project_id,
-        path=str(Path(path).resolve()),
-        use_blob_urls=False,
-        title=f"local files {Path(path).name}",
-    )
-    return int(storage.id)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from robustar_ls.backend.server import GunicornServer, threads_per_worker
-from robustar_ls.cli import get_args_parser, serve_config
+from robustar_ls.cli import get_args_parser
+from robustar_ls.cli.serve import serve_config
 
 
 def parse(*argv):
@@ -76,8 +77,8 @@ def test_gunicorn_options_and_lazy_factory():
 
 
 def test_training_jobs_only_with_data(tmp_path, monkeypatch):
-    from robustar_ls.cli import serve_training_jobs
-    from robustar_ls.train.jobs import TrainingJobs
+    from robustar_ls.cli.serve import serve_training_jobs
+    from robustar_ls.workflows.jobs import TrainingJobs
 
     monkeypatch.delenv("ROBUSTAR_LS_SECRET", raising=False)
     args = parse("--checkpoint", "m.pt", "--cache-dir", str(tmp_path / "c"), "--batch-size", "3")

@@ -6,8 +6,8 @@ Steps (each reuses what an earlier run left in the work folder):
 2. a small classifier trained on it (it learns the shortcut: high in-distribution accuracy,
    low out-of-domain accuracy);
 3. Label Studio (own virtualenv, SQLite, local-files serving, a demo user and token);
-4. the ML backend (``robustar-ls serve``);
-5. the project import, then influence scores written into the tasks;
+4. the ML backend (``robustar-ls serve``, a subprocess);
+5. the project import, then influence scores written into the tasks (function calls, no argv);
 6. a summary of where to click; both servers run until Ctrl-C.
 
 Everything lives under the work folder (default ``./demo``): ``documents/`` is Label Studio's
@@ -17,7 +17,6 @@ local-files document root and holds the dataset, ``label-studio/`` its database,
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -28,13 +27,22 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
-from robustar_ls.labelstudio.server import (
+from robustar_ls.config import (
+    ImportConfig,
+    InfluenceConfig,
+    LabelStudioConfig,
+    ModelConfig,
+    SyntheticConfig,
+    TrainConfig,
+)
+from robustar_ls.errors import RobustarError
+from robustar_ls.workflows.label_studio import (
     Credentials,
     LabelStudioServer,
     free_port,
@@ -61,7 +69,7 @@ class DemoConfig:
     wait: bool = True  # keep serving until Ctrl-C
 
 
-class DemoError(RuntimeError):
+class DemoError(RobustarError, RuntimeError):
     """A demo step failed; the message says which and how to fix it."""
 
 
@@ -77,40 +85,30 @@ def demo_credentials(path: Path) -> Credentials:
     return creds
 
 
-def run_step(name: str, argv: list[str], cli_main: Callable[[list[str]], int]) -> None:
-    log.info("demo: %s", name)
-    code = cli_main(argv)
-    if code != 0:
-        raise DemoError(f"step '{name}' failed (robustar-ls {' '.join(argv)} exited {code})")
-
-
-def prepare_model(cfg: DemoConfig, data: Path, model: Path, cli_main) -> None:
+def prepare_model(cfg: DemoConfig, data: Path, model: Path, progress: Callable | None) -> None:
     """Dataset + shortcut classifier, unless an earlier run made them."""
+    from robustar_ls.data.synthetic import make_dataset
+    from robustar_ls.train.run import train_classifier
+
     if not (data / "spurious.json").is_file():
-        run_step(
-            "make the dataset",
-            [
-                "make-dataset",
-                str(data),
-                "--kind",
-                "patch",
-                "--per-class",
-                str(cfg.per_class),
-                "--test-per-class",
-                "50",
-                "--val-per-class",
-                "50",
-                "--spurious-fraction",
-                str(cfg.spurious_fraction),
-            ],
-            cli_main,
+        log.info("demo: make the dataset")
+        synthetic = SyntheticConfig(
+            kind="patch",
+            per_class=cfg.per_class,
+            test_per_class=50,
+            val_per_class=50,
+            spurious_fraction=cfg.spurious_fraction,
         )
+        bar = (lambda it: progress(it, desc="images", unit="img")) if progress else None
+        summary = make_dataset(data, synthetic, progress=bar)
+        log.info("demo: wrote %d images to %s", summary["images"], data)
     if not model.is_file():
-        run_step(
-            "train the classifier (it learns the shortcut)",
-            ["train", "--data", str(data), "--out", str(model), "--epochs", str(cfg.epochs)],
-            cli_main,
+        log.info("demo: train the classifier (it learns the shortcut)")
+        summary = train_classifier(
+            data, model, ModelConfig(), TrainConfig(epochs=cfg.epochs), progress=progress
         )
+        accs = ", ".join(f"{s} {m['accuracy']:.3f}" for s, m in summary["splits"].items())
+        log.info("demo: saved %s (%s): accuracy %s", model, summary["model_version"], accs)
 
 
 @contextmanager
@@ -192,8 +190,19 @@ Logs: {work / "label-studio.log"}, {work / "backend.log"}.   Ctrl-C stops both s
 """
 
 
-def run_demo(cfg: DemoConfig, cli_main: Callable[[list[str]], int]) -> dict:
-    """Run the demo; returns the import summary (and blocks until Ctrl-C when ``cfg.wait``)."""
+def run_demo(
+    cfg: DemoConfig,
+    *,
+    secret: str = "",
+    basic_auth: tuple[str, str] | None = None,
+    progress: Callable | None = None,
+) -> dict:
+    """Run the demo; returns the import summary (and blocks until Ctrl-C when ``cfg.wait``).
+
+    ``secret``: the URL-signing key (ROBUSTAR_LS_SECRET; "" = the key file in the cache);
+    ``basic_auth``: the backend's basic-auth login, given to Label Studio with the backend URL;
+    ``progress``: a tqdm-like wrapper for the dataset and training bars.
+    """
     if not cfg.label_studio_bin or not os.access(cfg.label_studio_bin, os.X_OK):
         raise DemoError(
             f"no Label Studio executable at {cfg.label_studio_bin or '(none given)'}: run "
@@ -202,7 +211,7 @@ def run_demo(cfg: DemoConfig, cli_main: Callable[[list[str]], int]) -> dict:
     work = Path(cfg.workdir).resolve()
     documents = work / "documents"
     data, model = documents / "patch", work / "model.pt"
-    prepare_model(cfg, data, model, cli_main)
+    prepare_model(cfg, data, model, progress)
     creds = demo_credentials(work / "credentials.json")
     log.info("demo: start Label Studio (the first start migrates its database: minutes)")
     with running_label_studio(
@@ -214,59 +223,52 @@ def run_demo(cfg: DemoConfig, cli_main: Callable[[list[str]], int]) -> dict:
         personal_access_token=False,  # the demo uses the legacy token
     ) as ls:
         log.info("demo: Label Studio is up at %s", ls.url)
-        os.environ["LABEL_STUDIO_API_KEY"] = ls.legacy_token  # read by the steps below
         with running_backend(
             model, documents, data, cfg.backend_port or free_port(), ls, work / "backend.log"
         ) as backend_url:
-            summary = import_and_rank(ls, data, documents, backend_url, work, cli_main)
+            summary = import_and_rank(ls, data, backend_url, work, secret, basic_auth)
             print(next_steps(ls, summary, backend_url, work), flush=True)
             if cfg.wait:
                 wait_for_interrupt()
     return summary
 
 
-def import_and_rank(ls, data: Path, documents: Path, backend_url: str, work: Path, cli_main):
-    """Import the project (JSON summary captured) and write influence into its tasks."""
-    captured = io.StringIO()
-    with redirect_stdout(captured):
-        run_step(
-            "import the project",
-            [
-                "import",
-                "--data",
-                str(data),
-                "--label-studio-url",
-                ls.url,
-                "--project",
-                PROJECT,
-                "--backend-url",
-                backend_url,
-                "--document-root",
-                str(documents),
-                "--cache-dir",
-                str(work / "cache"),
-                "-q",
-                "--json",
-            ],
-            cli_main,
-        )
-    run_step(
-        "score influence and order the tasks",
-        [
-            "influence",
-            "--data",
-            str(data),
-            "--checkpoint",
-            str(work / "model.pt"),
-            "--label-studio-url",
-            ls.url,
-            "--project",
-            PROJECT,
-            "-q",
-        ],
-        cli_main,
+def import_and_rank(
+    ls: LabelStudioServer,
+    data: Path,
+    backend_url: str,
+    work: Path,
+    secret: str,
+    basic_auth: tuple[str, str] | None,
+) -> dict:
+    """Import the project, then write influence scores into its tasks; the import summary."""
+    from robustar_ls.data.folders import ImageFolderSplits
+    from robustar_ls.labelstudio.client import connect
+    from robustar_ls.labelstudio.project_import import import_project
+    from robustar_ls.models.checkpoint import load_checkpoint
+    from robustar_ls.workflows import influence
+    from robustar_ls.workflows.project import saliency_links
+
+    label_studio = LabelStudioConfig(
+        url=ls.url, api_key=ls.legacy_token, project=PROJECT, document_root=str(ls.document_root)
     )
-    return json.loads(captured.getvalue())
+    client = connect(label_studio.url, label_studio.api_key)
+    cache = work / "cache"
+    log.info("demo: import the project")
+    links = saliency_links(backend_url, secret, cache)
+    summary = import_project(
+        client,
+        label_studio,
+        ImportConfig(data=str(data), backend_url=backend_url, cache_dir=str(cache)),
+        basic_auth=basic_auth,
+        saliency=links,
+    )
+    log.info("demo: score influence and order the tasks")
+    splits = ImageFolderSplits.open(data, required=("train", "test"))
+    ckpt = load_checkpoint(work / "model.pt", classes=splits.classes)
+    result = influence.score(splits, ckpt, InfluenceConfig())
+    influence.write_to_label_studio(client, label_studio, result)
+    return summary
 
 
 def wait_for_interrupt() -> None:

@@ -4,7 +4,8 @@ and behind Label Studio's "Start Training" button (``/webhook`` → :class:`Trai
 :func:`sync_and_train` runs: connect → find the project → :func:`sync_masks` into the mask store
 (``<data>/masks`` unless told otherwise) → :func:`paired_finetune` from the served checkpoint →
 a summary with the sync report. Without Label Studio settings it trains from the masks already in
-the store (e.g. ``<data>/oracle_masks``).
+the store (e.g. ``<data>/oracle_masks``). The dataset folder is opened once, here, and the
+opened :class:`ImageFolderSplits` is handed to the sync and to the training.
 
 Syncs into one mask store are serialised by an ``flock`` on ``<masks>/.sync.lock``: a CLI run and
 a webhook job never interleave their writes. A dry run takes no lock (it writes nothing, not even
@@ -18,10 +19,14 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from robustar_ls.config import LabelStudioConfig, PairedConfig, SyncConfig, TrainConfig
+from robustar_ls.data.folders import ImageFolderSplits
+from robustar_ls.data.masks import MaskStore
+from robustar_ls.errors import RobustarError
 from robustar_ls.train.checkpoint_guard import training_lock
 
 log = logging.getLogger(__name__)
@@ -29,11 +34,11 @@ log = logging.getLogger(__name__)
 LOCK_FILE = ".sync.lock"
 
 
-class NoMasksError(RuntimeError):
+class NoMasksError(RobustarError, RuntimeError):
     """After syncing, no training image has a mask: nothing to pair."""
 
 
-class SyncRankError(RuntimeError):
+class SyncRankError(RobustarError, RuntimeError):
     """Under torchrun: rank 0's sync failed (this rank waited for it)."""
 
 
@@ -50,16 +55,16 @@ def mask_store_lock(masks_root: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def project_id_of(project: Any) -> int:
-    pid = project.get("id") if isinstance(project, dict) else getattr(project, "id", None)
-    if pid is None:
-        raise ValueError(f"Label Studio project {project!r} has no id")
-    return int(pid)
+def open_data(data: str | Path | ImageFolderSplits) -> ImageFolderSplits:
+    """``data`` itself when already opened, else the dataset folder opened (train/ required)."""
+    if isinstance(data, ImageFolderSplits):
+        return data
+    return ImageFolderSplits.open(data, required=("train",))
 
 
 def sync_from_label_studio(
     label_studio: LabelStudioConfig,
-    data_root: str | Path,
+    data: str | Path | ImageFolderSplits,
     masks_root: str | Path,
     sync: SyncConfig = SyncConfig(),
     dry_run: bool = False,
@@ -71,26 +76,20 @@ def sync_from_label_studio(
     ``client``: an already connected label-studio-sdk client (default: ``connect`` with the
     URL and API key of ``label_studio``). Returns the :class:`SyncReport`.
     """
-    from robustar_ls.data.folders import ImageFolderSplits
-    from robustar_ls.data.masks import MaskStore
-    from robustar_ls.labelstudio.client import connect, find_project
-    from robustar_ls.labelstudio.sync import SyncError, sync_masks
+    from robustar_ls.labelstudio import client as ls_client
+    from robustar_ls.labelstudio.sync import sync_masks
+    from robustar_ls.workflows.project import project_id
 
-    data = ImageFolderSplits.open(data_root, required=("train",))
+    data = open_data(data)
     if client is None:
-        client = connect(label_studio.url, label_studio.api_key)
-    project = find_project(client, label_studio.project)
-    if project is None:
-        raise SyncError(
-            f"Label Studio at {label_studio.url} has no project titled "
-            f"{label_studio.project!r}; create it with `robustar-ls import`"
-        )
+        client = ls_client.connect(label_studio.url, label_studio.api_key)
+    pid = project_id(client, label_studio)
     masks_root = Path(masks_root)
     # a dry run writes nothing, not even the lock file
     with nullcontext() if dry_run else mask_store_lock(masks_root):
         return sync_masks(
             client,
-            project_id_of(project),
+            pid,
             data,
             MaskStore(masks_root),
             dry_run=dry_run,
@@ -102,8 +101,21 @@ def sync_from_label_studio(
         )
 
 
+@dataclass(frozen=True)
+class TrainPlan:
+    """What the paired fine-tuning after a sync trains on, and where it writes."""
+
+    data: ImageFolderSplits
+    checkpoint: Path
+    masks_root: Path
+    paired: PairedConfig
+    train: TrainConfig
+    out: str | Path | None = None
+    progress: Callable | None = None
+
+
 def sync_and_train(
-    data: str | Path,
+    data: str | Path | ImageFolderSplits,
     checkpoint: str | Path,
     *,
     label_studio: LabelStudioConfig | None = None,
@@ -126,67 +138,63 @@ def sync_and_train(
     Under ``torchrun`` only rank 0 talks to Label Studio; the other ranks wait for it in the
     process group (started here, then reused by the training) before reading the masks.
     """
-    masks_root = Path(masks) if masks else Path(data) / "masks"
+    default_masks = (data.root if isinstance(data, ImageFolderSplits) else Path(data)) / "masks"
+    plan = TrainPlan(
+        open_data(data),
+        Path(checkpoint),
+        Path(masks or default_masks),
+        paired,
+        train,
+        out,
+        progress,
+    )
     # One training per checkpoint at a time, CLI and server alike (a dry run trains nothing).
-    with nullcontext() if dry_run else training_lock(checkpoint):
-        return _sync_and_train(
-            data,
-            checkpoint,
-            label_studio,
-            paired,
-            train,
-            sync,
-            masks_root,
-            out,
-            dry_run,
-            progress,
-            client,
-        )
+    with nullcontext() if dry_run else training_lock(plan.checkpoint):
+        return _sync_then_train(plan, label_studio, sync, dry_run, client)
 
 
-def _sync_and_train(
-    data, checkpoint, label_studio, paired, train, sync, masks_root, out, dry_run, progress, client
-):
+def _sync_then_train(plan: TrainPlan, label_studio, sync, dry_run, client):
+    progress, train = plan.progress, plan.train
     if label_studio is None:
         if dry_run:
             raise ValueError("dry_run needs Label Studio settings: it previews a sync")
-        return _train(data, checkpoint, masks_root, paired, train, out, progress, None)
+        return _train(plan, None)
 
     from robustar_ls.train.distributed import init_distributed, launched_by_torchrun, shutdown
 
     def run_sync():
         return sync_from_label_studio(
-            label_studio, data, masks_root, sync, dry_run=dry_run, progress=progress, client=client
+            label_studio, plan.data, plan.masks_root, sync, dry_run, progress, client
         )
 
     if not launched_by_torchrun():
-        report = run_sync()
-        return _after_sync(
-            report, data, checkpoint, masks_root, paired, train, out, dry_run, progress
-        )
+        return _after_sync(plan, run_sync(), dry_run)
     ctx = init_distributed(train.device)
     try:
-        report = _on_rank0_then_share(ctx, run_sync)
-        result = _after_sync(
-            report, data, checkpoint, masks_root, paired, train, out, dry_run, progress
-        )
+        result = _after_sync(plan, _on_rank0_then_share(ctx, run_sync), dry_run)
         return result if ctx.is_main else None
     finally:
         shutdown(ctx)
 
 
-def _after_sync(report, data, checkpoint, masks_root, paired, train, out, dry_run, progress):
+def _after_sync(plan: TrainPlan, report, dry_run: bool) -> dict[str, Any] | None:
     if dry_run:
         return {"sync": report.to_dict(), "trained": False}
-    _check_has_masks(data, masks_root, report)
-    return _train(data, checkpoint, masks_root, paired, train, out, progress, report.to_dict())
+    _check_has_masks(plan, report)
+    return _train(plan, report.to_dict())
 
 
-def _train(data, checkpoint, masks_root, paired, train, out, progress, report):
+def _train(plan: TrainPlan, report: dict[str, Any] | None) -> dict[str, Any] | None:
     from robustar_ls.train.finetune import paired_finetune
 
     result = paired_finetune(
-        data, checkpoint, masks_root, paired, train, out=out, progress=progress
+        plan.data,
+        plan.checkpoint,
+        plan.masks_root,
+        plan.paired,
+        plan.train,
+        out=plan.out,
+        progress=plan.progress,
     )
     if result is None:
         return None
@@ -213,14 +221,11 @@ def _on_rank0_then_share(ctx, compute: Callable[[], Any]) -> Any:
     return box[0]["ok"]
 
 
-def _check_has_masks(data: str | Path, masks_root: Path, report) -> None:
-    from robustar_ls.data.folders import ImageFolderSplits
-    from robustar_ls.data.masks import MaskStore
-
-    samples = ImageFolderSplits.open(data, required=("train",)).splits["train"]
-    if not MaskStore(masks_root).match([s.relpath for s in samples]):
+def _check_has_masks(plan: TrainPlan, report) -> None:
+    samples = plan.data.splits["train"]
+    if not MaskStore(plan.masks_root).match([s.relpath for s in samples]):
         raise NoMasksError(
-            f"no training image has a mask in {masks_root} after syncing from Label Studio "
+            f"no training image has a mask in {plan.masks_root} after syncing from Label Studio "
             f"({report.summary()}); paint 'Spurious' regions and submit the annotations first"
         )
 
@@ -234,14 +239,15 @@ def training_job(
     train: TrainConfig = TrainConfig(),
     sync: SyncConfig = SyncConfig(),
     masks: str | Path | None = None,
-) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """The ``run`` function for :class:`robustar_ls.train.jobs.TrainingJobs`: each "Start
+) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+    """The ``run`` function for :class:`robustar_ls.workflows.jobs.TrainingJobs`: each "Start
     Training" webhook syncs and trains in place (the served checkpoint is replaced atomically,
-    the backend picks up the new version on its next request)."""
+    the backend picks up the new version on its next request). The dataset is opened per job,
+    so images added between jobs are seen."""
 
-    def run(payload: dict[str, Any]) -> dict[str, Any]:
+    def run(payload: dict[str, Any]) -> dict[str, Any] | None:
         log.info("training job triggered by %s", payload.get("action", "a request"))
-        result = sync_and_train(
+        return sync_and_train(
             data,
             checkpoint,
             label_studio=label_studio,
@@ -250,8 +256,5 @@ def training_job(
             sync=sync,
             masks=masks,
         )
-        if result is None:  # pragma: no cover - the webhook never runs under torchrun
-            raise RuntimeError("training ran as a non-zero torchrun rank")
-        return result
 
     return run

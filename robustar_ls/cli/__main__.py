@@ -1,0 +1,7 @@
+"""``python -m robustar_ls.cli``."""
+
+import sys
+
+from robustar_ls.cli.main import main
+
+sys.exit(main())

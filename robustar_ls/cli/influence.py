@@ -1,0 +1,106 @@
+"""``robustar-ls influence``: rank training images by how much they drive the test errors."""
+
+from __future__ import annotations
+
+import argparse
+
+from robustar_ls.cli.options import (
+    UserError,
+    add_label_studio_url,
+    label_studio_config,
+    print_json,
+    settings_section,
+    tqdm_progress,
+)
+from robustar_ls.cli.validators import positive_float, positive_int
+from robustar_ls.config import ConfigError, InfluenceConfig, build, pick
+
+NAME = "influence"
+HELP = "rank training images by how much they drive the model's test errors"
+DESCRIPTION = (
+    "Score every training image by how much it drives the model's errors on the test split "
+    "(TRAK-style projected gradients; train features cached per model version under "
+    '<data>/.robustar/influence). Without --out, --json prints {"model_version", "scores": '
+    "{relpath: score}, ...}. With --label-studio-url and --project (API key from "
+    "LABEL_STUDIO_API_KEY) the scores are written into the tasks."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="dataset folder with train/ and test/")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--arch", default=None, help="architecture, for a bare state_dict")
+    p.add_argument("--out", default=None, help="write the full scores JSON here")
+    p.add_argument(
+        "--top", type=positive_int, default=None, help="explain / write only the N highest"
+    )
+    p.add_argument("--k", type=positive_int, default=None, help="projection size (default 2048)")
+    p.add_argument("--layers", default=None, help="comma-separated module names")
+    p.add_argument("--projection", choices=["sketch", "gaussian"], default=None)
+    p.add_argument("--damping", type=positive_float, default=None)
+    p.add_argument("--aggregate", choices=["normalized", "sum"], default=None)
+    p.add_argument("--batch-size", dest="batch_size", type=positive_int, default=None)
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, …")
+    p.add_argument("--test-split", dest="test_split", default=None, help="default: test")
+    p.add_argument("--cache-dir", default=None, help="default: <data>/.robustar/influence")
+    add_label_studio_url(p)
+    p.add_argument("--project", default=None, help="Label Studio project title to update")
+
+
+def influence_config(args: argparse.Namespace) -> InfluenceConfig:
+    flags = pick(args, InfluenceConfig)
+    if getattr(args, "layers", None):
+        flags["layers"] = tuple(name.strip() for name in args.layers.split(",") if name.strip())
+    section = dict(settings_section(args, "influence"))
+    if isinstance(section.get("layers"), list):
+        section["layers"] = tuple(section["layers"])
+    cfg = build(InfluenceConfig, section, flags)
+    if cfg.k < 1 or cfg.batch_size < 1 or cfg.damping < 0:
+        raise ConfigError("influence: k and batch size must be positive, damping >= 0")
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from robustar_ls.data.folders import ImageFolderSplits
+    from robustar_ls.models.checkpoint import load_checkpoint
+    from robustar_ls.workflows import influence
+
+    cfg = influence_config(args)
+    if args.top is not None and args.top < 1:
+        raise UserError("--top must be at least 1")
+    if args.label_studio_url and not args.project:
+        raise UserError("--label-studio-url needs --project (the project title)")
+    label_studio = label_studio_config(args) if args.project else None
+    data = ImageFolderSplits.open(args.data, required=("train", cfg.test_split))
+    ckpt = load_checkpoint(args.checkpoint, arch=args.arch, classes=data.classes)
+    progress = tqdm_progress(not args.quiet)
+    result = influence.score(
+        data, ckpt, cfg, cache_root=args.cache_dir, top=args.top, progress=progress
+    )
+    summary = influence.summary(result, args.top)
+    if label_studio is not None:
+        from robustar_ls.labelstudio.client import connect
+
+        client = connect(label_studio.url, label_studio.api_key)
+        summary["label_studio"] = influence.write_to_label_studio(
+            client, label_studio, result, args.top, progress
+        )
+    if args.out:
+        influence.write_document(result, args.out)
+        summary["out"] = str(args.out)
+    _report(args, result, summary)
+    return 0
+
+
+def _report(args: argparse.Namespace, result, summary: dict) -> None:
+    if args.json:
+        from robustar_ls.workflows.influence import document
+
+        shown = {key: value for key, value in document(result).items() if key != "ranks"}
+        print_json(summary if args.out else {**shown, **summary})
+    elif args.out:
+        print(f"wrote scores of {len(result.scores)} training images to {args.out}")
+    else:
+        print(f"{len(result.test_errors)} test errors; most responsible training images:")
+        for item in summary["top"]:
+            print(f"{item['rank']:5d}  {item['score']:+.4g}  {item['relpath']}  {item['explains']}")

@@ -1,0 +1,117 @@
+"""One epoch of paired training: build (x, x̃) per batch, then the paired loss, over the shared
+epoch driver :func:`robustar_ls.train.loop.run_epoch`.
+
+Per batch: random crop and flip, the same for image and mask (``augment.random_crop_flip``);
+the fill in [0, 1] space (``fills.apply_fill``); then ImageNet normalisation; then one
+forward/backward pass over x and the annotated x̃.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from robustar_ls.config import PairedConfig
+from robustar_ls.data.folders import normalize
+from robustar_ls.train.augment import random_crop_flip
+from robustar_ls.train.distributed import DistContext, all_reduce_sum
+from robustar_ls.train.fills import apply_fill
+from robustar_ls.train.loop import Progress, run_epoch
+from robustar_ls.train.paired import paired_loss, select_worst
+
+TERMS = ("loss", "ce", "ce_paired", "align")
+
+
+def make_pairs(
+    model: nn.Module,
+    images01: torch.Tensor,
+    masks: torch.Tensor,
+    has_mask: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: PairedConfig,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised (x, x̃) on ``device``; x̃ = x where there is no mask.
+
+    With ``cfg.worst_of`` = K > 1, K fills are drawn for the annotated images and the one with
+    the highest paired loss is kept (:func:`paired.select_worst`).
+    """
+    x = normalize(images01).to(device)
+    if not bool(has_mask.any()):
+        return x, x
+    rows = has_mask.nonzero().flatten()
+    sub, sub_masks = images01[rows], masks[rows]
+    if cfg.worst_of > 1:
+        candidates = torch.stack(
+            [
+                normalize(apply_fill(sub, sub_masks, cfg.fill, generator))
+                for _ in range(cfg.worst_of)
+            ]
+        ).to(device)
+        base = getattr(model, "module", model)  # no DDP collectives in the selection pass
+        filled = select_worst(
+            base, x[rows.to(device)], candidates, labels[rows].to(device), cfg.align_weight
+        )
+    else:
+        filled = normalize(apply_fill(sub, sub_masks, cfg.fill, generator)).to(device)
+    x_tilde = x.clone()
+    x_tilde[rows.to(device)] = filled
+    return x, x_tilde
+
+
+def paired_train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    device: torch.device,
+    cfg: PairedConfig,
+    *,
+    augment: bool = True,
+    generator: torch.Generator | None = None,
+    progress: Progress | None = None,
+    ctx: DistContext | None = None,
+) -> dict[str, float]:
+    """One epoch of paired training; returns the epoch's terms (summed over processes).
+
+    ``loss`` and ``ce`` are means per image; ``ce_paired`` and ``align`` are means per
+    *annotated* image (so they read the same whatever the fraction annotated); ``accuracy``
+    is on the unfilled x; ``annotated`` is the fraction of images with a mask.
+    """
+    model.train()
+
+    def step(batch) -> tuple[torch.Tensor, torch.Tensor]:
+        images01, masks, has_mask, labels = batch
+        if augment:
+            images01, masks = random_crop_flip(images01, masks, generator=generator)
+        x, x_tilde = make_pairs(model, images01, masks, has_mask, labels, cfg, generator, device)
+        labels = labels.to(device)
+        terms = paired_loss(model, x, x_tilde, labels, has_mask, cfg.align_weight)
+        n = len(labels)
+        correct = (terms["logits"].argmax(1) == labels).sum().item()
+        row = [*(terms[t].item() * n for t in TERMS), correct, n, int(has_mask.sum())]
+        return terms["loss"], torch.tensor(row, dtype=torch.float64)
+
+    # loss ce ce_paired align correct seen annotated
+    sums = run_epoch(
+        loader,
+        optimizer,
+        scheduler,
+        step,
+        7,
+        progress=progress,
+        postfix=lambda sums: {"loss": f"{sums[0] / sums[5]:.3f}"},
+    )
+    if ctx is not None:
+        sums = all_reduce_sum(ctx, sums)
+    seen, annotated = max(float(sums[5]), 1.0), float(sums[6])
+    return {
+        "loss": float(sums[0]) / seen,
+        "ce": float(sums[1]) / seen,
+        "ce_paired": float(sums[2]) / annotated if annotated else 0.0,
+        "align": float(sums[3]) / annotated if annotated else 0.0,
+        "accuracy": float(sums[4]) / seen,
+        "annotated": annotated / seen,
+    }

@@ -1,0 +1,112 @@
+"""Influence run: score every training image against the test errors of an opened model, then
+(optionally) write the scores into the Label Studio project's tasks.
+
+Used by ``robustar-ls influence`` and by the demo; the scorer itself is
+:class:`robustar_ls.explain.influence.InfluenceScorer`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from robustar_ls.config import InfluenceConfig, LabelStudioConfig
+from robustar_ls.data.folders import ImageFolderSplits
+from robustar_ls.explain.influence import InfluenceResult, InfluenceScorer
+from robustar_ls.files import atomic_write_bytes
+from robustar_ls.models.checkpoint import Checkpoint
+
+log = logging.getLogger(__name__)
+
+SHOWN_BY_DEFAULT = 10
+
+
+def score(
+    data: ImageFolderSplits,
+    ckpt: Checkpoint,
+    cfg: InfluenceConfig,
+    *,
+    cache_root: str | Path | None = None,
+    top: int | None = None,
+    progress: Callable | None = None,
+) -> InfluenceResult:
+    """Scores of ``data``'s train split against ``ckpt``'s errors on ``cfg.test_split``.
+
+    Train features are cached per model version under ``cache_root`` (default
+    ``<data>/.robustar/influence``).
+    """
+    cache = Path(cache_root) if cache_root else data.root / ".robustar" / "influence"
+    scorer = InfluenceScorer(ckpt.model, None, cfg)
+    return scorer.score(
+        data.splits["train"],
+        data.splits[cfg.test_split],
+        image_size=ckpt.image_size,
+        model_version=ckpt.version,
+        classes=data.classes,
+        cache_root=cache,
+        top=top,
+        progress=progress,
+    )
+
+
+def summary(result: InfluenceResult, top: int | None = None) -> dict[str, Any]:
+    """Model version, counts and the ``top`` (default 10) most responsible training images."""
+    highlights = [
+        {
+            "relpath": rel,
+            "score": result.scores[rel],
+            "rank": result.ranks[rel],
+            "drives": result.drives.get(rel, 0),
+            "explains": result.explain_text(rel),
+        }
+        for rel in result.ranked(top if top is not None else SHOWN_BY_DEFAULT)
+    ]
+    return {
+        "model_version": result.model_version,
+        "train_images": len(result.scores),
+        "test_error_count": len(result.test_errors),
+        "top": highlights,
+    }
+
+
+def document(result: InfluenceResult) -> dict[str, Any]:
+    """The full scores, as ``--out`` writes them."""
+    return {
+        "model_version": result.model_version,
+        "scores": result.scores,
+        "ranks": result.ranks,
+        "explains": result.explains,
+        "test_errors": result.test_errors,
+    }
+
+
+def write_document(result: InfluenceResult, path: str | Path) -> None:
+    """:func:`document` as JSON at ``path``, atomically."""
+    text = json.dumps(document(result), indent=1, sort_keys=True) + "\n"
+    atomic_write_bytes(Path(path), text.encode())
+
+
+def write_to_label_studio(
+    client: Any,
+    label_studio: LabelStudioConfig,
+    result: InfluenceResult,
+    top: int | None = None,
+    progress: Callable | None = None,
+) -> dict[str, Any]:
+    """Write the scores into the tasks of the project titled ``label_studio.project``."""
+    from robustar_ls.labelstudio.influence_fields import write_influence
+    from robustar_ls.workflows.project import project_id
+
+    pid = project_id(client, label_studio)
+    report = write_influence(client, pid, result, top, progress)
+    log.info(
+        "Label Studio project %s: %d tasks scored, %d old scores cleared, %d updated",
+        pid,
+        report.scored,
+        report.cleared,
+        report.updated,
+    )
+    return {"project_id": pid, **report.as_dict()}

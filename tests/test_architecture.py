@@ -1,0 +1,119 @@
+"""The package's shape, checked from its source: layers, SDK internals, error root, size.
+
+Layers, lowest first: shared utilities (errors, config, files, labels) < data, models <
+explain, train < labelstudio < workflows < backend < cli. A module imports only from its own
+package or from lower layers (function-level imports count too); data/ and models/ share a
+layer (models read images through data/).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+from pathlib import Path
+
+import pytest
+
+from robustar_ls.errors import RobustarError
+
+PACKAGE = Path(__file__).resolve().parents[1] / "robustar_ls"
+LAYERS = {
+    **dict.fromkeys(("__init__", "errors", "config", "files", "labels"), 0),
+    "data": 1,
+    "models": 1,
+    "explain": 2,
+    "train": 2,
+    "labelstudio": 3,
+    "workflows": 4,
+    "backend": 5,
+    "cli": 6,
+}
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
+
+
+def _modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def _rel(path: Path) -> str:
+    return path.relative_to(PACKAGE).as_posix()
+
+
+def _package_of(path: Path) -> str:
+    return path.relative_to(PACKAGE).with_suffix("").parts[0]
+
+
+def _imported_packages(tree: ast.AST) -> set[str]:
+    found = set()
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+            if node.module == "robustar_ls":
+                names = [f"robustar_ls.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "robustar_ls" and len(parts) > 1 and parts[1] in LAYERS:
+                found.add(parts[1])
+    return found
+
+
+def test_every_package_has_a_layer():
+    packages = {_package_of(p) for p in _modules()} - {"py"}
+    assert packages <= set(LAYERS), packages - set(LAYERS)
+
+
+@pytest.mark.parametrize("path", _modules(), ids=_rel)
+def test_no_import_from_a_higher_layer(path):
+    own = _package_of(path)
+    for other in _imported_packages(ast.parse(path.read_text())):
+        if other != own:
+            assert LAYERS[other] <= LAYERS[own], f"{own} imports {other}"
+            if LAYERS[other] == LAYERS[own] and LAYERS[own] > 1:
+                pytest.fail(f"{own}/ imports its sibling layer {other}/")
+
+
+def test_train_knows_nothing_of_label_studio():
+    for path in (PACKAGE / "train").rglob("*.py"):
+        imported = _imported_packages(ast.parse(path.read_text()))
+        assert not imported & {"labelstudio", "workflows", "backend", "cli"}, path
+
+
+def test_sdk_internals_only_in_the_client_door():
+    touching = [_rel(p) for p in _modules() if "._client_wrapper" in p.read_text()]
+    assert touching == ["labelstudio/client/sdk.py"]
+
+
+def test_modules_and_functions_stay_small():
+    too_long = []
+    for path in _modules():
+        text = path.read_text()
+        if text.count("\n") > MAX_MODULE_LINES:
+            too_long.append(f"{_rel(path)}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_long.append(f"{_rel(path)}:{node.lineno} {node.name}() {length} lines")
+    assert not too_long
+
+
+def test_every_exception_derives_from_the_one_base():
+    stray = []
+    for path in _modules():
+        rel = _rel(path)
+        tree = ast.parse(path.read_text())
+        names = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
+        if not names or rel.endswith("__main__.py"):
+            continue
+        module = importlib.import_module("robustar_ls." + rel.removesuffix(".py").replace("/", "."))
+        for name in names:
+            cls = getattr(module, name)
+            exception = inspect.isclass(cls) and issubclass(cls, BaseException)
+            if exception and not issubclass(cls, RobustarError):
+                stray.append(f"{rel}: {name}")
+    assert not stray

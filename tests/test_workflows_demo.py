@@ -1,0 +1,80 @@
+"""The demo workflow's steps that need no Label Studio: checks, credentials, dataset + model."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from types import SimpleNamespace
+
+import pytest
+
+from robustar_ls.models.checkpoint import read_version
+from robustar_ls.workflows import demo
+from robustar_ls.workflows.demo import (
+    DemoConfig,
+    DemoError,
+    demo_credentials,
+    prepare_model,
+    run_demo,
+)
+
+
+def test_missing_label_studio_is_a_clear_error(tmp_path):
+    cfg = DemoConfig(workdir=str(tmp_path), label_studio_bin=str(tmp_path / "nope"))
+    with pytest.raises(DemoError, match="make demo"):
+        run_demo(cfg)
+    assert list(tmp_path.iterdir()) == []  # nothing made before the check
+
+
+def test_credentials_are_made_once_and_private(tmp_path):
+    path = tmp_path / "w" / "credentials.json"
+    first = demo_credentials(path)
+    assert demo_credentials(path) == first
+    assert first.password and first.legacy_token
+    assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+def test_prepare_model_calls_the_library_and_reuses_its_outputs(tmp_path):
+    data, model = tmp_path / "documents" / "patch", tmp_path / "model.pt"
+    cfg = DemoConfig(per_class=2, epochs=1)
+    prepare_model(cfg, data, model, progress=None)
+    assert (data / "spurious.json").is_file() and model.is_file()
+    version = read_version(model)
+    prepare_model(cfg, data, model, progress=None)  # a rerun keeps both
+    assert read_version(model) == version
+
+
+def test_run_demo_passes_opened_servers_and_sets_no_environment(tmp_path, monkeypatch, capsys):
+    binary = tmp_path / "label-studio"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    calls = {}
+    server = SimpleNamespace(url="http://ls.test:1", username="u", password="p", legacy_token="tok")
+
+    @contextmanager
+    def fake_label_studio(bin_, workdir, **kwargs):
+        calls["label_studio"] = (bin_, kwargs["document_root"])
+        yield server
+
+    @contextmanager
+    def fake_backend(checkpoint, document_root, data, port, ls, log_path):
+        calls["backend"] = (checkpoint, ls)
+        yield "http://backend.test:2"
+
+    def fake_import_and_rank(ls, data, backend_url, work, secret, basic_auth):
+        calls["import"] = (ls, backend_url, secret, basic_auth)
+        return {"project_url": "http://ls.test:1/projects/1"}
+
+    monkeypatch.setattr(demo, "prepare_model", lambda *args: calls.setdefault("prepare", args))
+    monkeypatch.setattr(demo, "running_label_studio", fake_label_studio)
+    monkeypatch.setattr(demo, "running_backend", fake_backend)
+    monkeypatch.setattr(demo, "import_and_rank", fake_import_and_rank)
+    environ = dict(os.environ)
+    cfg = DemoConfig(workdir=str(tmp_path / "w"), label_studio_bin=str(binary), wait=False)
+    summary = run_demo(cfg, secret="s3cret", basic_auth=("a", "b"))
+    assert summary == {"project_url": "http://ls.test:1/projects/1"}
+    assert dict(os.environ) == environ
+    assert calls["import"] == (server, "http://backend.test:2", "s3cret", ("a", "b"))
+    assert calls["backend"][1] is server
+    assert calls["label_studio"][1] == (tmp_path / "w" / "documents").resolve()
+    assert "http://ls.test:1/projects/1" in capsys.readouterr().out
