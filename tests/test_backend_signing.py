@@ -80,3 +80,12 @@ def test_too_short_secret_file_is_refused(tmp_path):
     (tmp_path / "secret.key").write_text("abc")
     with pytest.raises(ValueError, match="too short"):
         load_or_create_secret(tmp_path)
+
+
+def test_the_same_url_all_through_a_lifetime_window_and_one_to_two_lifetimes_valid():
+    first = saliency_url("http://b", REFS[0], "s" * 32, lifetime_s=100, now=1_000_010)
+    assert saliency_url("http://b", REFS[0], "s" * 32, lifetime_s=100, now=1_000_099) == first
+    later = saliency_url("http://b", REFS[0], "s" * 32, lifetime_s=100, now=1_000_100)
+    assert later != first
+    expires = int(parse_qs(urlparse(first).query)["exp"][0])
+    assert 1_000_010 + 100 <= expires <= 1_000_010 + 200

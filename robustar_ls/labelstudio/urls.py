@@ -7,11 +7,11 @@ Task data is static, but the heatmap must follow the model version on disk. So a
 version it is serving *now*. The signature means nobody can make the backend read an arbitrary
 file or URL: only image references that were signed with the secret are served.
 
-A URL expires: ``exp`` (Unix seconds, signed with the key) is now + the URL lifetime (7 days
-by default, long enough for a labeling session). Predictions renew it: when ``/predict`` sees a
-task whose data holds a validly signed saliency URL, it records the renewal
-(:class:`Renewals`, a marker file per key shared by every worker), and the URL stays valid for
-another lifetime from then. A URL signed without ``exp`` (older imports) is valid only while
+A URL expires: ``exp`` (Unix seconds, signed with the key) falls one to two URL lifetimes (7
+days by default, long enough for a labeling session) after it was written. Predictions renew
+it: when ``/predict`` sees a task whose data holds a validly signed saliency URL, it records
+the renewal (:class:`Renewals`, a marker file per key shared by every worker), and the URL
+stays valid for another lifetime from then. A URL signed without ``exp`` (older imports) is valid only while
 renewed.
 
 The secret must be the same wherever URLs are written (``robustar-ls import``) and checked
@@ -117,13 +117,18 @@ def saliency_url(
     lifetime_s: float = DEFAULT_URL_LIFETIME_S,
     now: float | None = None,
 ) -> str:
-    """The signed URL of the backend's saliency heatmap of ``image_ref``, valid ``lifetime_s``.
+    """The signed URL of the backend's saliency heatmap of ``image_ref``, valid one to two
+    ``lifetime_s``.
 
     ``base_url`` is the backend as the annotator's browser reaches it, e.g.
     ``http://localhost:9090``.
     """
     key = image_key(image_ref)
-    expires = int((time.time() if now is None else now) + lifetime_s)
+    # Expiry at the end of the next lifetime-long window: valid for one to two lifetimes, and
+    # the same URL for the same image all through one window, so re-running the import does
+    # not rewrite every task.
+    window = max(1, int(lifetime_s))
+    expires = (int(time.time() if now is None else now) // window + 2) * window
     signature = quote(sign(key, secret, expires))
     return f"{base_url.rstrip('/')}/saliency/{key}.png?exp={expires}&sig={signature}"
 
