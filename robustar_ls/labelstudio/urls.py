@@ -11,8 +11,8 @@ A URL expires: ``exp`` (Unix seconds, signed with the key) falls one to two URL 
 days by default, long enough for a labeling session) after it was written. Predictions renew
 it: when ``/predict`` sees a task whose data holds a validly signed saliency URL, it records
 the renewal (:class:`Renewals`, a marker file per key shared by every worker), and the URL
-stays valid for another lifetime from then. A URL signed without ``exp`` (older imports) is valid only while
-renewed.
+stays valid for another lifetime from then. A URL signed without ``exp`` (older imports) is
+valid only while renewed.
 
 The secret must be the same wherever URLs are written (``robustar-ls import``) and checked
 (every gunicorn worker of ``robustar-ls serve``): from ``ROBUSTAR_LS_SECRET`` (read by the CLI),

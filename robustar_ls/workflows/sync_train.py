@@ -14,11 +14,9 @@ the lock file). Under ``torchrun`` only rank 0 syncs; the other ranks wait for i
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from robustar_ls.config import LabelStudioConfig, PairedConfig, SyncConfig, Trai
 from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.masks import MaskStore
 from robustar_ls.errors import RobustarError
+from robustar_ls.files import exclusive_lock
 from robustar_ls.train.checkpoint_guard import training_lock
 
 log = logging.getLogger(__name__)
@@ -42,17 +41,9 @@ class SyncRankError(RobustarError, RuntimeError):
     """Under torchrun: rank 0's sync failed (this rank waited for it)."""
 
 
-@contextmanager
-def mask_store_lock(masks_root: Path) -> Iterator[None]:
-    """Exclusive lock on one mask store, across threads and processes."""
-    masks_root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(masks_root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+def mask_store_lock(masks_root: Path) -> AbstractContextManager[None]:
+    """Exclusive lock on one mask store, across threads and processes (waits for it)."""
+    return exclusive_lock(Path(masks_root) / LOCK_FILE)
 
 
 def open_data(data: str | Path | ImageFolderSplits) -> ImageFolderSplits:
