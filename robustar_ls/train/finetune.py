@@ -35,6 +35,7 @@ from robustar_ls.data.folders import ImageFolderSplits, Sample, images_to_unit_b
 from robustar_ls.data.images import displayed_size, load_rgb
 from robustar_ls.data.masks import MaskError, MaskStore, read_mask_png
 from robustar_ls.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from robustar_ls.train.checkpoint_guard import check_unchanged
 from robustar_ls.train.distributed import (
     DistContext,
     barrier,
@@ -196,6 +197,7 @@ def paired_finetune(
                 out=out,
                 progress=progress,
                 ctx=ctx,
+                source=checkpoint,
             )
         )
     finally:
@@ -215,6 +217,7 @@ class FinetuneRun:
     out: Path
     progress: Progress | None
     ctx: DistContext
+    source: Path | None = None  # the checkpoint trained from: checked unchanged before writing
 
     @property
     def samples(self) -> list[Sample]:
@@ -337,7 +340,12 @@ def _save(
     after: dict[str, dict[str, float]],
     history: list[dict[str, float]],
 ) -> str:
-    """Write the fine-tuned checkpoint atomically (the parent as its parent); its version."""
+    """Write the fine-tuned checkpoint atomically (the parent as its parent); its version.
+
+    Compare-and-swap: refused when the source checkpoint no longer holds the parent version.
+    """
+    if run.source is not None:
+        check_unchanged(run.source, run.parent.version)
     return save_checkpoint(
         run.out,
         model,

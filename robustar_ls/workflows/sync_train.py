@@ -26,6 +26,7 @@ from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.masks import MaskStore
 from robustar_ls.errors import RobustarError
 from robustar_ls.files import exclusive_lock
+from robustar_ls.train.checkpoint_guard import training_lock
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,13 @@ def sync_and_train(
         out,
         progress,
     )
+    # One training per checkpoint at a time, CLI and server alike (a dry run trains nothing).
+    with nullcontext() if dry_run else training_lock(plan.checkpoint):
+        return _sync_then_train(plan, label_studio, sync, dry_run, client)
+
+
+def _sync_then_train(plan: TrainPlan, label_studio, sync, dry_run, client):
+    progress, train = plan.progress, plan.train
     if label_studio is None:
         if dry_run:
             raise ValueError("dry_run needs Label Studio settings: it previews a sync")
