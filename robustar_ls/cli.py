@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from robustar_ls import __version__
+from robustar_ls.cli_segmenter import add_segmenter
 from robustar_ls.config import (
     FINETUNE_DEFAULTS,
     ConfigError,
@@ -800,6 +801,7 @@ COMMANDS = [
     add_serve,
     add_influence,
     add_demo,
+    add_segmenter,
 ]
 
 
