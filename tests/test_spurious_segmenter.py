@@ -19,7 +19,12 @@ from robustar_ls.models.spurious_segmenter import (
     mask_confidence,
 )
 from robustar_ls.models.zoo import create_classifier
-from robustar_ls.train.segmenter import SegmenterDataError, train_segmenter
+from robustar_ls.train.segmenter import (
+    SegmenterDataError,
+    balanced_weights,
+    permute_channels,
+    train_segmenter,
+)
 from robustar_ls.train.segmenter_eval import evaluate_segmenter, iou
 
 FAST = SpuriousSegmenterConfig(steps=150, batch_size=8, lr=0.02)
@@ -164,3 +169,21 @@ def test_cli_errors_are_one_line(stripes, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert "does not exist" in err and "\n" not in err
+
+
+def test_balanced_weights_give_painted_and_empty_masks_half_the_draws_each():
+    masks = torch.zeros(5, 4, 4)
+    masks[0, 1, 1] = 1.0
+    weights = balanced_weights(masks)
+    assert weights[0] == pytest.approx(0.5) and weights[1:].sum() == pytest.approx(0.5)
+    assert torch.equal(balanced_weights(torch.zeros(3, 4, 4)), torch.ones(3))
+
+
+def test_permute_channels_moves_hues_but_keeps_greys():
+    x = torch.zeros(64, 3, 2, 2)
+    x[:, 0] = 1.0  # red
+    x[:, :, 1, 1] = 0.5  # a grey pixel
+    out = permute_channels(x, torch.Generator().manual_seed(0))
+    assert torch.all(out[:, :, 1, 1] == 0.5)
+    assert torch.allclose(out.sum(1), x.sum(1))
+    assert len({int(c.argmax()) for c in out[:, :, 0, 0]}) == 3  # red became green or blue

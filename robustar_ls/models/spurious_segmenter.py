@@ -53,6 +53,7 @@ class SpuriousSegmenterConfig:
     lr: float = 0.01  # Adam, cosine-decayed to zero
     weight_decay: float = 1e-4
     dice_weight: float = 1.0  # loss = BCE + dice_weight * (1 - soft dice over the batch)
+    colour_augment: bool = True  # shuffle RGB channels in training (unseen feature colours)
     seed: int = 0
 
     @classmethod

@@ -81,6 +81,23 @@ def random_flips(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
     return x, y
 
 
+def balanced_weights(masks: torch.Tensor) -> torch.Tensor:
+    """Sampling weights giving images with and without spurious pixels half the draws each
+    (when both exist), so a few painted images among many empty ones are not drowned out."""
+    positive = masks.flatten(1).amax(1) > 0
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return torch.ones(len(masks))
+    return torch.where(positive, 0.5 / n_pos, 0.5 / n_neg)
+
+
+def permute_channels(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Shuffle each image's RGB channels: learn the feature's structure, not its exact hue
+    (grey stays grey, white stays white, a red patch becomes a green or blue one)."""
+    order = torch.stack([torch.randperm(3, generator=gen) for _ in range(x.shape[0])])
+    return torch.gather(x, 1, order[:, :, None, None].expand_as(x))
+
+
 def fit(
     net: TinyUNet,
     images: torch.Tensor,
@@ -95,13 +112,14 @@ def fit(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps))
     )
     net.train()
+    weights = balanced_weights(masks)
     recent: list[dict] = []
     steps: Iterable[int] = range(cfg.steps)
     for _ in progress(steps, desc="segmenter", unit="step") if progress else steps:
-        index = torch.randint(
-            len(images), (min(cfg.batch_size, max(len(images), 2)),), generator=gen
-        )
+        index = torch.multinomial(weights, cfg.batch_size, replacement=True, generator=gen)
         x, y = random_flips(images[index], masks[index], gen)
+        if cfg.colour_augment:
+            x = permute_channels(x, gen)
         terms = segmentation_loss(net(x), y, cfg.dice_weight)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
