@@ -13,7 +13,7 @@ from pathlib import Path
 
 from robustar_ls.config import build, pick
 from robustar_ls.errors import RobustarError
-from robustar_ls.models.spurious_segmenter import SpuriousSegmenterConfig
+from robustar_ls.models.spurious_segmenter import SpuriousSegmenterConfig, default_segmenter_path
 
 
 def add_segmenter(sub) -> None:
@@ -24,7 +24,9 @@ def add_segmenter(sub) -> None:
     t = inner.add_parser("train", help="train a segmenter on <data>/masks (or --masks DIR)")
     t.add_argument("--data", required=True, help="dataset folder (train/<class>/<image>)")
     t.add_argument("--masks", default=None, help="mask store (default <data>/masks)")
-    t.add_argument("--out", required=True, help="segmenter file to write (atomically)")
+    t.add_argument(
+        "--out", default=None, help="file to write (default <data>/.robustar/spurious_segmenter.pt)"
+    )
     t.add_argument("--steps", type=int, default=None, help="optimiser steps (default 300)")
     t.add_argument("--width", type=int, default=None, help="first-level channels (default 8)")
     t.add_argument("--size", type=int, default=None, help="input side (default: the data's)")
@@ -33,7 +35,7 @@ def add_segmenter(sub) -> None:
     t.set_defaults(func=run_segmenter_train)
     e = inner.add_parser("eval", help="IoU and false-positive area against reference masks")
     e.add_argument("--data", required=True, help="dataset folder")
-    e.add_argument("--segmenter", required=True, help="file written by `segmenter train`")
+    e.add_argument("--segmenter", default=None, help="file (default: the dataset's, see train)")
     e.add_argument("--reference", required=True, help="reference masks, e.g. <data>/oracle_masks")
     e.set_defaults(func=run_segmenter_eval)
     for parser in (t, e):
@@ -67,7 +69,7 @@ def run_segmenter_train(args: argparse.Namespace) -> int:
     )
     data = ImageFolderSplits.open(args.data)
     store = MaskStore(args.masks or Path(args.data) / "masks")
-    out = Path(args.out)
+    out = Path(args.out) if args.out else default_segmenter_path(args.data)
     try:
         parent = load_spurious_segmenter(out).version if out.is_file() else None
         seg = train_segmenter(data, store, cfg, tqdm_progress(not args.quiet), parent)
@@ -97,7 +99,7 @@ def run_segmenter_eval(args: argparse.Namespace) -> int:
 
     data = ImageFolderSplits.open(args.data)
     try:
-        seg = load_spurious_segmenter(args.segmenter)
+        seg = load_spurious_segmenter(args.segmenter or default_segmenter_path(args.data))
         scores = evaluate_segmenter(seg, data, MaskStore(args.reference))
     except RobustarError as err:
         return _fail(err)

@@ -187,3 +187,14 @@ def test_permute_channels_moves_hues_but_keeps_greys():
     assert torch.all(out[:, :, 1, 1] == 0.5)
     assert torch.allclose(out.sum(1), x.sum(1))
     assert len({int(c.argmax()) for c in out[:, :, 0, 0]}) == 3  # red became green or blue
+
+
+def test_cli_default_file_lives_in_the_dataset(tmp_path, capsys):
+    data = make_stripe_dataset(tmp_path / "data", n=8, size=16)
+    expert_store(data / "masks", data, ["a/0000.png", "a/0001.png"])
+    assert main(["segmenter", "train", "--data", str(data), "--steps", "3", "-q"]) == 0
+    assert (data / ".robustar" / "spurious_segmenter.pt").is_file()
+    capsys.readouterr()
+    assert main(["segmenter", "eval", "--data", str(data), "--reference",
+                 str(data / "oracle_masks"), "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["n"] == 3  # 3 striped images not trained on

@@ -35,6 +35,12 @@ from robustar_ls.models.checkpoint import atomic_write_bytes, next_version
 FORMAT = "robustar-ls-spurious-segmenter"
 FORMAT_VERSION = 1
 MASK_THRESHOLD = 0.5  # a pixel is spurious when its probability is at least this
+DEFAULT_FILE = Path(".robustar") / "spurious_segmenter.pt"  # inside the dataset folder
+
+
+def default_segmenter_path(data_root: str | Path) -> Path:
+    """Where a dataset's learned segmenter lives unless told otherwise."""
+    return Path(data_root) / DEFAULT_FILE
 
 
 class SegmenterFileError(RobustarError):
