@@ -192,9 +192,12 @@ def test_permute_channels_moves_hues_but_keeps_greys():
 def test_cli_default_file_lives_in_the_dataset(tmp_path, capsys):
     data = make_stripe_dataset(tmp_path / "data", n=8, size=16)
     expert_store(data / "masks", data, ["a/0000.png", "a/0001.png"])
-    assert main(["segmenter", "train", "--data", str(data), "--steps", "3", "-q"]) == 0
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("spurious_segmenter:\n  steps: 3\n  width: 4\n")
+    argv = ["segmenter", "train", "--data", str(data), "--config", str(settings), "--json", "-q"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["width"] == 4
     assert (data / ".robustar" / "spurious_segmenter.pt").is_file()
-    capsys.readouterr()
     assert main(["segmenter", "eval", "--data", str(data), "--reference",
                  str(data / "oracle_masks"), "--json"]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out)["n"] == 3  # 3 striped images not trained on
