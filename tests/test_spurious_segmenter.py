@@ -19,6 +19,7 @@ from robustar_ls.models.spurious_segmenter import (
     mask_confidence,
 )
 from robustar_ls.models.zoo import create_classifier
+from robustar_ls.train.propagate import propagate_dataset
 from robustar_ls.train.segmenter import (
     SegmenterDataError,
     balanced_weights,
@@ -201,3 +202,17 @@ def test_cli_default_file_lives_in_the_dataset(tmp_path, capsys):
     assert main(["segmenter", "eval", "--data", str(data), "--reference",
                  str(data / "oracle_masks"), "--json"]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out)["n"] == 3  # 3 striped images not trained on
+
+
+def test_propagation_from_a_trained_segmenter_keeps_good_masks_only(trained):
+    """Unpainted striped images get accurate masks; featureless ones get none."""
+    seg, data = trained
+    expert = MaskStore(data.root / "expert-view")
+    for rel in seg.trained_on:
+        expert.write(rel, np.zeros((24, 24), bool))  # whatever the expert said stays
+    result = propagate_dataset(seg, data, expert)
+    oracle = MaskStore(data.root / "oracle_masks")
+    assert result.expert_kept == 16 and not set(result.masks) & set(seg.trained_on)
+    assert len(result.masks) >= 12  # of the 16 unpainted striped images
+    assert all(oracle.read(rel).any() for rel in result.masks)
+    assert min(iou(m, oracle.read(rel)) for rel, m in result.masks.items()) >= 0.7
