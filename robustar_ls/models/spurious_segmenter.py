@@ -52,7 +52,7 @@ class SpuriousSegmenterConfig:
     """Settings of the learned segmenter and its training (saved in the file)."""
 
     size: int = 0  # square input side; 0 = the images' median side, capped at max_size
-    max_size: int = 96  # larger images are downscaled to this before training / prediction
+    max_size: int = 64  # larger images are downscaled to this (bench/README.md: time vs size)
     width: int = 8  # channels of the first level; doubled at each of the two lower levels
     steps: int = 300  # optimiser steps (not epochs: a few masks need as many steps as many)
     batch_size: int = 16
