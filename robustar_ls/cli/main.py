@@ -21,6 +21,7 @@ from robustar_ls.cli import (
     import_project,
     influence,
     make_dataset,
+    segmenter,
     serve,
     sync_train,
     train,
@@ -36,6 +37,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     import_project,
     serve,
     influence,
+    segmenter,
     demo,
 )
 
