@@ -194,8 +194,7 @@ class ServeConfig:
     fetch_timeout: float = 30.0  # seconds, for images fetched over HTTP
     request_deadline: float = 60.0  # seconds per /predict: later images get a per-task error
     fetch_parallelism: int = 4  # images of one request fetched at the same time
-    # Image hosts besides Label Studio's origin: "host", "host:port" (trusted as named, private
-    # addresses included), "*.domain" or "*" (public addresses only). See backend/url_policy.py.
+    # Image hosts besides LS's origin: "host[:port]", "*.domain", "*": backend/url_policy.py
     allowed_image_hosts: tuple[str, ...] = ()
     cache_dir: str = ""  # saliency PNGs + the shared secret; "" = ~/.cache/robustar-ls
     saliency_url_lifetime: float = 7 * 24 * 3600.0  # seconds; predictions renew a URL
@@ -209,6 +208,7 @@ class ServeConfig:
     data: str = ""  # dataset folder: enables "Start Training" (sync masks + paired training)
     project: str = "robustar-ls"  # the Label Studio project whose annotations train
     masks: str = ""  # mask store for training ("" = <data>/masks)
+    spurious_segmenter: str = ""  # learned segmenter ("" = <data>/.robustar/spurious_segmenter.pt)
 
     segmentation: SegmenterConfig = field(default_factory=SegmenterConfig)  # device, batch: ours
     saliency: SaliencyConfig = field(default_factory=SaliencyConfig)

@@ -50,7 +50,8 @@ def test_summary_names_prediction_truth_and_verdict(tmp_path):
     predicted = texts[0].split("Predicted: ")[1].split(" (")[0]
     assert predicted in CLASSES
     assert f"({preds[0]['score']:.2f})" in texts[0]
-    assert texts[0].endswith("True: circle · " + ("correct" if predicted == "circle" else "WRONG"))
+    verdict = "correct" if predicted == "circle" else "WRONG"
+    assert texts[0].endswith(f"True: circle · {verdict} · Spurious: Mask R-CNN")
     assert "True: triangle" in texts[1]  # from the test/<class>/ folder
     assert "True: square" in texts[2]  # task data wins over the folder
     assert "True: circle" in texts[3]  # an absolute path under the root

@@ -9,9 +9,11 @@ from robustar_ls.backend.images import ImageFetcher
 from robustar_ls.backend.limits import RequestLimits
 from robustar_ls.backend.model_holder import ModelHolder
 from robustar_ls.backend.predictor import Predictor
+from robustar_ls.backend.spurious_source import LearnedSegmenterHolder
 from robustar_ls.config import ServeConfig
 from robustar_ls.files import remove_stale_temp_files
 from robustar_ls.models.segmenter import Segmenter, SegmenterUnavailable
+from robustar_ls.models.spurious_segmenter import default_segmenter_path
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +28,21 @@ def load_segmenter(cfg: ServeConfig) -> Segmenter | None:
         except SegmenterUnavailable as err:
             reason = str(err)
     log.warning(
-        "no Mask R-CNN segmenter: predictions carry no 'Spurious' pre-annotation and the "
-        "rectangle tool uses its colour-based fallback. Reason: %s",
+        "no Mask R-CNN segmenter: without a learned spurious segmenter predictions carry no "
+        "'Spurious' pre-annotation, and the rectangle tool uses its colour-based fallback. "
+        "Reason: %s",
         reason,
     )
+    return None
+
+
+def learned_segmenter(cfg: ServeConfig) -> LearnedSegmenterHolder | None:
+    """The learned segmenter's holder: ``spurious_segmenter``, else the default file under
+    ``data``; None when neither is set. The file need not exist yet (sync-train writes it)."""
+    if cfg.spurious_segmenter:
+        return LearnedSegmenterHolder(cfg.spurious_segmenter)
+    if cfg.data:
+        return LearnedSegmenterHolder(default_segmenter_path(cfg.data))
     return None
 
 
@@ -52,6 +65,7 @@ def build_predictor(cfg: ServeConfig, timing: dict[str, float] | None = None) ->
         limits=RequestLimits(
             cfg.max_tasks_per_request, cfg.max_request_pixels, cfg.max_response_bytes
         ),
+        learned=learned_segmenter(cfg),
     )
     holder.load_initial()
     return predictor

@@ -45,10 +45,14 @@ class ServedModel:
     device: torch.device
     file_state: FileState
     extras: dict[str, Any] = field(default_factory=dict)  # per-model helpers (explainer)
+    spurious: Any = None  # the learned spurious segmenter serving with it (a per-request copy)
 
     @property
     def version(self) -> str:
-        return self.checkpoint.version
+        """The checkpoint's version, plus the learned segmenter's when one serves with it."""
+        if self.spurious is None:
+            return self.checkpoint.version
+        return f"{self.checkpoint.version}+seg-{self.spurious.version}"
 
     @property
     def model(self) -> torch.nn.Module:

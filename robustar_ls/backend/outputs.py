@@ -31,12 +31,20 @@ class ImageOutputs:
     height: int
     attention_rle: list[int]
     spurious_rle: list[int] | None  # None: no segmenter
+    spurious_score: float | None = None  # the learned segmenter's confidence in its mask
+    spurious_source: str = ""  # "learned segmenter v3-…" or "Mask R-CNN"
 
 
 def image_outputs(
-    probs: np.ndarray, saliency: np.ndarray, spurious: np.ndarray | None, top_fraction: float
+    probs: np.ndarray,
+    saliency: np.ndarray,
+    spurious: np.ndarray | None,
+    top_fraction: float,
+    spurious_score: float | None = None,
+    spurious_source: str = "",
 ) -> ImageOutputs:
-    """One image's outputs: ``saliency`` at the image's size, ``spurious`` a bool mask or None."""
+    """One image's outputs: ``saliency`` at the image's size, ``spurious`` a bool mask or None
+    (made by ``spurious_source``, with confidence ``spurious_score`` when it has one)."""
     height, width = saliency.shape
     return ImageOutputs(
         probs=probs,
@@ -46,17 +54,24 @@ def image_outputs(
         spurious_rle=None
         if spurious is None
         else mask_to_rle(np.asarray(spurious, dtype=np.uint8) * 255),
+        spurious_score=None if spurious is None else spurious_score,
+        spurious_source="" if spurious is None else spurious_source,
     )
 
 
-def summary_text(classes: Sequence[str], probs: np.ndarray, true_class: str | None) -> str:
-    """``Predicted: square (0.93) · True: circle · WRONG``."""
+def summary_text(
+    classes: Sequence[str], probs: np.ndarray, true_class: str | None, spurious_source: str = ""
+) -> str:
+    """``Predicted: square (0.93) · True: circle · WRONG · Spurious: learned segmenter v3-…``
+    (the last part names what made the "Spurious" pre-annotation, when there is one)."""
     index = int(probs.argmax())
     text = f"Predicted: {classes[index]} ({float(probs[index]):.2f})"
     if not true_class:
-        return text + " · True: unknown"
-    verdict = "correct" if classes[index] == true_class else "WRONG"
-    return f"{text} · True: {true_class} · {verdict}"
+        text += " · True: unknown"
+    else:
+        verdict = "correct" if classes[index] == true_class else "WRONG"
+        text = f"{text} · True: {true_class} · {verdict}"
+    return f"{text} · Spurious: {spurious_source}" if spurious_source else text
 
 
 def true_class(data: Mapping[str, Any], path: Path | None, classes: Sequence[str]) -> str | None:
@@ -79,8 +94,12 @@ def to_prediction(
     if tags.summary_textarea and summary is not None:
         result.append(TextAreaResult(tags.summary_textarea, tags.image, summary))
     labels = set(tags.brush_labels or ())
-    regions = [(SPURIOUS_LABEL, out.spurious_rle), (ATTENTION_LABEL, out.attention_rle)]
-    for label, rle in regions:
+    regions = [
+        (SPURIOUS_LABEL, out.spurious_rle, out.spurious_score),
+        (ATTENTION_LABEL, out.attention_rle, None),
+    ]
+    for label, rle, score in regions:
         if tags.brush and rle is not None and label in labels:
-            result.append(BrushRegion(tags.brush, tags.image, rle, label, out.width, out.height))
+            size = (out.width, out.height)
+            result.append(BrushRegion(tags.brush, tags.image, rle, label, *size, score=score))
     return Prediction(model_version=version, score=float(out.probs.max()), result=result)

@@ -3,8 +3,11 @@
 For each task of a ``/predict`` call, one prediction ``{"model_version", "score", "result"}``:
 
 - a ``textarea`` result with the summary "Predicted: square (0.93) · True: circle · WRONG";
-- a brush region "Spurious": everything Mask R-CNN does not see as an object (only when a
-  segmenter is available; otherwise this is said once, at start-up, and omitted);
+- a brush region "Spurious": the learned spurious segmenter's mask, with its confidence as the
+  region's score, when the dataset has one (:mod:`robustar_ls.backend.spurious_source`;
+  its version joins the model version, so a retrained segmenter makes new predictions); else
+  everything Mask R-CNN does not see as an object (only when a segmenter is available;
+  otherwise this is said once, at start-up, and omitted). The summary names the source;
 - a brush region "Model attention": the graded top salient pixels of Grad-CAM for the
   predicted class (Label Studio draws the alpha as opacity: a translucent heatmap).
 
@@ -26,6 +29,7 @@ version being served and cached on disk per (model version, image).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -52,6 +56,7 @@ from robustar_ls.backend.outputs import (
     to_prediction,
     true_class,
 )
+from robustar_ls.backend.spurious_source import LearnedSegmenterHolder
 from robustar_ls.config import SaliencyConfig
 from robustar_ls.data.folders import images_to_batch
 from robustar_ls.explain.saliency import SaliencyExplainer, heatmap_png, resize_map
@@ -64,6 +69,7 @@ from robustar_ls.labelstudio.config import (
 )
 from robustar_ls.labelstudio.results import BrushRegion, Prediction
 from robustar_ls.models.segmenter import Segmenter
+from robustar_ls.models.spurious_segmenter import MASK_THRESHOLD, mask_confidence
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +103,10 @@ class Predictor:
         request_deadline: float = 60.0,
         fetch_parallelism: int = 4,
         limits: RequestLimits | None = None,
+        learned: LearnedSegmenterHolder | None = None,
     ) -> None:
         self.holder = holder
+        self.learned = learned
         self.fetcher = fetcher
         self.segmenter = segmenter
         self.saliency = saliency or SaliencyConfig()
@@ -126,7 +134,13 @@ class Predictor:
 
     @property
     def model_version(self) -> str:
-        return self.holder.current().version
+        return self.served().version
+
+    def served(self) -> ServedModel:
+        """The served classifier, with the learned segmenter (if any) serving with it."""
+        served = self.holder.current()
+        learned = self.learned.current() if self.learned is not None else None
+        return served if learned is None else dataclasses.replace(served, spurious=learned)
 
     def tags_for(self, label_config: str | None) -> LabelConfigTags:
         """The tags of a label config (default config when None); LabelConfigError if unusable."""
@@ -163,7 +177,7 @@ class Predictor:
     ) -> list[dict[str, Any]]:
         """One prediction dict per task, in order. Raises LabelConfigError for a bad config."""
         tags = self.tags_for(label_config)
-        served = self.holder.current()
+        served = self.served()
         accepted, refused = self.limits.split_tasks(tasks, served.version)
         if context and isinstance(context, dict) and context.get("result"):
             done = [self._interactive(task, tags, context, served) for task in accepted]
@@ -269,10 +283,8 @@ class Predictor:
                 predicted = probs.argmax(dim=1)
             with self._timed("saliency"):
                 maps = self._explainer(served).maps(batch, predicted)
-        spurious: list[np.ndarray | None] = [None] * len(images)
-        if self.segmenter is not None:
-            with self._timed("segmenter"):
-                spurious = list(self.segmenter.spurious_masks([item.image for item in images]))
+        with self._timed("segmenter"):
+            spurious, scores, source = self._spurious(served, images)
         probs_np = probs.cpu().numpy()
         with self._timed("encoding"):
             return [
@@ -281,9 +293,27 @@ class Predictor:
                     resize_map(maps[k], item.original_size),
                     upscale_mask(spurious[k], item.original_size),
                     self.saliency.top_fraction,
+                    scores[k],
+                    source,
                 )
                 for k, item in enumerate(images)
             ]
+
+    def _spurious(
+        self, served: ServedModel, images: Sequence[FetchedImage]
+    ) -> tuple[list[np.ndarray | None], list[float | None], str]:
+        """Spurious masks, their confidences and their source: the learned segmenter serving
+        with ``served``, else Mask R-CNN's complement, else none."""
+        none: list[Any] = [None] * len(images)
+        pictures = [item.image for item in images]
+        if served.spurious is not None:
+            probs = served.spurious.predict_proba(pictures)
+            scores = [round(mask_confidence(p), 4) for p in probs]
+            masks = [p >= MASK_THRESHOLD for p in probs]
+            return list(masks), list(scores), f"learned segmenter {served.spurious.version}"
+        if self.segmenter is not None:
+            return list(self.segmenter.spurious_masks(pictures)), none, "Mask R-CNN"
+        return none, none, ""
 
     def _prediction(
         self,
@@ -301,7 +331,7 @@ class Predictor:
         summary = None
         if tags.summary_textarea:
             truth = true_class(task.get("data", {}), item.path, served.classes)
-            summary = summary_text(served.classes, out.probs, truth)
+            summary = summary_text(served.classes, out.probs, truth, out.spurious_source)
         return to_prediction(out, tags, served.version, summary)
 
     # -- interactive tools ----------------------------------------------------------------

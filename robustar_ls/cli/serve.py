@@ -55,6 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="no Mask R-CNN 'Spurious' pre-annotation",
     )
+    add_spurious_flag(p)
     p.add_argument("--score-threshold", dest="score_threshold", type=fraction, default=None)
     p.add_argument(
         "--saliency-method",
@@ -80,6 +81,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", default=None, help="Label Studio project title (for training)")
     p.add_argument("--masks", default=None, help="mask store for training (default <data>/masks)")
     p.add_argument("--debug", action="store_true", help="Flask's development server instead")
+
+
+def add_spurious_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--spurious-segmenter",
+        dest="spurious_segmenter",
+        default=None,
+        metavar="PATH",
+        help="learned spurious segmenter for the 'Spurious' pre-annotation, reloaded when it "
+        "changes (default <data>/.robustar/spurious_segmenter.pt when --data is set)",
+    )
 
 
 LIMIT_FLAGS = (  # (flag, type, help); defaults in ServeConfig

@@ -34,9 +34,10 @@ class BrushRegion:
     height: int
     id: str = field(default_factory=region_id)
     readonly: bool = False
+    score: float | None = None  # the region's confidence, when its source gives one
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "from_name": self.from_name,
             "to_name": self.to_name,
@@ -47,6 +48,9 @@ class BrushRegion:
             "value": {"format": "rle", "rle": self.rle, "brushlabels": [self.label]},
             "readonly": self.readonly,
         }
+        if self.score is not None:
+            out["score"] = self.score
+        return out
 
 
 @dataclass(frozen=True)
