@@ -420,3 +420,32 @@ def test_a_checkpoint_changed_during_training_is_not_overwritten(dataset, checkp
             progress=someone_else_writes,
         )
     assert written and read_version(checkpoint) == written[-1]  # the other writer's file stands
+
+
+def test_extra_masks_pair_unannotated_images_and_the_store_wins(
+    dataset, checkpoint, tmp_path, monkeypatch
+):
+    seen = {}
+    monkeypatch.setattr(finetune, "_run", lambda run: seen.setdefault("masks", run.masks))
+    expert = {"circle/00000.png", "square/00007.png"}
+    extra_store = MaskStore(tmp_path / "propagated")
+    extra = {
+        rel: extra_store.write(rel, np.zeros((32, 32), bool))
+        for rel in ("circle/00000.png", "circle/00001.png")
+    }
+    extra["circle/no-such-image.png"] = tmp_path / "x.png"
+    paired_finetune(
+        dataset,
+        checkpoint,
+        dataset / "oracle_masks",
+        PairedConfig(),
+        TINY_TRAIN,
+        only=expert,
+        extra_masks=extra,
+    )
+    masks = seen["masks"]
+    assert set(masks) == expert | {"circle/00001.png"}  # unknown images are dropped
+    assert masks["circle/00000.png"] == MaskStore(dataset / "oracle_masks").path_for(
+        "circle/00000.png"
+    )  # the expert's mask wins over a propagated one
+    assert masks["circle/00001.png"] == extra["circle/00001.png"]

@@ -33,6 +33,8 @@ def fake_finetune(monkeypatch):
 
     def paired_finetune(data_root, checkpoint, masks_root, paired_cfg, train_cfg, **kwargs):
         calls.append({"masks_root": masks_root, "masks": sorted(MaskStore(masks_root).relpaths())})
+        if "extra_masks" in kwargs:
+            calls[-1]["extra_masks"] = kwargs["extra_masks"]
         return {"model_version": "v2-new", "parent_version": "v1-old", "before": {}, "after": {}}
 
     module.paired_finetune = paired_finetune
@@ -192,3 +194,73 @@ def test_sync_train_fine_tunes_with_gentler_defaults_than_train(monkeypatch, tmp
         FINETUNE_DEFAULTS["epochs"],
     )
     assert seen[1].lr == 0.3 and seen[2].batch_size == 4
+
+
+# -- the learned segmenter after a sync (workflows/segmenter_step.py) ------------------------
+
+
+def test_a_sync_that_changed_masks_retrains_the_segmenter(data, client, fake_finetune):
+    from robustar_ls.models.spurious_segmenter import (
+        default_segmenter_path,
+        load_spurious_segmenter,
+    )
+
+    first = sync_and_train(data, data / "m.pt", label_studio=LS, client=client)["segmenter"]
+    saved = load_spurious_segmenter(default_segmenter_path(data))
+    assert first["retrained"] and first["version"] == saved.version
+    assert saved.trained_on == ["a/0.png"]
+    again = sync_and_train(data, data / "m.pt", label_studio=LS, client=client)["segmenter"]
+    assert not again["retrained"] and again["version"] == saved.version  # nothing changed
+
+
+def test_segmenter_retrain_can_be_switched_off(data, client, fake_finetune):
+    from robustar_ls.models.spurious_segmenter import default_segmenter_path
+    from robustar_ls.workflows.segmenter_step import SegmenterStep
+
+    summary = sync_and_train(
+        data, data / "m.pt", label_studio=LS, client=client, segmenter=SegmenterStep(False)
+    )
+    assert summary["segmenter"]["retrained"] is False and summary["segmenter"]["version"] is None
+    assert not default_segmenter_path(data).exists()
+
+
+def test_propagate_pairs_unannotated_images_and_expert_masks_win(data, fake_finetune):
+    import torch
+
+    from robustar_ls.models.spurious_segmenter import (
+        SpuriousSegmenter,
+        SpuriousSegmenterConfig,
+        default_segmenter_path,
+    )
+    from robustar_ls.workflows.segmenter_step import SegmenterStep
+
+    seg = SpuriousSegmenter.create(SpuriousSegmenterConfig(size=16))
+    last = [m for m in seg.net.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():  # every pixel spurious, confidently
+        last.weight.zero_()
+        last.bias.fill_(6.0)
+    version = seg.save(default_segmenter_path(data))
+    MaskStore(data / "oracle").write("a/0.png", box(0, 1, 0, 1, h=16, w=16))
+    step = SegmenterStep(propagate=True, threshold=0.9)
+    summary = sync_and_train(data, data / "m.pt", masks=data / "oracle", segmenter=step)
+    extra = fake_finetune[0]["extra_masks"]
+    assert set(extra) == {"b/0.png"}  # a/0.png has the expert's mask
+    assert MaskStore(data / ".robustar" / "propagated_masks").read("b/0.png").all()
+    prop = summary["segmenter"]["propagation"]
+    assert prop["propagated"] == 1 and prop["expert_kept"] == 1
+    assert summary["segmenter"]["version"] == version and not summary["segmenter"]["retrained"]
+
+
+def test_cli_segmenter_flags(monkeypatch):
+    import argparse
+
+    from robustar_ls.cli import sync_train as cli_sync_train
+    from robustar_ls.train.propagate import DEFAULT_THRESHOLD
+
+    p = argparse.ArgumentParser()
+    cli_sync_train.add_segmenter_flags(p)
+    step = cli_sync_train.segmenter_step(p.parse_args([]))
+    assert step.retrain and not step.propagate and step.threshold == DEFAULT_THRESHOLD
+    args = ["--no-segmenter-retrain", "--propagate", "--propagate-threshold", "0.8"]
+    step = cli_sync_train.segmenter_step(p.parse_args(args))
+    assert not step.retrain and step.propagate and step.threshold == 0.8

@@ -146,6 +146,7 @@ def serve_training_jobs(args: argparse.Namespace, cfg: ServeConfig):
     if not cfg.data:
         return None
     from robustar_ls.workflows.jobs import TrainingJobs
+    from robustar_ls.workflows.segmenter_step import SegmenterStep
     from robustar_ls.workflows.sync_train import training_job
 
     # the backend's own settings name its Label Studio (the [serve] section and flags)
@@ -163,6 +164,7 @@ def serve_training_jobs(args: argparse.Namespace, cfg: ServeConfig):
         train=build(TrainConfig, FINETUNE_DEFAULTS, settings_section(args, "train")),
         sync=build(SyncConfig, settings_section(args, "sync")),
         masks=cfg.masks or None,
+        segmenter=SegmenterStep(path=cfg.spurious_segmenter),  # the file this backend serves
     )
     return TrainingJobs(run, state_dir=cfg.resolved_cache_dir() / "training")
 

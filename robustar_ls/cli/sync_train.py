@@ -15,7 +15,12 @@ from robustar_ls.cli.options import (
     tqdm_progress,
     train_config,
 )
-from robustar_ls.cli.validators import non_negative_float, positive_int, prepare_output_file
+from robustar_ls.cli.validators import (
+    fraction,
+    non_negative_float,
+    positive_int,
+    prepare_output_file,
+)
 from robustar_ls.config import FINETUNE_DEFAULTS, PairedConfig, SyncConfig, build, pick
 
 NAME = "sync-train"
@@ -83,7 +88,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --label-studio-url: report what the sync would change; write and train nothing",
     )
+    add_segmenter_flags(p)
     add_train_flags(p)
+
+
+PROPAGATE_THRESHOLD = 0.9  # = robustar_ls.train.propagate.DEFAULT_THRESHOLD (not imported: torch)
+
+
+def add_segmenter_flags(p: argparse.ArgumentParser) -> None:
+    """The learned spurious segmenter: retrain after a sync, propagate its masks."""
+    p.add_argument(
+        "--no-segmenter-retrain",
+        dest="segmenter_retrain",
+        action="store_false",
+        help="do not retrain the learned segmenter (<data>/.robustar/spurious_segmenter.pt) "
+        "after a sync that changed masks",
+    )
+    p.add_argument(
+        "--propagate",
+        action="store_true",
+        help="pair unannotated training images with the learned segmenter's confident masks "
+        "(expert masks always win)",
+    )
+    p.add_argument(
+        "--propagate-threshold",
+        dest="propagate_threshold",
+        type=fraction,
+        default=PROPAGATE_THRESHOLD,
+        help=f"minimum mask confidence for --propagate (default {PROPAGATE_THRESHOLD})",
+    )
+
+
+def segmenter_step(args: argparse.Namespace):
+    from robustar_ls.workflows.segmenter_step import SegmenterStep
+
+    return SegmenterStep(
+        retrain=args.segmenter_retrain,
+        propagate=args.propagate,
+        threshold=args.propagate_threshold,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         dry_run=args.dry_run,
         progress=tqdm_progress(not args.quiet),
+        segmenter=segmenter_step(args),
     )
     if summary is None:  # a DDP worker other than rank 0: rank 0 reports
         return 0
@@ -118,7 +162,13 @@ def _json_summary(summary: dict) -> dict:
     if not summary["trained"]:  # --dry-run
         return summary
     keys = ("model_version", "parent_version", "before", "after", "annotated", "loss_terms")
-    return {**{key: summary[key] for key in keys}, "out": summary["out"], "sync": summary["sync"]}
+    picked = {key: summary[key] for key in keys}
+    return {
+        **picked,
+        "out": summary["out"],
+        "sync": summary["sync"],
+        "segmenter": summary.get("segmenter"),
+    }
 
 
 def _text_summary(summary: dict) -> str:

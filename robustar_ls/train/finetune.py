@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,7 @@ def paired_finetune(
     only: set[str] | None = None,
     out: str | Path | None = None,
     progress: Progress | None = None,
+    extra_masks: Mapping[str, Path] | None = None,
 ) -> dict[str, Any] | None:
     """Fine-tune ``checkpoint`` with the paired loss; write the result to ``out`` (default:
     over ``checkpoint``).
@@ -163,7 +165,8 @@ def paired_finetune(
     ``data_root``: the dataset folder, or the dataset already opened (a sync-train opens it
     once). ``masks_root`` is a mask-store folder (``<root>/train/<class>/<stem>.png``); ``None``
     means plain fine-tuning (every image unannotated: the control). ``only`` restricts which masks
-    are used (image relpaths "<class>/<file>").
+    are used (image relpaths "<class>/<file>"). ``extra_masks`` (relpath → mask file, e.g.
+    propagated masks) pair the images that have no mask in ``masks_root``: those always win.
 
     Returns, on rank 0: ``{model_version, parent_version, before: {split: accuracy},
     after: {split: accuracy}, counts: {split: n}, annotated, epochs, history: [per-epoch
@@ -182,6 +185,7 @@ def paired_finetune(
             f"no mask in {masks_root} matches a training image of {data.root}/train; masks "
             "must be laid out as <masks>/train/<class>/<image stem>.png"
         )
+    masks = {**_known(samples, extra_masks), **masks}  # the store's masks win
     checkpoint, out = Path(checkpoint), Path(out) if out else Path(checkpoint)
     parent = load_checkpoint(checkpoint, classes=data.classes)
     ctx = init_distributed(train_cfg.device)
@@ -202,6 +206,12 @@ def paired_finetune(
         )
     finally:
         shutdown(ctx)
+
+
+def _known(samples: list[Sample], extra: Mapping[str, Path] | None) -> dict[str, Path]:
+    """The entries of ``extra`` that name a training image."""
+    names = {s.relpath for s in samples}
+    return {rel: Path(p) for rel, p in (extra or {}).items() if rel in names}
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from robustar_ls.data.masks import MaskStore
 from robustar_ls.errors import RobustarError
 from robustar_ls.files import exclusive_lock
 from robustar_ls.train.checkpoint_guard import training_lock
+from robustar_ls.workflows.segmenter_step import SegmenterStep, run_segmenter_step
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class TrainPlan:
     train: TrainConfig
     out: str | Path | None = None
     progress: Callable | None = None
+    segmenter: SegmenterStep = SegmenterStep()
 
 
 def sync_and_train(
@@ -118,8 +120,13 @@ def sync_and_train(
     dry_run: bool = False,
     progress: Callable | None = None,
     client: Any = None,
+    segmenter: SegmenterStep = SegmenterStep(),
 ) -> dict[str, Any] | None:
     """Sync (when ``label_studio`` is given), then paired fine-tuning of ``checkpoint``.
+
+    Between the two, the learned segmenter is retrained when the sync changed masks, and with
+    ``segmenter.propagate`` its confident masks join the training
+    (:mod:`robustar_ls.workflows.segmenter_step`); ``"segmenter"`` in the summary says how.
 
     Returns ``paired_finetune``'s summary (``model_version``, ``parent_version``, ``before``,
     ``after``, …) plus ``"sync"``: the sync report as a dict (None without Label Studio) and
@@ -138,6 +145,7 @@ def sync_and_train(
         train,
         out,
         progress,
+        segmenter,
     )
     # One training per checkpoint at a time, CLI and server alike (a dry run trains nothing).
     with nullcontext() if dry_run else training_lock(plan.checkpoint):
@@ -149,7 +157,7 @@ def _sync_then_train(plan: TrainPlan, label_studio, sync, dry_run, client):
     if label_studio is None:
         if dry_run:
             raise ValueError("dry_run needs Label Studio settings: it previews a sync")
-        return _train(plan, None)
+        return _train(plan, None, changed=False)
 
     from robustar_ls.train.distributed import init_distributed, launched_by_torchrun, shutdown
 
@@ -172,12 +180,13 @@ def _after_sync(plan: TrainPlan, report, dry_run: bool) -> dict[str, Any] | None
     if dry_run:
         return {"sync": report.to_dict(), "trained": False}
     _check_has_masks(plan, report)
-    return _train(plan, report.to_dict())
+    return _train(plan, report.to_dict(), changed=report.changed)
 
 
-def _train(plan: TrainPlan, report: dict[str, Any] | None) -> dict[str, Any] | None:
+def _train(plan: TrainPlan, report: dict[str, Any] | None, changed: bool) -> dict[str, Any] | None:
     from robustar_ls.train.finetune import paired_finetune
 
+    seg_summary, extra = run_segmenter_step(plan.segmenter, plan.data, plan.masks_root, changed)
     result = paired_finetune(
         plan.data,
         plan.checkpoint,
@@ -186,10 +195,11 @@ def _train(plan: TrainPlan, report: dict[str, Any] | None) -> dict[str, Any] | N
         plan.train,
         out=plan.out,
         progress=plan.progress,
+        **({"extra_masks": extra} if extra else {}),
     )
     if result is None:
         return None
-    return {**result, "sync": report, "trained": True}
+    return {**result, "sync": report, "trained": True, "segmenter": seg_summary}
 
 
 def _on_rank0_then_share(ctx, compute: Callable[[], Any]) -> Any:
@@ -230,6 +240,7 @@ def training_job(
     train: TrainConfig = TrainConfig(),
     sync: SyncConfig = SyncConfig(),
     masks: str | Path | None = None,
+    segmenter: SegmenterStep = SegmenterStep(),
 ) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
     """The ``run`` function for :class:`robustar_ls.workflows.jobs.TrainingJobs`: each "Start
     Training" webhook syncs and trains in place (the served checkpoint is replaced atomically,
@@ -246,6 +257,7 @@ def training_job(
             train=train,
             sync=sync,
             masks=masks,
+            segmenter=segmenter,
         )
 
     return run
