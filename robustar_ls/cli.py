@@ -360,6 +360,78 @@ def sync_summary(sync: dict) -> str:
     return "\n".join([line, *(f"  error: {e['error']}" for e in sync["errors"])])
 
 
+# -- simulate -------------------------------------------------------------------------------
+# Glue only; the job is robustar_ls.workflows.simulate.simulate.
+
+
+def add_simulate(sub) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="simulated annotator: fine-tune from the reference masks of the first "
+        "BUDGET x N training images in an order, and report the gap recovered",
+        description="Order the training images (influence scores of CKPT, highest training loss, "
+        "or a seeded shuffle), annotate the first BUDGET x N of them that have a reference mask "
+        "in --masks, run sync-train's paired fine-tuning from those masks and report accuracy "
+        "before/after and gap_recovered = (OOD_after - OOD_before) / (ID_before - OOD_before) "
+        "(ID = val, or train without val; OOD = test). --budget 0 = plain fine-tuning (the "
+        "control). CKPT is never modified; --out writes the fine-tuned model.",
+    )
+    p.add_argument("--data", required=True, help="dataset folder with train/, val/, test/")
+    p.add_argument("--checkpoint", required=True, help="the model to fine-tune (not modified)")
+    p.add_argument("--order", required=True, choices=["influence", "random", "loss"])
+    p.add_argument(
+        "--budget", required=True, type=float, help="fraction of training images to annotate"
+    )
+    p.add_argument("--masks", default=None, help="reference masks (default <data>/oracle_masks)")
+    p.add_argument("--fill", choices=FILL_MODE_CHOICES, default=None, help="default noise")
+    p.add_argument("--out", default=None, help="write the fine-tuned checkpoint here")
+    add_train_flags(p)
+    p.set_defaults(func=run_simulate)
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from robustar_ls.data.masks import MaskError
+    from robustar_ls.errors import RobustarError
+    from robustar_ls.explain.influence import InfluenceError
+    from robustar_ls.train.fills import FillError
+    from robustar_ls.workflows.simulate import simulate
+
+    train = train_config(args, FINETUNE_DEFAULTS)
+    influence = build(InfluenceConfig, settings_section(args, "influence"), {"device": args.device})
+    paired = build(PairedConfig, settings_section(args, "paired"), pick(args, PairedConfig))
+    try:
+        summary = simulate(
+            args.data,
+            args.checkpoint,
+            order=args.order,
+            budget=args.budget,
+            masks=args.masks,
+            seed=train.seed,
+            paired=paired,
+            train=train,
+            influence=influence,
+            out=args.out,
+            progress=tqdm_progress(not args.quiet),
+        )
+    except (RobustarError, MaskError, FillError, InfluenceError) as err:
+        raise UserError(str(err)) from err
+    if args.json:
+        print_json(summary)
+        return 0
+    gap = summary["gap_recovered"]
+    print(
+        f"{summary['order']} order, budget {summary['budget']:g}: {summary['annotated']} of "
+        f"{summary['picked']} picked images annotated ({summary['spurious_annotated']} spurious)"
+        f"\n  before: {_accs(summary['before'])}\n  after:  {_accs(summary['after'])}"
+        f"\n  gap recovered: {'n/a (no gap)' if gap is None else f'{gap:.3f}'}"
+    )
+    return 0
+
+
+def _accs(accs: dict[str, float]) -> str:
+    return ", ".join(f"{split} {acc:.3f}" for split, acc in accs.items())
+
+
 # -- influence ------------------------------------------------------------------------------
 
 
@@ -799,6 +871,7 @@ COMMANDS = [
     add_import,
     add_serve,
     add_influence,
+    add_simulate,
     add_demo,
 ]
 
