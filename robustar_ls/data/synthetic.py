@@ -18,7 +18,8 @@ Calibrated so that a plain ``train --arch resnet18_small --epochs 10`` learns th
 
 - the cue is learnable from the first epoch: the patch is 1/4 of the image side (8 px at 32 px;
   it was 1/8) and carries no pixel noise (``PATCH_NOISE = 0``), so it is its class's colour
-  exactly; the background tint is ``TINT_BASE + TINT_SCALE x colour``;
+  exactly; the background tint is a subtle ``0.42 + 0.16 x colour`` (it was ``0.35 + 0.5 x
+  colour``; the strong tint held the shapes back more, val 0.62 against 0.71 on one seed);
 - the objects take several epochs: pixel noise σ ``NOISE_SIGMA`` = 0.1 over the whole image
   (patch excepted), radius 4-9 px at 32 px, 8 similar shapes;
 - ``bias`` defaults to 1.0: with no misaligned image nothing in the training data argues
@@ -65,8 +66,8 @@ PATCH_DIVISOR = 4  # patch side = size // 4: 8 px at 32 px (was size // 8)
 PATCH_NOISE = 0.0  # the patch is its class's colour exactly: a clean cue from epoch 1
 RADIUS_MIN = 4.0
 RADIUS_MAX = 9.0
-TINT_BASE = 0.35
-TINT_SCALE = 0.5
+TINT_BASE = 0.42  # a subtle tint (was 0.35 + 0.5 x colour): the shapes train better
+TINT_SCALE = 0.16
 
 
 @dataclass(frozen=True)
@@ -134,9 +135,8 @@ def render(spec: ImageSpec) -> tuple[np.ndarray, np.ndarray]:
     if spec.feature is not None:
         colour = PALETTE[spec.feature]
         if spec.kind == "background":
-            colour = (
-                TINT_BASE + TINT_SCALE * colour
-            )  # a tint, so dark and bright objects both stand out
+            # a subtle tint, near the neutral grey: dark and bright objects both stand out
+            colour = TINT_BASE + TINT_SCALE * colour
         canvas[spurious] = colour
     canvas[obj] = spec.colour
     noise = np.random.default_rng(spec.noise_seed).normal(0.0, NOISE_SIGMA, canvas.shape)
