@@ -4,7 +4,8 @@
 ``robustar-ls influence`` gives the checkpoint; ``loss``: highest training loss first;
 ``random``: a seeded shuffle), takes the first ``budget x N`` of them, "annotates" those that
 have a reference mask (a picked image without one costs its share of the budget and adds
-nothing, like a Label Studio annotation without a Spurious region), then runs the paired
+nothing, like a Label Studio annotation without a Spurious region; so does a picked image that
+``spurious.json`` marks as carrying no feature), then runs the paired
 fine-tuning that ``sync-train`` runs (:func:`robustar_ls.train.finetune.paired_finetune`) from
 those masks only. ``budget = 0`` is the control: plain fine-tuning, no mask.
 
@@ -144,14 +145,25 @@ def gap_recovered(before: dict[str, float], after: dict[str, float]) -> float | 
 
 
 def pick_annotated(
-    ranking: Sequence[str], budget: float, samples: Sequence[Sample], masks_root: Path
+    ranking: Sequence[str],
+    budget: float,
+    samples: Sequence[Sample],
+    masks_root: Path,
+    status: dict[str, str] | None = None,
 ) -> tuple[list[str], set[str]]:
-    """The first ``round(budget x N)`` images of ``ranking`` and those of them with a mask."""
+    """The first ``round(budget x N)`` images of ``ranking`` and those the annotator paints.
+
+    An image is painted when it has a reference mask and, where ``status`` (``spurious.json``)
+    is known, carries the feature: a synthetic dataset's oracle mask of a neutral image marks
+    where the feature *would* be, and an annotator paints nothing on a plain grey corner.
+    """
     picked = list(ranking[: int(round(budget * len(samples)))])
     if not picked:
         return picked, set()
-    found = find_masks(list(samples), masks_root, only=set(picked))
-    return picked, set(found)
+    found = set(find_masks(list(samples), masks_root, only=set(picked)))
+    if status is not None:
+        found = {rel for rel in found if status.get(rel, "none") != "none"}
+    return picked, found
 
 
 def simulate(
@@ -188,8 +200,8 @@ def simulate(
         ranking = rank_images(
             order, data, ckpt, seed=seed, influence=influence, cache_root=cache, progress=progress
         )
-    picked, annotated = pick_annotated(ranking or [], budget, samples, masks_root)
     status = spurious_status(data_root)
+    picked, annotated = pick_annotated(ranking or [], budget, samples, masks_root, status)
     result = _finetune(data_root, checkpoint, masks_root, annotated, paired, train, out, progress)
     return {
         "order": order,
