@@ -39,7 +39,7 @@ from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.synthetic import make_dataset
 from robustar_ls.models.checkpoint import load_checkpoint
 from robustar_ls.train.run import train_classifier
-from robustar_ls.workflows.simulate import rank_images, simulate
+from robustar_ls.workflows.simulate import pick_annotated, rank_images, simulate, spurious_status
 
 log = logging.getLogger("bench_budget")
 ORDERS = ("influence", "random", "loss")
@@ -127,6 +127,12 @@ def run_grid(args, results: Path) -> None:
             rankings[kind, seed, order] = rank_images(
                 order, data, ckpt, seed=seed, influence=cfg, cache_root=root / ".influence"
             )
+        reused = same_as_plain(
+            args, results, root, kind, seed, rankings.get((kind, seed, order)), budget
+        )
+        if reused is not None:
+            append(results, {**reused, "order": order, "kind": kind, "seed": seed})
+            continue
         started = time.perf_counter()
         row = simulate(
             root,
@@ -144,6 +150,33 @@ def run_grid(args, results: Path) -> None:
         log.info(
             "%s seed %d %s %.2f: gap recovered %s", kind, seed, order, budget, row["gap_recovered"]
         )
+
+
+def same_as_plain(args, results, root, kind, seed, ranking, budget) -> dict | None:
+    """When the picked images hold nothing to paint, the run *is* the plain control (same
+    seed, no mask: the same training step for step); reuse its row instead of re-training."""
+    if ranking is None:
+        return None
+    samples = ImageFolderSplits.open(root).splits["train"]
+    status = spurious_status(root)
+    picked, annotated = pick_annotated(ranking, budget, samples, root / "oracle_masks", status)
+    if annotated:
+        return None
+    rows = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
+    plain = [
+        r for r in rows if (r.get("kind"), r.get("seed"), r.get("order")) == (kind, seed, "plain")
+    ]
+    if not plain:
+        return None
+    return {
+        **plain[-1],
+        "budget": budget,
+        "picked": len(picked),
+        "annotated": 0,
+        "spurious_annotated": 0,
+        "reused_plain": True,
+        "fill": args.fill,
+    }
 
 
 # -- report ---------------------------------------------------------------------------------
