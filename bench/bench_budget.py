@@ -48,7 +48,13 @@ ORDERS = ("influence", "random", "loss")
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--work", default="/tmp/bench_budget", help="datasets, models, results")
-    p.add_argument("--results", default=None, help="JSON lines (default <work>/results.jsonl)")
+    p.add_argument(
+        "--results",
+        nargs="+",
+        default=None,
+        help="JSON lines (default <work>/results.jsonl); runs append to the first, --report "
+        "reads them all",
+    )
     p.add_argument("--kinds", nargs="+", default=["patch", "background"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--spurious-fraction", type=float, default=0.3)
@@ -182,11 +188,6 @@ def same_as_plain(args, results, root, kind, seed, ranking, budget) -> dict | No
 # -- report ---------------------------------------------------------------------------------
 
 
-def load_rows(results: Path) -> list[dict]:
-    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    return [r for r in rows if "gap_recovered" in r and r["gap_recovered"] is not None]
-
-
 def cell(values: list[float]) -> str:
     if not values:
         return "—"
@@ -225,8 +226,18 @@ def targets(curve) -> list[str]:
     return lines
 
 
-def report(args, results: Path) -> None:
-    all_rows = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
+def read_all(paths: list[Path]) -> list[dict]:
+    return [
+        json.loads(x)
+        for path in paths
+        if path.is_file()
+        for x in path.read_text().splitlines()
+        if x.strip()
+    ]
+
+
+def report(args, paths: list[Path]) -> None:
+    all_rows = read_all(paths)
     for r in all_rows:
         if r.get("run") == "shortcut":
             acc = r["accuracy"]
@@ -234,7 +245,7 @@ def report(args, results: Path) -> None:
                 f"shortcut model {r['kind']} seed {r['seed']}: "
                 + ", ".join(f"{s} {a:.3f}" for s, a in acc.items())
             )
-    rows = load_rows(results)
+    rows = [r for r in all_rows if r.get("gap_recovered") is not None]
     budgets = sorted({r["budget"] for r in rows if r["budget"] > 0})
     for kind in args.kinds:
         curve = curves(rows, kind)
@@ -242,12 +253,13 @@ def report(args, results: Path) -> None:
             f"\n**{kind}**, spurious fraction {args.spurious_fraction}: gap recovered, "
             "mean (min..max) over seeds\n"
         )
-        print("| order | " + " | ".join(f"{b:.0%}" for b in budgets) + " |")
-        print("|---|" + "---|" * len(budgets))
-        print(f"| plain fine-tuning (budget 0) | {cell(curve.get('plain', {}).get(0.0, []))} |")
+        print("| order | 0 % | " + " | ".join(f"{b:.0%}" for b in budgets) + " |")
+        print("|---|---|" + "---|" * len(budgets))
+        control = cell(curve.get("plain", {}).get(0.0, []))
+        print(f"| plain fine-tuning (control) | {control} |" + " |" * len(budgets))
         for order in args.orders:
             cells = [cell(curve.get(order, {}).get(b, [])) for b in budgets]
-            print(f"| {order} | " + " | ".join(cells) + " |")
+            print(f"| {order} | | " + " | ".join(cells) + " |")
         print()
         for line in targets(curve):
             print(f"- {line}")
@@ -281,7 +293,7 @@ def plot(rows: list[dict], kinds: list[str], path: Path) -> None:
         ax.set_xticks([1, 2, 5, 10, 20], ["1", "2", "5", "10", "20"])
         ax.set_xlabel("training images annotated (%)")
         ax.set_ylabel("gap recovered")
-        ax.set_ylim(-0.1, 1.05)
+        ax.set_ylim(-0.4, 1.05)
         ax.set_title(f"{kind}, 30% of images spurious")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
@@ -295,10 +307,10 @@ def main(args) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("robustar_ls").setLevel(logging.WARNING)
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    results = Path(args.results) if args.results else Path(args.work) / "results.jsonl"
+    paths = [Path(p) for p in args.results] if args.results else [Path(args.work) / "results.jsonl"]
     if not args.report:
-        run_grid(args, results)
-    report(args, results)
+        run_grid(args, paths[0])
+    report(args, paths)
 
 
 if __name__ == "__main__":
