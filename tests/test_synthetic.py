@@ -91,3 +91,29 @@ def test_bad_settings_are_refused(tmp_path):
         make_dataset(tmp_path, _cfg(classes=9))
     with pytest.raises(ValueError, match="--bias"):
         make_dataset(tmp_path, _cfg(bias=1.5))
+
+
+def test_defaults_aligned_noise_free_patch_at_a_third_of_the_images(tmp_path):
+    """The benchmark's cheap structural facts: at spurious fraction 0.3 about 30% of the
+    training images carry the feature, every one aligned with its class (bias 1.0 by default),
+    and the patch is its class's colour exactly (no pixel noise), a clean cue from epoch 1."""
+    from robustar_ls.data.synthetic import PALETTE, patch_mask, patch_size
+
+    cfg = SyntheticConfig(per_class=100, val_per_class=0, test_per_class=0, spurious_fraction=0.3)
+    assert cfg.bias == 1.0
+    statuses = [status for _, _, status in image_specs("train", 100, cfg)]
+    share = 1 - statuses.count("none") / len(statuses)
+    assert 0.24 <= share <= 0.36 and "misaligned" not in statuses
+    patched = [spec for _, spec, status in image_specs("train", 20, cfg) if status == "aligned"]
+    assert patched
+    for spec in patched[:5]:
+        image, mask = render(spec)
+        assert np.array_equal(mask, patch_mask(cfg.size, spec.corner))
+        assert mask.sum() == patch_size(cfg.size) ** 2 >= (cfg.size // 5) ** 2
+        expected = (PALETTE[spec.label] * 255 + 0.5).astype(np.uint8)
+        assert np.all(image[mask] == expected)
+
+
+def test_spurious_fraction_one_puts_the_feature_on_every_training_image():
+    cfg = _cfg(kind="background", per_class=20, spurious_fraction=1.0, bias=1.0)
+    assert {status for _, _, status in image_specs("train", 20, cfg)} == {"aligned"}

@@ -23,6 +23,7 @@ from robustar_ls.cli import (
     make_dataset,
     segmenter,
     serve,
+    simulate,
     sync_train,
     train,
 )
@@ -34,6 +35,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     train,
     evaluate,
     sync_train,
+    simulate,
     import_project,
     serve,
     influence,

@@ -1,0 +1,317 @@
+"""Annotation budget: how much of the shortcut gap do a few painted masks recover?
+
+For each kind (``patch``, ``background``) and seed: make the dataset at a spurious fraction
+(default 0.3), train a shortcut model, then run ``robustar_ls.workflows.simulate.simulate``
+(the job behind ``robustar-ls simulate``) for every order (influence, random, loss) and budget
+(1, 2, 5, 10, 20 % of the training images), plus the plain fine-tuning control (budget 0).
+
+Resumable: every run appends one JSON line to ``--results``; a run already there is skipped, so
+an interrupted grid continues where it stopped. Runs go in priority order (control and the 5 %
+budget first, for every kind and seed), so a partial grid still answers the targets.
+``--report`` only reads the results: prints the table (mean, spread = min..max over seeds) and
+the targets, and draws the plot (matplotlib).
+
+Usage::
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python bench/bench_budget.py --work /tmp/bench_budget
+    PYTHONPATH=. python bench/bench_budget.py --work /tmp/bench_budget --report \\
+        --plot docs/budget_curve.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+from robustar_ls.config import (
+    FINETUNE_DEFAULTS,
+    InfluenceConfig,
+    ModelConfig,
+    PairedConfig,
+    SyntheticConfig,
+    TrainConfig,
+)
+from robustar_ls.data.folders import ImageFolderSplits
+from robustar_ls.data.synthetic import make_dataset
+from robustar_ls.models.checkpoint import load_checkpoint
+from robustar_ls.train.run import train_classifier
+from robustar_ls.workflows.simulate import pick_annotated, rank_images, simulate, spurious_status
+
+log = logging.getLogger("bench_budget")
+ORDERS = ("influence", "random", "loss")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--work", default="/tmp/bench_budget", help="datasets, models, results")
+    p.add_argument(
+        "--results",
+        nargs="+",
+        default=None,
+        help="JSON lines (default <work>/results.jsonl); runs append to the first, --report "
+        "reads them all",
+    )
+    p.add_argument("--kinds", nargs="+", default=["patch", "background"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--spurious-fraction", type=float, default=0.3)
+    p.add_argument("--per-class", type=int, default=150)
+    p.add_argument("--eval-per-class", type=int, default=50, help="val and test per class")
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--shortcut-epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=FINETUNE_DEFAULTS["epochs"], help="fine-tuning")
+    p.add_argument("--fill", default=PairedConfig.fill)
+    p.add_argument("--budgets", nargs="+", type=float, default=[0.01, 0.02, 0.05, 0.1, 0.2])
+    p.add_argument("--orders", nargs="+", default=list(ORDERS))
+    p.add_argument("--report", action="store_true", help="only print the table and plot")
+    p.add_argument("--plot", default=None, help="PNG of gap recovered vs budget")
+    return p
+
+
+# -- runs -----------------------------------------------------------------------------------
+
+
+def jobs(args) -> list[tuple[str, int, str, float]]:
+    """(kind, seed, order, budget) in priority order: control, 5 %, then the other budgets."""
+    first = [b for b in args.budgets if abs(b - 0.05) < 1e-9]
+    rest = [b for b in args.budgets if b not in first]
+    out = [(k, s, "plain", 0.0) for s in args.seeds for k in args.kinds]
+    for budget in first + rest:
+        out += [(k, s, o, budget) for s in args.seeds for k in args.kinds for o in args.orders]
+    return out
+
+
+def done_keys(results: Path) -> set[tuple]:
+    if not results.is_file():
+        return set()
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    return {(r["kind"], r["seed"], r["order"], r["budget"]) for r in rows if "gap_recovered" in r}
+
+
+def append(results: Path, row: dict) -> None:
+    with results.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+
+def shortcut_model(args, kind: str, seed: int, results: Path) -> Path:
+    """The dataset and its shortcut model, made once (kept under ``--work``)."""
+    root = Path(args.work) / f"{kind}-{args.spurious_fraction}-s{seed}"
+    ckpt = root / "shortcut.pt"
+    if ckpt.is_file():
+        return root
+    cfg = SyntheticConfig(
+        kind=kind,
+        per_class=args.per_class,
+        val_per_class=args.eval_per_class,
+        test_per_class=args.eval_per_class,
+        spurious_fraction=args.spurious_fraction,
+        seed=seed,
+    )
+    make_dataset(root, cfg)
+    train = TrainConfig(epochs=args.shortcut_epochs, seed=seed, device="cpu")
+    summary = train_classifier(root, root / "shortcut.tmp", ModelConfig(width=args.width), train)
+    (root / "shortcut.tmp").replace(ckpt)
+    accs = {s: m["accuracy"] for s, m in summary["splits"].items()}
+    append(results, {"run": "shortcut", "kind": kind, "seed": seed, "accuracy": accs})
+    return root
+
+
+def run_grid(args, results: Path) -> None:
+    done, rankings = done_keys(results), {}
+    for kind, seed, order, budget in jobs(args):
+        if (kind, seed, order, budget) in done:
+            continue
+        root = shortcut_model(args, kind, seed, results)
+        if order != "plain" and (kind, seed, order) not in rankings:
+            data = ImageFolderSplits.open(root)
+            ckpt = load_checkpoint(root / "shortcut.pt", classes=data.classes)
+            cfg = InfluenceConfig(device="cpu")
+            rankings[kind, seed, order] = rank_images(
+                order, data, ckpt, seed=seed, influence=cfg, cache_root=root / ".influence"
+            )
+        reused = same_as_plain(
+            args, results, root, kind, seed, rankings.get((kind, seed, order)), budget
+        )
+        if reused is not None:
+            append(results, {**reused, "order": order, "kind": kind, "seed": seed})
+            continue
+        started = time.perf_counter()
+        row = simulate(
+            root,
+            root / "shortcut.pt",
+            order="influence" if order == "plain" else order,
+            budget=budget,
+            seed=seed,
+            paired=PairedConfig(fill=args.fill),
+            train=TrainConfig(**{**FINETUNE_DEFAULTS, "epochs": args.epochs}, seed=seed),
+            ranking=rankings.get((kind, seed, order)),
+        )
+        row = {**row, "order": order, "kind": kind, "seed": seed, "fill": args.fill}
+        row["seconds"] = round(time.perf_counter() - started, 1)
+        append(results, row)
+        log.info(
+            "%s seed %d %s %.2f: gap recovered %s", kind, seed, order, budget, row["gap_recovered"]
+        )
+
+
+def same_as_plain(args, results, root, kind, seed, ranking, budget) -> dict | None:
+    """When the picked images hold nothing to paint, the run *is* the plain control (same
+    seed, no mask: the same training step for step); reuse its row instead of re-training."""
+    if ranking is None:
+        return None
+    samples = ImageFolderSplits.open(root).splits["train"]
+    status = spurious_status(root)
+    picked, annotated = pick_annotated(ranking, budget, samples, root / "oracle_masks", status)
+    if annotated:
+        return None
+    rows = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
+    plain = [
+        r for r in rows if (r.get("kind"), r.get("seed"), r.get("order")) == (kind, seed, "plain")
+    ]
+    if not plain:
+        return None
+    return {
+        **plain[-1],
+        "budget": budget,
+        "picked": len(picked),
+        "annotated": 0,
+        "spurious_annotated": 0,
+        "reused_plain": True,
+        "fill": args.fill,
+    }
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "—"
+    mean = statistics.fmean(values)
+    spread = f" ({min(values):.2f}..{max(values):.2f})" if len(values) > 1 else ""
+    return f"{mean:.2f}{spread} n={len(values)}"
+
+
+def curves(rows: list[dict], kind: str) -> dict[str, dict[float, list[float]]]:
+    out: dict[str, dict[float, list[float]]] = {}
+    for r in rows:
+        if r["kind"] == kind:
+            out.setdefault(r["order"], {}).setdefault(r["budget"], []).append(r["gap_recovered"])
+    return out
+
+
+def mean_at(curve: dict[str, dict[float, list[float]]], order: str, budget: float):
+    values = curve.get(order, {}).get(budget, [])
+    return statistics.fmean(values) if values else None
+
+
+def targets(curve) -> list[str]:
+    inf, rnd, plain = (
+        mean_at(curve, o, b) for o, b in (("influence", 0.05), ("random", 0.05), ("plain", 0.0))
+    )
+    lines = []
+    if inf is not None and rnd is not None:
+        ok = inf >= rnd + 0.10
+        lines.append(
+            f"influence 5% ({inf:.2f}) >= random 5% ({rnd:.2f}) + 0.10: {'met' if ok else 'MISSED'}"
+        )
+    if inf is not None:
+        lines.append(f"influence 5% ({inf:.2f}) >= 0.6: {'met' if inf >= 0.6 else 'MISSED'}")
+    if plain is not None:
+        lines.append(f"plain control ({plain:.2f}) <= 0.3: {'met' if plain <= 0.3 else 'MISSED'}")
+    return lines
+
+
+def read_all(paths: list[Path]) -> list[dict]:
+    return [
+        json.loads(x)
+        for path in paths
+        if path.is_file()
+        for x in path.read_text().splitlines()
+        if x.strip()
+    ]
+
+
+def report(args, paths: list[Path]) -> None:
+    all_rows = read_all(paths)
+    for r in all_rows:
+        if r.get("run") == "shortcut":
+            acc = r["accuracy"]
+            print(
+                f"shortcut model {r['kind']} seed {r['seed']}: "
+                + ", ".join(f"{s} {a:.3f}" for s, a in acc.items())
+            )
+    rows = [r for r in all_rows if r.get("gap_recovered") is not None]
+    budgets = sorted({r["budget"] for r in rows if r["budget"] > 0})
+    for kind in args.kinds:
+        curve = curves(rows, kind)
+        print(
+            f"\n**{kind}**, spurious fraction {args.spurious_fraction}: gap recovered, "
+            "mean (min..max) over seeds\n"
+        )
+        print("| order | 0 % | " + " | ".join(f"{b:.0%}" for b in budgets) + " |")
+        print("|---|---|" + "---|" * len(budgets))
+        control = cell(curve.get("plain", {}).get(0.0, []))
+        print(f"| plain fine-tuning (control) | {control} |" + " |" * len(budgets))
+        for order in args.orders:
+            cells = [cell(curve.get(order, {}).get(b, [])) for b in budgets]
+            print(f"| {order} | | " + " | ".join(cells) + " |")
+        print()
+        for line in targets(curve):
+            print(f"- {line}")
+    if args.plot:
+        plot(rows, args.kinds, Path(args.plot))
+
+
+def plot(rows: list[dict], kinds: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 3.8), squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        curve = curves(rows, kind)
+        for order, style in (("influence", "o-"), ("random", "s--"), ("loss", "^:")):
+            points = sorted((b, v) for b, v in curve.get(order, {}).items() if b > 0)
+            if not points:
+                continue
+            xs = [100 * b for b, _ in points]
+            means = [statistics.fmean(v) for _, v in points]
+            ax.plot(xs, means, style, label=f"{order} order")
+            ax.fill_between(
+                xs, [min(v) for _, v in points], [max(v) for _, v in points], alpha=0.15
+            )
+        plain = curve.get("plain", {}).get(0.0)
+        if plain:
+            ax.axhline(statistics.fmean(plain), color="grey", lw=1, label="no masks (control)")
+        ax.set_xscale("log")
+        ax.set_xticks([1, 2, 5, 10, 20], ["1", "2", "5", "10", "20"])
+        ax.set_xlabel("training images annotated (%)")
+        ax.set_ylabel("gap recovered")
+        ax.set_ylim(-0.4, 1.05)
+        ax.set_title(f"{kind}, 30% of images spurious")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"\nwrote {path}")
+
+
+def main(args) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("robustar_ls").setLevel(logging.WARNING)
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    paths = [Path(p) for p in args.results] if args.results else [Path(args.work) / "results.jsonl"]
+    if not args.report:
+        run_grid(args, paths[0])
+    report(args, paths)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

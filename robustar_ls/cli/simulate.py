@@ -1,0 +1,84 @@
+"""``robustar-ls simulate``: a simulated annotator, to measure what a robustness gain costs.
+
+The job is :func:`robustar_ls.workflows.simulate.simulate`; this module reads flags and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from robustar_ls.cli.options import (
+    add_train_flags,
+    print_json,
+    settings_section,
+    tqdm_progress,
+    train_config,
+)
+from robustar_ls.cli.sync_train import FILL_MODE_CHOICES
+from robustar_ls.cli.validators import fraction, prepare_output_file
+from robustar_ls.config import FINETUNE_DEFAULTS, InfluenceConfig, PairedConfig, build, pick
+
+NAME = "simulate"
+HELP = (
+    "simulated annotator: fine-tune from the reference masks of the first BUDGET x N training "
+    "images in an order, and report the gap recovered"
+)
+DESCRIPTION = (
+    "Order the training images (influence scores of CKPT, highest training loss, or a seeded "
+    "shuffle), annotate the first BUDGET x N of them that have a reference mask in --masks, run "
+    "sync-train's paired fine-tuning from those masks and report accuracy before/after and "
+    "gap_recovered = (OOD_after - OOD_before) / (ID_before - OOD_before) (ID = val, or train "
+    "without val; OOD = test). --budget 0 = plain fine-tuning (the control). CKPT is never "
+    "modified; --out writes the fine-tuned model."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="dataset folder with train/, val/, test/")
+    p.add_argument("--checkpoint", required=True, help="the model to fine-tune (not modified)")
+    p.add_argument("--order", required=True, choices=["influence", "random", "loss"])
+    p.add_argument(
+        "--budget", required=True, type=fraction, help="fraction of training images to annotate"
+    )
+    p.add_argument("--masks", default=None, help="reference masks (default <data>/oracle_masks)")
+    p.add_argument("--fill", choices=FILL_MODE_CHOICES, default=None, help="default noise")
+    p.add_argument("--out", default=None, help="write the fine-tuned checkpoint here")
+    add_train_flags(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from robustar_ls.workflows.simulate import simulate
+
+    if args.out:
+        prepare_output_file(args.out)
+    train = train_config(args, FINETUNE_DEFAULTS)
+    influence = build(InfluenceConfig, settings_section(args, "influence"), {"device": args.device})
+    paired = build(PairedConfig, settings_section(args, "paired"), pick(args, PairedConfig))
+    summary = simulate(
+        args.data,
+        args.checkpoint,
+        order=args.order,
+        budget=args.budget,
+        masks=args.masks,
+        seed=train.seed,
+        paired=paired,
+        train=train,
+        influence=influence,
+        out=args.out,
+        progress=tqdm_progress(not args.quiet),
+    )
+    if args.json:
+        print_json(summary)
+        return 0
+    gap = summary["gap_recovered"]
+    print(
+        f"{summary['order']} order, budget {summary['budget']:g}: {summary['annotated']} of "
+        f"{summary['picked']} picked images annotated ({summary['spurious_annotated']} spurious)"
+        f"\n  before: {_accs(summary['before'])}\n  after:  {_accs(summary['after'])}"
+        f"\n  gap recovered: {'n/a (no gap)' if gap is None else f'{gap:.3f}'}"
+    )
+    return 0
+
+
+def _accs(accs: dict[str, float]) -> str:
+    return ", ".join(f"{split} {acc:.3f}" for split, acc in accs.items())

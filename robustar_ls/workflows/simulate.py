@@ -1,0 +1,238 @@
+"""A simulated annotator: how much of the shortcut gap does a labeling budget buy?
+
+:func:`simulate` orders the training images of a dataset (``influence``: the scores that
+``robustar-ls influence`` gives the checkpoint; ``loss``: highest training loss first;
+``random``: a seeded shuffle), takes the first ``budget x N`` of them, "annotates" those that
+have a reference mask (a picked image without one costs its share of the budget and adds
+nothing, like a Label Studio annotation without a Spurious region; so does a picked image that
+``spurious.json`` marks as carrying no feature), then runs the paired
+fine-tuning that ``sync-train`` runs (:func:`robustar_ls.train.finetune.paired_finetune`) from
+those masks only. ``budget = 0`` is the control: plain fine-tuning, no mask.
+
+The checkpoint is never modified: the result goes to ``out`` (or to a temporary file that is
+removed). The summary's ``gap_recovered`` is ``(OOD_after - OOD_before) / (ID_before -
+OOD_before)`` with ID = ``val`` accuracy (``train`` without a val split) and OOD = ``test``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from robustar_ls.config import InfluenceConfig, PairedConfig, TrainConfig
+from robustar_ls.data.folders import ImageFolderSplits, Sample
+from robustar_ls.errors import RobustarError
+from robustar_ls.models.checkpoint import Checkpoint, load_checkpoint
+from robustar_ls.train.finetune import find_masks, paired_finetune
+from robustar_ls.train.run import make_loader
+
+log = logging.getLogger(__name__)
+
+ORDERS = ("influence", "random", "loss")
+Progress = Callable[..., Iterable]
+
+
+class SimulateError(RobustarError):
+    """The simulation cannot run as asked; the message says what to change."""
+
+
+def check_request(order: str, budget: float) -> None:
+    if order not in ORDERS:
+        raise SimulateError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
+    if not 0.0 <= budget <= 1.0:
+        raise SimulateError(
+            f"--budget is a fraction of the training images in [0, 1], got {budget}"
+        )
+
+
+@torch.no_grad()
+def loss_ranking(ckpt: Checkpoint, samples: Sequence[Sample], device: str = "cpu") -> list[str]:
+    """Training images by the checkpoint's cross-entropy, highest first (ties by relpath)."""
+    model = ckpt.model.eval().to(device)
+    losses: list[float] = []
+    for images, labels in make_loader(list(samples), ckpt.image_size, 256):
+        logits = model(images.to(device))
+        losses += F.cross_entropy(logits, labels.to(device), reduction="none").tolist()
+    order = sorted(range(len(samples)), key=lambda i: (-losses[i], samples[i].relpath))
+    return [samples[i].relpath for i in order]
+
+
+def random_ranking(samples: Sequence[Sample], seed: int) -> list[str]:
+    """A shuffle of the training images, the same for the same seed and image list."""
+    relpaths = sorted(s.relpath for s in samples)
+    random.Random(seed).shuffle(relpaths)
+    return relpaths
+
+
+def influence_ranking(
+    ckpt: Checkpoint,
+    data: ImageFolderSplits,
+    cfg: InfluenceConfig,
+    cache_root: str | Path | None = None,
+    progress: Progress | None = None,
+) -> list[str]:
+    """Training images by their influence on the checkpoint's test errors, highest first."""
+    from robustar_ls.explain.influence import InfluenceScorer
+
+    if cfg.test_split not in data.splits:
+        raise SimulateError(
+            f"--order influence scores against {data.root}/{cfg.test_split}/, which is missing"
+        )
+    scorer = InfluenceScorer(ckpt.model, None, cfg)
+    result = scorer.score(
+        data.splits["train"],
+        data.splits[cfg.test_split],
+        image_size=ckpt.image_size,
+        model_version=ckpt.version,
+        classes=data.classes,
+        cache_root=cache_root,
+        top=1,
+        progress=progress,
+    )
+    return result.ranked()
+
+
+def rank_images(
+    order: str,
+    data: ImageFolderSplits,
+    ckpt: Checkpoint,
+    *,
+    seed: int = 0,
+    influence: InfluenceConfig | None = None,
+    cache_root: str | Path | None = None,
+    progress: Progress | None = None,
+) -> list[str]:
+    """Every training image's relpath, in the order an annotator following ``order`` sees."""
+    check_request(order, 0.0)
+    samples = data.splits["train"]
+    if order == "random":
+        return random_ranking(samples, seed)
+    if order == "loss":
+        return loss_ranking(ckpt, samples, _device(influence))
+    cfg = influence or InfluenceConfig()
+    return influence_ranking(ckpt, data, cfg, cache_root, progress)
+
+
+def _device(cfg: InfluenceConfig | None) -> str:
+    from robustar_ls.models.zoo import default_device
+
+    return str(default_device(cfg.device if cfg else "auto"))
+
+
+def spurious_status(data_root: Path) -> dict[str, str] | None:
+    """``spurious.json`` of a synthetic dataset (relpath → aligned/misaligned/none), if any."""
+    path = data_root / "spurious.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def gap_recovered(before: dict[str, float], after: dict[str, float]) -> float | None:
+    """``(OOD_after - OOD_before) / (ID_before - OOD_before)``; None without a gap to close."""
+    id_split = "val" if "val" in before else "train"
+    if "test" not in before or id_split not in before:
+        return None
+    gap = before[id_split] - before["test"]
+    if gap <= 0:
+        return None
+    return (after["test"] - before["test"]) / gap
+
+
+def pick_annotated(
+    ranking: Sequence[str],
+    budget: float,
+    samples: Sequence[Sample],
+    masks_root: Path,
+    status: dict[str, str] | None = None,
+) -> tuple[list[str], set[str]]:
+    """The first ``round(budget x N)`` images of ``ranking`` and those the annotator paints.
+
+    An image is painted when it has a reference mask and, where ``status`` (``spurious.json``)
+    is known, carries the feature: a synthetic dataset's oracle mask of a neutral image marks
+    where the feature *would* be, and an annotator paints nothing on a plain grey corner.
+    """
+    picked = list(ranking[: int(round(budget * len(samples)))])
+    if not picked:
+        return picked, set()
+    found = set(find_masks(list(samples), masks_root, only=set(picked)))
+    if status is not None:
+        found = {rel for rel in found if status.get(rel, "none") != "none"}
+    return picked, found
+
+
+def simulate(
+    data_root: str | Path,
+    checkpoint: str | Path,
+    *,
+    order: str,
+    budget: float,
+    masks: str | Path | None = None,
+    seed: int = 0,
+    paired: PairedConfig = PairedConfig(),
+    train: TrainConfig = TrainConfig(),
+    influence: InfluenceConfig | None = None,
+    out: str | Path | None = None,
+    ranking: Sequence[str] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Annotate the first ``budget x N`` images in ``order``, fine-tune, and measure.
+
+    ``masks``: the reference masks (default ``<data>/oracle_masks``). ``ranking``: a precomputed
+    order (e.g. shared by several budgets); computed from ``order`` when None. Returns
+    ``{order, budget, picked, annotated, spurious_annotated, before, after, gap_recovered,
+    model_version, out}``; ``spurious_annotated`` counts the annotated images that
+    ``spurious.json`` marks aligned or misaligned (None without that file).
+    """
+    check_request(order, budget)
+    data_root = Path(data_root)
+    data = ImageFolderSplits.open(data_root, required=("train",))
+    samples = data.splits["train"]
+    masks_root = Path(masks) if masks else data_root / "oracle_masks"
+    if ranking is None and budget > 0:
+        ckpt = load_checkpoint(checkpoint, classes=data.classes)
+        cache = data_root / ".robustar" / "influence"
+        ranking = rank_images(
+            order, data, ckpt, seed=seed, influence=influence, cache_root=cache, progress=progress
+        )
+    status = spurious_status(data_root)
+    picked, annotated = pick_annotated(ranking or [], budget, samples, masks_root, status)
+    result = _finetune(data_root, checkpoint, masks_root, annotated, paired, train, out, progress)
+    return {
+        "order": order,
+        "budget": budget,
+        "picked": len(picked),
+        "annotated": len(annotated),
+        "spurious_annotated": None
+        if status is None
+        else sum(status.get(rel, "none") != "none" for rel in annotated),
+        "before": result["before"],
+        "after": result["after"],
+        "gap_recovered": gap_recovered(result["before"], result["after"]),
+        "model_version": result["model_version"],
+        "out": str(out) if out else None,
+    }
+
+
+def _finetune(data_root, checkpoint, masks_root, annotated, paired, train, out, progress):
+    """``paired_finetune`` from the annotated masks (none: plain), never over ``checkpoint``."""
+    with tempfile.TemporaryDirectory(prefix="robustar-simulate-") as tmp:
+        target = Path(out) if out else Path(tmp) / "simulated.pt"
+        result = paired_finetune(
+            data_root,
+            checkpoint,
+            masks_root if annotated else None,
+            paired,
+            train,
+            only=set(annotated) if annotated else None,
+            out=target,
+            progress=progress,
+        )
+    if result is None:  # pragma: no cover - simulate does not run under torchrun
+        raise SimulateError("simulate ran as a non-zero torchrun rank")
+    return result
