@@ -164,3 +164,23 @@ def test_cli_bad_budget_exits_2(tiny, capsys):
         main([*argv, "--budget", "-0.5", "-q"])
     assert exit_info.value.code == 2
     assert "budget" in capsys.readouterr().err
+
+
+def test_propagate_pairs_the_unpicked_images_with_the_learned_segmenter(tiny, monkeypatch):
+    from robustar_ls.workflows import simulate as simulate_module
+
+    seen = {}
+    real = simulate_module.paired_finetune
+
+    def spy(*args, **kwargs):
+        seen["extra"] = dict(kwargs.get("extra_masks") or {})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(simulate_module, "paired_finetune", spy)
+    result = run(tiny, order="random", budget=0.25, seed=3, propagate=0.0)
+    picked = set(random_ranking(ImageFolderSplits.open(tiny[0]).splits["train"], 3)[:6])
+    prop = result["propagation"]
+    assert prop["expert_kept"] == 6 and prop["predicted"] == 18  # picked images: never predicted
+    assert prop["propagated"] == len(seen["extra"]) and not picked & set(seen["extra"])
+    assert prop["segmenter_version"]
+    assert run(tiny, order="random", budget=0.25, seed=3)["propagation"] is None

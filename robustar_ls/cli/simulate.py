@@ -14,7 +14,7 @@ from robustar_ls.cli.options import (
     tqdm_progress,
     train_config,
 )
-from robustar_ls.cli.sync_train import FILL_MODE_CHOICES
+from robustar_ls.cli.sync_train import FILL_MODE_CHOICES, PROPAGATE_THRESHOLD
 from robustar_ls.cli.validators import fraction, prepare_output_file
 from robustar_ls.config import FINETUNE_DEFAULTS, InfluenceConfig, PairedConfig, build, pick
 
@@ -43,6 +43,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--masks", default=None, help="reference masks (default <data>/oracle_masks)")
     p.add_argument("--fill", choices=FILL_MODE_CHOICES, default=None, help="default noise")
     p.add_argument("--out", default=None, help="write the fine-tuned checkpoint here")
+    p.add_argument(
+        "--propagate",
+        action="store_true",
+        help="train the learned segmenter on the picked images' masks and pair the other "
+        "images with its confident masks",
+    )
+    p.add_argument(
+        "--propagate-threshold",
+        dest="propagate_threshold",
+        type=fraction,
+        default=PROPAGATE_THRESHOLD,
+        help=f"minimum mask confidence for --propagate (default {PROPAGATE_THRESHOLD})",
+    )
     add_train_flags(p)
 
 
@@ -66,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         influence=influence,
         out=args.out,
         progress=tqdm_progress(not args.quiet),
+        propagate=args.propagate_threshold if args.propagate else None,
     )
     if args.json:
         print_json(summary)

@@ -180,14 +180,17 @@ def simulate(
     out: str | Path | None = None,
     ranking: Sequence[str] | None = None,
     progress: Progress | None = None,
+    propagate: float | None = None,
 ) -> dict[str, Any]:
     """Annotate the first ``budget x N`` images in ``order``, fine-tune, and measure.
 
     ``masks``: the reference masks (default ``<data>/oracle_masks``). ``ranking``: a precomputed
     order (e.g. shared by several budgets); computed from ``order`` when None. Returns
     ``{order, budget, picked, annotated, spurious_annotated, before, after, gap_recovered,
-    model_version, out}``; ``spurious_annotated`` counts the annotated images that
-    ``spurious.json`` marks aligned or misaligned (None without that file).
+    model_version, out}``, and with ``propagate`` (a confidence threshold) ``propagation``:
+    the learned segmenter trained on the picked images' masks pairs the others
+    (:mod:`robustar_ls.workflows.simulate_propagate`); ``spurious_annotated`` counts the
+    annotated images that ``spurious.json`` marks aligned or misaligned (None without it).
     """
     check_request(order, budget)
     data_root = Path(data_root)
@@ -202,8 +205,12 @@ def simulate(
         )
     status = spurious_status(data_root)
     picked, annotated = pick_annotated(ranking or [], budget, samples, masks_root, status)
-    result = _finetune(data_root, checkpoint, masks_root, annotated, paired, train, out, progress)
+    spread = None if propagate is None or budget <= 0 else (data, picked, propagate)
+    result, propagation = _finetune(
+        data_root, checkpoint, masks_root, annotated, paired, train, out, progress, spread
+    )
     return {
+        "propagation": propagation,
         "order": order,
         "budget": budget,
         "picked": len(picked),
@@ -219,9 +226,19 @@ def simulate(
     }
 
 
-def _finetune(data_root, checkpoint, masks_root, annotated, paired, train, out, progress):
-    """``paired_finetune`` from the annotated masks (none: plain), never over ``checkpoint``."""
+def _finetune(data_root, checkpoint, masks_root, annotated, paired, train, out, progress, spread):
+    """``paired_finetune`` from the annotated masks (none: plain), never over ``checkpoint``;
+    with ``spread = (data, picked, threshold)`` also from propagated masks. Returns
+    ``(result, propagation summary or None)``."""
     with tempfile.TemporaryDirectory(prefix="robustar-simulate-") as tmp:
+        extra, propagation = {}, None
+        if spread is not None:
+            from robustar_ls.workflows.simulate_propagate import simulated_propagation
+
+            data, picked, threshold = spread
+            extra, propagation = simulated_propagation(
+                data, masks_root, picked, annotated, threshold, Path(tmp) / "propagation"
+            )
         target = Path(out) if out else Path(tmp) / "simulated.pt"
         result = paired_finetune(
             data_root,
@@ -232,7 +249,8 @@ def _finetune(data_root, checkpoint, masks_root, annotated, paired, train, out, 
             only=set(annotated) if annotated else None,
             out=target,
             progress=progress,
+            extra_masks=extra,
         )
     if result is None:  # pragma: no cover - simulate does not run under torchrun
         raise SimulateError("simulate ran as a non-zero torchrun rank")
-    return result
+    return result, propagation

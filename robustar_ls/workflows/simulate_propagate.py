@@ -1,0 +1,48 @@
+"""``simulate --propagate``: the simulated annotator's masks train the learned segmenter, whose
+confident masks then pair the images nobody painted (issue 12's propagation, simulated).
+
+The segmenter learns from every *picked* image: the painted ones with their reference mask,
+the picked images without the feature as all-zero masks (the annotator reviewed them and
+painted nothing: a negative). Those picked images are the expert's and are never predicted;
+every other training image gets the segmenter's mask when its confidence passes ``threshold``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robustar_ls.data.folders import ImageFolderSplits
+from robustar_ls.data.images import displayed_size
+from robustar_ls.data.masks import MaskStore
+
+
+def simulated_propagation(
+    data: ImageFolderSplits,
+    masks_root: Path,
+    picked: Iterable[str],
+    annotated: set[str],
+    threshold: float,
+    folder: Path,
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """(relpath → propagated mask file under ``folder``, the propagation summary)."""
+    from robustar_ls.train.propagate import propagate_dataset, write_propagated
+    from robustar_ls.train.segmenter import train_segmenter
+
+    if not annotated:
+        return {}, {"propagated": 0, "segmenter_version": None, "threshold": threshold}
+    paths = {s.relpath: s.path for s in data.splits["train"]}
+    reference, expert = MaskStore(masks_root), MaskStore(folder / "expert")
+    for rel in picked:
+        if rel in annotated:
+            expert.write(rel, reference.read(rel))
+        else:
+            width, height = displayed_size(paths[rel])
+            expert.write(rel, np.zeros((height, width), bool))
+    seg = train_segmenter(data, expert)
+    result = propagate_dataset(seg, data, expert, threshold=threshold)
+    written = write_propagated(result, MaskStore(folder / "propagated"))
+    return written, result.summary()
