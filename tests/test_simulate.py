@@ -182,5 +182,5 @@ def test_propagate_pairs_the_unpicked_images_with_the_learned_segmenter(tiny, mo
     prop = result["propagation"]
     assert prop["expert_kept"] == 6 and prop["predicted"] == 18  # picked images: never predicted
     assert prop["propagated"] == len(seen["extra"]) and not picked & set(seen["extra"])
-    assert prop["segmenter_version"]
+    assert prop["trained_on"] == 6 and prop["segmenter_version"] is None  # in memory only
     assert run(tiny, order="random", budget=0.25, seed=3)["propagation"] is None

@@ -36,6 +36,7 @@ def simulated_propagation(
         return {}, {"propagated": 0, "segmenter_version": None, "threshold": threshold}
     paths = {s.relpath: s.path for s in data.splits["train"]}
     reference, expert = MaskStore(masks_root), MaskStore(folder / "expert")
+    picked = list(picked)
     for rel in picked:
         if rel in annotated:
             expert.write(rel, reference.read(rel))
@@ -45,4 +46,5 @@ def simulated_propagation(
     seg = train_segmenter(data, expert)
     result = propagate_dataset(seg, data, expert, threshold=threshold)
     written = write_propagated(result, MaskStore(folder / "propagated"))
-    return written, result.summary()
+    # the segmenter lives in memory only: no file, no version
+    return written, {**result.summary(), "segmenter_version": None, "trained_on": len(picked)}
