@@ -382,7 +382,7 @@ def test_webhook_with_the_real_training_jobs(tmp_path):
 
     release = threading.Event()
 
-    def run(payload):
+    def run(payload, on_progress):
         release.wait(10)
         return {"model_version": "v2-test", "project": payload["project"]["id"]}
 

@@ -18,6 +18,7 @@ from robustar_ls import __version__
 from robustar_ls.cli import (
     demo,
     evaluate,
+    history,
     import_project,
     influence,
     make_dataset,
@@ -36,6 +37,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     import_project,
     serve,
     influence,
+    history,
     demo,
 )
 

@@ -27,6 +27,7 @@ from robustar_ls.config import LabelStudioConfig, PairedConfig, SyncConfig, Trai
 from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.masks import MaskStore
 from robustar_ls.errors import RobustarError
+from robustar_ls.train.progress import OnProgress, progress_record
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class TrainPlan:
     train: TrainConfig
     out: str | Path | None = None
     progress: Callable | None = None
+    on_progress: OnProgress | None = None
 
 
 def sync_and_train(
@@ -126,8 +128,10 @@ def sync_and_train(
     dry_run: bool = False,
     progress: Callable | None = None,
     client: Any = None,
+    on_progress: OnProgress | None = None,
 ) -> dict[str, Any] | None:
     """Sync (when ``label_studio`` is given), then paired fine-tuning of ``checkpoint``.
+    ``on_progress`` gets the job's progress records (``train/progress.py``), sync included.
 
     Returns ``paired_finetune``'s summary (``model_version``, ``parent_version``, ``before``,
     ``after``, …) plus ``"sync"``: the sync report as a dict (None without Label Studio) and
@@ -146,6 +150,7 @@ def sync_and_train(
         train,
         out,
         progress,
+        on_progress,
     )
     if label_studio is None:
         if dry_run:
@@ -155,6 +160,8 @@ def sync_and_train(
     from robustar_ls.train.distributed import init_distributed, launched_by_torchrun, shutdown
 
     def run_sync():
+        if on_progress is not None:
+            on_progress(progress_record("sync"))
         return sync_from_label_studio(
             label_studio, plan.data, plan.masks_root, sync, dry_run, progress, client
         )
@@ -186,11 +193,18 @@ def _train(plan: TrainPlan, report: dict[str, Any] | None) -> dict[str, Any] | N
         plan.paired,
         plan.train,
         out=plan.out,
-        progress=plan.progress,
+        progress=None if plan.on_progress else plan.progress,  # one bar, not two
+        on_progress=plan.on_progress,
+        history={"sync": _sync_counts(report)},
     )
     if result is None:
         return None
     return {**result, "sync": report, "trained": True}
+
+
+def _sync_counts(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the model history keeps of a sync report: its counts."""
+    return dict(report["counts"]) if report is not None else None
 
 
 def _on_rank0_then_share(ctx, compute: Callable[[], Any]) -> Any:
@@ -231,13 +245,15 @@ def training_job(
     train: TrainConfig = TrainConfig(),
     sync: SyncConfig = SyncConfig(),
     masks: str | Path | None = None,
-) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
-    """The ``run`` function for :class:`robustar_ls.workflows.jobs.TrainingJobs`: each "Start
-    Training" webhook syncs and trains in place (the served checkpoint is replaced atomically,
-    the backend picks up the new version on its next request). The dataset is opened per job,
-    so images added between jobs are seen."""
+) -> Callable[[dict[str, Any], OnProgress | None], dict[str, Any] | None]:
+    """The ``run(payload, on_progress)`` for :class:`robustar_ls.workflows.jobs.TrainingJobs`:
+    each "Start Training" webhook syncs and trains in place (the served checkpoint is replaced
+    atomically, the backend picks up the new version on its next request). The dataset is
+    opened per job, so images added between jobs are seen."""
 
-    def run(payload: dict[str, Any]) -> dict[str, Any] | None:
+    def run(
+        payload: dict[str, Any], on_progress: OnProgress | None = None
+    ) -> dict[str, Any] | None:
         log.info("training job triggered by %s", payload.get("action", "a request"))
         return sync_and_train(
             data,
@@ -247,6 +263,7 @@ def training_job(
             train=train,
             sync=sync,
             masks=masks,
+            on_progress=on_progress,
         )
 
     return run
