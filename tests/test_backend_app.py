@@ -43,12 +43,11 @@ def assert_clean_error(response, status, fragment):
 # -- health / setup / versions ---------------------------------------------------------------
 
 
-def test_health_and_root(backend):
-    for path in ("/health", "/"):
-        response = backend.client.get(path)
-        assert response.status_code == 200
-        body = response.get_json()
-        assert body["status"] == "UP" and body["model_class"] and body["model_version"]
+def test_health(backend):
+    response = backend.client.get("/health")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "UP" and body["model_class"] and body["model_version"]
 
 
 def test_setup_returns_the_checkpoint_version(backend):
@@ -235,6 +234,7 @@ def test_basic_auth_on_every_route_but_health(tmp_path):
         ("post", "/webhook"),
         ("get", "/versions"),
         ("get", "/train/status"),
+        ("get", "/"),
     ]:
         response = getattr(client, method)(path, json={})
         assert response.status_code == 401, path

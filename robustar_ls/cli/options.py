@@ -152,6 +152,8 @@ class JobBar:
             )
         self.bar.set_description_str(record["phase"], refresh=False)
         self.bar.n = round(float(record.get("fraction") or 0.0) * self.SCALE)
+        from robustar_ls.train.progress import progress_text
+
         self.bar.set_postfix_str(progress_text(record), refresh=False)
         self.bar.refresh()
         if record["phase"] == "write":
@@ -160,21 +162,6 @@ class JobBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def progress_text(record: dict[str, Any]) -> str:
-    """``epoch 2/12, step 5/40, loss 0.412, ETA 1m20s`` (the fields a record has)."""
-    parts = []
-    if record.get("epochs"):
-        parts.append(f"epoch {record.get('epoch') or 0}/{record['epochs']}")
-    if record.get("steps"):
-        parts.append(f"step {record.get('step') or 0}/{record['steps']}")
-    if record.get("last_loss") is not None:
-        parts.append(f"loss {record['last_loss']:.3f}")
-    if record.get("eta_seconds") is not None:
-        minutes, seconds = divmod(int(round(record["eta_seconds"])), 60)
-        parts.append(f"ETA {minutes}m{seconds:02d}s" if minutes else f"ETA {seconds}s")
-    return ", ".join(parts)
 
 
 def print_json(obj: Any) -> None:

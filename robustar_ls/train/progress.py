@@ -120,3 +120,18 @@ class ProgressTracker:
     def emit(self) -> None:
         if self.on_progress is not None:
             self.on_progress(self.record())
+
+
+def progress_text(record: dict[str, Any]) -> str:
+    """``epoch 2/12, step 5/40, loss 0.412, ETA 1m20s`` (the fields the record has)."""
+    parts = []
+    if record.get("epochs"):
+        parts.append(f"epoch {record.get('epoch') or 0}/{record['epochs']}")
+    if record.get("steps"):
+        parts.append(f"step {record.get('step') or 0}/{record['steps']}")
+    if record.get("last_loss") is not None:
+        parts.append(f"loss {float(record['last_loss']):.3f}")
+    if record.get("eta_seconds") is not None:
+        minutes, seconds = divmod(int(round(float(record["eta_seconds"]))), 60)
+        parts.append(f"ETA {minutes}m{seconds:02d}s" if minutes else f"ETA {seconds}s")
+    return ", ".join(parts)
