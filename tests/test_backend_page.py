@@ -119,3 +119,9 @@ def test_plot_escapes_text_and_skips_missing_points():
     tree = ET.fromstring(svg)
     assert tree.find(f"{SVG}title").text == "<b>title</b>"
     assert _series(tree) == {"x<y": 1}
+
+
+def test_plot_of_non_negative_values_starts_at_zero():
+    svg = line_plot("p", "t", ["1", "2"], {"loss": [0.2, 0.1]})
+    ticks = [t.text for t in ET.fromstring(svg).iter(f"{SVG}text")]
+    assert "0.00" in ticks and not any(t.startswith("-") for t in ticks if t)

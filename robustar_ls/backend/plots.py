@@ -44,7 +44,7 @@ def _y_range(series: dict[str, list[float | None]], fixed: tuple[float, float] |
     if high - low < 1e-9:
         low, high = low - 0.5, high + 0.5
     pad = (high - low) * 0.08
-    return min(low - pad, 0.0) if low >= 0 else low - pad, high + pad
+    return (0.0 if low >= 0 else low - pad), high + pad  # losses, accuracies: from 0
 
 
 def _ticks(low: float, high: float, count: int = 5) -> list[float]:
