@@ -26,6 +26,7 @@ format: venv
 bench: venv
 	$(PY) bench/bench_brush.py
 	$(PY) bench/bench_predict.py
+	$(PY) bench/bench_load.py
 	$(PY) bench/bench_influence.py
 	$(PY) bench/bench_paired.py
 

@@ -49,6 +49,16 @@ class TrainConfig:
     num_workers: int = 0
     augment: bool = True  # random crop (pad 2) + horizontal flip
 
+    def __post_init__(self) -> None:  # settings files; flags were checked by argparse
+        if isinstance(self.epochs, int) and self.epochs < 1:
+            raise ConfigError(f"train setting 'epochs' must be at least 1, not {self.epochs}")
+        if isinstance(self.batch_size, int) and self.batch_size < 1:
+            raise ConfigError(
+                f"train setting 'batch_size' must be at least 1, not {self.batch_size}"
+            )
+        if isinstance(self.lr, int | float) and not self.lr > 0:
+            raise ConfigError(f"train setting 'lr' must be positive, not {self.lr}")
+
 
 # Fine-tuning a trained model (sync-train, Start Training) wants gentler steps than training
 # from scratch: at lr 0.05 / batch 64 paired fine-tuning on a few hundred images collapsed in
@@ -173,16 +183,28 @@ class ServeConfig:
     secret: str = field(default="", repr=False)
     segmenter: bool = True  # False = no Mask R-CNN pre-annotation at all
     batch_size: int = 16  # images per classifier / saliency / segmenter call
-    max_image_pixels: int = 64_000_000
+    max_image_pixels: int = 40_000_000  # per image (checked on the header, before decoding)
+    max_image_side: int = 12_000  # pixels, either side
+    max_aspect_ratio: float = 20.0  # long side / short side
+    working_side: int = 2048  # larger images are decoded at reduced size for the models
+    max_request_pixels: int = 120_000_000  # all images of one /predict together
+    max_tasks_per_request: int = 100  # later tasks get a per-task error
+    max_response_bytes: int = 32 * 1024 * 1024  # /predict answer; later tasks get an error
     max_image_bytes: int = 64 * 1024 * 1024
     fetch_timeout: float = 30.0  # seconds, for images fetched over HTTP
+    request_deadline: float = 60.0  # seconds per /predict: later images get a per-task error
+    fetch_parallelism: int = 4  # images of one request fetched at the same time
+    # Image hosts besides Label Studio's origin: "host", "host:port" (trusted as named, private
+    # addresses included), "*.domain" or "*" (public addresses only). See backend/url_policy.py.
+    allowed_image_hosts: tuple[str, ...] = ()
     cache_dir: str = ""  # saliency PNGs + the shared secret; "" = ~/.cache/robustar-ls
+    saliency_url_lifetime: float = 7 * 24 * 3600.0  # seconds; predictions renew a URL
     prediction_cache_size: int = 512  # (model version, image) → model outputs, LRU
     device: str = "auto"
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # loopback only; "0.0.0.0" to listen on every interface (docker)
     port: int = 9090
     workers: int = 1
-    threads: int = 1
+    threads: int = 4  # per worker: /health is answered while another thread predicts
     timeout: int = 300  # gunicorn worker timeout, seconds
     data: str = ""  # dataset folder: enables "Start Training" (sync masks + paired training)
     project: str = "robustar-ls"  # the Label Studio project whose annotations train
@@ -219,6 +241,10 @@ class ServeConfig:
     def resolved_cache_dir(self) -> Path:
         return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
 
+    def last_good_dir(self) -> Path:
+        """Where the last checkpoint that loaded is kept, for workers restarted after it broke."""
+        return self.resolved_cache_dir() / "last-good"
+
 
 def default_cache_dir() -> Path:
     """Where the backend keeps saliency PNGs and its URL-signing key by default."""
@@ -237,11 +263,30 @@ class ImportConfig:
     # from backend_url under docker, where Label Studio calls http://backend:9090.
     saliency_base_url: str = ""
     cache_dir: str = ""  # the backend's cache dir, holding the URL-signing key ("" = default)
+    saliency_url_lifetime: float = 7 * 24 * 3600.0  # seconds; the backend's predictions renew
+
+
+def check_basic_auth(user: str, password: str) -> None:
+    """Basic auth is on with both user and password, off with neither; half-set is an error."""
+    if bool(user) != bool(password):
+        given, missing = (
+            ("BASIC_AUTH_USER", "BASIC_AUTH_PASS")
+            if user
+            else ("BASIC_AUTH_PASS", "BASIC_AUTH_USER")
+        )
+        raise ConfigError(
+            f"{given} is set but {missing} is not: set both to protect the backend with HTTP "
+            "basic auth, or neither"
+        )
 
 
 def secrets_from_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Secrets the entry points need, from the environment (never from a settings file)."""
+    """Secrets the entry points need, from the environment (never from a settings file).
+
+    Raises :class:`ConfigError` when only one of ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` is set.
+    """
     env = os.environ if environ is None else environ
+    check_basic_auth(env.get("BASIC_AUTH_USER", ""), env.get("BASIC_AUTH_PASS", ""))
     return {
         "label_studio_api_key": env.get("LABEL_STUDIO_API_KEY", "")
         or env.get("LABEL_STUDIO_USER_TOKEN", ""),
@@ -296,7 +341,7 @@ def build(cls: type, *sources: Mapping[str, Any] | None) -> Any:
             if isinstance(value, Mapping) and _nested_type(known[key]) is not None:
                 nested.setdefault(key, {}).update(value)
             elif value is not None:
-                values[key] = value
+                values[key] = _checked_value(cls, known[key], value)
     for key, mapping in nested.items():
         base = values.get(key)
         values[key] = build(_nested_type(known[key]), to_dict(base) if base else None, mapping)
@@ -304,6 +349,36 @@ def build(cls: type, *sources: Mapping[str, Any] | None) -> Any:
         return cls(**values)
     except TypeError as err:
         raise ConfigError(f"bad settings for {cls.__name__}: {err}") from err
+
+
+_KINDS = {  # annotation → (accepts, what to say)
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "str | None": (lambda v: isinstance(v, str), "a string"),
+    "tuple[str, ...]": (
+        lambda v: isinstance(v, list | tuple) and all(isinstance(x, str) for x in v),
+        "a list of strings",
+    ),
+}
+
+
+def _checked_value(cls: type, f: dataclasses.Field, value: Any) -> Any:
+    """``value`` if it has the field's type (an int is a float too); ConfigError otherwise."""
+    kind = _KINDS.get(str(f.type))
+    if kind is None:
+        return value
+    accepts, noun = kind
+    if not accepts(value):
+        raise ConfigError(
+            f"setting {f.name!r} of {cls.__name__} must be {noun}, not {value!r}"[:300]
+        )
+    if str(f.type) == "float":
+        return float(value)
+    if str(f.type).startswith("tuple"):
+        return tuple(value)
+    return value
 
 
 def _nested_type(f: dataclasses.Field) -> type | None:

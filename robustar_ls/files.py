@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,3 +78,25 @@ def exclusive_lock(path: str | Path) -> Iterator[None]:
 def safe_name(text: str, fallback: str = "unversioned") -> str:
     """``text`` as one file name: characters other than letters, digits, ``-_.`` become ``_``."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text) or fallback
+
+
+STALE_TEMP_AGE_S = 600.0  # a temp file this old is no write in progress: its writer died
+
+
+def remove_stale_temp_files(path: str | Path, min_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+    """Delete the temp files :func:`atomic_write_bytes` left beside ``path`` when killed.
+
+    Only ``.<name>.*.tmp`` files older than ``min_age_s`` go (a younger one may be a write in
+    progress in another process). Returns what was removed.
+    """
+    path = Path(path)
+    removed = []
+    now = time.time()
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if now - candidate.stat().st_mtime >= min_age_s:
+                candidate.unlink()
+                removed.append(candidate)
+        except OSError:  # vanished meanwhile, or not ours to delete
+            continue
+    return removed

@@ -11,8 +11,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from label_studio_sdk import LabelStudio
-
 from robustar_ls.workflows.label_studio import (
     DB_FILE,
     DEFAULT_STARTUP_TIMEOUT,
@@ -102,18 +100,3 @@ def migrated_database(binary: str, cache_dir: Path, timeout: float) -> Path:
         shutil.copyfile(data_dir / DB_FILE, partial)
         os.replace(partial, cached)
     return cached
-
-
-def add_local_storage(client: LabelStudio, project_id: int, path: Path) -> int:
-    """Connect ``path`` (under the document root) to a project as local-files import storage.
-
-    Label Studio serves ``/data/local-files/?d=...`` only for files inside such a storage.
-    Returns the storage id.
-    """
-    storage = client.import_storage.local.create(
-        project=project_id,
-        path=str(Path(path).resolve()),
-        use_blob_urls=False,
-        title=f"local files {Path(path).name}",
-    )
-    return int(storage.id)

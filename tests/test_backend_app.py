@@ -224,7 +224,9 @@ def basic(user, password):
     return {"Authorization": f"Basic {token}"}
 
 
-def test_basic_auth_on_every_route_but_health(tmp_path):
+def test_basic_auth_on_every_route_but_the_health_check_and_signed_saliency(tmp_path):
+    """What the README says: `/health` and signed `/saliency/…` skip basic auth; the
+    task-centre page `/` does not."""
     backend = make_backend(tmp_path, auth=("ls", "pa55"))
     client = backend.client
     assert client.get("/health").status_code == 200
@@ -299,8 +301,12 @@ def test_bad_or_missing_signature_is_403(backend):
     assert_clean_error(backend.client.get(f"/saliency/{key}.png"), 403, "signature")
     assert_clean_error(backend.client.get(f"/saliency/{key}.png?sig=00ff"), 403, "signature")
     other = image_key(local_ref("ds/train/square/s0.png"))
-    stolen = sign(key, SECRET)
-    assert_clean_error(backend.client.get(f"/saliency/{other}.png?sig={stolen}"), 403, "signature")
+    stolen = sign(key, SECRET, 4_000_000_000)
+    assert_clean_error(
+        backend.client.get(f"/saliency/{other}.png?exp=4000000000&sig={stolen}"), 403, "signature"
+    )
+    later = "/saliency/{key}.png?exp=4000000001&sig={stolen}"  # a changed expiry breaks it too
+    assert_clean_error(backend.client.get(later.format(key=key, stolen=stolen)), 403, "signature")
     wrong_secret = sign(key, "another-secret-0123456789")
     assert_clean_error(
         backend.client.get(f"/saliency/{key}.png?sig={wrong_secret}"), 403, "signature"
@@ -396,3 +402,95 @@ def test_webhook_with_the_real_training_jobs(tmp_path):
     jobs.wait(timeout=10)
     status = backend.client.get("/train/status").get_json()
     assert status["state"] == "succeeded" and status["result"]["project"] == 4
+
+
+def test_half_set_basic_auth_refuses_to_build_the_app(tmp_path):
+    from robustar_ls.config import ConfigError
+
+    with pytest.raises(ConfigError, match="BASIC_AUTH_USER is set but BASIC_AUTH_PASS is not"):
+        make_backend(tmp_path, auth=("ls", ""))
+
+
+def test_serve_refuses_half_set_basic_auth_in_one_line(tmp_path, monkeypatch, capsys):
+    from robustar_ls.cli import main
+
+    save_tiny_checkpoint(tmp_path / "m.pt")
+    monkeypatch.setenv("BASIC_AUTH_PASS", "secret-only")
+    monkeypatch.delenv("BASIC_AUTH_USER", raising=False)
+    code = main(["serve", "--checkpoint", str(tmp_path / "m.pt"), "--cache-dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "BASIC_AUTH_PASS is set but BASIC_AUTH_USER is not" in err
+    assert len(err.splitlines()) == 1
+
+
+# -- malformed requests get a 400, never a 500 (issue 10, item 8) -------------------------------
+
+
+@pytest.mark.parametrize("context", [{"result": 5}, {"result": "x"}, 7, {"result": [1, "a"]}])
+def test_malformed_context_is_a_400(backend, context):
+    response = predict(
+        backend.client, [task("ds/train/circle/c0.png")], params={"context": context}
+    )
+    assert_clean_error(response, 400, "context")
+
+
+def test_json_nested_100000_deep_is_a_400(backend):
+    body = '{"tasks": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    for path in ("/predict", "/setup", "/webhook"):
+        response = backend.client.post(path, data=body, content_type="application/json")
+        assert_clean_error(response, 400, "JSON")
+
+
+@pytest.mark.parametrize("field", ["annotation", "task"])
+@pytest.mark.parametrize("value", ["a string", [1, 2], 5])
+def test_webhook_annotation_events_with_a_non_object_are_a_400(backend, field, value):
+    body = {"action": "ANNOTATION_CREATED", "annotation": {"id": 1}, "task": {"id": 2}}
+    body[field] = value
+    response = backend.client.post("/webhook", json=body)
+    assert_clean_error(response, 400, f"'{field}'")
+
+
+def test_signed_saliency_url_with_a_nul_byte_is_a_400(backend):
+    url = saliency_url("http://backend", "/data/local-files/?d=ds/a\x00b.png", SECRET)
+    parsed = urlparse(url)
+    response = backend.client.get(f"{parsed.path}?{parsed.query}")
+    assert_clean_error(response, 400, "cannot be used")
+
+
+# -- saliency URL expiry, renewed by predictions; no server paths in messages (item 9) ------------
+
+
+def saliency_path(url):
+    parsed = urlparse(url)
+    return f"{parsed.path}?{parsed.query}"
+
+
+def test_an_expired_saliency_url_is_refused_until_a_prediction_renews_it(backend):
+    ref = local_ref("ds/train/circle/c0.png")
+    expired = saliency_url("http://backend", ref, SECRET, lifetime_s=60, now=1_000_000)
+    assert_clean_error(backend.client.get(saliency_path(expired)), 403, "expired")
+    # Label Studio asks for the task's prediction: the URL in its data is renewed.
+    tasks = [{"id": 1, "data": {"image": ref, "saliency": expired}}]
+    assert predict(backend.client, tasks).status_code == 200
+    assert backend.client.get(saliency_path(expired)).status_code == 200
+    # A forged URL in task data renews nothing.
+    other = local_ref("ds/train/square/s0.png")
+    forged = saliency_url("http://backend", other, "not-the-secret-0123456789", 60, 1_000_000)
+    good_sig_elsewhere = saliency_url("http://backend", other, SECRET, 60, 1_000_000)
+    predict(backend.client, [{"id": 2, "data": {"image": other, "saliency": forged}}])
+    assert_clean_error(backend.client.get(saliency_path(good_sig_elsewhere)), 403, "expired")
+
+
+def test_a_fresh_saliency_url_is_served_and_a_bad_expiry_is_a_400(backend):
+    url = saliency_url("http://backend", local_ref("ds/train/circle/c0.png"), SECRET)
+    assert "exp=" in url and backend.client.get(saliency_path(url)).status_code == 200
+    tampered = saliency_path(url).replace("exp=", "exp=x")
+    assert_clean_error(backend.client.get(tampered), 400, "expiry")
+
+
+def test_saliency_errors_never_show_server_paths(backend):
+    (backend.root / "ds/bad.png").write_bytes(b"not a png at all")
+    for ref, status in [("ds/none.png", 404), ("ds/bad.png", 422)]:
+        response = get_saliency(backend, local_ref(ref))
+        assert_clean_error(response, status, ref)
+        assert str(backend.root) not in response.get_data(as_text=True)

@@ -5,6 +5,7 @@ import pytest
 from backend_support import FakeLabelStudio, make_jwt, png_bytes, two_tone, write_png
 
 from robustar_ls.backend.images import ImageFetcher, ImageFetchError, LabelStudioAuth
+from robustar_ls.backend.url_policy import UrlPolicy
 
 
 @pytest.fixture
@@ -107,7 +108,7 @@ def test_size_limits_bytes_and_pixels(root):
     assert info.value.status == 413
     with pytest.raises(ImageFetchError, match="over the limit of 1000") as info:
         ImageFetcher(document_root=root, max_pixels=1000).fetch("big.png")
-    assert info.value.status == 422
+    assert info.value.status == 413  # over a limit, like the byte limit
 
 
 def test_uploads_fetched_from_label_studio_with_legacy_token():
@@ -157,7 +158,11 @@ def test_key_is_never_sent_to_other_hosts():
     other = FakeLabelStudio(legacy="zzz")
     other.files["/img.png"] = png_bytes(two_tone())
     with fake.running(), other.running():
-        fetcher = ImageFetcher(label_studio_url=fake.url, auth=LabelStudioAuth(fake.url, "abc123"))
+        fetcher = ImageFetcher(
+            label_studio_url=fake.url,
+            auth=LabelStudioAuth(fake.url, "abc123"),
+            policy=UrlPolicy(fake.url, [other.url.split("//")[1]]),  # allowed: fetched, no key
+        )
         with pytest.raises(ImageFetchError, match="refused"):
             fetcher.fetch(other.url + "/img.png")
         assert other.requests[-1][2] is None

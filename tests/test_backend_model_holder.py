@@ -105,3 +105,54 @@ def test_concurrent_requests_during_reload_see_whole_models(tmp_path):
         t.join()
     assert not errors and set(seen) <= {v1, v2} and holder.reloads == 1
     assert holder.current().version == v2
+
+
+# -- the last-good copy (a broken checkpoint plus a worker restart) ----------------------------
+
+
+def test_a_restarted_holder_serves_the_last_good_copy_of_a_broken_checkpoint(tmp_path, caplog):
+    path, keep = tmp_path / "m.pt", tmp_path / "last-good"
+    v1 = tiny_checkpoint(path)
+    ModelHolder(path, device="cpu", last_good_dir=keep).load_initial()
+    path.write_bytes(b"garbage, not a checkpoint")
+    restarted = ModelHolder(path, device="cpu", last_good_dir=keep)
+    with caplog.at_level(logging.ERROR):
+        served = restarted.load_initial()
+    assert served.version == v1 and restarted.source == "last-good copy"
+    assert "last-good copy" in caplog.text and restarted.last_error
+    assert restarted.current() is served  # the broken file is not retried on every request
+    v2 = tiny_checkpoint(path, seed=3, parent=v1)  # fixed: the checkpoint is served again
+    assert restarted.current().version == v2 and restarted.source == "checkpoint"
+
+
+def test_a_missing_checkpoint_is_served_from_the_copy_too(tmp_path):
+    path, keep = tmp_path / "m.pt", tmp_path / "last-good"
+    v1 = tiny_checkpoint(path)
+    ModelHolder(path, device="cpu", last_good_dir=keep).load_initial()
+    path.unlink()
+    restarted = ModelHolder(path, device="cpu", last_good_dir=keep)
+    assert restarted.load_initial().version == v1
+    assert restarted.current().version == v1
+
+
+def test_no_good_model_ever_loaded_still_refuses(tmp_path):
+    path = tmp_path / "m.pt"
+    path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        ModelHolder(path, device="cpu", last_good_dir=tmp_path / "keep").load_initial()
+
+
+def test_the_copy_follows_the_newest_good_checkpoint(tmp_path):
+    from robustar_ls.backend.last_good import LastGoodStore, servable_version
+
+    path, keep = tmp_path / "m.pt", tmp_path / "last-good"
+    v1 = tiny_checkpoint(path)
+    holder = ModelHolder(path, device="cpu", last_good_dir=keep)
+    holder.load_initial()
+    v2 = tiny_checkpoint(path, seed=1, parent=v1)
+    assert holder.current().version == v2
+    assert LastGoodStore(keep, path).version() == v2
+    path.write_bytes(b"broken")
+    assert servable_version(path, keep) == v2
+    with pytest.raises(CheckpointError):
+        servable_version(path, tmp_path / "empty")

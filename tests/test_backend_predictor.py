@@ -9,7 +9,8 @@ import numpy as np
 from backend_support import CLASSES, make_backend, task, two_tone, write_png
 from label_studio_sdk.label_interface import LabelInterface
 
-from robustar_ls.backend.predictor import STAGES, build_predictor
+from robustar_ls.backend.build import build_predictor
+from robustar_ls.backend.predictor import STAGES
 from robustar_ls.config import SegmenterConfig, ServeConfig
 from robustar_ls.labelstudio.brush import rle_to_mask
 from robustar_ls.labelstudio.config import default_label_config

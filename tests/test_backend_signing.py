@@ -55,7 +55,10 @@ def test_saliency_url_points_at_the_backend_route():
     assert parsed.path.startswith("/saliency/") and parsed.path.endswith(".png")
     key = parsed.path[len("/saliency/") : -len(".png")]
     assert image_ref_from_key(key) == REFS[0]
-    assert verify(key, parse_qs(parsed.query)["sig"][0], "s" * 32)
+    query = parse_qs(parsed.query)
+    expires = int(query["exp"][0])
+    assert verify(key, query["sig"][0], "s" * 32, expires)
+    assert not verify(key, query["sig"][0], "s" * 32, expires + 1)
 
 
 def test_secret_file_is_created_once_private_and_shared(tmp_path):
@@ -77,3 +80,12 @@ def test_too_short_secret_file_is_refused(tmp_path):
     (tmp_path / "secret.key").write_text("abc")
     with pytest.raises(ValueError, match="too short"):
         load_or_create_secret(tmp_path)
+
+
+def test_the_same_url_all_through_a_lifetime_window_and_one_to_two_lifetimes_valid():
+    first = saliency_url("http://b", REFS[0], "s" * 32, lifetime_s=100, now=1_000_010)
+    assert saliency_url("http://b", REFS[0], "s" * 32, lifetime_s=100, now=1_000_099) == first
+    later = saliency_url("http://b", REFS[0], "s" * 32, lifetime_s=100, now=1_000_100)
+    assert later != first
+    expires = int(parse_qs(urlparse(first).query)["exp"][0])
+    assert 1_000_010 + 100 <= expires <= 1_000_010 + 200

@@ -49,6 +49,14 @@ def test_secrets_only_from_environment():
     assert secrets_from_env({"ROBUSTAR_LS_SECRET": "s"})["secret"] == "s"
 
 
+@pytest.mark.parametrize("half", [{"BASIC_AUTH_USER": "u"}, {"BASIC_AUTH_PASS": "p"}])
+def test_half_set_basic_auth_is_refused_in_one_line(half):
+    with pytest.raises(ConfigError, match="set both") as err:
+        secrets_from_env(half)
+    assert "\n" not in str(err.value)
+    assert secrets_from_env({"BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p"})["basic_auth_pass"]
+
+
 def test_serve_composes_the_segmenter_and_saliency_settings(tmp_path):
     from robustar_ls.config import SaliencyConfig, SegmenterConfig, ServeConfig
 

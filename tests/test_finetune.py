@@ -356,8 +356,9 @@ def test_two_process_ddp_run_writes_one_checkpoint(dataset, checkpoint, tmp_path
     assert summary["parent_version"] == old_version
     assert read_version(out) == summary["model_version"] != old_version
     assert load_checkpoint(out).config["world_size"] == 2
+    lock = f".{checkpoint.name}.training.lock"  # the training lock stays, by design
     files = ["ddp.pt", checkpoint.name]
-    expected = sorted(files + [history_path(tmp_path / name).name for name in files])
+    expected = sorted(files + [lock] + [history_path(tmp_path / name).name for name in files])
     assert sorted(p.name for p in tmp_path.iterdir()) == expected
     (entry,) = read_history(out)  # one line: only rank 0 writes
     assert entry["version"] == summary["model_version"] and entry["parent_version"] == old_version
@@ -378,6 +379,54 @@ def test_masks_of_exif_rotated_images_are_checked_against_the_displayed_size(tmp
     store.write("b/x.jpg", np.zeros((8, 12), dtype=bool))  # the unrotated size: wrong
     with pytest.raises(MaskError, match="8x12"):
         find_masks(samples, tmp_path / "masks")
+
+
+# -- one training per checkpoint; compare-and-swap on writing (issue 10, item 6) --------------
+
+
+def test_a_second_training_of_the_same_checkpoint_is_refused(dataset, checkpoint):
+    from robustar_ls.train.checkpoint_guard import CheckpointBusy, training_lock
+    from robustar_ls.workflows.sync_train import sync_and_train
+
+    old_bytes = checkpoint.read_bytes()
+    with training_lock(checkpoint), pytest.raises(CheckpointBusy, match="another training"):
+        sync_and_train(dataset, checkpoint, masks=dataset / "oracle_masks", train=TINY_TRAIN)
+    assert checkpoint.read_bytes() == old_bytes
+    with training_lock(checkpoint):  # released: free again
+        pass
+
+
+def test_a_checkpoint_changed_during_training_is_not_overwritten(dataset, checkpoint):
+    from robustar_ls.train.checkpoint_guard import CheckpointChanged
+
+    torch.manual_seed(5)
+    other = create_classifier("resnet18_small", 2, width=4)
+
+    written = []
+
+    def someone_else_writes(iterable, **kwargs):  # e.g. `train --out` on the same path
+        written.append(
+            save_checkpoint(
+                checkpoint,
+                other,
+                arch="resnet18_small",
+                classes=["circle", "square"],
+                image_size=16,
+                width=4,
+            )
+        )
+        return iterable
+
+    with pytest.raises(CheckpointChanged, match="changed while training"):
+        paired_finetune(
+            dataset,
+            checkpoint,
+            dataset / "oracle_masks",
+            PairedConfig(),
+            TINY_TRAIN,
+            progress=someone_else_writes,
+        )
+    assert written and read_version(checkpoint) == written[-1]  # the other writer's file stands
 
 
 def test_progress_and_history_of_a_paired_run(dataset, checkpoint, tmp_path):

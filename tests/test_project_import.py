@@ -88,7 +88,9 @@ def test_cli_import_errors_exit_2(rooted, tmp_path, capsys, monkeypatch):
         == 2
     )
     assert "cannot reach Label Studio at http://127.0.0.1:9" in capsys.readouterr().err
-    assert main([*common, "--document-root", str(root), "--batch-size", "0"]) == 2
+    with pytest.raises(SystemExit) as exit_info:  # refused while parsing the command line
+        main([*common, "--document-root", str(root), "--batch-size", "0"])
+    assert exit_info.value.code == 2
     assert "--batch-size" in capsys.readouterr().err
     monkeypatch.delenv("LABEL_STUDIO_API_KEY")
     monkeypatch.delenv("LABEL_STUDIO_USER_TOKEN", raising=False)

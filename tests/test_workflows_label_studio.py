@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import threading
+from http.cookies import SimpleCookie
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 
 from robustar_ls.workflows.label_studio import (
     LabelStudioServer,
     LabelStudioStartError,
+    _healthy,
+    create_personal_access_token,
     free_port,
     running_label_studio,
 )
@@ -86,3 +92,74 @@ def test_local_files_url_is_relative_and_quoted(tmp_path: Path) -> None:
     assert server.token("pat") == "a.b.c"
     with pytest.raises(ValueError, match="token kind"):
         server.token("jwt")  # type: ignore[arg-type]
+
+
+class _FakeLogin(BaseHTTPRequestHandler):
+    """Django-like login: GET sets csrftoken, POST rotates it and redirects, then a token."""
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _cookies(self) -> dict[str, str]:
+        jar = SimpleCookie(self.headers.get("Cookie", ""))
+        return {key: morsel.value for key, morsel in jar.items()}
+
+    def _answer(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.path == "/health":
+            self._answer(200, b'{"status": "UP"}')
+        elif self.path == "/user/login/":
+            self._answer(200, b"form", {"Set-Cookie": "csrftoken=first; Path=/"})
+        else:
+            self._answer(404)
+
+    def do_POST(self) -> None:
+        form = parse_qs(self.rfile.read(int(self.headers["Content-Length"] or 0)).decode())
+        cookies = self._cookies()
+        if self.path == "/user/login/":
+            if form.get("csrfmiddlewaretoken") != ["first"] or form.get("password") != ["pw"]:
+                self._answer(403)
+                return
+            rotated = {"Set-Cookie": "csrftoken=second; Path=/", "Location": "/projects/"}
+            self._answer(302, b"", rotated)
+        elif self.path == "/api/token/":
+            if self.headers.get("X-CSRFToken") != "second" or cookies.get("csrftoken") != "second":
+                self._answer(403)
+                return
+            self._answer(201, b'{"token": "refresh-token"}')
+        else:
+            self._answer(404)
+
+
+@pytest.fixture()
+def fake_login_url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeLogin)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_personal_access_token_follows_the_csrf_login(fake_login_url: str) -> None:
+    token = create_personal_access_token(fake_login_url, "me@example.com", "pw")
+    assert token == "refresh-token"
+
+
+def test_personal_access_token_reports_a_refused_login(fake_login_url: str) -> None:
+    with pytest.raises(LabelStudioStartError, match="login as me@example.com failed: 403"):
+        create_personal_access_token(fake_login_url, "me@example.com", "wrong")
+
+
+def test_health_check(fake_login_url: str) -> None:
+    assert _healthy(fake_login_url)
+    assert not _healthy(f"http://127.0.0.1:{free_port()}")

@@ -13,11 +13,13 @@ Routes (JSON unless noted):
   ``ANNOTATION_CREATED/UPDATED/DELETED`` are acknowledged, logged and passed to the hook.
 - ``GET /versions`` → ``{"versions": [...], "model_version": …, "training": …}``.
 - ``GET /train/status`` → the training job's status.
-- ``GET /saliency/<key>.png?sig=…`` → the heatmap PNG for the served model version. The HMAC
-  signature is its authorisation (an ``<img>`` in the annotator's browser cannot send the
+- ``GET /saliency/<key>.png?exp=…&sig=…`` → the heatmap PNG for the served model version, while
+  the URL has not expired (predictions of its task renew it). The HMAC signature is its
+  authorisation (an ``<img>`` in the annotator's browser cannot send the
   backend's basic-auth credentials), so it is exempt from basic auth and needs a valid ``sig``.
 
-Every other route needs HTTP basic auth when ``basic_auth_user``/``basic_auth_pass`` are set.
+Every other route needs HTTP basic auth when ``basic_auth_user``/``basic_auth_pass`` are set
+(one without the other is refused when the app is built).
 Errors are JSON ``{"error": …}`` with a 4xx/5xx status; no traceback ever reaches a client.
 """
 
@@ -32,13 +34,21 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from robustar_ls.backend.build import build_predictor
 from robustar_ls.backend.images import ImageFetchError
 from robustar_ls.backend.page import register_page
-from robustar_ls.backend.predictor import Predictor, build_predictor
-from robustar_ls.config import ServeConfig
+from robustar_ls.backend.predictor import Predictor
+from robustar_ls.config import ServeConfig, check_basic_auth
 from robustar_ls.errors import RobustarError
 from robustar_ls.labelstudio.config import LabelConfigError
-from robustar_ls.labelstudio.urls import image_ref_from_key, resolve_secret, verify
+from robustar_ls.labelstudio.urls import (
+    Renewals,
+    image_ref_from_key,
+    parse_expires,
+    resolve_secret,
+    signed_url_parts,
+    verify,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +75,7 @@ class BackendState:
     jobs: Any | None
     secret: str
     annotation_hook: AnnotationHook | None
+    renewals: Renewals
 
 
 def create_app(
@@ -87,6 +98,9 @@ def create_app(
         jobs=jobs,
         secret=resolve_secret(cfg.secret, cfg.resolved_cache_dir()),
         annotation_hook=annotation_hook,
+        renewals=Renewals(
+            cfg.resolved_cache_dir() / "saliency-renewals", cfg.saliency_url_lifetime
+        ),
     )
     app.extensions["robustar_ls"] = state
     _register_auth(app, cfg)
@@ -96,12 +110,13 @@ def create_app(
 
 
 def _register_auth(app: Flask, cfg: ServeConfig) -> None:
-    if not (cfg.basic_auth_user and cfg.basic_auth_pass):
+    check_basic_auth(cfg.basic_auth_user, cfg.basic_auth_pass)  # half-set: refuse to start
+    if not cfg.basic_auth_user:
         return
     user, password = cfg.basic_auth_user.encode(), cfg.basic_auth_pass.encode()
 
     @app.before_request
-    def check_basic_auth() -> Response | None:
+    def require_basic_auth() -> Response | None:
         if request.endpoint in PUBLIC_ENDPOINTS:
             return None
         auth = request.authorization
@@ -135,25 +150,70 @@ def _register_errors(app: Flask) -> None:
 
 
 def _json_body() -> dict[str, Any]:
-    body = request.get_json(silent=True, force=True)
+    try:
+        body = request.get_json(silent=True, force=True)
+    except RecursionError:
+        raise ApiError("the request body is JSON nested too deeply", 400) from None
     if not isinstance(body, dict):
         raise ApiError("the request body must be a JSON object", 400)
     return body
 
 
+def _object_or_none(body: dict[str, Any], name: str) -> dict[str, Any] | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, dict):
+        raise ApiError(f"'{name}' must be a JSON object, not {type(value).__name__}", 400)
+    return value
+
+
+def _context(body: dict[str, Any]) -> dict[str, Any] | None:
+    """``params.context`` of a /predict body: None, or an object whose ``result`` is a list of
+    regions (objects)."""
+    params = _object_or_none(body, "params") or {}
+    context = _object_or_none(params, "context")
+    if context is None:
+        return None
+    regions = context.get("result")
+    if regions is not None and not (
+        isinstance(regions, list) and all(isinstance(r, dict) for r in regions)
+    ):
+        raise ApiError("'params.context.result' must be a list of region objects", 400)
+    return context
+
+
+def _renew_saliency_urls(state: BackendState, tasks: list[Any]) -> None:
+    """A prediction renews the validly signed saliency URLs in its tasks' data."""
+    for task in tasks:
+        data = task.get("data") if isinstance(task, dict) else None
+        for value in data.values() if isinstance(data, dict) else ():
+            parts = signed_url_parts(value) if isinstance(value, str) else None
+            if parts and verify(parts[0], parts[1], state.secret, parts[2]):
+                try:
+                    state.renewals.renew(parts[0])
+                except OSError as err:
+                    log.warning("cannot record a saliency URL renewal: %s", err.strerror)
+
+
 def _register_routes(app: Flask, state: BackendState) -> None:
-    _register_model_routes(app, state.predictor)
+    _register_model_routes(app, state)
     _register_training_routes(app, state)
     _register_saliency_route(app, state)
     register_page(app, state)
 
 
-def _register_model_routes(app: Flask, predictor: Predictor) -> None:
+def _register_model_routes(app: Flask, state: BackendState) -> None:
     """Label Studio's ML-backend API: health, setup, predict."""
+    predictor = state.predictor
 
     @app.get("/health")
     def health():
-        return jsonify(status="UP", model_class=MODEL_CLASS, model_version=predictor.model_version)
+        version = predictor.model_version
+        body = {"status": "UP", "model_class": MODEL_CLASS, "model_version": version}
+        holder = predictor.holder
+        if holder.source != "checkpoint" or holder.last_error:
+            body["serving"] = holder.source
+            body["checkpoint_error"] = "the checkpoint file cannot be loaded; see the log"
+        return jsonify(body)
 
     @app.post("/setup")
     def setup():
@@ -170,12 +230,12 @@ def _register_model_routes(app: Flask, predictor: Predictor) -> None:
         label_config = body.get("label_config")
         if label_config is not None and not isinstance(label_config, str):
             raise ApiError("'label_config' must be the labeling config XML (a string)", 400)
-        params = body.get("params") or {}
-        context = params.get("context") if isinstance(params, dict) else None
+        context = _context(body)
         try:
             results = predictor.predict(tasks, label_config=label_config, context=context)
         except LabelConfigError as err:
             raise ApiError(f"label config cannot be used: {err}", 422) from err
+        _renew_saliency_urls(state, tasks)
         return jsonify(results=results)
 
 
@@ -199,13 +259,13 @@ def _register_training_routes(app: Flask, state: BackendState) -> None:
             code = 201 if started else 200
             return jsonify(status="ok" if started else "busy", result=status), code
         if event in ANNOTATION_EVENTS:
-            annotation = body.get("annotation") or {}
-            task = body.get("task") or {}
+            annotation = _object_or_none(body, "annotation") or {}
+            task = _object_or_none(body, "task") or {}
             log.info("%s: annotation %s of task %s", event, annotation.get("id"), task.get("id"))
             result = state.annotation_hook(event, body) if state.annotation_hook else None
             return jsonify(status="ok", event=event, result=result), 200
-        log.info("webhook event %r ignored", event)
-        return jsonify(status="Unknown event", event=event), 200
+        log.info("webhook event %.80r ignored", event)
+        return jsonify(status="Unknown event", event=event if isinstance(event, str) else None), 200
 
     @app.get("/versions")
     def versions():
@@ -226,8 +286,18 @@ def _register_saliency_route(app: Flask, state: BackendState) -> None:
 
     @app.get("/saliency/<key>.png")
     def saliency(key: str):
-        if not verify(key, request.args.get("sig", ""), state.secret):
+        try:
+            expires = parse_expires(request.args.get("exp"))
+        except ValueError as err:
+            raise ApiError(str(err), 400) from err
+        if not verify(key, request.args.get("sig", ""), state.secret, expires):
             raise ApiError("bad or missing signature for this saliency URL", 403)
+        if not state.renewals.valid(key, expires):
+            raise ApiError(
+                "this saliency URL has expired; open the task again in Label Studio (its "
+                "prediction renews the URL) or re-run `robustar-ls import`",
+                403,
+            )
         try:
             image_ref = image_ref_from_key(key)
         except ValueError as err:

@@ -9,7 +9,9 @@ Image references, as they appear in task data:
   Studio with its API key (legacy token → ``Token``; personal access token = JWT refresh token →
   exchanged for an access token, ``Bearer``; label-studio-sdk does the exchange and caching).
   An absolute file path inside the document root is read from disk instead.
-- ``http(s)://…``: fetched; the API key is sent only to Label Studio's own host.
+- ``http(s)://…``: fetched only from Label Studio's origin and the hosts the operator allows
+  (:mod:`robustar_ls.backend.url_policy`); redirects only within the same origin; the API key
+  is sent only to Label Studio's own host.
 - a relative path (``train/cat/1.png``): read from under the document root.
 - anything else (``s3://``, ``data:`` …): refused as an unknown URL scheme.
 
@@ -24,6 +26,7 @@ import logging
 import posixpath
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urljoin, urlparse
@@ -31,13 +34,16 @@ from urllib.parse import parse_qs, urljoin, urlparse
 import httpx
 from PIL import Image
 
-from robustar_ls.data.images import MAX_PIXELS, ImageLoadError, decode_rgb, load_rgb
+from robustar_ls.backend.decoding import ImageLimits, ImageTooLarge, PixelBudget, decode_limited
+from robustar_ls.backend.url_policy import UrlNotAllowed, UrlPolicy, origin
+from robustar_ls.data.images import ImageLoadError
 from robustar_ls.errors import RobustarError
 from robustar_ls.labelstudio import client as ls_client
 
 log = logging.getLogger(__name__)
 
 LABEL_STUDIO_PREFIXES = ("/data/", "/storage-data/", "/upload/", "data/", "upload/")
+MAX_REDIRECTS = 3
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):")
 
 
@@ -57,6 +63,12 @@ class FetchedImage:
     ref: str
     identity: str  # "file:<path>:<mtime_ns>:<size>" or "sha256:<hex of the bytes>"
     path: Path | None = None  # the file on disk, when read from the document root
+    size: tuple[int, int] | None = None  # displayed (width, height) when ``image`` is reduced
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        """The size Label Studio shows the image at (regions and masks are drawn at it)."""
+        return self.size or self.image.size
 
 
 class LabelStudioAuth:
@@ -95,17 +107,22 @@ class ImageFetcher:
         label_studio_url: str = "",
         auth: LabelStudioAuth | None = None,
         max_bytes: int = 64 * 1024 * 1024,
-        max_pixels: int = MAX_PIXELS,
+        max_pixels: int | None = None,
         timeout: float = 30.0,
         session: httpx.Client | None = None,
+        policy: UrlPolicy | None = None,
+        limits: ImageLimits | None = None,
     ) -> None:
         self.document_root = Path(document_root).resolve() if document_root else None
         self.label_studio_url = label_studio_url.rstrip("/")
         self.auth = auth
         self.max_bytes = max_bytes
-        self.max_pixels = max_pixels
+        self.limits = limits or (
+            ImageLimits(max_pixels=max_pixels) if max_pixels else ImageLimits()
+        )
         self.timeout = timeout
-        self.session = session or httpx.Client(follow_redirects=True)
+        self.session = session or httpx.Client(follow_redirects=False)
+        self.policy = policy or UrlPolicy(self.label_studio_url)
 
     @classmethod
     def from_config(cls, cfg) -> ImageFetcher:
@@ -116,8 +133,14 @@ class ImageFetcher:
             label_studio_url=cfg.label_studio_url,
             auth=auth,
             max_bytes=cfg.max_image_bytes,
-            max_pixels=cfg.max_image_pixels,
+            limits=ImageLimits(
+                max_pixels=cfg.max_image_pixels,
+                max_side=cfg.max_image_side,
+                max_aspect=cfg.max_aspect_ratio,
+                working_side=cfg.working_side,
+            ),
             timeout=cfg.fetch_timeout,
+            policy=UrlPolicy(cfg.label_studio_url, cfg.allowed_image_hosts),
         )
 
     # -- resolving ------------------------------------------------------------------------
@@ -129,6 +152,10 @@ class ImageFetcher:
         """
         if not isinstance(ref, str) or not ref:
             raise ImageFetchError("the task has no image reference (empty value)", 400)
+        if "\x00" in ref:
+            raise ImageFetchError(
+                f"image reference {ref[:120]!r} cannot be used: it holds a NUL byte", 400
+            )
         parsed = urlparse(ref)
         if _SCHEME.match(ref):
             same_host = bool(self.label_studio_url) and (
@@ -193,10 +220,16 @@ class ImageFetcher:
 
     # -- loading --------------------------------------------------------------------------
 
-    def fetch(self, ref: str) -> FetchedImage:
-        """Load the image ``ref`` names as RGB, or raise :class:`ImageFetchError`."""
+    def fetch(
+        self, ref: str, deadline: float | None = None, budget: PixelBudget | None = None
+    ) -> FetchedImage:
+        """Load the image ``ref`` names as RGB, or raise :class:`ImageFetchError`.
+
+        ``deadline`` (a ``time.monotonic()`` value) bounds a download as a whole, not only
+        each read: a server trickling bytes is cut off there (504).
+        """
         try:
-            return self._fetch(ref)
+            return self._fetch(ref, deadline, budget)
         except ImageFetchError:
             raise
         except (ValueError, OSError) as err:  # e.g. a NUL byte in a path, an odd file system
@@ -204,20 +237,21 @@ class ImageFetcher:
                 f"image reference {str(ref)[:120]!r} cannot be used: {err}", 400
             ) from err
 
-    def _fetch(self, ref: str) -> FetchedImage:
+    def _fetch(self, ref: str, deadline: float | None, budget: PixelBudget | None) -> FetchedImage:
         path = self.local_path(ref)
         if path is not None:
-            return self._read_file(path, ref)
+            return self._read_file(path, ref, budget)
         url = self.remote_url(ref)
-        data = self._download(url, ref)
-        image = self._decode(data, ref)
-        return FetchedImage(image, ref, "sha256:" + hashlib.sha256(data).hexdigest())
+        data = self._download(url, ref, deadline)
+        image, size = self._decode(data, ref, budget)
+        identity = "sha256:" + hashlib.sha256(data).hexdigest()
+        return FetchedImage(image, ref, identity, size=size)
 
-    def _read_file(self, path: Path, ref: str) -> FetchedImage:
+    def _read_file(self, path: Path, ref: str, budget: PixelBudget | None) -> FetchedImage:
         try:
             stat = path.stat()
         except FileNotFoundError:
-            raise ImageFetchError(f"image {ref!r} not found ({path} does not exist)", 404) from None
+            raise ImageFetchError(f"image {ref!r} not found under the document root", 404) from None
         except OSError as err:
             raise ImageFetchError(f"cannot read image {ref!r}: {err.strerror}", 403) from err
         if not path.is_file():
@@ -227,11 +261,12 @@ class ImageFetcher:
                 f"image {ref!r} is {stat.st_size} bytes, over the limit of {self.max_bytes}", 413
             )
         try:
-            image = load_rgb(path, max_pixels=self.max_pixels)
-        except ImageLoadError as err:
-            raise ImageFetchError(str(err), 422) from err
+            data = path.read_bytes()
+        except OSError as err:
+            raise ImageFetchError(f"cannot read image {ref!r}: {err.strerror}", 403) from err
+        image, size = self._decode(data, ref, budget)  # errors name ref, not the server path
         identity = f"file:{path}:{stat.st_mtime_ns}:{stat.st_size}"
-        return FetchedImage(image, ref, identity, path)
+        return FetchedImage(image, ref, identity, path, size)
 
     def _headers_for(self, url: str) -> dict[str, str]:
         if self.auth is None or not self.label_studio_url:
@@ -240,10 +275,42 @@ class ImageFetcher:
             return {}  # never send Label Studio's key to another host
         return self.auth.header()
 
-    def _download(self, url: str, ref: str) -> bytes:
+    def _download(self, url: str, ref: str, deadline: float | None = None) -> bytes:
+        """GET ``url``: allowed origins only, redirects followed only within the origin."""
+        first = url
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                self.policy.check(url)
+            except UrlNotAllowed as err:
+                raise ImageFetchError(f"image {ref[:120]!r}: {err}", 403) from err
+            data, location = self._get(url, ref, deadline)
+            if location is None:
+                return data
+            url = urljoin(url, location)
+            if origin(url) != origin(first):
+                raise ImageFetchError(
+                    f"image {ref[:120]!r} redirects to another origin ({origin(url)[1]}); refused",
+                    403,
+                )
+        raise ImageFetchError(f"image {ref[:120]!r}: more than {MAX_REDIRECTS} redirects", 502)
+
+    def _remaining(self, deadline: float | None, ref: str) -> float:
+        """Seconds this download may still take (the fetch timeout, or less near the deadline)."""
+        if deadline is None:
+            return self.timeout
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ImageFetchError(f"image {ref[:120]!r}: the request's deadline passed", 504)
+        return min(self.timeout, left)
+
+    def _get(self, url: str, ref: str, deadline: float | None) -> tuple[bytes, str | None]:
+        """The body of ``url``, or ``(b"", location)`` for a redirect."""
         headers = self._headers_for(url)
+        timeout = self._remaining(deadline, ref)
         try:
-            with self.session.stream("GET", url, headers=headers, timeout=self.timeout) as resp:
+            with self.session.stream("GET", url, headers=headers, timeout=timeout) as resp:
+                if resp.is_redirect and resp.headers.get("Location"):
+                    return b"", resp.headers["Location"]
                 if resp.status_code == 404:
                     raise ImageFetchError(f"image {ref!r} not found (HTTP 404 from {url})", 404)
                 if resp.status_code in (401, 403):
@@ -265,20 +332,25 @@ class ImageFetcher:
                     )
                 chunks, size = [], 0
                 for chunk in resp.iter_bytes(chunk_size=1 << 16):
+                    self._remaining(deadline, ref)
                     size += len(chunk)
                     if size > self.max_bytes:
                         raise ImageFetchError(
                             f"image {ref!r} is over the limit of {self.max_bytes} bytes", 413
                         )
                     chunks.append(chunk)
-                return b"".join(chunks)
+                return b"".join(chunks), None
         except (httpx.HTTPError, httpx.InvalidURL) as err:
             raise ImageFetchError(
                 f"cannot fetch image {ref!r} from {url}: {type(err).__name__}", 502
             ) from err
 
-    def _decode(self, data: bytes, ref: str) -> Image.Image:
+    def _decode(
+        self, data: bytes, ref: str, budget: PixelBudget | None
+    ) -> tuple[Image.Image, tuple[int, int]]:
         try:
-            return decode_rgb(data, name=f"image {ref!r}", max_pixels=self.max_pixels)
+            return decode_limited(data, f"image {ref[:120]!r}", self.limits, budget)
+        except ImageTooLarge as err:
+            raise ImageFetchError(str(err), 413) from err
         except ImageLoadError as err:
             raise ImageFetchError(str(err), 422) from err

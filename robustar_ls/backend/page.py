@@ -53,7 +53,10 @@ def register_page(app: Flask, state: Any) -> None:
     def note_project() -> None:
         if request.endpoint not in PROJECT_ENDPOINTS:
             return
-        body = request.get_json(silent=True, force=True)
+        try:  # parsed once: Flask keeps the result for the view
+            body = request.get_json(silent=True, force=True)
+        except RecursionError:  # the view answers that one
+            return
         pid = project_id_of(body.get("project") if isinstance(body, dict) else None)
         if pid is not None and pid != seen["id"]:
             seen["id"] = pid

@@ -13,6 +13,9 @@ batches of ``batch_size``; the classifier sees images resized to the checkpoint'
 masks come back at each image's original size. Model outputs are cached per (model version,
 image content) in a bounded LRU, so re-asking for a task costs no model call.
 
+Requests are bounded (:mod:`robustar_ls.backend.limits`, :mod:`robustar_ls.backend.decoding`):
+a task over a limit, or whose image is late or broken, gets a prediction with an ``error``.
+
 With ``context`` (Label Studio's smart tools), a key point gives the pixels within a colour
 range of the clicked one, a rectangle the object inside it: one "Spurious" brush region.
 
@@ -35,8 +38,12 @@ import numpy as np
 import torch
 
 from robustar_ls.backend.cache import HeatmapCache, LRUCache
+from robustar_ls.backend.decoding import PixelBudget
+from robustar_ls.backend.fetching import TaskError, TaskFailure, fetch_images, image_ref
+from robustar_ls.backend.fetching import task_id as _task_id
 from robustar_ls.backend.images import FetchedImage, ImageFetcher, ImageFetchError
 from robustar_ls.backend.interactive import brush_label, context_mask
+from robustar_ls.backend.limits import RequestLimits, upscale_mask
 from robustar_ls.backend.model_holder import ModelHolder, ServedModel
 from robustar_ls.backend.outputs import (
     ImageOutputs,
@@ -45,9 +52,8 @@ from robustar_ls.backend.outputs import (
     to_prediction,
     true_class,
 )
-from robustar_ls.config import SaliencyConfig, ServeConfig
+from robustar_ls.config import SaliencyConfig
 from robustar_ls.data.folders import images_to_batch
-from robustar_ls.errors import RobustarError
 from robustar_ls.explain.saliency import SaliencyExplainer, heatmap_png, resize_map
 from robustar_ls.labelstudio.brush import mask_to_rle
 from robustar_ls.labelstudio.config import (
@@ -57,15 +63,11 @@ from robustar_ls.labelstudio.config import (
     find_tags,
 )
 from robustar_ls.labelstudio.results import BrushRegion, Prediction
-from robustar_ls.models.segmenter import Segmenter, SegmenterUnavailable
+from robustar_ls.models.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 
 STAGES = ("load", "classifier", "segmenter", "saliency", "encoding")
-
-
-class TaskError(RobustarError, ValueError):
-    """One task cannot be predicted (bad task data); its neighbours are unaffected."""
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -92,6 +94,9 @@ class Predictor:
         cache_size: int = 512,
         cache_dir: str | Path | None = None,
         timing: dict[str, float] | None = None,
+        request_deadline: float = 60.0,
+        fetch_parallelism: int = 4,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.holder = holder
         self.fetcher = fetcher
@@ -101,6 +106,9 @@ class Predictor:
         self.cache = LRUCache(cache_size)
         self.heatmaps = HeatmapCache(cache_dir) if cache_dir else None
         self.timing = timing
+        self.request_deadline = request_deadline
+        self.fetch_parallelism = fetch_parallelism
+        self.limits = limits or RequestLimits()
         self._tags_cache = LRUCache(8)
         self._compute_lock = threading.Lock()  # saliency hooks are per model: one at a time
         holder.prepare = self._prepare
@@ -156,24 +164,46 @@ class Predictor:
         """One prediction dict per task, in order. Raises LabelConfigError for a bad config."""
         tags = self.tags_for(label_config)
         served = self.holder.current()
+        accepted, refused = self.limits.split_tasks(tasks, served.version)
         if context and isinstance(context, dict) and context.get("result"):
-            return [self._interactive(task, tags, context, served).to_dict() for task in tasks]
-        return [p.to_dict() for p in self._predict_batch(tasks, tags, served)]
+            done = [self._interactive(task, tags, context, served) for task in accepted]
+        else:
+            done = self._predict_batch(accepted, tags, served)
+        return self.limits.bound_response([p.to_dict() for p in done + refused])
 
     def _predict_batch(
         self, tasks: Sequence[dict[str, Any]], tags: LabelConfigTags, served: ServedModel
     ) -> list[Prediction]:
-        """Tasks in chunks of ``batch_size``: only one chunk's decoded images are in memory."""
+        """Tasks in chunks of ``batch_size``: only one chunk's decoded images are in memory.
+
+        Images are fetched in parallel (``fetch_parallelism``) within the request's deadline;
+        a task whose image is late or broken gets a prediction with ``error`` instead.
+        """
+        deadline = time.monotonic() + self.request_deadline
+        budget = PixelBudget(self.limits.max_pixels)
         predictions: list[Prediction] = []
         for chunk in chunks(tasks, self.batch_size):
-            predictions.extend(self._predict_chunk(chunk, tags, served))
+            predictions.extend(self._predict_chunk(chunk, tags, served, deadline, budget))
         return predictions
 
     def _predict_chunk(
-        self, tasks: Sequence[dict[str, Any]], tags: LabelConfigTags, served: ServedModel
+        self,
+        tasks: Sequence[dict[str, Any]],
+        tags: LabelConfigTags,
+        served: ServedModel,
+        deadline: float,
+        budget: PixelBudget,
     ) -> list[Prediction]:
         with self._timed("load"):
-            fetched = [self._fetch_for_batch(task, tags) for task in tasks]
+            fetched = fetch_images(
+                self.fetcher,
+                tasks,
+                tags.image_value,
+                deadline,
+                self.request_deadline,
+                self.fetch_parallelism,
+                budget,
+            )
         outputs = self._outputs(served, fetched, tasks)
         with self._timed("encoding"):
             return [
@@ -181,27 +211,17 @@ class Predictor:
                 for i, task in enumerate(tasks)
             ]
 
-    def _fetch_for_batch(self, task: Any, tags: LabelConfigTags) -> FetchedImage | None:
-        """The task's image, or None (logged) so that one bad task never fails the others."""
-        try:
-            return self.fetcher.fetch(self._image_ref(task, tags))
-        except (ImageFetchError, TaskError) as err:
-            log.warning("task %s: no prediction: %s", _task_id(task), err)
-        except Exception:  # never let one task's image fail the others
-            log.exception("task %s: no prediction: loading its image failed", _task_id(task))
-        return None
-
     def _outputs(
         self,
         served: ServedModel,
-        fetched: Sequence[FetchedImage | None],
+        fetched: Sequence[FetchedImage | TaskFailure],
         tasks: Sequence[Any],
     ) -> list[ImageOutputs | None]:
         """Each fetched image's outputs: from the cache, else computed in one batch."""
         outputs: list[ImageOutputs | None] = [None] * len(fetched)
         todo = []
         for i, item in enumerate(fetched):
-            if item is None:
+            if isinstance(item, TaskFailure):
                 continue
             outputs[i] = self.cache.get((served.version, item.identity))
             if outputs[i] is None:
@@ -237,17 +257,6 @@ class Predictor:
                 results.append(None)
         return results
 
-    def _image_ref(self, task: Any, tags: LabelConfigTags) -> str:
-        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
-            raise TaskError("the task has no 'data' object")
-        ref = task["data"].get(tags.image_value)
-        if not isinstance(ref, str) or not ref:
-            raise TaskError(
-                f"task data has no image under ${tags.image_value} "
-                f"(keys: {', '.join(sorted(task['data'])) or 'none'})"
-            )
-        return ref
-
     def _compute(self, served: ServedModel, images: Sequence[FetchedImage]) -> list[ImageOutputs]:
         """Classifier, saliency and segmenter on a batch of images."""
         with self._compute_lock:
@@ -269,8 +278,8 @@ class Predictor:
             return [
                 image_outputs(
                     probs_np[k],
-                    resize_map(maps[k], item.image.size),
-                    spurious[k],
+                    resize_map(maps[k], item.original_size),
+                    upscale_mask(spurious[k], item.original_size),
                     self.saliency.top_fraction,
                 )
                 for k, item in enumerate(images)
@@ -281,11 +290,14 @@ class Predictor:
         task: dict[str, Any],
         tags: LabelConfigTags,
         served: ServedModel,
-        item: FetchedImage | None,
+        item: FetchedImage | TaskFailure,
         out: ImageOutputs | None,
     ) -> Prediction:
-        if item is None or out is None:
-            return Prediction(model_version=served.version, score=None, result=[])
+        if isinstance(item, TaskFailure):
+            return Prediction(served.version, score=None, result=[], error=item.message)
+        if out is None:
+            error = "the models failed on this task's image; see the backend's log"
+            return Prediction(served.version, score=None, result=[], error=error)
         summary = None
         if tags.summary_textarea:
             truth = true_class(task.get("data", {}), item.path, served.classes)
@@ -307,7 +319,7 @@ class Predictor:
             log.warning("interactive request, but the label config has no <BrushLabels> tag")
             return empty
         try:
-            item = self.fetcher.fetch(self._image_ref(task, tags))
+            item = self.fetcher.fetch(image_ref(task, tags.image_value))
         except (ImageFetchError, TaskError) as err:
             log.warning("task %s: no interactive result: %s", _task_id(task), err)
             return empty
@@ -317,8 +329,9 @@ class Predictor:
             return empty
         label = brush_label(chosen, list(tags.brush_labels or ()))
         with self._timed("encoding"):
+            mask = upscale_mask(mask, item.original_size)
             rle = mask_to_rle(mask.astype(np.uint8) * 255)
-        width, height = item.image.size
+        width, height = item.original_size
         region = BrushRegion(tags.brush, tags.image, rle, label, width, height)
         return Prediction(model_version=served.version, score=1.0, result=[region])
 
@@ -354,41 +367,3 @@ class Predictor:
             stat = local.stat()
             identity = f"{local}:{stat.st_mtime_ns}:{stat.st_size}"
         return self.heatmaps.path(version, identity)
-
-
-def _task_id(task: Any) -> str:
-    return str(task.get("id", "?")) if isinstance(task, dict) else "?"
-
-
-def load_segmenter(cfg: ServeConfig) -> Segmenter | None:
-    """The serve settings' Mask R-CNN, or None (with the reason logged once, at start-up)."""
-    if not cfg.segmenter:
-        reason = "disabled by the settings (segmenter = false)"
-    else:
-        try:
-            return Segmenter.from_config(cfg.segmenter_config())
-        except SegmenterUnavailable as err:
-            reason = str(err)
-    log.warning(
-        "no Mask R-CNN segmenter: predictions carry no 'Spurious' pre-annotation and the "
-        "rectangle tool uses its colour-based fallback. Reason: %s",
-        reason,
-    )
-    return None
-
-
-def build_predictor(cfg: ServeConfig, timing: dict[str, float] | None = None) -> Predictor:
-    """The predictor ``robustar-ls serve`` uses: loads the checkpoint and the segmenter now."""
-    holder = ModelHolder(cfg.checkpoint, device=cfg.device)
-    predictor = Predictor(
-        holder,
-        ImageFetcher.from_config(cfg),
-        load_segmenter(cfg),
-        saliency=cfg.saliency_config(),
-        batch_size=cfg.batch_size,
-        cache_size=cfg.prediction_cache_size,
-        cache_dir=cfg.resolved_cache_dir(),
-        timing=timing,
-    )
-    holder.load_initial()
-    return predictor

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from robustar_ls.cli.options import backend_basic_auth, print_json, settings_section, tqdm_progress
+from robustar_ls.cli.validators import port_number, positive_int
 from robustar_ls.config import build, pick, secrets_from_env
 
 NAME = "demo"
@@ -20,10 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="the label-studio executable (default .venv-ls/bin/label-studio)",
     )
-    p.add_argument("--label-studio-port", dest="label_studio_port", type=int, default=None)
-    p.add_argument("--backend-port", dest="backend_port", type=int, default=None)
-    p.add_argument("--per-class", dest="per_class", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--label-studio-port", dest="label_studio_port", type=port_number, default=None)
+    p.add_argument("--backend-port", dest="backend_port", type=port_number, default=None)
+    p.add_argument("--per-class", dest="per_class", type=positive_int, default=None)
+    p.add_argument("--epochs", type=positive_int, default=None)
     p.add_argument(
         "--no-wait",
         dest="wait",

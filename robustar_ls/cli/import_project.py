@@ -14,6 +14,7 @@ from robustar_ls.cli.options import (
     settings_section,
     tqdm_progress,
 )
+from robustar_ls.cli.validators import positive_int
 from robustar_ls.config import ImportConfig, build, pick, secrets_from_env
 
 NAME = "import"
@@ -39,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default: that variable, when set in this environment)",
     )
     p.add_argument("--label-config", dest="label_config", default=None, help="labeling XML")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    p.add_argument("--batch-size", dest="batch_size", type=positive_int, default=None)
     p.add_argument(
         "--saliency-base-url",
         dest="saliency_base_url",
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
             cfg.saliency_base_url or cfg.backend_url,
             secrets_from_env()["secret"],
             cfg.cache_dir or None,
+            cfg.saliency_url_lifetime,
         ),
         progress=tqdm_progress(not args.quiet),
     )

@@ -12,6 +12,7 @@ from robustar_ls.cli.options import (
     settings_section,
     tqdm_progress,
 )
+from robustar_ls.cli.validators import positive_float, positive_int
 from robustar_ls.config import ConfigError, InfluenceConfig, build, pick
 
 NAME = "influence"
@@ -30,13 +31,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--arch", default=None, help="architecture, for a bare state_dict")
     p.add_argument("--out", default=None, help="write the full scores JSON here")
-    p.add_argument("--top", type=int, default=None, help="explain / write only the N highest")
-    p.add_argument("--k", type=int, default=None, help="projection size (default 2048)")
+    p.add_argument(
+        "--top", type=positive_int, default=None, help="explain / write only the N highest"
+    )
+    p.add_argument("--k", type=positive_int, default=None, help="projection size (default 2048)")
     p.add_argument("--layers", default=None, help="comma-separated module names")
     p.add_argument("--projection", choices=["sketch", "gaussian"], default=None)
-    p.add_argument("--damping", type=float, default=None)
+    p.add_argument("--damping", type=positive_float, default=None)
     p.add_argument("--aggregate", choices=["normalized", "sum"], default=None)
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    p.add_argument("--batch-size", dest="batch_size", type=positive_int, default=None)
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, …")
     p.add_argument("--test-split", dest="test_split", default=None, help="default: test")
     p.add_argument("--cache-dir", default=None, help="default: <data>/.robustar/influence")

@@ -13,6 +13,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from robustar_ls.cli.validators import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from robustar_ls.config import (
     ConfigError,
     LabelStudioConfig,
@@ -66,18 +72,20 @@ def train_config(args: argparse.Namespace, defaults: dict | None = None) -> Trai
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default=None, help="classifier architecture (default resnet18_small)")
-    p.add_argument("--width", type=int, default=None, help="small-ResNet width (64 = full)")
-    p.add_argument("--image-size", dest="image_size", type=int, default=None)
+    p.add_argument(
+        "--width", type=positive_int, default=None, help="small-ResNet width (64 = full)"
+    )
+    p.add_argument("--image-size", dest="image_size", type=positive_int, default=None)
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--weight-decay", dest="weight_decay", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--batch-size", dest="batch_size", type=positive_int, default=None)
+    p.add_argument("--lr", type=positive_float, default=None)
+    p.add_argument("--weight-decay", dest="weight_decay", type=non_negative_float, default=None)
+    p.add_argument("--seed", type=non_negative_int, default=None)
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, …")
-    p.add_argument("--num-workers", dest="num_workers", type=int, default=None)
+    p.add_argument("--num-workers", dest="num_workers", type=non_negative_int, default=None)
 
 
 def add_label_studio_url(p: argparse.ArgumentParser, help: str = "Label Studio URL") -> None:

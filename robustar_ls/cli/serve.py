@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from robustar_ls.cli.options import UserError, add_label_studio_url, settings_section
+from robustar_ls.cli.validators import fraction, port_number, positive_float, positive_int
 from robustar_ls.config import (
     FINETUNE_DEFAULTS,
     LabelStudioConfig,
@@ -35,9 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT: /data/local-files/ images are read here",
     )
     add_label_studio_url(p, help="Label Studio URL (image downloads, Start Training)")
-    p.add_argument("--host", default=None, help="default 0.0.0.0")
-    p.add_argument("--port", type=int, default=None, help="default 9090")
-    p.add_argument("--workers", type=int, default=None, help="gunicorn worker processes")
+    p.add_argument(
+        "--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 = all)"
+    )
+    p.add_argument("--port", type=port_number, default=None, help="default 9090")
+    p.add_argument("--workers", type=positive_int, default=None, help="gunicorn worker processes")
+    add_hardening_flags(p)
     p.add_argument(
         "--segmenter-weights",
         dest="segmenter_weights",
@@ -51,15 +55,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="no Mask R-CNN 'Spurious' pre-annotation",
     )
-    p.add_argument("--score-threshold", dest="score_threshold", type=float, default=None)
+    p.add_argument("--score-threshold", dest="score_threshold", type=fraction, default=None)
     p.add_argument(
         "--saliency-method",
         dest="saliency_method",
         default=None,
         choices=["gradcam", "input_gradient"],
     )
-    p.add_argument("--top-fraction", dest="top_fraction", type=float, default=None)
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    p.add_argument("--top-fraction", dest="top_fraction", type=fraction, default=None)
+    p.add_argument("--batch-size", dest="batch_size", type=positive_int, default=None)
     p.add_argument(
         "--cache-dir",
         dest="cache_dir",
@@ -76,6 +80,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", default=None, help="Label Studio project title (for training)")
     p.add_argument("--masks", default=None, help="mask store for training (default <data>/masks)")
     p.add_argument("--debug", action="store_true", help="Flask's development server instead")
+
+
+LIMIT_FLAGS = (  # (flag, type, help); defaults in ServeConfig
+    ("--threads", positive_int, "threads per worker (default 4: /health answers meanwhile)"),
+    ("--request-deadline", positive_float, "seconds per /predict; later images get an error"),
+    ("--fetch-parallelism", positive_int, "images of one request fetched at once (default 4)"),
+    ("--saliency-url-lifetime", positive_float, "seconds a heatmap URL lives (default a week)"),
+    ("--max-image-pixels", positive_int, "pixels per image (default 40000000)"),
+    ("--max-image-side", positive_int, "pixels per side of an image (default 12000)"),
+    ("--max-aspect-ratio", positive_float, "long side / short side of an image (default 20)"),
+    ("--working-side", positive_int, "larger images are decoded at reduced size (default 2048)"),
+    ("--max-request-pixels", positive_int, "pixels of all images of one /predict (120000000)"),
+    ("--max-tasks-per-request", positive_int, "tasks of one /predict; later ones get an error"),
+    ("--max-response-bytes", positive_int, "size of a /predict answer (default 33554432)"),
+)
+
+
+def add_hardening_flags(p: argparse.ArgumentParser) -> None:
+    """Image hosts, bounds on every request, how long signed URLs live (README, "The ML
+    backend")."""
+    p.add_argument(
+        "--allow-image-host",
+        dest="allowed_image_hosts",
+        action="append",
+        default=None,
+        metavar="HOST",
+        help="also fetch task images from HOST (host, host:port, *.domain or *; repeatable); "
+        "Label Studio's origin and the document root are always allowed",
+    )
+    for flag, kind, text in LIMIT_FLAGS:
+        p.add_argument(flag, dest=flag[2:].replace("-", "_"), type=kind, default=None, help=text)
 
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:
@@ -121,12 +156,13 @@ def serve_training_jobs(args: argparse.Namespace, cfg: ServeConfig):
 
 
 def run(args: argparse.Namespace) -> int:
+    from robustar_ls.backend.last_good import servable_version
     from robustar_ls.backend.server import serve
     from robustar_ls.labelstudio.urls import resolve_secret
-    from robustar_ls.models.checkpoint import read_version
 
     cfg = serve_config(args)
-    log.info("serving %s (model version %s)", cfg.checkpoint, read_version(cfg.checkpoint))
+    version = servable_version(cfg.checkpoint, cfg.last_good_dir())  # else its last-good copy
+    log.info("serving %s (model version %s)", cfg.checkpoint, version)
     if cfg.document_root and not Path(cfg.document_root).is_dir():
         raise UserError(f"--document-root {cfg.document_root} is not a folder")
     # Resolve the URL-signing key once, here, so every worker shares it.

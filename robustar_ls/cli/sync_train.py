@@ -17,6 +17,7 @@ from robustar_ls.cli.options import (
     tqdm_progress,
     train_config,
 )
+from robustar_ls.cli.validators import non_negative_float, positive_int, prepare_output_file
 from robustar_ls.config import FINETUNE_DEFAULTS, PairedConfig, SyncConfig, build, pick
 
 NAME = "sync-train"
@@ -57,14 +58,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--align-weight",
         dest="align_weight",
-        type=float,
+        type=non_negative_float,
         default=None,
         help="λ of the logit-alignment term (default 0.1; 1 diverged in tests)",
     )
     p.add_argument(
         "--worst-of",
         dest="worst_of",
-        type=int,
+        type=positive_int,
         default=None,
         help="K > 1: of K random fills per image train on the worst (default 1)",
     )
@@ -90,6 +91,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.label_studio_url and (args.dry_run or args.project):
         raise UserError("--dry-run and --project need --label-studio-url")
+    if args.out and not args.dry_run:
+        prepare_output_file(args.out)  # a bad --out fails now, not after the training
     # one bar, on the process that reports (rank 0 under torchrun)
     show = not (args.quiet or args.dry_run) and os.environ.get("RANK", "0") == "0"
     bar = JobBar() if show else None

@@ -12,6 +12,7 @@ from robustar_ls.cli.options import (
     tqdm_progress,
     train_config,
 )
+from robustar_ls.cli.validators import prepare_output_file
 
 NAME = "train"
 HELP = "train a classifier (from scratch or from --init)"
@@ -28,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from robustar_ls.train.run import train_classifier
 
+    prepare_output_file(args.out)  # a bad --out fails now, not after the training
     summary = train_classifier(
         args.data,
         args.out,

@@ -111,9 +111,17 @@ class MaskStore:
         if not path.is_file():
             return {}
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as err:
+            manifest = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise MaskError(f"mask manifest {path} is corrupt: {err}; delete it to resync") from err
+        if not isinstance(manifest, dict) or not all(
+            isinstance(entry, dict) for entry in manifest.values()
+        ):
+            raise MaskError(
+                f"mask manifest {path} is not a JSON object of mask records "
+                f"(found {type(manifest).__name__}); delete it to resync"
+            )
+        return manifest
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         data = json.dumps(manifest, indent=1, sort_keys=True).encode()

@@ -26,6 +26,10 @@ sketch by default):
 A query is one gradient and one projection per test error and a streaming ``(n, k) x (k, T)``
 product over the memory-mapped train features. The variants and the defaults were measured in
 ``bench/bench_influence.py`` (numbers in ``bench/README.md``).
+
+One job a module: :mod:`influence_gradients` (per-sample gradients), :mod:`influence_kernel`
+(the streamed kernel and its aggregation), :mod:`influence_types` (named results, the error,
+explanations); this module holds the scorer and re-exports their public names.
 """
 
 from __future__ import annotations
@@ -33,127 +37,59 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader
 
 from robustar_ls.config import InfluenceConfig
 from robustar_ls.data.folders import ImageDataset, Sample
-from robustar_ls.errors import RobustarError
 from robustar_ls.explain.feature_cache import FeatureCache, TrainFeatures
+from robustar_ls.explain.influence_gradients import (
+    GRAD_BYTES,
+    TARGETS,
+    parameter_names,
+    per_sample_grad,
+    target_value,
+)
+from robustar_ls.explain.influence_kernel import AGGREGATES, damping_value, kernel_scores
+from robustar_ls.explain.influence_types import (
+    InfluenceError,
+    InfluenceResult,
+    KernelScores,
+    MisclassifiedTest,
+    Progress,
+    build_result,
+    empty_kernel_scores,
+    with_progress,
+)
 from robustar_ls.explain.projection import make_projection
 from robustar_ls.models.zoo import default_device, head_and_last_block
 
+__all__ = [
+    "AGGREGATES",
+    "CACHE_FORMAT",
+    "GRAD_BYTES",
+    "TARGETS",
+    "InfluenceError",
+    "InfluenceResult",
+    "InfluenceScorer",
+    "KernelScores",
+    "MisclassifiedTest",
+    "damping_value",
+    "images_fingerprint",
+    "kernel_scores",
+    "parameter_names",
+    "target_value",
+]
+
 log = logging.getLogger(__name__)
 
-Progress = Callable[..., Iterable]
-TARGETS = ("margin", "error", "loss")
-AGGREGATES = ("sum", "normalized")
 CACHE_FORMAT = 1
-GRAD_BYTES = 256 * 2**20  # per-sample gradients held at once (micro-batches are cut to fit)
-
-
-class InfluenceError(RobustarError, ValueError):
-    """Influence cannot be computed as asked; the message says what to change."""
-
-
-def parameter_names(model: nn.Module, layers: Sequence[str]) -> list[str]:
-    """Names of the trainable parameters inside ``layers``, in ``named_parameters`` order."""
-    modules = dict(model.named_modules())
-    missing = [name for name in layers if name not in modules]
-    if missing:
-        raise InfluenceError(
-            f"layers {missing} are not modules of the model; some valid names: "
-            f"{[n for n in modules if n][-8:]}"
-        )
-    prefixes = tuple(f"{name}." if name else "" for name in layers)
-    names = [
-        name
-        for name, param in model.named_parameters()
-        if param.requires_grad and name.startswith(prefixes)
-    ]
-    if not names:
-        raise InfluenceError(f"layers {list(layers)} hold no trainable parameters")
-    return names
-
-
-def target_value(logits: torch.Tensor, label: torch.Tensor, target: str) -> torch.Tensor:
-    """The scalar whose gradient is a sample's feature (one sample's logits, shape (C,)).
-
-    ``margin``: ``z_y - logsumexp_{j != y} z_j``; ``error``: ``z_argmax - z_y``; ``loss``:
-    cross-entropy (baselines only). Written without data-dependent indexing so it vmaps.
-    """
-    classes = torch.arange(logits.shape[-1], device=logits.device)
-    is_true = classes == label
-    z_true = torch.where(is_true, logits, torch.zeros_like(logits)).sum()
-    if target == "margin":
-        others = logits.masked_fill(is_true, float("-inf"))
-        return z_true - torch.logsumexp(others, dim=0)
-    if target == "error":
-        is_pred = classes == logits.argmax()
-        return torch.where(is_pred, logits, torch.zeros_like(logits)).sum() - z_true
-    if target == "loss":
-        return torch.logsumexp(logits, dim=0) - z_true
-    raise InfluenceError(f"unknown gradient target {target!r}; choose one of {TARGETS}")
-
-
-@dataclass(frozen=True)
-class MisclassifiedTest:
-    """A misclassified test image."""
-
-    relpath: str
-    true: int
-    predicted: int
-    confidence: float  # softmax probability of the predicted class
-
-
-@dataclass
-class KernelScores:
-    """Per-training-image output of :func:`kernel_scores` (arrays aligned with train rows)."""
-
-    scores: np.ndarray  # (n,) float64, higher = drives the errors more
-    drives: np.ndarray  # (n,) int: test errors whose top-`support` images include this one
-    top_index: np.ndarray  # (n, m) int: the test errors this image explains most
-    top_value: np.ndarray  # (n, m) float32: their (aggregate-scaled) kernel values
-
-
-@dataclass
-class InfluenceResult:
-    """Scores of every training image for one model version (higher = more responsible)."""
-
-    model_version: str
-    scores: dict[str, float]  # train relpath → score
-    ranks: dict[str, int]  # train relpath → 1-based rank (1 = most responsible)
-    explains: dict[str, list[dict[str, Any]]]  # relpath → [{test, true, predicted, value}]
-    drives: dict[str, int]  # relpath → number of test errors it is a top contributor to
-    test_errors: list[dict[str, Any]]  # [{test, true, predicted, confidence}]
-    config: dict[str, Any] = field(default_factory=dict)
-
-    def ranked(self, top: int | None = None) -> list[str]:
-        """Train relpaths, most responsible first (the first ``top`` when given)."""
-        order = sorted(self.ranks, key=self.ranks.__getitem__)
-        return order if top is None else order[:top]
-
-    def explain_text(self, relpath: str) -> str:
-        """One line for the labeling view, e.g. ``drives 12 errors, e.g. test/a.png: a → b``."""
-        items = self.explains.get(relpath) or []
-        if not items:
-            return "" if not self.test_errors else "drives no test error"
-        examples = "; ".join(f"test/{e['test']}: {e['true']} → {e['predicted']}" for e in items[:2])
-        count = self.drives.get(relpath, 0)
-        noun = "error" if count == 1 else "errors"
-        return f"drives {count} {noun}, e.g. {examples}"
-
-
-def _progress(progress: Progress | None, iterable: Iterable, **kwargs) -> Iterable:
-    return progress(iterable, **kwargs) if progress else iterable
 
 
 def images_fingerprint(samples: Sequence[Sample]) -> str:
@@ -165,85 +101,6 @@ def images_fingerprint(samples: Sequence[Sample]) -> str:
             f"{sample.relpath}\0{sample.label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
         )
     return digest.hexdigest()
-
-
-def damping_value(gram: np.ndarray, damping: float) -> float:
-    """``damping * trace(gram) / k``: ``damping`` times the mean eigenvalue of ``Phi^T Phi``."""
-    return float(damping * np.trace(gram) / gram.shape[0])
-
-
-def _solve(
-    train: TrainFeatures, test: np.ndarray, damping: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``W = (Phi^T Phi + lambda I)^-1 Psi^T`` (float64, CPU) and the mean and std of each
-    column of ``S = Phi W`` over the train rows, from the sufficient statistics alone."""
-    n, k = train.n, train.k
-    gram = torch.from_numpy(np.asarray(train.gram, dtype=np.float64))
-    lam = damping_value(train.gram, damping)
-    hessian = gram + max(lam, 1e-12) * torch.eye(k, dtype=torch.float64)
-    chol = torch.linalg.cholesky(hessian)
-    weights = torch.cholesky_solve(torch.from_numpy(test.T.copy()), chol)  # (k, T)
-    mean = torch.from_numpy(train.feature_sum) @ weights / max(n, 1)
-    second = (weights * (gram @ weights)).sum(0) / max(n, 1)
-    std = (second - mean**2).clamp_min(0).sqrt().clamp_min(1e-30)
-    return weights, mean, std
-
-
-def kernel_scores(
-    train: TrainFeatures,
-    test: np.ndarray,
-    *,
-    damping: float = InfluenceConfig.damping,
-    aggregate: str = InfluenceConfig.aggregate,
-    support: int = InfluenceConfig.support,
-    explain_top: int = InfluenceConfig.explain_top,
-    rows_per_chunk: int = 8192,
-    progress: Progress | None = None,
-    device: torch.device | str = "cpu",
-) -> KernelScores:
-    """Stream ``S = Phi (Phi^T Phi + lambda I)^-1 Psi^T`` over the train rows and aggregate.
-
-    ``test``: ``(T, k)`` test-side features. Memory: one ``(rows_per_chunk, T)`` block. The
-    k x k solve runs in float64 on the CPU; the streamed products on ``device``.
-    """
-    if aggregate not in AGGREGATES:
-        raise InfluenceError(f"unknown aggregate {aggregate!r}; choose one of {AGGREGATES}")
-    n, k = train.n, train.k
-    test = np.asarray(test, dtype=np.float64)
-    if test.ndim != 2 or test.shape[1] != k:
-        raise InfluenceError(f"test features have shape {test.shape}, expected (T, {k})")
-    t_count = test.shape[0]
-    weights, mean, std = _solve(train, test, damping)
-    device = torch.device(device)
-    weights32 = weights.float().to(device)
-    mean32, std32 = mean.float().to(device), std.float().to(device)
-    normalise = aggregate == "normalized"
-    m = min(explain_top, t_count)
-    keep = min(support, n)
-    scores = np.zeros(n, dtype=np.float64)
-    top_index = np.zeros((n, m), dtype=np.int64)
-    top_value = np.zeros((n, m), dtype=np.float32)
-    best_val = torch.full((0, t_count), float("-inf"), device=device)
-    best_idx = torch.zeros((0, t_count), dtype=torch.int64, device=device)
-    starts = range(0, n, rows_per_chunk)
-    for start in _progress(progress, starts, desc="influence query", unit="chunk"):
-        stop = min(start + rows_per_chunk, n)
-        block = torch.from_numpy(train.rows(start, stop)).to(device) @ weights32  # (rows, T)
-        if normalise:
-            block = (block - mean32) / std32
-        scores[start:stop] = block.double().sum(1).cpu().numpy()
-        if m:
-            values, index = block.topk(m, dim=1)
-            top_value[start:stop] = values.cpu().numpy()
-            top_index[start:stop] = index.cpu().numpy()
-        rows = torch.arange(start, stop, device=device).unsqueeze(1).expand(-1, t_count)
-        merged_val = torch.cat([best_val, block])
-        merged_idx = torch.cat([best_idx, rows])
-        take = min(keep, merged_val.shape[0])
-        best_val, pos = merged_val.topk(take, dim=0)
-        best_idx = merged_idx.gather(0, pos)
-    drives = np.bincount(best_idx[best_val > 0].cpu().numpy(), minlength=n).astype(np.int64)
-    return KernelScores(scores=scores, drives=drives, top_index=top_index, top_value=top_value)
 
 
 class InfluenceScorer:
@@ -272,29 +129,13 @@ class InfluenceScorer:
 
     # -- features -------------------------------------------------------------------------
 
-    def _per_sample_grad(self, target: str) -> Callable:
-        chosen = set(self.names)
-        params = {n: p.detach() for n, p in self.model.named_parameters() if n in chosen}
-        frozen = {n: p.detach() for n, p in self.model.named_parameters() if n not in chosen}
-        frozen.update({n: b.detach() for n, b in self.model.named_buffers()})
-        model = self.model
-
-        def value(theta, image, label):
-            logits = functional_call(model, (theta, frozen), (image.unsqueeze(0),))[0]
-            return target_value(logits, label, target)
-
-        batched = vmap(grad(value), in_dims=(None, 0, 0))
-        return lambda images, labels: batched(params, images, labels)
-
     def feature_batches(
         self, loader: Iterable, target: str = "margin", progress: Progress | None = None
     ) -> Iterator[np.ndarray]:
         """Projected per-sample gradients of ``target``, one ``(B, k)`` float32 array per batch."""
-        if target not in TARGETS:
-            raise InfluenceError(f"unknown gradient target {target!r}; choose one of {TARGETS}")
-        per_sample = self._per_sample_grad(target)
+        per_sample = per_sample_grad(self.model, self.names, target)
         micro = max(1, GRAD_BYTES // (4 * sum(self.dims)))
-        for images, labels in _progress(progress, loader, desc=f"gradients ({target})"):
+        for images, labels in with_progress(progress, loader, desc=f"gradients ({target})"):
             images, labels = images.to(self.device), torch.as_tensor(labels).to(self.device)
             parts = []
             for lo in range(0, len(images), micro):
@@ -426,53 +267,8 @@ class InfluenceScorer:
                 )
             else:
                 log.warning("the model makes no test error: every influence score is 0")
-                n = len(train)
-                kernel = KernelScores(
-                    np.zeros(n), np.zeros(n, np.int64), np.zeros((n, 0), np.int64), np.zeros((n, 0))
-                )
+                kernel = empty_kernel_scores(len(train))
             del features  # release the memmap before a temporary folder goes
-        return self._result(train, errors, kernel, classes, model_version, top)
-
-    def _result(
-        self,
-        train: Sequence[Sample],
-        errors: list[MisclassifiedTest],
-        kernel: KernelScores,
-        classes: Sequence[str],
-        model_version: str,
-        top: int | None,
-    ) -> InfluenceResult:
+        config = {**asdict(self.cfg), "layers": self.layers}
         relpaths = [s.relpath for s in train]
-        order = sorted(range(len(train)), key=lambda i: (-kernel.scores[i], relpaths[i]))
-        ranks = {relpaths[i]: rank for rank, i in enumerate(order, start=1)}
-        described = [
-            {
-                "test": e.relpath,
-                "true": classes[e.true],
-                "predicted": classes[e.predicted],
-                "confidence": round(e.confidence, 4),
-            }
-            for e in errors
-        ]
-        explains: dict[str, list[dict[str, Any]]] = {}
-        drives: dict[str, int] = {}
-        for i in order if top is None else order[:top]:
-            rel = relpaths[i]
-            drives[rel] = int(kernel.drives[i])
-            explains[rel] = [
-                {
-                    **{key: described[t][key] for key in ("test", "true", "predicted")},
-                    "value": float(v),
-                }
-                for t, v in zip(kernel.top_index[i], kernel.top_value[i], strict=True)
-                if v > 0
-            ]
-        return InfluenceResult(
-            model_version=model_version,
-            scores={rel: float(kernel.scores[i]) for i, rel in enumerate(relpaths)},
-            ranks=ranks,
-            explains=explains,
-            drives=drives,
-            test_errors=described,
-            config={**asdict(self.cfg), "layers": self.layers},
-        )
+        return build_result(relpaths, errors, kernel, classes, model_version, top, config)

@@ -75,10 +75,14 @@ class Prediction:
     model_version: str
     score: float | None
     result: list[ResultItem] = field(default_factory=list)
+    error: str | None = None  # why this task got no result (Label Studio ignores the key)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "model_version": self.model_version,
             "score": self.score,
             "result": [item.to_dict() for item in self.result],
         }
+        if self.error:
+            out["error"] = self.error
+        return out

@@ -31,10 +31,11 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from robustar_ls.config import ConfigError, PairedConfig, TrainConfig, to_dict
-from robustar_ls.data.folders import ImageFolderSplits, Sample
+from robustar_ls.data.folders import ImageFolderSplits, Sample, images_to_unit_batch
 from robustar_ls.data.images import displayed_size, load_rgb
-from robustar_ls.data.masks import MaskError, MaskStore
+from robustar_ls.data.masks import MaskError, MaskStore, read_mask_png
 from robustar_ls.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from robustar_ls.train.checkpoint_guard import check_unchanged
 from robustar_ls.train.distributed import (
     DistContext,
     barrier,
@@ -112,12 +113,10 @@ class PairedDataset(Dataset):
         sample, size = self.samples[index], self.image_size
         image = load_rgb(sample.path)
         original = image.size
-        if image.size != (size, size):
-            image = image.resize((size, size), resample=Image.BILINEAR)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        pixels = images_to_unit_batch([image], size)[0]
         mask = torch.zeros(1, size, size)
         if sample.relpath in self.masks:
-            array = _read_mask(self.masks[sample.relpath], original)
+            array = read_mask_png(self.masks[sample.relpath], original)
             if array.shape != (size, size):
                 resized = Image.fromarray(array.astype(np.uint8) * 255).resize(
                     (size, size), resample=Image.NEAREST
@@ -131,21 +130,6 @@ class PairedDataset(Dataset):
         pixels, mask = self._load(index)
         sample = self.samples[index]
         return pixels, mask, sample.relpath in self.masks, sample.label
-
-
-def _read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """Bool (H, W) mask from a PNG (>= 128 = spurious), checked against ``size`` = (w, h)."""
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("L")) >= 128
-    except OSError as err:
-        raise MaskError(f"mask {path} is unreadable: {err}") from err
-    if (array.shape[1], array.shape[0]) != tuple(size):
-        raise MaskError(
-            f"mask {path} is {array.shape[1]}x{array.shape[0]}, its image is "
-            f"{size[0]}x{size[1]}; masks must have their image's size"
-        )
-    return array
 
 
 # -- the job --------------------------------------------------------------------------------
@@ -217,6 +201,7 @@ def paired_finetune(
                 out=out,
                 progress=progress,
                 ctx=ctx,
+                source=checkpoint,
                 on_progress=on_progress,
                 history=history,
             )
@@ -238,6 +223,7 @@ class FinetuneRun:
     out: Path
     progress: Progress | None
     ctx: DistContext
+    source: Path | None = None  # the checkpoint trained from: checked unchanged before writing
     on_progress: OnProgress | None = None
     history: dict[str, Any] | None = None
 
@@ -371,7 +357,12 @@ def _save(
     history: list[dict[str, float]],
     seconds: float,
 ) -> str:
-    """Write the fine-tuned checkpoint atomically (the parent as its parent); its version."""
+    """Write the fine-tuned checkpoint atomically (the parent as its parent); its version.
+
+    Compare-and-swap: refused when the source checkpoint no longer holds the parent version.
+    """
+    if run.source is not None:
+        check_unchanged(run.source, run.parent.version)
     return save_checkpoint(
         run.out,
         model,

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
+import httpx
 
 from robustar_ls.config import (
     ImportConfig,
@@ -152,9 +152,9 @@ def running_backend(
             if process.poll() is not None:
                 raise DemoError(f"the backend exited early; its log:\n{log_tail(log_path)}")
             try:
-                if requests.get(f"{url}/health", timeout=2).ok:
+                if httpx.get(f"{url}/health", timeout=2, follow_redirects=True).is_success:
                     break
-            except requests.RequestException:
+            except httpx.HTTPError:
                 pass
             time.sleep(0.5)
         else:

@@ -19,11 +19,9 @@ holds within one process only. Progress reaches the status file at most every
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 import uuid
@@ -31,6 +29,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from robustar_ls.files import atomic_write_bytes, try_lock, unlock
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +43,6 @@ IDLE: dict[str, Any] = {
     "error": None,
     "progress": None,
 }
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """temp file + ``os.replace``: readers see the old or the new status, never half of one.
-
-    (Not :func:`robustar_ls.models.checkpoint.atomic_write_bytes`, to keep this module free of
-    torch: a web worker imports it on every start.)
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _now() -> str:
@@ -93,20 +77,7 @@ class TrainingJobs:
     def _try_lock(self) -> int | None:
         """An fd holding the exclusive job lock, or None when another job holds it."""
         assert self.state_dir is not None
-        fd = os.open(self.state_dir / self.LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        return fd
-
-    @staticmethod
-    def _unlock(fd: int) -> None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        return try_lock(self.state_dir / self.LOCK_FILE)
 
     def _read_file(self) -> dict[str, Any]:
         assert self.state_dir is not None
@@ -123,7 +94,7 @@ class TrainingJobs:
     def _write_file(self, status: dict[str, Any]) -> None:
         assert self.state_dir is not None
         data = json.dumps(status, indent=1, sort_keys=True, default=str).encode()
-        _write_atomic(self.state_dir / self.STATUS_FILE, data)
+        atomic_write_bytes(self.state_dir / self.STATUS_FILE, data, durable=False)
 
     def _publish(self, status: dict[str, Any]) -> None:
         """Set the status (caller holds ``self._lock``)."""
@@ -208,7 +179,7 @@ class TrainingJobs:
                 status["error"] = f"{type(error).__name__}: {error}"
             self._publish(status)
             if self._lock_fd is not None:
-                self._unlock(self._lock_fd)
+                unlock(self._lock_fd)
                 self._lock_fd = None
             log.info("training job %s %s", job_id, status["state"])
 
@@ -237,7 +208,7 @@ class TrainingJobs:
                 }
                 self._write_file(status)
             finally:
-                self._unlock(fd)
+                unlock(fd)
             return status
 
     def wait(self, timeout: float | None = None) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-import requests
+import httpx
 from label_studio_sdk import LabelStudio
 
 from robustar_ls.errors import RobustarError
@@ -206,8 +206,8 @@ def wait_for_health(
 def _healthy(url: str) -> bool:
     """Whether ``/health`` answers 200 now."""
     try:
-        return requests.get(f"{url}/health", timeout=5).status_code == 200
-    except requests.RequestException:
+        return httpx.get(f"{url}/health", timeout=5, follow_redirects=True).status_code == 200
+    except httpx.HTTPError:
         return False
 
 
@@ -217,7 +217,7 @@ def create_personal_access_token(url: str, username: str, password: str) -> str:
     ``GET /user/login/`` sets the CSRF cookie, the form ``POST`` opens a session, and
     ``POST /api/token/`` (with the CSRF header) answers ``{"token": "<refresh token>"}``.
     """
-    with requests.Session() as session:
+    with httpx.Client(follow_redirects=True) as session:
         session.get(f"{url}/user/login/", timeout=30).raise_for_status()
         response = session.post(
             f"{url}/user/login/",
@@ -227,7 +227,7 @@ def create_personal_access_token(url: str, username: str, password: str) -> str:
                 "csrfmiddlewaretoken": session.cookies["csrftoken"],
             },
             headers={"Referer": f"{url}/user/login/"},
-            allow_redirects=False,
+            follow_redirects=False,
             timeout=30,
         )
         if response.status_code != 302:

@@ -9,6 +9,7 @@ from typing import Any
 from robustar_ls.config import LabelStudioConfig
 from robustar_ls.errors import RobustarError
 from robustar_ls.labelstudio import client as ls_client
+from robustar_ls.labelstudio.urls import DEFAULT_URL_LIFETIME_S
 
 
 class ProjectNotFound(RobustarError, LookupError):
@@ -34,7 +35,10 @@ def project_id(client: Any, label_studio: LabelStudioConfig) -> int:
 
 
 def saliency_links(
-    base_url: str, secret: str, cache_dir: str | Path | None = None
+    base_url: str,
+    secret: str,
+    cache_dir: str | Path | None = None,
+    lifetime_s: float = DEFAULT_URL_LIFETIME_S,
 ) -> Callable[[str], str] | None:
     """Signed heatmap URLs for task data (same key as the backend's ``serve``), or None without
     a backend URL. ``secret``: ROBUSTAR_LS_SECRET ("" = the key file in ``cache_dir``)."""
@@ -44,4 +48,4 @@ def saliency_links(
     if not base_url:
         return None
     key = resolve_secret(secret, cache_dir or default_cache_dir())
-    return lambda image_ref: saliency_url(base_url, image_ref, key)
+    return lambda image_ref: saliency_url(base_url, image_ref, key, lifetime_s)

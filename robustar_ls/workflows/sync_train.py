@@ -14,11 +14,9 @@ the lock file). Under ``torchrun`` only rank 0 syncs; the other ranks wait for i
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,8 @@ from robustar_ls.config import LabelStudioConfig, PairedConfig, SyncConfig, Trai
 from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.masks import MaskStore
 from robustar_ls.errors import RobustarError
+from robustar_ls.files import exclusive_lock
+from robustar_ls.train.checkpoint_guard import training_lock
 from robustar_ls.train.progress import OnProgress, progress_record
 
 log = logging.getLogger(__name__)
@@ -42,17 +42,9 @@ class SyncRankError(RobustarError, RuntimeError):
     """Under torchrun: rank 0's sync failed (this rank waited for it)."""
 
 
-@contextmanager
-def mask_store_lock(masks_root: Path) -> Iterator[None]:
-    """Exclusive lock on one mask store, across threads and processes."""
-    masks_root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(masks_root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+def mask_store_lock(masks_root: Path) -> AbstractContextManager[None]:
+    """Exclusive lock on one mask store, across threads and processes (waits for it)."""
+    return exclusive_lock(Path(masks_root) / LOCK_FILE)
 
 
 def open_data(data: str | Path | ImageFolderSplits) -> ImageFolderSplits:
@@ -152,6 +144,13 @@ def sync_and_train(
         progress,
         on_progress,
     )
+    # One training per checkpoint at a time, CLI and server alike (a dry run trains nothing).
+    with nullcontext() if dry_run else training_lock(plan.checkpoint):
+        return _sync_then_train(plan, label_studio, sync, dry_run, client)
+
+
+def _sync_then_train(plan: TrainPlan, label_studio, sync, dry_run, client):
+    progress, train = plan.progress, plan.train
     if label_studio is None:
         if dry_run:
             raise ValueError("dry_run needs Label Studio settings: it previews a sync")
@@ -160,8 +159,8 @@ def sync_and_train(
     from robustar_ls.train.distributed import init_distributed, launched_by_torchrun, shutdown
 
     def run_sync():
-        if on_progress is not None:
-            on_progress(progress_record("sync"))
+        if plan.on_progress is not None:
+            plan.on_progress(progress_record("sync"))
         return sync_from_label_studio(
             label_studio, plan.data, plan.masks_root, sync, dry_run, progress, client
         )

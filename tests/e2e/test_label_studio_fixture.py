@@ -11,9 +11,9 @@ import requests
 from label_studio_sdk.core.api_error import ApiError
 from PIL import Image
 
+from robustar_ls.labelstudio.client import create_local_storage
 from robustar_ls.labelstudio.config import default_label_config
 from robustar_ls.workflows.label_studio import LabelStudioServer
-from tests.label_studio_launcher import add_local_storage
 
 pytestmark = pytest.mark.e2e
 
@@ -96,7 +96,14 @@ def test_local_files_served_once_storage_exists(
 
     client = label_studio.client()
     project = client.projects.create(title=_title("local"), label_config=default_label_config())
-    storage_id = add_local_storage(client, project.id, local_files_dir)
+    storage = create_local_storage(
+        client,
+        project.id,
+        local_files_dir.resolve(),
+        title=f"local files {local_files_dir.name}",
+        use_blob_urls=False,
+    )
+    storage_id = int(storage.id)
     assert client.import_storage.local.get(id=storage_id).project == project.id
 
     imported = client.projects.import_tasks(

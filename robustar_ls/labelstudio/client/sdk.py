@@ -107,6 +107,12 @@ def errors(client_or_url: Any, action: str) -> Iterator[None]:
     except ApiError as err:
         url = client_or_url if isinstance(client_or_url, str) else base_url(client_or_url)
         raise refusal(err, url, f"to {action}") from err
+    except ValueError as err:  # not JSON (an HTML page, a PNG) or JSON of another shape
+        url = client_or_url if isinstance(client_or_url, str) else base_url(client_or_url)
+        raise LabelStudioError(
+            f"{url} does not answer like Label Studio (asked to {action}, got something else "
+            f"than its JSON: {type(err).__name__}); check --label-studio-url"
+        ) from err
 
 
 def is_transient(err: BaseException) -> bool:
