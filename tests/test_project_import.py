@@ -109,3 +109,28 @@ def test_read_label_config_checks_user_files(tmp_path):
         read_label_config(str(bad))
     with pytest.raises(LabelStudioError, match="cannot read"):
         read_label_config(str(tmp_path / "missing.xml"))
+
+
+def test_page_link_in_the_description_is_idempotent():
+    from types import SimpleNamespace
+
+    from robustar_ls.labelstudio.client.projects import (
+        PAGE_LINK_PREFIX,
+        description_with_page_link,
+        ensure_page_link,
+    )
+
+    text = description_with_page_link("Our shapes.", "http://b:9090/")
+    assert text == f"Our shapes.\n{PAGE_LINK_PREFIX}http://b:9090/"
+    assert description_with_page_link(text, "http://b:9090/") == text
+    moved = description_with_page_link(text, "http://c:9090/")
+    assert moved == f"Our shapes.\n{PAGE_LINK_PREFIX}http://c:9090/"  # replaced, not added
+
+    updates = []
+    projects = SimpleNamespace(update=lambda pid, **kw: updates.append((pid, kw)))
+    client = SimpleNamespace(projects=projects)
+    project = SimpleNamespace(id=3, description=None)
+    assert ensure_page_link(client, project, "http://b:9090/")
+    assert updates == [(3, {"description": PAGE_LINK_PREFIX + "http://b:9090/"})]
+    project.description = updates[0][1]["description"]
+    assert not ensure_page_link(client, project, "http://b:9090/") and len(updates) == 1

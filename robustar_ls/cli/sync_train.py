@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from robustar_ls.cli.options import (
+    JobBar,
     UserError,
     add_label_studio_url,
     add_train_flags,
@@ -87,13 +89,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustar_ls.workflows.sync_train import sync_and_train
-
     if not args.label_studio_url and (args.dry_run or args.project):
         raise UserError("--dry-run and --project need --label-studio-url")
     if args.out and not args.dry_run:
         prepare_output_file(args.out)  # a bad --out fails now, not after the training
-    summary = sync_and_train(
+    # one bar, on the process that reports (rank 0 under torchrun)
+    show = not (args.quiet or args.dry_run) and os.environ.get("RANK", "0") == "0"
+    bar = JobBar() if show else None
+    try:
+        summary = _sync_and_train(args, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    if summary is None:  # a DDP worker other than rank 0: rank 0 reports
+        return 0
+    if args.json:
+        print_json(_json_summary(summary))
+    else:
+        print(_text_summary(summary))
+    return 0
+
+
+def _sync_and_train(args: argparse.Namespace, bar: JobBar | None) -> dict | None:
+    from robustar_ls.workflows.sync_train import sync_and_train
+
+    return sync_and_train(
         args.data,
         args.checkpoint,
         label_studio=label_studio_config(args) if args.label_studio_url else None,
@@ -104,14 +124,8 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         dry_run=args.dry_run,
         progress=tqdm_progress(not args.quiet),
+        on_progress=bar,
     )
-    if summary is None:  # a DDP worker other than rank 0: rank 0 reports
-        return 0
-    if args.json:
-        print_json(_json_summary(summary))
-    else:
-        print(_text_summary(summary))
-    return 0
 
 
 def _json_summary(summary: dict) -> dict:

@@ -8,7 +8,8 @@ Steps, ordered so that a rerun after any failure converges (each one finds what 
 3. find or create the local-files storage, then fetch one image through Label Studio (a wrong
    document root shows here, before any task exists);
 4. import one task per training image not yet in the project, in bulk batches;
-5. connect the ML backend (when given);
+5. connect the ML backend (when given) and link its task-centre page (``GET /``) in the
+   project description;
 6. find or create the "Most influential first" Data Manager view.
 """
 
@@ -130,9 +131,11 @@ def import_project(
         result.created,
         result.existing,
     )
-    backend_id = None
+    backend_id, page = None, None
     if cfg.backend_url:
         backend_id = ls.ensure_ml_backend(client, project.id, cfg.backend_url, basic_auth).id
+        page = (cfg.saliency_base_url or cfg.backend_url).rstrip("/") + "/"
+        ls.ensure_page_link(client, project, page)
     view = ls.ensure_influence_view(client, project.id)
     return {
         "project_id": project.id,
@@ -143,6 +146,7 @@ def import_project(
         "refreshed_links": refreshed,
         "view_id": view.id,
         "ml_backend_id": backend_id,
+        "backend_page": page,
     }
 
 

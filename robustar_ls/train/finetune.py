@@ -45,6 +45,7 @@ from robustar_ls.train.distributed import (
 from robustar_ls.train.fills import FILL_MODES
 from robustar_ls.train.loop import Progress, epoch_progress, make_optimizer, seed_everything
 from robustar_ls.train.paired_epoch import TERMS, paired_train_one_epoch
+from robustar_ls.train.progress import OnProgress, ProgressTracker
 from robustar_ls.train.run import evaluate_splits
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,8 @@ def paired_finetune(
     only: set[str] | None = None,
     out: str | Path | None = None,
     progress: Progress | None = None,
+    on_progress: OnProgress | None = None,
+    history: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Fine-tune ``checkpoint`` with the paired loss; write the result to ``out`` (default:
     over ``checkpoint``).
@@ -163,7 +166,8 @@ def paired_finetune(
     ``data_root``: the dataset folder, or the dataset already opened (a sync-train opens it
     once). ``masks_root`` is a mask-store folder (``<root>/train/<class>/<stem>.png``); ``None``
     means plain fine-tuning (every image unannotated: the control). ``only`` restricts which masks
-    are used (image relpaths "<class>/<file>").
+    are used (image relpaths "<class>/<file>"). ``on_progress`` gets the progress records
+    (``train/progress.py``) on rank 0; ``history`` adds fields to the checkpoint's history line.
 
     Returns, on rank 0: ``{model_version, parent_version, before: {split: accuracy},
     after: {split: accuracy}, counts: {split: n}, annotated, epochs, history: [per-epoch
@@ -198,6 +202,8 @@ def paired_finetune(
                 progress=progress,
                 ctx=ctx,
                 source=checkpoint,
+                on_progress=on_progress,
+                history=history,
             )
         )
     finally:
@@ -218,6 +224,8 @@ class FinetuneRun:
     progress: Progress | None
     ctx: DistContext
     source: Path | None = None  # the checkpoint trained from: checked unchanged before writing
+    on_progress: OnProgress | None = None
+    history: dict[str, Any] | None = None
 
     @property
     def samples(self) -> list[Sample]:
@@ -228,15 +236,20 @@ def _run(run: FinetuneRun) -> dict[str, Any] | None:
     ctx, device = run.ctx, run.ctx.device
     generator = seed_everything(run.train.seed)  # data order (one process)
     model = run.parent.model.to(device)
-    before = evaluate_splits(model, run.data, run.parent.image_size, device) if ctx.is_main else {}
-    barrier(ctx)
     loader, sampler = _paired_loader(run, generator)
-    history, seconds = _train_epochs(run, _wrap_ddp(model, ctx), loader, sampler)
+    tracker = ProgressTracker(
+        run.on_progress if ctx.is_main else None, run.train.epochs, len(loader)
+    )
+    size = run.parent.image_size
+    before = evaluate_splits(model, run.data, size, device, tracker=tracker) if ctx.is_main else {}
+    barrier(ctx)
+    history, seconds = _train_epochs(run, _wrap_ddp(model, ctx), loader, sampler, tracker)
     if not ctx.is_main:
         barrier(ctx)
         return None
-    after = evaluate_splits(model, run.data, run.parent.image_size, device)
-    version = _save(run, model, before, after, history)
+    after = evaluate_splits(model, run.data, size, device, tracker=tracker)
+    tracker.start("write")
+    version = _save(run, model, before, after, history, seconds)
     barrier(ctx)
     log.info("wrote %s (%s, parent %s)", run.out, version, run.parent.version)
     return {
@@ -289,6 +302,7 @@ def _train_epochs(
     model: nn.Module,
     loader: DataLoader,
     sampler: DistributedSampler | None,
+    tracker: ProgressTracker,
 ) -> tuple[list[dict[str, float]], float]:
     """Every epoch of paired training: (per-epoch terms, seconds)."""
     ctx, cfg = run.ctx, run.train
@@ -309,6 +323,7 @@ def _train_epochs(
         if sampler is not None:
             sampler.set_epoch(epoch)
         tick = time.perf_counter()
+        tracker.start_epoch(epoch)
         stats = paired_train_one_epoch(
             model,
             loader,
@@ -320,6 +335,7 @@ def _train_epochs(
             generator=aug_generator,
             progress=epoch_progress(run.progress if ctx.is_main else None, epoch, cfg.epochs),
             ctx=ctx,
+            on_step=tracker.step,
         )
         history.append({"epoch": epoch + 1, **stats, "seconds": time.perf_counter() - tick})
         if ctx.is_main:
@@ -339,6 +355,7 @@ def _save(
     before: dict[str, dict[str, float]],
     after: dict[str, dict[str, float]],
     history: list[dict[str, float]],
+    seconds: float,
 ) -> str:
     """Write the fine-tuned checkpoint atomically (the parent as its parent); its version.
 
@@ -363,4 +380,5 @@ def _save(
             "annotated": len(run.masks),
             "world_size": run.ctx.world_size,
         },
+        history={"seconds": round(seconds, 3), **(run.history or {})},
     )

@@ -49,6 +49,27 @@ def ensure_project(client: LabelStudio, title: str, label_config: str) -> Any:
     return project
 
 
+PAGE_LINK_PREFIX = "Task centre (training progress, model history): "
+
+
+def description_with_page_link(description: str, url: str) -> str:
+    """``description`` with one line linking the backend's page: replaced if there, else added."""
+    lines = [line for line in (description or "").splitlines() if line.strip()]
+    kept = [line for line in lines if not line.startswith(PAGE_LINK_PREFIX)]
+    return "\n".join([*kept, PAGE_LINK_PREFIX + url])
+
+
+def ensure_page_link(client: LabelStudio, project: Any, url: str) -> bool:
+    """Write the backend page's link into the project description; False when already there."""
+    description = description_with_page_link(project.description or "", url)
+    if description == (project.description or ""):
+        return False
+    with errors(client, f"update the description of project {project.id}"):
+        client.projects.update(project.id, description=description)
+    log.info("project %s links the backend's page %s in its description", project.id, url)
+    return True
+
+
 def ensure_ml_backend(
     client: LabelStudio,
     project_id: int,
