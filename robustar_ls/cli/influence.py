@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
         client = connect(label_studio.url, label_studio.api_key)
         summary["label_studio"] = influence.write_to_label_studio(
-            client, label_studio, result, args.top, progress
+            client, label_studio, result, args.top, progress, test_split=cfg.test_split
         )
     if args.out:
         influence.write_document(result, args.out)

@@ -57,6 +57,7 @@ Progress = Callable[..., Iterable]
 TARGETS = ("margin", "error", "loss")
 AGGREGATES = ("sum", "normalized")
 CACHE_FORMAT = 1
+ERROR_TOP = 5  # training images recorded per test error (most influential first)
 GRAD_BYTES = 256 * 2**20  # per-sample gradients held at once (micro-batches are cut to fit)
 
 
@@ -122,6 +123,8 @@ class KernelScores:
     drives: np.ndarray  # (n,) int: test errors whose top-`support` images include this one
     top_index: np.ndarray  # (n, m) int: the test errors this image explains most
     top_value: np.ndarray  # (n, m) float32: their (aggregate-scaled) kernel values
+    # (T, j) int: per test error, the train rows with the highest kernel values, highest first
+    error_top: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
 
 
 @dataclass
@@ -133,8 +136,10 @@ class InfluenceResult:
     ranks: dict[str, int]  # train relpath → 1-based rank (1 = most responsible)
     explains: dict[str, list[dict[str, Any]]]  # relpath → [{test, true, predicted, value}]
     drives: dict[str, int]  # relpath → number of test errors it is a top contributor to
-    test_errors: list[dict[str, Any]]  # [{test, true, predicted, confidence}]
+    test_errors: list[dict[str, Any]]  # [{test, true, predicted, confidence, top_train}]
     config: dict[str, Any] = field(default_factory=dict)
+    # every test image: relpath → {true, predicted, confidence} (the errors are among them)
+    predictions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def ranked(self, top: int | None = None) -> list[str]:
         """Train relpaths, most responsible first (the first ``top`` when given)."""
@@ -243,7 +248,8 @@ def kernel_scores(
         best_val, pos = merged_val.topk(take, dim=0)
         best_idx = merged_idx.gather(0, pos)
     drives = np.bincount(best_idx[best_val > 0].cpu().numpy(), minlength=n).astype(np.int64)
-    return KernelScores(scores=scores, drives=drives, top_index=top_index, top_value=top_value)
+    error_top = best_idx[:ERROR_TOP].T.cpu().numpy()
+    return KernelScores(scores, drives, top_index, top_value, error_top)
 
 
 class InfluenceScorer:
@@ -367,22 +373,22 @@ class InfluenceScorer:
     # -- predictions ------------------------------------------------------------------------
 
     @torch.no_grad()
+    def predictions(self, samples: Sequence[Sample], image_size: int) -> list[MisclassifiedTest]:
+        """The model's prediction for every image of ``samples`` (right or wrong)."""
+        out, offset = [], 0
+        for images, labels in self.loader(samples, image_size):
+            conf, pred = self.model(images.to(self.device)).softmax(1).cpu().max(1)
+            for j in range(len(labels)):
+                sample = samples[offset + j]
+                out.append(
+                    MisclassifiedTest(sample.relpath, sample.label, int(pred[j]), float(conf[j]))
+                )
+            offset += len(labels)
+        return out
+
     def test_errors(self, samples: Sequence[Sample], image_size: int) -> list[MisclassifiedTest]:
         """The misclassified images among ``samples``."""
-        errors, offset = [], 0
-        for images, labels in self.loader(samples, image_size):
-            probs = self.model(images.to(self.device)).softmax(1).cpu()
-            conf, pred = probs.max(1)
-            for j in range(len(labels)):
-                if int(pred[j]) != int(labels[j]):
-                    sample = samples[offset + j]
-                    errors.append(
-                        MisclassifiedTest(
-                            sample.relpath, sample.label, int(pred[j]), float(conf[j])
-                        )
-                    )
-            offset += len(labels)
-        return errors
+        return [p for p in self.predictions(samples, image_size) if p.predicted != p.true]
 
     # -- scores -----------------------------------------------------------------------------
 
@@ -405,7 +411,8 @@ class InfluenceScorer:
         """
         if not train:
             raise InfluenceError("no training images to score")
-        errors = self.test_errors(test, image_size)
+        predicted = self.predictions(test, image_size)
+        errors = [p for p in predicted if p.predicted != p.true]
         log.info("%d of %d test images are misclassified", len(errors), len(test))
         with tempfile.TemporaryDirectory(prefix="robustar-influence-") as tmp:
             root = Path(cache_root) if cache_root is not None else Path(tmp)
@@ -431,7 +438,16 @@ class InfluenceScorer:
                     np.zeros(n), np.zeros(n, np.int64), np.zeros((n, 0), np.int64), np.zeros((n, 0))
                 )
             del features  # release the memmap before a temporary folder goes
-        return self._result(train, errors, kernel, classes, model_version, top)
+        result = self._result(train, errors, kernel, classes, model_version, top)
+        result.predictions = {
+            p.relpath: {
+                "true": classes[p.true],
+                "predicted": classes[p.predicted],
+                "confidence": round(p.confidence, 4),
+            }
+            for p in predicted
+        }
+        return result
 
     def _result(
         self,
@@ -451,8 +467,11 @@ class InfluenceScorer:
                 "true": classes[e.true],
                 "predicted": classes[e.predicted],
                 "confidence": round(e.confidence, 4),
+                "top_train": [relpaths[i] for i in kernel.error_top[t]]
+                if t < len(kernel.error_top)
+                else [],
             }
-            for e in errors
+            for t, e in enumerate(errors)
         ]
         explains: dict[str, list[dict[str, Any]]] = {}
         drives: dict[str, int] = {}

@@ -55,6 +55,7 @@ class Project:
                 "image": f"/data/local-files/?d={root.name}/train/{rel}",
                 "relpath": rel,
                 "saliency": "",
+                "related_html": "",
                 "summary": f"True class: {rel.split('/')[0]}",
             }
             if rel == "dog/1.png":
