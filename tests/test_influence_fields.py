@@ -94,6 +94,7 @@ def test_test_errors_get_their_top_training_tasks_as_linked_thumbnails():
     updates, report = prediction_updates(result(), test, train, LINKS)
     error = updates[30]
     assert (error["predicted"], error["confidence"], error["outcome"]) == ("a", 0.9, "wrong")
+    assert error["influence_line"] == "Predicted a (90%): WRONG"
     assert error["top_training_tasks"] == [10, 12, 11]  # most influential first
     html = error["related_html"]
     assert html.index("task=10") < html.index("task=12") < html.index("task=11")
@@ -105,6 +106,7 @@ def test_test_errors_get_their_top_training_tasks_as_linked_thumbnails():
         "predicted": "a",
         "confidence": 0.7,
         "outcome": "correct",
+        "influence_line": "Predicted a (70%): correct",
         "top_training_tasks": [],
         "related_html": "",
     }
@@ -120,6 +122,7 @@ def test_training_tasks_link_to_the_test_errors_they_drive():
     assert 'href="/projects/4/data?tab=22&amp;task=30"' in html and "task=31" in html
     assert 'src="/t/9.png"' in html and "b → a" in html
     assert updates[11]["related_html"] == ""  # drives no error
+    assert updates[10]["influence_line"] == "Influence 3 · rank 1 of 3 training images"
 
 
 def test_captions_are_escaped():

@@ -45,6 +45,7 @@ def test_task_data_fields():
         "influence": 0.0,
         "influence_rank": 0,
         "influence_explains": "",
+        "influence_line": "",
         "predicted": "",
         "confidence": 0.0,
         "outcome": "",

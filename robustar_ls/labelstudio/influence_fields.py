@@ -31,6 +31,7 @@ CLEARED: dict[str, Any] = {
     "influence": 0.0,
     "influence_rank": 0,
     "influence_explains": "",
+    "influence_line": "",  # the labeling view's one-line summary (Headers show text only)
     "predicted": "",
     "confidence": 0.0,
     "outcome": "",
@@ -38,8 +39,15 @@ CLEARED: dict[str, Any] = {
     "related_html": "",
 }
 FIELDS = ("influence", "influence_rank", "influence_explains")
-TRAIN_FIELDS = (*FIELDS, "related_html")
-TEST_FIELDS = ("predicted", "confidence", "outcome", "top_training_tasks", "related_html")
+TRAIN_FIELDS = (*FIELDS, "influence_line", "related_html")
+TEST_FIELDS = (
+    "predicted",
+    "confidence",
+    "outcome",
+    "influence_line",
+    "top_training_tasks",
+    "related_html",
+)
 
 
 @dataclass
@@ -126,6 +134,10 @@ def influence_updates(
             "influence_explains": result.explain_text(relpath),
         }
         if links is not None:
+            updates[task_id]["influence_line"] = (
+                f"Influence {result.scores[relpath]:.4g} · rank {result.ranks[relpath]} "
+                f"of {len(result.ranks)} training images"
+            )
             updates[task_id]["related_html"] = _driven_errors_html(
                 result, relpath, test_tasks or {}, links
             )
@@ -177,6 +189,8 @@ def prediction_updates(
             "predicted": pred["predicted"],
             "confidence": pred["confidence"],
             "outcome": "wrong" if wrong else "correct",
+            "influence_line": f"Predicted {pred['predicted']} ({pred['confidence']:.0%}): "
+            + ("WRONG" if wrong else "correct"),
             "top_training_tasks": [],
             "related_html": "",
         }

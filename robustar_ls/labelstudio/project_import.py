@@ -192,9 +192,9 @@ def summary_line(summary: dict[str, Any]) -> str:
         f", ML backend {summary['ml_backend_id']}" if summary["ml_backend_id"] is not None else ""
     )
     return (
-        f"project {summary['project_id']}: {summary['created_tasks']} tasks created "
-        f"({_splits(summary)}), "
-        f"{summary['existing_tasks']} already there{backend}; open {summary['project_url']}"
+        f"project {summary['project_id']}: {summary['created_tasks']} tasks created, "
+        f"{summary['existing_tasks']} already there (images: {_splits(summary)}){backend}; "
+        f"open {summary['project_url']}"
     )
 
 

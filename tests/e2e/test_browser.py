@@ -85,6 +85,15 @@ def _wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+# Label Studio fetches the heatmap and shows it as a blob: URL; both images must have loaded
+SALIENCY_LOADED = """
+const asked = performance.getEntriesByType('resource').some(e => e.name.includes('/saliency/'));
+const shown = [...document.images].filter(i => (i.src.startsWith('blob:') ||
+  i.src.includes('/saliency/')) && i.complete && i.naturalWidth > 0).length;
+return asked && shown >= 2 ? shown : 0;
+"""
+
+
 def _login(browser, label_studio) -> None:
     from selenium.webdriver.common.by import By
 
@@ -120,14 +129,7 @@ def test_labeling_view_shows_regions_and_saliency(
         120,
         "the Spurious and Model attention regions in the regions panel",
     )
-    saliency = _wait_for(
-        lambda: browser.execute_script(
-            "return [...document.images].filter(i => i.src.includes('/saliency/')"
-            " && i.complete && i.naturalWidth > 0).length"
-        ),
-        60,
-        "the saliency heatmap image to load",
-    )
+    saliency = _wait_for(lambda: browser.execute_script(SALIENCY_LOADED), 60, "the heatmap")
     time.sleep(2)  # let the canvas draw the brush regions before the screenshot
     shot = Path(os.environ.get("ROBUSTAR_LS_SCREENSHOT") or tmp_path / "labeling-view.png")
     shot.parent.mkdir(parents=True, exist_ok=True)
@@ -150,11 +152,12 @@ BELOW_FOLD = """
 const bottom = e => e.getBoundingClientRect().bottom;
 const tops = [...document.querySelectorAll('a.robustar-thumb')].map(bottom);
 const line = [...document.querySelectorAll('h1,h2,h3,h4,h5,h6')]
-  .find(h => h.innerText.trim() === 'Influence');
+  .find(h => h.innerText.startsWith('Predicted ') && h.innerText.includes('WRONG'));
 return {thumbs: Math.max(0, ...tops), line: line ? bottom(line) : null,
         height: window.innerHeight};
 """
-TABLE_HEADER = "return (document.querySelector('.dm-table-head') || {}).innerText || ''"
+# the Data Manager's column headers (Label Studio 1.23: span.lsf-th)
+TABLE_HEADER = "return [...document.querySelectorAll('.lsf-th')].map(e => e.innerText.trim())"
 
 
 def _screenshot_dir(tmp_path: Path) -> Path:

@@ -140,7 +140,7 @@ def test_import_creates_everything_and_reruns_add_only_new_images(
     for split, found in by_split.items():
         for task in found.values():
             assert task.data["split"] == split
-            assert f"?d={dataset.name}/{split}/" in task.data["image"]
+            assert f"/{dataset.name}/{split}/" in task.data["image"]
     tasks = ls.tasks_by_image(client, pid)
     assert set(tasks) == relpaths
     relpath, task = sorted(tasks.items())[0]

@@ -65,6 +65,7 @@ HIDDEN = [
         "summary",
         "saliency",
         "influence_explains",
+        "influence_line",
         "top_training_tasks",
         "related_html",
         "model_version",
