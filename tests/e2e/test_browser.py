@@ -156,8 +156,10 @@ const line = [...document.querySelectorAll('h1,h2,h3,h4,h5,h6')]
 return {thumbs: Math.max(0, ...tops), line: line ? bottom(line) : null,
         height: window.innerHeight};
 """
-# the Data Manager's column headers (Label Studio 1.23: span.lsf-th)
-TABLE_HEADER = "return [...document.querySelectorAll('.lsf-th')].map(e => e.innerText.trim())"
+# the Data Manager's column titles (Label Studio 1.23: span.lsf-th-content, without the type)
+TABLE_HEADER = (
+    "return [...document.querySelectorAll('.lsf-th-content')].map(e => e.innerText.trim())"
+)
 
 
 def _screenshot_dir(tmp_path: Path) -> Path:
@@ -203,11 +205,14 @@ def test_test_errors_tab_and_task_link_to_training_images(
     # the "Test errors" tab: our columns, thumbnails, no default clutter
     _login(browser, label_studio)
     browser.get(f"{label_studio.url}/projects/{pid}/data?tab={errors_tab.id}")
-    header = _wait_for(
-        lambda: (h := browser.execute_script(TABLE_HEADER)) and "predicted" in h and h,
-        120,
-        "the Data Manager table with our columns",
-    )
+    try:
+        header = _wait_for(
+            lambda: (h := browser.execute_script(TABLE_HEADER)) and "predicted" in h and h,
+            120,
+            "the Data Manager table with our columns",
+        )
+    finally:
+        browser.save_screenshot(str(shots / "test-errors-tab.png"))
     _wait_for(
         lambda: (
             browser.execute_script(

@@ -190,7 +190,7 @@ def test_import_creates_everything_and_reruns_add_only_new_images(
         assert again[key] == summary[key]
     assert _count_tasks(client, pid) == total
     assert len(list(client.views.list(project=pid))) == len(views)
-    assert [p.id for p in client.projects.list(title=title) if p.title == title] == [pid]
+    assert ls.find_project(client, title).id == pid  # one project with that title
     assert len(list(client.ml.list(project=pid))) == 1
     hooks = [h.url for h in client.webhooks.list(project=str(pid))]
     assert hooks.count(backend_stub.url + "/webhook") == 1
