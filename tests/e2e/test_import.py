@@ -160,14 +160,14 @@ def test_import_creates_everything_and_reruns_add_only_new_images(
     assert views[ls.INFLUENCE_VIEW_TITLE].id == summary["view_id"]
     wanted = {spec.title: spec.ordering for spec in ls.VIEWS}
     assert len(wanted) == 4 and set(wanted) <= set(views)
-    for title, ordering in wanted.items():
-        assert views[title].data["ordering"] == list(ordering), title
-        assert summary["views"][title] == views[title].id
+    for tab, ordering in wanted.items():
+        assert views[tab].data["ordering"] == list(ordering), tab
+        assert summary["views"][tab] == views[tab].id
     assert views[ls.INFLUENCE_VIEW_TITLE].data["ordering"] == ["-tasks:data.influence"]
     assert views[ls.TEST_ERRORS_VIEW_TITLE].data["ordering"] == ["-tasks:data.confidence"]
 
-    def in_view(title: str) -> set[tuple[str, str]]:
-        found = client.tasks.list(project=pid, view=views[title].id, fields="task_only")
+    def in_view(tab: str) -> set[tuple[str, str]]:
+        found = client.tasks.list(project=pid, view=views[tab].id, fields="task_only")
         return {(t.data["split"], t.data["relpath"]) for t in found}
 
     assert in_view(ls.INFLUENCE_VIEW_TITLE) == {("train", r) for r in relpaths}
@@ -190,7 +190,7 @@ def test_import_creates_everything_and_reruns_add_only_new_images(
         assert again[key] == summary[key]
     assert _count_tasks(client, pid) == total
     assert len(list(client.views.list(project=pid))) == len(views)
-    assert ls.find_project(client, title).id == pid  # one project with that title
+    assert [p.id for p in client.projects.list(title=title) if p.title == title] == [pid]
     assert len(list(client.ml.list(project=pid))) == 1
     hooks = [h.url for h in client.webhooks.list(project=str(pid))]
     assert hooks.count(backend_stub.url + "/webhook") == 1
