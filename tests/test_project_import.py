@@ -38,26 +38,43 @@ def test_task_data_fields():
     assert data == {
         "image": "/data/local-files/?d=x/cat/1.png",
         "relpath": "cat/1.png",
+        "split": "train",
         "true_class": "cat",
-        "summary": "True class: cat",
+        "summary": "True class: cat (training image cat/1.png)",
         "saliency": "http://b/s",
         "influence": 0.0,
         "influence_rank": 0,
         "influence_explains": "",
+        "influence_line": "",
+        "predicted": "",
+        "confidence": 0.0,
+        "outcome": "",
+        "top_training_tasks": [],
+        "related_html": "",
     }
     assert isinstance(data["influence"], float) and isinstance(data["influence_rank"], int)
+    assert isinstance(data["confidence"], float)
+    assert task_data("cat/1.png", "cat", "u", split="test")["summary"].endswith(
+        "(test image cat/1.png)"
+    )
 
 
-def test_build_tasks_one_per_training_image(rooted):
+def test_build_tasks_one_per_image_of_every_split(rooted):
     root, data_dir = rooted
     data = ImageFolderSplits.open(data_dir)
     tasks = build_tasks(data, root, saliency=lambda url: "sal:" + url)
+    expected = [
+        (split, s.relpath) for split in ("train", "val", "test") for s in data.splits.get(split, [])
+    ]
+    assert {split for split, _ in expected} == {"train", "val", "test"}  # the fixture has all
+    assert [(t["split"], t["relpath"]) for t in tasks] == expected
     train = data.splits["train"]
-    assert [t["relpath"] for t in tasks] == [s.relpath for s in train]
     first = tasks[0]
     assert first["image"] == f"/data/local-files/?d=sets/tiny/train/{train[0].relpath}"
     assert first["true_class"] == data.classes[train[0].label]
     assert first["saliency"] == "sal:" + first["image"]
+    test = next(t for t in tasks if t["split"] == "test")
+    assert test["image"].startswith("/data/local-files/?d=sets/tiny/test/")
     assert build_tasks(data, root)[0]["saliency"] == ""
 
 

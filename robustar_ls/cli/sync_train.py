@@ -158,4 +158,6 @@ def sync_summary(sync: dict) -> str:
         f"{changes}{' (would be)' if sync['dry_run'] else ''}; {c['unchanged']} unchanged, "
         f"{c['skipped']} skipped, {c['errors']} errors"
     )
+    if c.get("ignored"):
+        line += f"; {c['ignored']} annotated non-training tasks ignored (only train/ is synced)"
     return "\n".join([line, *(f"  error: {e['error']}" for e in sync["errors"])])
