@@ -48,8 +48,9 @@ from robustar_ls.data.synthetic import make_dataset
 from robustar_ls.explain.influence import InfluenceScorer
 from robustar_ls.models.checkpoint import load_checkpoint
 from robustar_ls.train.fills import apply_fill
-from robustar_ls.train.finetune import PairedDataset, find_masks, paired_finetune
+from robustar_ls.train.finetune import paired_finetune
 from robustar_ls.train.loop import make_optimizer, train_one_epoch
+from robustar_ls.train.paired_data import PairedDataset, find_masks
 from robustar_ls.train.paired_epoch import paired_train_one_epoch
 from robustar_ls.train.run import train_classifier
 

@@ -266,6 +266,7 @@ class FakeJobs:
     def __init__(self) -> None:
         self.payloads: list[dict] = []
         self.state = "idle"
+        self.progress: dict | None = None
 
     def start(self, payload: dict):
         if self.state == "running":
@@ -281,4 +282,5 @@ class FakeJobs:
             "finished_at": None,
             "result": None,
             "error": None,
+            "progress": self.progress,
         }

@@ -10,6 +10,7 @@ from robustar_ls.models.checkpoint import (
     read_version,
     save_checkpoint,
 )
+from robustar_ls.models.history import read_history
 from robustar_ls.models.zoo import create_classifier
 
 CLASSES = ["a", "b", "c"]
@@ -122,4 +123,6 @@ def test_crash_during_write_keeps_old_checkpoint(tmp_path, monkeypatch):
         _save(path, _model(1), parent_version=old_version)
     assert path.read_bytes() == before
     assert load_checkpoint(path).version == old_version
-    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temp file left behind
+    # no temp file left behind; the history keeps the old version only
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m.pt.history.jsonl"]
+    assert [e["version"] for e in read_history(path)] == [old_version]

@@ -137,3 +137,80 @@ def test_update_task_data_merges_and_skips_unchanged():
     with pytest.raises(ls.LabelStudioError, match="not in project"):
         ls.update_task_data(client, 1, {99: {"influence": 1.0}})
     assert sorted(client.patched) == [1, 3]
+
+
+def test_the_same_relpath_in_two_splits_is_two_images():
+    train = _tasks(2)
+    test = [{**t, "split": "test", "image": t["image"] + "-test"} for t in _tasks(2)]
+    client = FakeClient(train)
+    result = ls.import_tasks(client, 1, train + test)
+    assert (result.created, result.existing) == (2, 2)
+    by_split = ls.tasks_by_split(client, 1)
+    assert {split: sorted(tasks) for split, tasks in by_split.items()} == {
+        "train": ["c/000.png", "c/001.png"],
+        "test": ["c/000.png", "c/001.png"],
+    }
+    assert by_split["test"]["c/000.png"].id == 3
+    assert (
+        ls.tasks_by_image(client, 1) is not None
+        and ls.tasks_by_image(client, 1)["c/000.png"].id == 1
+    )
+    assert ls.import_tasks(client, 1, train + test).created == 0
+
+
+def test_views_filter_by_split_and_hide_default_columns():
+    views = {spec.title: spec.data() for spec in ls.VIEWS}
+    assert list(views) == [
+        ls.INFLUENCE_VIEW_TITLE,
+        ls.TEST_ERRORS_VIEW_TITLE,
+        ls.ANNOTATED_VIEW_TITLE,
+        ls.TEST_VIEW_TITLE,
+    ]
+    errors = views[ls.TEST_ERRORS_VIEW_TITLE]
+    assert errors["ordering"] == ["-tasks:data.confidence"]
+    assert {(f["filter"], f["value"]) for f in errors["filters"]["items"]} == {
+        ("filter:tasks:data.split", "test"),
+        ("filter:tasks:data.outcome", "wrong"),
+    }
+    train = views[ls.INFLUENCE_VIEW_TITLE]["filters"]["items"]
+    assert [(f["filter"], f["value"]) for f in train] == [("filter:tasks:data.split", "train")]
+    for data in views.values():
+        hidden = data["hiddenColumns"]
+        assert hidden["explore"] == hidden["labeling"]
+        assert (
+            "tasks:inner_id" in hidden["explore"] and "tasks:data.related_html" in hidden["explore"]
+        )
+        for shown in ("image", "true_class", "predicted", "confidence", "outcome", "influence"):
+            assert f"tasks:data.{shown}" not in hidden["explore"]
+        assert data["columnsDisplayType"]["tasks:data.confidence"] == "Number"
+
+
+class FakeViews:
+    def __init__(self):
+        self.store, self.calls = {}, []
+
+    def list(self, project):
+        return list(self.store.values())
+
+    def create(self, project, data):
+        self.calls.append("create")
+        view = SimpleNamespace(id=len(self.store) + 1, data=data)
+        self.store[view.id] = view
+        return view
+
+    def update(self, view_id, project, data):
+        self.calls.append("update")
+        self.store[int(view_id)] = SimpleNamespace(id=int(view_id), data=data)
+        return self.store[int(view_id)]
+
+
+def test_ensure_views_creates_then_repairs_then_leaves_alone():
+    client = SimpleNamespace(views=FakeViews())
+    first = ls.ensure_views(client, 1)
+    assert client.views.calls == ["create"] * 4 and len(first) == 4
+    client.views.store[2].data = {**client.views.store[2].data, "ordering": ["tasks:id"]}
+    ls.ensure_views(client, 1)
+    assert client.views.calls == ["create"] * 4 + ["update"]
+    assert client.views.store[2].data["ordering"] == ["-tasks:data.confidence"]
+    ls.ensure_views(client, 1)
+    assert client.views.calls == ["create"] * 4 + ["update"]

@@ -18,10 +18,12 @@ from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.masks import MaskError, MaskStore
 from robustar_ls.data.synthetic import make_dataset
 from robustar_ls.models.checkpoint import load_checkpoint, read_version, save_checkpoint
+from robustar_ls.models.history import history_path, read_history
 from robustar_ls.models.zoo import create_classifier
 from robustar_ls.train import finetune, paired_epoch
 from robustar_ls.train.augment import random_crop_flip
-from robustar_ls.train.finetune import PairedDataset, find_masks, paired_finetune
+from robustar_ls.train.finetune import paired_finetune
+from robustar_ls.train.paired_data import PairedDataset, find_masks
 from robustar_ls.train.paired_epoch import make_pairs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,7 +143,10 @@ def test_a_failed_replace_leaves_the_old_checkpoint_and_no_temp_file(
     with pytest.raises(OSError, match="No space left"):
         paired_finetune(dataset, checkpoint, dataset / "oracle_masks", PairedConfig(), TINY_TRAIN)
     assert checkpoint.read_bytes() == old_bytes
-    assert sorted(p.name for p in checkpoint.parent.iterdir()) == [checkpoint.name]
+    history = history_path(checkpoint)
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == [checkpoint.name, history.name]
+    # no history line for a checkpoint that was never written
+    assert [e["version"] for e in read_history(checkpoint)] == [read_version(checkpoint)]
     load_checkpoint(checkpoint)
 
 
@@ -353,8 +358,11 @@ def test_two_process_ddp_run_writes_one_checkpoint(dataset, checkpoint, tmp_path
     assert read_version(out) == summary["model_version"] != old_version
     assert load_checkpoint(out).config["world_size"] == 2
     lock = f".{checkpoint.name}.training.lock"  # the training lock stays, by design
-    files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == sorted(["ddp.pt", checkpoint.name, lock])
+    files = ["ddp.pt", checkpoint.name]
+    expected = sorted(files + [lock] + [history_path(tmp_path / name).name for name in files])
+    assert sorted(p.name for p in tmp_path.iterdir()) == expected
+    (entry,) = read_history(out)  # one line: only rank 0 writes
+    assert entry["version"] == summary["model_version"] and entry["parent_version"] == old_version
 
 
 def test_masks_of_exif_rotated_images_are_checked_against_the_displayed_size(tmp_path):
@@ -449,3 +457,33 @@ def test_extra_masks_pair_unannotated_images_and_the_store_wins(
         "circle/00000.png"
     )  # the expert's mask wins over a propagated one
     assert masks["circle/00001.png"] == extra["circle/00001.png"]
+
+
+def test_progress_and_history_of_a_paired_run(dataset, checkpoint, tmp_path):
+    records: list[dict] = []
+    parent = read_version(checkpoint)
+    summary = paired_finetune(
+        dataset,
+        checkpoint,
+        dataset / "oracle_masks",
+        PairedConfig(),
+        TINY_TRAIN,
+        on_progress=records.append,
+        history={"sync": {"added": 3}},
+    )
+    phases = [r["phase"] for r in records]
+    # evaluate before, train, evaluate after, write: in that order
+    order = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
+    assert order == ["eval", "train", "eval", "write"]
+    steps = [r for r in records if r["phase"] == "train" and r["step"] > 0]
+    assert len(steps) == TINY_TRAIN.epochs * 2  # 12 training images in batches of 8
+    assert steps[-1]["fraction"] == 1.0 and steps[0]["fraction"] == 0.25
+    assert all(r["eta_seconds"] is not None and r["last_loss"] >= 0 for r in steps)
+    entries = read_history(checkpoint)
+    assert [e["version"] for e in entries] == [parent, summary["model_version"]]
+    entry = entries[-1]
+    assert entry["parent_version"] == parent and entry["kind"] == "paired"
+    assert entry["before"] == summary["before"] and entry["after"] == summary["after"]
+    assert entry["annotated"] == summary["annotated"] and entry["sync"] == {"added": 3}
+    assert [e["epoch"] for e in entry["epochs"]] == [1, 2]
+    assert set(entry["epochs"][0]) >= {"loss", "ce", "ce_paired", "align"}

@@ -168,6 +168,8 @@ def test_kernel_scores_stream_in_chunks_like_the_dense_formula():
         top = np.argsort(-dense[:, t])[:5]
         drives[top[dense[top, t] > 0]] += 1
     np.testing.assert_array_equal(result.drives, drives)
+    # per test error, its most influential training rows, highest first (support caps it)
+    np.testing.assert_array_equal(result.error_top, np.argsort(-dense, axis=0)[:5].T)
     normalized = kernel_scores(train, psi, damping=0.1, aggregate="normalized", rows_per_chunk=7)
     z = (dense - dense.mean(0)) / dense.std(0)
     np.testing.assert_allclose(normalized.scores, z.sum(1), rtol=1e-3, atol=1e-3)
@@ -187,6 +189,12 @@ def test_scores_rank_like_brute_force_exact_gradients(dataset, checkpoint):
         classes=dataset.classes,
     )
     assert result.test_errors, "the random model should make test errors"
+    assert set(result.predictions) == {s.relpath for s in test}  # right and wrong ones
+    for error in result.test_errors:
+        assert result.predictions[error["test"]]["predicted"] == error["predicted"]
+        assert len(error["top_train"]) == 5 and set(error["top_train"]) <= set(result.scores)
+    right = [p for p in result.predictions.values() if p["predicted"] == p["true"]]
+    assert len(right) + len(result.test_errors) == len(test)
 
     def batch(samples):
         loader = scorer.loader(samples, SIZE)

@@ -5,7 +5,13 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from robustar_ls.explain.influence import InfluenceResult
-from robustar_ls.labelstudio.influence_fields import CLEARED, influence_updates
+from robustar_ls.labelstudio.influence_fields import (
+    CLEARED,
+    FIELDS,
+    influence_updates,
+    prediction_updates,
+)
+from robustar_ls.labelstudio.related import TaskLinks
 
 
 def result() -> InfluenceResult:
@@ -23,10 +29,17 @@ def result() -> InfluenceResult:
         },
         drives={"a/1.png": 2, "b/2.png": 0},
         test_errors=[
-            {"test": "b/9.png", "true": "b", "predicted": "a", "confidence": 0.9},
-            {"test": "b/8.png", "true": "b", "predicted": "a", "confidence": 0.8},
+            {"test": "b/9.png", "true": "b", "predicted": "a", "confidence": 0.9,
+             "top_train": ["a/1.png", "a/3.png", "b/2.png"]},
+            {"test": "b/8.png", "true": "b", "predicted": "a", "confidence": 0.8,
+             "top_train": ["a/3.png"]},
         ],
-    )
+        predictions={
+            "b/9.png": {"true": "b", "predicted": "a", "confidence": 0.9},
+            "b/8.png": {"true": "b", "predicted": "a", "confidence": 0.8},
+            "a/7.png": {"true": "a", "predicted": "a", "confidence": 0.7},
+        },
+    )  # fmt: skip
 
 
 def task(task_id: int, **data):
@@ -51,7 +64,8 @@ def test_top_n_clears_old_scores_of_the_others_and_reports_missing_tasks():
     tasks = {"a/1.png": task(10), "a/3.png": task(12, **old), "c/4.png": task(13, **CLEARED)}
     updates, report = influence_updates(result(), tasks, top=2)
     assert set(updates) == {10, 12, 13}
-    assert updates[12] == CLEARED and updates[13] == CLEARED
+    cleared = {name: CLEARED[name] for name in FIELDS}
+    assert updates[12] == cleared and updates[13] == cleared
     assert report.scored == 1 and report.cleared == 1
     assert report.missing == ["b/2.png"]  # scored but without a task
 
@@ -59,3 +73,59 @@ def test_top_n_clears_old_scores_of_the_others_and_reports_missing_tasks():
 def test_plain_dict_tasks_are_accepted():
     updates, _ = influence_updates(result(), {"a/1.png": {"id": 5, "data": {}}}, top=1)
     assert updates == {5: updates[5]} and updates[5]["influence_rank"] == 1
+
+
+LINKS = TaskLinks(project_id=4, train_view=21, test_view=22)
+
+
+def test_test_errors_get_their_top_training_tasks_as_linked_thumbnails():
+    train = {
+        "a/1.png": task(10, image="/data/local-files/?d=ds/train/a/1.png"),
+        "a/3.png": task(12, image="/data/local-files/?d=ds/train/a/3.png"),
+        "b/2.png": task(11, image="/data/local-files/?d=ds/train/b/2.png"),
+    }
+    old = {"outcome": "wrong", "top_training_tasks": [99], "related_html": "<a>old</a>"}
+    test = {
+        "b/9.png": task(30),
+        "b/8.png": task(31),
+        "a/7.png": task(32),
+        "a/6.png": task(33, **old),  # no prediction this run: reset
+    }
+    updates, report = prediction_updates(result(), test, train, LINKS)
+    error = updates[30]
+    assert (error["predicted"], error["confidence"], error["outcome"]) == ("a", 0.9, "wrong")
+    assert error["influence_line"] == "Predicted a (90%): WRONG"
+    assert error["top_training_tasks"] == [10, 12, 11]  # most influential first
+    html = error["related_html"]
+    assert html.index("task=10") < html.index("task=12") < html.index("task=11")
+    assert 'href="/projects/4/data?tab=21&amp;task=10"' in html
+    assert 'src="/data/local-files/?d=ds/train/a/1.png"' in html
+    assert "#1 a/1.png" in html  # the training image's influence rank
+    assert updates[31]["top_training_tasks"] == [12]
+    assert updates[32] == {
+        "predicted": "a",
+        "confidence": 0.7,
+        "outcome": "correct",
+        "influence_line": "Predicted a (70%): correct",
+        "top_training_tasks": [],
+        "related_html": "",
+    }
+    assert updates[33]["outcome"] == "" and updates[33]["top_training_tasks"] == []
+    assert (report.predicted, report.test_errors, report.cleared) == (3, 2, 1)
+
+
+def test_training_tasks_link_to_the_test_errors_they_drive():
+    train = {"a/1.png": task(10), "b/2.png": task(11), "a/3.png": task(12)}
+    test = {"b/9.png": task(30, image="/t/9.png"), "b/8.png": task(31, image="/t/8.png")}
+    updates, _ = influence_updates(result(), train, links=LINKS, test_tasks=test)
+    html = updates[10]["related_html"]
+    assert 'href="/projects/4/data?tab=22&amp;task=30"' in html and "task=31" in html
+    assert 'src="/t/9.png"' in html and "b → a" in html
+    assert updates[11]["related_html"] == ""  # drives no error
+    assert updates[10]["influence_line"] == "Influence 3 · rank 1 of 3 training images"
+
+
+def test_captions_are_escaped():
+    train = {"a/1.png": task(10, image='"><script>x</script>')}
+    updates, _ = prediction_updates(result(), {"b/9.png": task(30)}, train, LINKS)
+    assert "<script>" not in updates[30]["related_html"]

@@ -29,7 +29,7 @@ class HeldRun:
         self.result = result if result is not None else {"model_version": "v2-abc"}
         self.error = error
 
-    def __call__(self, payload: dict) -> dict:
+    def __call__(self, payload: dict, on_progress=None) -> dict:
         self.payloads.append(payload)
         self.started.set()
         assert self.release.wait(WAIT), "test never released the job"
@@ -140,7 +140,7 @@ CHILD = textwrap.dedent(
     from robustar_ls.workflows.jobs import TrainingJobs
     state, go = Path(sys.argv[1]), Path(sys.argv[2])
 
-    def run(payload):
+    def run(payload, on_progress):
         while not go.exists():
             time.sleep(0.02)
         return {"from": "child"}
@@ -197,3 +197,35 @@ def test_a_job_whose_process_died_is_reported_failed_and_frees_the_lock(tmp_path
     run.release.set()
     started, _ = jobs.start({})
     assert started and jobs.wait(WAIT)["state"] == "succeeded"
+
+
+def test_progress_reaches_other_workers_throttled(tmp_path):
+    """The job's worker sees every record; another worker sees the file, written when due."""
+    reported = threading.Event()
+    release = threading.Event()
+
+    def run(payload, on_progress):
+        on_progress({"phase": "train", "step": 1})
+        on_progress({"phase": "train", "step": 2})  # within the interval: memory only
+        on_progress({"phase": "eval", "step": 0})  # a new phase: written at once
+        on_progress({"phase": "eval", "step": 1})
+        reported.set()
+        assert release.wait(WAIT)
+        return {"model_version": "v2"}
+
+    worker_a = TrainingJobs(run, state_dir=tmp_path, progress_interval=3600)
+    worker_b = TrainingJobs(HeldRun(), state_dir=tmp_path)
+    worker_a.start({})
+    assert reported.wait(WAIT)
+    assert worker_a.status()["progress"] == {"phase": "eval", "step": 1}
+    assert worker_b.status()["progress"] == {"phase": "eval", "step": 0}
+    release.set()
+    final = worker_a.wait(WAIT)
+    assert final["state"] == "succeeded" and final["progress"]["phase"] == "eval"
+    assert worker_b.status()["progress"] == {"phase": "eval", "step": 1}  # the last record
+
+
+def test_progress_of_an_old_job_is_ignored(tmp_path):
+    jobs = TrainingJobs(HeldRun(), state_dir=tmp_path)
+    jobs._progress("not-the-job", {"phase": "train"})
+    assert jobs.status()["progress"] is None

@@ -58,10 +58,10 @@ def test_default_config_passes_sdk_validation() -> None:
     assert interface.is_valid
 
 
-def test_default_config_needs_only_image_and_saliency_at_import() -> None:
+def test_default_config_needs_only_images_and_related_html_at_import() -> None:
     """Only named object tags make task-data keys mandatory; Headers stay optional."""
     interface = LabelInterface(default_label_config())
-    assert {tag.value for tag in interface.objects} == {"$image", "$saliency"}
+    assert {tag.value for tag in interface.objects} == {"$image", "$saliency", "$related_html"}
 
 
 def test_find_tags_on_default_config() -> None:

@@ -223,3 +223,30 @@ def test_sync_failed_write_records_what_was_done(dataset, store, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         sync_masks(FakeClient(tasks), 7, dataset, store)
     assert set(store.read_manifest()) == {"a/0.png"} and store.has("a/0.png")
+
+
+def test_annotations_on_other_splits_are_ignored_and_reported(dataset, store):
+    m0 = box(0, 3, 0, 4)
+    stamp = "2024-01-01T00:00:00Z"
+    on_test = task(2, "a/0.png", [annotation(11, stamp, [region(box(2, 6, 4, 8))])])
+    on_test["data"].update(split="test", image="/data/local-files/?d=ds/test/a/0.png")
+    on_val = task(3, "b/0.png", [annotation(12, stamp, [region(m0)])])
+    on_val["data"]["split"] = "val"
+    unannotated = task(4, "b/1.png", [])
+    unannotated["data"]["split"] = "test"
+    tasks = [
+        task(1, "a/0.png", [annotation(10, stamp, [region(m0)])]),
+        on_test,
+        on_val,
+        unannotated,
+    ]
+    report = sync_masks(FakeClient(tasks), 7, dataset, store, page_size=10)
+    assert report.added == ["a/0.png"] and report.errors == []
+    np.testing.assert_array_equal(store.read("a/0.png"), m0 > 0)  # the train task's mask
+    assert not store.has("b/0.png")
+    assert report.ignored == [
+        {"task_id": 2, "relpath": "a/0.png", "split": "test"},
+        {"task_id": 3, "relpath": "b/0.png", "split": "val"},
+    ]
+    assert report.counts()["ignored"] == 2
+    assert "2 annotated non-training tasks ignored" in report.summary()

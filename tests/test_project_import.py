@@ -38,26 +38,43 @@ def test_task_data_fields():
     assert data == {
         "image": "/data/local-files/?d=x/cat/1.png",
         "relpath": "cat/1.png",
+        "split": "train",
         "true_class": "cat",
-        "summary": "True class: cat",
+        "summary": "True class: cat (training image cat/1.png)",
         "saliency": "http://b/s",
         "influence": 0.0,
         "influence_rank": 0,
         "influence_explains": "",
+        "influence_line": "",
+        "predicted": "",
+        "confidence": 0.0,
+        "outcome": "",
+        "top_training_tasks": [],
+        "related_html": "",
     }
     assert isinstance(data["influence"], float) and isinstance(data["influence_rank"], int)
+    assert isinstance(data["confidence"], float)
+    assert task_data("cat/1.png", "cat", "u", split="test")["summary"].endswith(
+        "(test image cat/1.png)"
+    )
 
 
-def test_build_tasks_one_per_training_image(rooted):
+def test_build_tasks_one_per_image_of_every_split(rooted):
     root, data_dir = rooted
     data = ImageFolderSplits.open(data_dir)
     tasks = build_tasks(data, root, saliency=lambda url: "sal:" + url)
+    expected = [
+        (split, s.relpath) for split in ("train", "val", "test") for s in data.splits.get(split, [])
+    ]
+    assert {split for split, _ in expected} == {"train", "val", "test"}  # the fixture has all
+    assert [(t["split"], t["relpath"]) for t in tasks] == expected
     train = data.splits["train"]
-    assert [t["relpath"] for t in tasks] == [s.relpath for s in train]
     first = tasks[0]
     assert first["image"] == f"/data/local-files/?d=sets/tiny/train/{train[0].relpath}"
     assert first["true_class"] == data.classes[train[0].label]
     assert first["saliency"] == "sal:" + first["image"]
+    test = next(t for t in tasks if t["split"] == "test")
+    assert test["image"].startswith("/data/local-files/?d=sets/tiny/test/")
     assert build_tasks(data, root)[0]["saliency"] == ""
 
 
@@ -109,3 +126,28 @@ def test_read_label_config_checks_user_files(tmp_path):
         read_label_config(str(bad))
     with pytest.raises(LabelStudioError, match="cannot read"):
         read_label_config(str(tmp_path / "missing.xml"))
+
+
+def test_page_link_in_the_description_is_idempotent():
+    from types import SimpleNamespace
+
+    from robustar_ls.labelstudio.client.projects import (
+        PAGE_LINK_PREFIX,
+        description_with_page_link,
+        ensure_page_link,
+    )
+
+    text = description_with_page_link("Our shapes.", "http://b:9090/")
+    assert text == f"Our shapes.\n{PAGE_LINK_PREFIX}http://b:9090/"
+    assert description_with_page_link(text, "http://b:9090/") == text
+    moved = description_with_page_link(text, "http://c:9090/")
+    assert moved == f"Our shapes.\n{PAGE_LINK_PREFIX}http://c:9090/"  # replaced, not added
+
+    updates = []
+    projects = SimpleNamespace(update=lambda pid, **kw: updates.append((pid, kw)))
+    client = SimpleNamespace(projects=projects)
+    project = SimpleNamespace(id=3, description=None)
+    assert ensure_page_link(client, project, "http://b:9090/")
+    assert updates == [(3, {"description": PAGE_LINK_PREFIX + "http://b:9090/"})]
+    project.description = updates[0][1]["description"]
+    assert not ensure_page_link(client, project, "http://b:9090/") and len(updates) == 1

@@ -35,6 +35,8 @@ def fake_finetune(monkeypatch):
         calls.append({"masks_root": masks_root, "masks": sorted(MaskStore(masks_root).relpaths())})
         if "extra_masks" in kwargs:
             calls[-1]["extra_masks"] = kwargs["extra_masks"]
+        if kwargs.get("on_progress"):
+            kwargs["on_progress"]({"phase": "train", "history": kwargs.get("history")})
         return {"model_version": "v2-new", "parent_version": "v1-old", "before": {}, "after": {}}
 
     module.paired_finetune = paired_finetune
@@ -147,6 +149,16 @@ def test_training_job_runs_sync_and_train_in_the_background(
     assert started and status["state"] == "succeeded", status
     assert status["result"]["model_version"] == "v2-new"
     assert status["result"]["sync"]["added"] == ["a/0.png"]
+    # the job reported the sync, then handed its progress callback and the sync to training
+    assert status["progress"]["phase"] == "train"
+    assert status["progress"]["history"]["sync"]["added"] == 1
+
+
+def test_sync_and_train_reports_the_sync_phase_first(data, client, fake_finetune):
+    records: list[dict] = []
+    sync_and_train(data, data / "m.pt", label_studio=LS, client=client, on_progress=records.append)
+    assert [r["phase"] for r in records] == ["sync", "train"]
+    assert records[0]["fraction"] == 0.0
 
 
 def test_training_job_failure_is_reported_in_the_status(data, client, fake_finetune, monkeypatch):

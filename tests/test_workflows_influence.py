@@ -57,11 +57,18 @@ def test_write_back_goes_to_the_found_project(result, monkeypatch):
     )
     seen = {}
 
-    def fake_write(client, pid, res, top, progress):
-        seen.update(pid=pid, result=res, top=top)
-        return SimpleNamespace(scored=3, cleared=0, updated=3, as_dict=lambda: {"scored": 3})
+    def fake_write(client, pid, res, top, progress, test_split):
+        seen.update(pid=pid, result=res, top=top, test_split=test_split)
+        return SimpleNamespace(
+            scored=3,
+            cleared=0,
+            predicted=1,
+            test_errors=1,
+            updated=3,
+            as_dict=lambda: {"scored": 3},
+        )
 
     monkeypatch.setattr("robustar_ls.labelstudio.influence_fields.write_influence", fake_write)
-    report = influence.write_to_label_studio(object(), LS, result, top=2)
+    report = influence.write_to_label_studio(object(), LS, result, top=2, test_split="val")
     assert report == {"project_id": 5, "scored": 3}
-    assert seen == {"pid": 5, "result": result, "top": 2}
+    assert seen == {"pid": 5, "result": result, "top": 2, "test_split": "val"}

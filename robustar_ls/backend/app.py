@@ -2,8 +2,10 @@
 
 Routes (JSON unless noted):
 
-- ``GET /health`` (and ``GET /``) → ``{"status": "UP", "model_class": …, "model_version": …}``;
-  never behind basic auth.
+- ``GET /health`` → ``{"status": "UP", "model_class": …, "model_version": …}``; never behind
+  basic auth.
+- ``GET /`` → the task centre, an HTML page (``page.py``): model version, training progress,
+  accuracy per version and loss plots.
 - ``POST /setup`` ``{project, schema, …}`` → ``{"model_version": …}``.
 - ``POST /predict`` ``{tasks: [...], label_config, params: {context}}`` →
   ``{"results": [{"model_version", "score", "result": [...]}, …]}``, one per task, in order.
@@ -34,6 +36,7 @@ from werkzeug.exceptions import HTTPException
 
 from robustar_ls.backend.build import build_predictor
 from robustar_ls.backend.images import ImageFetchError
+from robustar_ls.backend.page import register_page
 from robustar_ls.backend.predictor import Predictor
 from robustar_ls.config import ServeConfig, check_basic_auth
 from robustar_ls.errors import RobustarError
@@ -195,13 +198,13 @@ def _register_routes(app: Flask, state: BackendState) -> None:
     _register_model_routes(app, state)
     _register_training_routes(app, state)
     _register_saliency_route(app, state)
+    register_page(app, state)
 
 
 def _register_model_routes(app: Flask, state: BackendState) -> None:
     """Label Studio's ML-backend API: health, setup, predict."""
     predictor = state.predictor
 
-    @app.get("/")
     @app.get("/health")
     def health():
         version = predictor.model_version

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
         client = connect(label_studio.url, label_studio.api_key)
         summary["label_studio"] = influence.write_to_label_studio(
-            client, label_studio, result, args.top, progress
+            client, label_studio, result, args.top, progress, test_split=cfg.test_split
         )
     if args.out:
         influence.write_document(result, args.out)
@@ -104,3 +104,10 @@ def _report(args: argparse.Namespace, result, summary: dict) -> None:
         print(f"{len(result.test_errors)} test errors; most responsible training images:")
         for item in summary["top"]:
             print(f"{item['rank']:5d}  {item['score']:+.4g}  {item['relpath']}  {item['explains']}")
+    written = summary.get("label_studio")
+    if written and not args.json:
+        print(
+            f"Label Studio project {written['project_id']}: {written['scored']} training tasks "
+            f"scored, {written['predicted']} test predictions ({written['test_errors']} errors "
+            f"with their top training tasks), {written['updated']} tasks updated"
+        )

@@ -18,6 +18,7 @@ from robustar_ls import __version__
 from robustar_ls.cli import (
     demo,
     evaluate,
+    history,
     import_project,
     influence,
     make_dataset,
@@ -40,6 +41,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     serve,
     influence,
     segmenter,
+    history,
     demo,
 )
 

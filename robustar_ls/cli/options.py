@@ -138,6 +138,40 @@ def tqdm_progress(enabled: bool) -> Callable | None:
     return progress
 
 
+class JobBar:
+    """An ``on_progress`` callback (``train/progress.py`` records) drawing one tqdm bar on
+    stderr, from the first record on: the fraction of training done, the phase, epoch, last
+    loss and the ETA."""
+
+    SCALE = 1000
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=self.SCALE,
+                file=sys.stderr,
+                dynamic_ncols=True,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
+            )
+        self.bar.set_description_str(record["phase"], refresh=False)
+        self.bar.n = round(float(record.get("fraction") or 0.0) * self.SCALE)
+        from robustar_ls.train.progress import progress_text
+
+        self.bar.set_postfix_str(progress_text(record), refresh=False)
+        self.bar.refresh()
+        if record["phase"] == "write":
+            self.bar.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     sys.stdout.flush()

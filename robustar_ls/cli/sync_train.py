@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from robustar_ls.cli.options import (
+    JobBar,
     UserError,
     add_label_studio_url,
     add_train_flags,
@@ -130,13 +132,31 @@ def segmenter_step(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustar_ls.workflows.sync_train import sync_and_train
-
     if not args.label_studio_url and (args.dry_run or args.project):
         raise UserError("--dry-run and --project need --label-studio-url")
     if args.out and not args.dry_run:
         prepare_output_file(args.out)  # a bad --out fails now, not after the training
-    summary = sync_and_train(
+    # one bar, on the process that reports (rank 0 under torchrun)
+    show = not (args.quiet or args.dry_run) and os.environ.get("RANK", "0") == "0"
+    bar = JobBar() if show else None
+    try:
+        summary = _sync_and_train(args, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    if summary is None:  # a DDP worker other than rank 0: rank 0 reports
+        return 0
+    if args.json:
+        print_json(_json_summary(summary))
+    else:
+        print(_text_summary(summary))
+    return 0
+
+
+def _sync_and_train(args: argparse.Namespace, bar: JobBar | None) -> dict | None:
+    from robustar_ls.workflows.sync_train import sync_and_train
+
+    return sync_and_train(
         args.data,
         args.checkpoint,
         label_studio=label_studio_config(args) if args.label_studio_url else None,
@@ -148,14 +168,8 @@ def run(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         progress=tqdm_progress(not args.quiet),
         segmenter=segmenter_step(args),
+        on_progress=bar,
     )
-    if summary is None:  # a DDP worker other than rank 0: rank 0 reports
-        return 0
-    if args.json:
-        print_json(_json_summary(summary))
-    else:
-        print(_text_summary(summary))
-    return 0
 
 
 def _json_summary(summary: dict) -> dict:
@@ -194,4 +208,6 @@ def sync_summary(sync: dict) -> str:
         f"{changes}{' (would be)' if sync['dry_run'] else ''}; {c['unchanged']} unchanged, "
         f"{c['skipped']} skipped, {c['errors']} errors"
     )
+    if c.get("ignored"):
+        line += f"; {c['ignored']} annotated non-training tasks ignored (only train/ is synced)"
     return "\n".join([line, *(f"  error: {e['error']}" for e in sync["errors"])])

@@ -56,7 +56,12 @@ from robustar_ls.explain.influence_gradients import (
     per_sample_grad,
     target_value,
 )
-from robustar_ls.explain.influence_kernel import AGGREGATES, damping_value, kernel_scores
+from robustar_ls.explain.influence_kernel import (
+    AGGREGATES,
+    ERROR_TOP,
+    damping_value,
+    kernel_scores,
+)
 from robustar_ls.explain.influence_types import (
     InfluenceError,
     InfluenceResult,
@@ -73,6 +78,7 @@ from robustar_ls.models.zoo import default_device, head_and_last_block
 __all__ = [
     "AGGREGATES",
     "CACHE_FORMAT",
+    "ERROR_TOP",
     "GRAD_BYTES",
     "TARGETS",
     "InfluenceError",
@@ -208,22 +214,22 @@ class InfluenceScorer:
     # -- predictions ------------------------------------------------------------------------
 
     @torch.no_grad()
+    def predictions(self, samples: Sequence[Sample], image_size: int) -> list[MisclassifiedTest]:
+        """The model's prediction for every image of ``samples`` (right or wrong)."""
+        out, offset = [], 0
+        for images, labels in self.loader(samples, image_size):
+            conf, pred = self.model(images.to(self.device)).softmax(1).cpu().max(1)
+            for j in range(len(labels)):
+                sample = samples[offset + j]
+                out.append(
+                    MisclassifiedTest(sample.relpath, sample.label, int(pred[j]), float(conf[j]))
+                )
+            offset += len(labels)
+        return out
+
     def test_errors(self, samples: Sequence[Sample], image_size: int) -> list[MisclassifiedTest]:
         """The misclassified images among ``samples``."""
-        errors, offset = [], 0
-        for images, labels in self.loader(samples, image_size):
-            probs = self.model(images.to(self.device)).softmax(1).cpu()
-            conf, pred = probs.max(1)
-            for j in range(len(labels)):
-                if int(pred[j]) != int(labels[j]):
-                    sample = samples[offset + j]
-                    errors.append(
-                        MisclassifiedTest(
-                            sample.relpath, sample.label, int(pred[j]), float(conf[j])
-                        )
-                    )
-            offset += len(labels)
-        return errors
+        return [p for p in self.predictions(samples, image_size) if p.predicted != p.true]
 
     # -- scores -----------------------------------------------------------------------------
 
@@ -246,7 +252,8 @@ class InfluenceScorer:
         """
         if not train:
             raise InfluenceError("no training images to score")
-        errors = self.test_errors(test, image_size)
+        predicted = self.predictions(test, image_size)
+        errors = [p for p in predicted if p.predicted != p.true]
         log.info("%d of %d test images are misclassified", len(errors), len(test))
         with tempfile.TemporaryDirectory(prefix="robustar-influence-") as tmp:
             root = Path(cache_root) if cache_root is not None else Path(tmp)
@@ -271,4 +278,13 @@ class InfluenceScorer:
             del features  # release the memmap before a temporary folder goes
         config = {**asdict(self.cfg), "layers": self.layers}
         relpaths = [s.relpath for s in train]
-        return build_result(relpaths, errors, kernel, classes, model_version, top, config)
+        result = build_result(relpaths, errors, kernel, classes, model_version, top, config)
+        result.predictions = {
+            p.relpath: {
+                "true": classes[p.true],
+                "predicted": classes[p.predicted],
+                "confidence": round(p.confidence, 4),
+            }
+            for p in predicted
+        }
+        return result

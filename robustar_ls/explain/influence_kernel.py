@@ -16,6 +16,8 @@ from robustar_ls.explain.influence_types import (
 
 AGGREGATES = ("sum", "normalized")
 
+ERROR_TOP = 5  # training images recorded per test error (most influential first)
+
 
 def damping_value(gram: np.ndarray, damping: float) -> float:
     """``damping * trace(gram) / k``: ``damping`` times the mean eigenvalue of ``Phi^T Phi``."""
@@ -93,4 +95,5 @@ def kernel_scores(
         best_val, pos = merged_val.topk(take, dim=0)
         best_idx = merged_idx.gather(0, pos)
     drives = np.bincount(best_idx[best_val > 0].cpu().numpy(), minlength=n).astype(np.int64)
-    return KernelScores(scores=scores, drives=drives, top_index=top_index, top_value=top_value)
+    error_top = best_idx[:ERROR_TOP].T.cpu().numpy()
+    return KernelScores(scores, drives, top_index, top_value, error_top)

@@ -35,6 +35,8 @@ class KernelScores:
     drives: np.ndarray  # (n,) int: test errors whose top-`support` images include this one
     top_index: np.ndarray  # (n, m) int: the test errors this image explains most
     top_value: np.ndarray  # (n, m) float32: their (aggregate-scaled) kernel values
+    # (T, j) int: per test error, the train rows with the highest kernel values, highest first
+    error_top: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
 
 
 @dataclass
@@ -46,8 +48,10 @@ class InfluenceResult:
     ranks: dict[str, int]  # train relpath → 1-based rank (1 = most responsible)
     explains: dict[str, list[dict[str, Any]]]  # relpath → [{test, true, predicted, value}]
     drives: dict[str, int]  # relpath → number of test errors it is a top contributor to
-    test_errors: list[dict[str, Any]]  # [{test, true, predicted, confidence}]
+    test_errors: list[dict[str, Any]]  # [{test, true, predicted, confidence, top_train}]
     config: dict[str, Any] = field(default_factory=dict)
+    # every test image: relpath → {true, predicted, confidence} (the errors are among them)
+    predictions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def ranked(self, top: int | None = None) -> list[str]:
         """Train relpaths, most responsible first (the first ``top`` when given)."""
@@ -95,8 +99,11 @@ def build_result(
             "true": classes[e.true],
             "predicted": classes[e.predicted],
             "confidence": round(e.confidence, 4),
+            "top_train": [relpaths[i] for i in kernel.error_top[t]]
+            if t < len(kernel.error_top)
+            else [],
         }
-        for e in errors
+        for t, e in enumerate(errors)
     ]
     explains: dict[str, list[dict[str, Any]]] = {}
     drives: dict[str, int] = {}

@@ -2,14 +2,17 @@
 
 Steps, ordered so that a rerun after any failure converges (each one finds what exists):
 
-1. check the dataset (training images) and that it lies under the document root — nothing is
-   created in Label Studio when these fail;
+1. check the dataset (training images; val/ and test/ when present) and that it lies under the
+   document root — nothing is created in Label Studio when these fail;
 2. find or create the project, set the label config;
 3. find or create the local-files storage, then fetch one image through Label Studio (a wrong
    document root shows here, before any task exists);
-4. import one task per training image not yet in the project, in bulk batches;
-5. connect the ML backend (when given);
-6. find or create the "Most influential first" Data Manager view.
+4. import one task per image (every split; ``data.split`` = train | val | test) not yet in the
+   project, in bulk batches; existing tasks get new image/heatmap links and any field added
+   since they were imported;
+5. connect the ML backend (when given) and link its task-centre page (``GET /``) in the
+   project description;
+6. find or create the Data Manager tabs (:mod:`robustar_ls.labelstudio.client.views`).
 """
 
 from __future__ import annotations
@@ -27,50 +30,55 @@ from robustar_ls.data.folders import DatasetError, ImageFolderSplits
 from robustar_ls.labelstudio import client as ls
 from robustar_ls.labelstudio.client import LabelStudioError
 from robustar_ls.labelstudio.config import LabelConfigError, default_label_config, find_tags
+from robustar_ls.labelstudio.influence_fields import CLEARED
 
 log = logging.getLogger(__name__)
 
 Saliency = Callable[[str], str]
 LINK_FIELDS = ("image", "saliency")
+SPLITS = ("train", "val", "test")
 
 
-def task_data(relpath: str, true_class: str, image_url: str, saliency_url: str = "") -> dict:
-    """The data of one task (one training image); the fields the label config shows."""
+def task_data(
+    relpath: str, true_class: str, image_url: str, saliency_url: str = "", split: str = "train"
+) -> dict:
+    """The data of one task (one image); the fields the label config and the views show.
+
+    Model-dependent fields start empty (:data:`influence_fields.CLEARED`); numbers are JSON
+    numbers so that the views sort them numerically.
+    """
+    what = "training image" if split == "train" else f"{split} image"
     return {
         "image": image_url,
         "relpath": relpath,
+        "split": split,
         "true_class": true_class,
-        "summary": f"True class: {true_class}",
+        "summary": f"True class: {true_class} ({what} {relpath})",
         "saliency": saliency_url,
-        "influence": 0.0,  # a JSON number: the influence view sorts it numerically
-        "influence_rank": 0,
-        "influence_explains": "",
+        **CLEARED,
     }
 
 
 def build_tasks(
     data: ImageFolderSplits, document_root: str | Path, saliency: Saliency | None = None
 ) -> list[dict]:
-    """One task per training image, its image served from Label Studio's local files.
+    """One task per image of every split (train first), served from Label Studio's local files.
 
     ``saliency`` maps an image URL to the URL of its saliency heatmap (the backend's); without
     it the field is left empty.
     """
-    samples = data.splits.get("train") or []
-    if not samples:
+    if not data.splits.get("train"):
         raise DatasetError(f"{data.root} has no training images (train/<class>/<image>)")
-    train_url = ls.local_files_url(data.split_dir("train"), document_root)
     tasks = []
-    for sample in samples:
-        url = train_url + "/" + urllib.parse.quote(sample.relpath, safe="/")
-        tasks.append(
-            task_data(
-                sample.relpath,
-                data.classes[sample.label],
-                url,
-                saliency(url) if saliency is not None else "",
-            )
-        )
+    for split in SPLITS:
+        samples = data.splits.get(split) or []
+        if not samples:
+            continue
+        split_url = ls.local_files_url(data.split_dir(split), document_root)
+        for sample in samples:
+            url = split_url + "/" + urllib.parse.quote(sample.relpath, safe="/")
+            heatmap = saliency(url) if saliency is not None else ""
+            tasks.append(task_data(sample.relpath, data.classes[sample.label], url, heatmap, split))
     return tasks
 
 
@@ -89,15 +97,7 @@ def read_label_config(path: str = "") -> str:
     return xml
 
 
-def import_project(
-    client: LabelStudio,
-    ls_cfg: LabelStudioConfig,
-    cfg: ImportConfig,
-    basic_auth: tuple[str, str] | None = None,
-    saliency: Saliency | None = None,
-    progress: Callable | None = None,
-) -> dict[str, Any]:
-    """Create or update the project for ``cfg.data``; returns a JSON-able summary."""
+def _check_import_settings(ls_cfg: LabelStudioConfig, cfg: ImportConfig) -> None:
     if not cfg.data:
         raise LabelStudioError("no dataset given (--data)")
     if not ls_cfg.document_root:
@@ -107,6 +107,18 @@ def import_project(
             "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<a folder containing the dataset>, and pass "
             "that folder as --document-root (uploading images is not supported)"
         )
+
+
+def import_project(
+    client: LabelStudio,
+    ls_cfg: LabelStudioConfig,
+    cfg: ImportConfig,
+    basic_auth: tuple[str, str] | None = None,
+    saliency: Saliency | None = None,
+    progress: Callable | None = None,
+) -> dict[str, Any]:
+    """Create or update the project for ``cfg.data``; returns a JSON-able summary."""
+    _check_import_settings(ls_cfg, cfg)
     data = ImageFolderSplits.open(cfg.data, required=("train",))
     tasks = build_tasks(data, ls_cfg.document_root, saliency)  # checks the document root too
     label_config = read_label_config(cfg.label_config)
@@ -119,7 +131,7 @@ def import_project(
         ls_cfg.document_root,
         probe=data.splits["train"][0].path,
     )
-    existing = ls.tasks_by_image(client, project.id)
+    existing = ls.tasks_by_split(client, project.id)
     result = ls.import_tasks(
         client, project.id, tasks, cfg.batch_size, progress=progress, existing=existing
     )
@@ -130,10 +142,13 @@ def import_project(
         result.created,
         result.existing,
     )
-    backend_id = None
+    backend_id, page = None, None
     if cfg.backend_url:
         backend_id = ls.ensure_ml_backend(client, project.id, cfg.backend_url, basic_auth).id
-    view = ls.ensure_influence_view(client, project.id)
+        page = (cfg.saliency_base_url or cfg.backend_url).rstrip("/") + "/"
+        ls.ensure_page_link(client, project, page)
+    views = ls.ensure_views(client, project.id)
+    view = views[ls.INFLUENCE_VIEW_TITLE]
     return {
         "project_id": project.id,
         "project_url": f"{ls_cfg.url.rstrip('/')}/projects/{project.id}/data?tab={view.id}",
@@ -142,7 +157,10 @@ def import_project(
         "existing_tasks": result.existing,
         "refreshed_links": refreshed,
         "view_id": view.id,
+        "views": {title: v.id for title, v in views.items()},
+        "splits": {split: len(data.splits.get(split) or []) for split in SPLITS},
         "ml_backend_id": backend_id,
+        "backend_page": page,
     }
 
 
@@ -150,24 +168,27 @@ def refresh_links(
     client: LabelStudio,
     project_id: int,
     tasks: list[dict[str, Any]],
-    existing: dict[str, Any],
+    existing: dict[str, dict[str, Any]],
     progress: Callable | None = None,
 ) -> int:
-    """Point existing tasks at the current image and heatmap URLs (e.g. the backend moved).
+    """Point existing tasks at the current image and heatmap URLs (e.g. the backend moved), and
+    give them the fields added since they were imported (e.g. ``split``).
 
-    Only the link fields are compared and rewritten; influence fields and annotations stay.
+    ``existing``: :func:`~robustar_ls.labelstudio.client.tasks_by_split`. Only link fields and
+    missing fields are written; influence fields and annotations stay.
     """
     updates: dict[int, dict[str, Any]] = {}
     for task in tasks:
-        old = existing.get(task["relpath"])
+        old = existing.get(task["split"], {}).get(task["relpath"])
         if old is None:
             continue
         changed = {k: task[k] for k in LINK_FIELDS if old.data.get(k) != task[k]}
+        changed.update({k: v for k, v in task.items() if k not in old.data})
         if changed:
             updates[old.id] = changed
     if not updates:
         return 0
-    current = {t.id: t.data for t in existing.values()}
+    current = {t.id: t.data for split in existing.values() for t in split.values()}
     ls.update_task_data(client, project_id, updates, progress=progress, current=current)
     log.info("project %s: updated image/heatmap links of %d tasks", project_id, len(updates))
     return len(updates)
@@ -180,5 +201,11 @@ def summary_line(summary: dict[str, Any]) -> str:
     )
     return (
         f"project {summary['project_id']}: {summary['created_tasks']} tasks created, "
-        f"{summary['existing_tasks']} already there{backend}; open {summary['project_url']}"
+        f"{summary['existing_tasks']} already there (images: {_splits(summary)}){backend}; "
+        f"open {summary['project_url']}"
     )
+
+
+def _splits(summary: dict[str, Any]) -> str:
+    counts = summary.get("splits") or {}
+    return ", ".join(f"{n} {split}" for split, n in counts.items() if n) or "no images"

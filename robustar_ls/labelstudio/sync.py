@@ -31,7 +31,9 @@ Mapping tasks to training images
 --------------------------------
 By the task's ``data["relpath"]`` (``<class>/<file>``, written by ``robustar-ls import``); failing
 that, by the image URL: the part of a ``/data/local-files/?d=...`` path (or plain path) after its
-last ``train/`` folder. A task that maps to no training image is an error entry.
+last ``train/`` folder. A task that maps to no training image is an error entry. Tasks of
+another split (``data["split"]`` = val | test, imported for browsing) are never masks: an
+annotated one is listed as *ignored*.
 
 Idempotence and ownership
 -------------------------
@@ -71,6 +73,7 @@ from robustar_ls.labelstudio.client import (
     RetryPolicy,
     fetch_tasks,
     project_label_config,
+    split_of,
 )
 from robustar_ls.labelstudio.config import find_tags
 
@@ -94,6 +97,9 @@ class SyncError(LabelStudioError):
     """The sync could not run (project, label config); the message says what to fix."""
 
 
+COUNTS = ("added", "updated", "removed", "unchanged", "skipped", "ignored", "errors")
+
+
 @dataclass
 class SyncReport:
     """What a sync changed (or, with ``dry_run``, would change). Lists hold training relpaths."""
@@ -103,6 +109,8 @@ class SyncReport:
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {task_id, relpath, reason}
+    # annotated tasks of another split (val, test): never turned into masks
+    ignored: list[dict[str, Any]] = field(default_factory=list)  # {task_id, relpath, split}
     errors: list[dict[str, Any]] = field(default_factory=list)  # {task_id, relpath, image, error}
     dry_run: bool = False
     tasks: int = 0
@@ -113,10 +121,7 @@ class SyncReport:
         return bool(self.added or self.updated or self.removed)
 
     def counts(self) -> dict[str, int]:
-        return {
-            name: len(getattr(self, name))
-            for name in ("added", "updated", "removed", "unchanged", "skipped", "errors")
-        }
+        return {name: len(getattr(self, name)) for name in COUNTS}
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -130,9 +135,10 @@ class SyncReport:
             head = "masks up to date, nothing written" if not self.dry_run else "nothing to do"
         else:
             head = f"{verb}: {c['added']} added, {c['updated']} updated, {c['removed']} removed"
+        ignored = f", {c['ignored']} annotated non-training tasks ignored" if c["ignored"] else ""
         return (
-            f"{head}; {c['unchanged']} unchanged, {c['skipped']} skipped, {c['errors']} errors "
-            f"({self.tasks} tasks)"
+            f"{head}; {c['unchanged']} unchanged, {c['skipped']} skipped{ignored}, "
+            f"{c['errors']} errors ({self.tasks} tasks)"
         )
 
 
@@ -175,6 +181,13 @@ class _Planner:
         task_id = int(task["id"])
         task_data = task.get("data") or {}
         annotations = task.get("annotations") or []
+        split = split_of(task_data)
+        if split != "train":
+            if annotations:
+                self.report.ignored.append(
+                    {"task_id": task_id, "relpath": task_data.get("relpath"), "split": split}
+                )
+            return
         chosen = choose_annotation(annotations)
         if chosen is None:
             if annotations:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,10 @@ from torch import nn
 
 from robustar_ls.errors import RobustarError
 from robustar_ls.files import atomic_write_bytes
+from robustar_ls.models.history import append_entry, history_entry
 from robustar_ls.models.zoo import UnknownArchError, create_classifier
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RobustarError, ValueError):
@@ -83,12 +87,15 @@ def save_checkpoint(
     parent_version: str | None = None,
     metrics: Mapping[str, Any] | None = None,
     config: Mapping[str, Any] | None = None,
+    history: Mapping[str, Any] | None = None,
 ) -> str:
     """Write a checkpoint atomically and return its new model version.
 
     The file is written to a temporary file in the same folder, fsynced, then ``os.replace``d
     over ``path``: a crash at any moment leaves either the old file or the new one, never a
-    broken one.
+    broken one. Then one line is appended to its history file (``models/history.py``), with
+    ``history``'s fields (e.g. ``sync``, ``seconds``) added; a history that cannot be written
+    is logged, the checkpoint stays.
     """
     model = getattr(model, "module", model)  # unwrap DDP / DataParallel
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -109,6 +116,11 @@ def save_checkpoint(
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     atomic_write_bytes(Path(path), buffer.getvalue())
+    meta = {key: value for key, value in payload.items() if key != "model"}
+    try:
+        append_entry(path, history_entry(meta, history))
+    except OSError as err:
+        log.error("checkpoint %s written, but not its history line: %s", path, err)
     return version
 
 

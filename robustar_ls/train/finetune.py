@@ -24,17 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from robustar_ls.config import ConfigError, PairedConfig, TrainConfig, to_dict
-from robustar_ls.data.folders import ImageFolderSplits, Sample, images_to_unit_batch
-from robustar_ls.data.images import displayed_size, load_rgb
-from robustar_ls.data.masks import MaskError, MaskStore, read_mask_png
+from robustar_ls.data.folders import ImageFolderSplits, Sample
 from robustar_ls.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from robustar_ls.train.checkpoint_guard import check_unchanged
 from robustar_ls.train.distributed import (
@@ -45,94 +41,12 @@ from robustar_ls.train.distributed import (
 )
 from robustar_ls.train.fills import FILL_MODES
 from robustar_ls.train.loop import Progress, epoch_progress, make_optimizer, seed_everything
+from robustar_ls.train.paired_data import PairedDataset, training_masks
 from robustar_ls.train.paired_epoch import TERMS, paired_train_one_epoch
+from robustar_ls.train.progress import OnProgress, ProgressTracker
 from robustar_ls.train.run import evaluate_splits
 
 log = logging.getLogger(__name__)
-
-
-# -- data -----------------------------------------------------------------------------------
-
-
-def find_masks(
-    samples: list[Sample], masks_root: str | Path, only: set[str] | None = None
-) -> dict[str, Path]:
-    """``{image relpath: mask path}`` for the training images with a mask in ``masks_root``.
-
-    ``only`` restricts the result to those image relpaths ("<class>/<file>"). Every mask's size
-    is checked against its image's here, before any training: a mismatch is a :class:`MaskError`
-    that names the file.
-    """
-    root = Path(masks_root)
-    if not root.is_dir():
-        raise MaskError(
-            f"mask folder {root} does not exist; sync masks from Label Studio first or pass "
-            "--masks DIR (a folder laid out as DIR/train/<class>/<stem>.png)"
-        )
-    store = MaskStore(root)
-    found = store.match([s.relpath for s in samples])
-    if only is not None:
-        missing = sorted(set(only) - set(found))
-        if missing:
-            log.warning(
-                "%d selected images have no mask in %s (e.g. %s)", len(missing), root, missing[0]
-            )
-        found = {rel: path for rel, path in found.items() if rel in only}
-    by_rel = {s.relpath: s for s in samples}
-    for rel, mask_path in found.items():
-        image_size = displayed_size(by_rel[rel].path)
-        mask_size = displayed_size(mask_path)
-        if mask_size != image_size:
-            raise MaskError(
-                f"mask {mask_path} is {mask_size[0]}x{mask_size[1]} but its image "
-                f"{by_rel[rel].path} is {image_size[0]}x{image_size[1]}; masks must have "
-                "their image's size (re-export or re-sync the mask)"
-            )
-    return found
-
-
-class PairedDataset(Dataset):
-    """Training images in [0, 1] with their masks: (image (3,S,S), mask (1,S,S), has_mask, y).
-
-    Images without a mask get an all-zero mask and ``has_mask`` False. Decoded once and kept
-    in memory, like :class:`robustar_ls.data.folders.ImageDataset`.
-    """
-
-    def __init__(self, samples: list[Sample], image_size: int, masks: dict[str, Path]) -> None:
-        self.samples = list(samples)
-        self.image_size = image_size
-        self.masks = dict(masks)
-        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if index in self._cache:
-            return self._cache[index]
-        sample, size = self.samples[index], self.image_size
-        image = load_rgb(sample.path)
-        original = image.size
-        pixels = images_to_unit_batch([image], size)[0]
-        mask = torch.zeros(1, size, size)
-        if sample.relpath in self.masks:
-            array = read_mask_png(self.masks[sample.relpath], original)
-            if array.shape != (size, size):
-                resized = Image.fromarray(array.astype(np.uint8) * 255).resize(
-                    (size, size), resample=Image.NEAREST
-                )
-                array = np.asarray(resized) >= 128
-            mask = torch.from_numpy(array.astype(np.float32)).unsqueeze(0)
-        self._cache[index] = (pixels, mask)
-        return pixels, mask
-
-    def __getitem__(self, index: int):
-        pixels, mask = self._load(index)
-        sample = self.samples[index]
-        return pixels, mask, sample.relpath in self.masks, sample.label
-
-
-# -- the job --------------------------------------------------------------------------------
 
 
 def _check_paired_config(cfg: PairedConfig) -> None:
@@ -158,6 +72,8 @@ def paired_finetune(
     out: str | Path | None = None,
     progress: Progress | None = None,
     extra_masks: Mapping[str, Path] | None = None,
+    on_progress: OnProgress | None = None,
+    history: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Fine-tune ``checkpoint`` with the paired loss; write the result to ``out`` (default:
     over ``checkpoint``).
@@ -167,6 +83,8 @@ def paired_finetune(
     means plain fine-tuning (every image unannotated: the control). ``only`` restricts which masks
     are used (image relpaths "<class>/<file>"). ``extra_masks`` (relpath → mask file, e.g.
     propagated masks) pair the images that have no mask in ``masks_root``: those always win.
+    ``on_progress`` gets the progress records (``train/progress.py``) on rank 0; ``history``
+    adds fields to the checkpoint's history line.
 
     Returns, on rank 0: ``{model_version, parent_version, before: {split: accuracy},
     after: {split: accuracy}, counts: {split: n}, annotated, epochs, history: [per-epoch
@@ -178,14 +96,7 @@ def paired_finetune(
         if isinstance(data_root, ImageFolderSplits)
         else ImageFolderSplits.open(data_root, required=("train",))
     )
-    samples = data.splits["train"]
-    masks = {} if masks_root is None else find_masks(samples, masks_root, only)
-    if masks_root is not None and not masks and only is None:
-        raise MaskError(
-            f"no mask in {masks_root} matches a training image of {data.root}/train; masks "
-            "must be laid out as <masks>/train/<class>/<image stem>.png"
-        )
-    masks = {**_known(samples, extra_masks), **masks}  # the store's masks win
+    masks = training_masks(data, masks_root, only, extra_masks)
     checkpoint, out = Path(checkpoint), Path(out) if out else Path(checkpoint)
     parent = load_checkpoint(checkpoint, classes=data.classes)
     ctx = init_distributed(train_cfg.device)
@@ -202,16 +113,12 @@ def paired_finetune(
                 progress=progress,
                 ctx=ctx,
                 source=checkpoint,
+                on_progress=on_progress,
+                history=history,
             )
         )
     finally:
         shutdown(ctx)
-
-
-def _known(samples: list[Sample], extra: Mapping[str, Path] | None) -> dict[str, Path]:
-    """The entries of ``extra`` that name a training image."""
-    names = {s.relpath for s in samples}
-    return {rel: Path(p) for rel, p in (extra or {}).items() if rel in names}
 
 
 @dataclass(frozen=True)
@@ -228,6 +135,8 @@ class FinetuneRun:
     progress: Progress | None
     ctx: DistContext
     source: Path | None = None  # the checkpoint trained from: checked unchanged before writing
+    on_progress: OnProgress | None = None
+    history: dict[str, Any] | None = None
 
     @property
     def samples(self) -> list[Sample]:
@@ -238,15 +147,20 @@ def _run(run: FinetuneRun) -> dict[str, Any] | None:
     ctx, device = run.ctx, run.ctx.device
     generator = seed_everything(run.train.seed)  # data order (one process)
     model = run.parent.model.to(device)
-    before = evaluate_splits(model, run.data, run.parent.image_size, device) if ctx.is_main else {}
-    barrier(ctx)
     loader, sampler = _paired_loader(run, generator)
-    history, seconds = _train_epochs(run, _wrap_ddp(model, ctx), loader, sampler)
+    tracker = ProgressTracker(
+        run.on_progress if ctx.is_main else None, run.train.epochs, len(loader)
+    )
+    size = run.parent.image_size
+    before = evaluate_splits(model, run.data, size, device, tracker=tracker) if ctx.is_main else {}
+    barrier(ctx)
+    history, seconds = _train_epochs(run, _wrap_ddp(model, ctx), loader, sampler, tracker)
     if not ctx.is_main:
         barrier(ctx)
         return None
-    after = evaluate_splits(model, run.data, run.parent.image_size, device)
-    version = _save(run, model, before, after, history)
+    after = evaluate_splits(model, run.data, size, device, tracker=tracker)
+    tracker.start("write")
+    version = _save(run, model, before, after, history, seconds)
     barrier(ctx)
     log.info("wrote %s (%s, parent %s)", run.out, version, run.parent.version)
     return {
@@ -299,6 +213,7 @@ def _train_epochs(
     model: nn.Module,
     loader: DataLoader,
     sampler: DistributedSampler | None,
+    tracker: ProgressTracker,
 ) -> tuple[list[dict[str, float]], float]:
     """Every epoch of paired training: (per-epoch terms, seconds)."""
     ctx, cfg = run.ctx, run.train
@@ -319,6 +234,7 @@ def _train_epochs(
         if sampler is not None:
             sampler.set_epoch(epoch)
         tick = time.perf_counter()
+        tracker.start_epoch(epoch)
         stats = paired_train_one_epoch(
             model,
             loader,
@@ -330,6 +246,7 @@ def _train_epochs(
             generator=aug_generator,
             progress=epoch_progress(run.progress if ctx.is_main else None, epoch, cfg.epochs),
             ctx=ctx,
+            on_step=tracker.step,
         )
         history.append({"epoch": epoch + 1, **stats, "seconds": time.perf_counter() - tick})
         if ctx.is_main:
@@ -349,6 +266,7 @@ def _save(
     before: dict[str, dict[str, float]],
     after: dict[str, dict[str, float]],
     history: list[dict[str, float]],
+    seconds: float,
 ) -> str:
     """Write the fine-tuned checkpoint atomically (the parent as its parent); its version.
 
@@ -373,4 +291,5 @@ def _save(
             "annotated": len(run.masks),
             "world_size": run.ctx.world_size,
         },
+        history={"seconds": round(seconds, 3), **(run.history or {})},
     )

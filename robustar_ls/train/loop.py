@@ -56,11 +56,13 @@ def run_epoch(
     *,
     progress: Progress | None = None,
     postfix: Callable[[torch.Tensor], dict[str, str]] | None = None,
+    on_step: Callable[[float], None] | None = None,
 ) -> torch.Tensor:
     """The one epoch driver of plain and paired training: per batch ``step`` → backward →
     optimizer and scheduler step; returns the ``n_stats`` statistics summed over the epoch.
 
-    ``postfix(sums)`` sets the progress bar's postfix after each batch.
+    ``postfix(sums)`` sets the progress bar's postfix after each batch; ``on_step(loss)`` is
+    called after each batch with its loss (e.g. ``ProgressTracker.step``).
     """
     sums = torch.zeros(n_stats, dtype=torch.float64)
     batches = progress(loader) if progress else loader
@@ -71,6 +73,8 @@ def run_epoch(
         optimizer.step()
         scheduler.step()
         sums += stats
+        if on_step is not None:
+            on_step(float(loss.detach()))
         if postfix and hasattr(batches, "set_postfix"):
             batches.set_postfix(**postfix(sums))
     return sums
@@ -93,6 +97,7 @@ def train_one_epoch(
     augment: bool = True,
     generator: torch.Generator | None = None,
     progress: Progress | None = None,
+    on_step: Callable[[float], None] | None = None,
 ) -> dict[str, float]:
     """One epoch of cross-entropy training; returns mean loss and accuracy."""
     model.train()
@@ -111,18 +116,27 @@ def train_one_epoch(
     def postfix(sums: torch.Tensor) -> dict[str, str]:
         return {"loss": f"{sums[0] / sums[2]:.3f}", "acc": f"{sums[1] / sums[2]:.3f}"}
 
-    sums = run_epoch(loader, optimizer, scheduler, step, 3, progress=progress, postfix=postfix)
+    sums = run_epoch(
+        loader, optimizer, scheduler, step, 3, progress=progress, postfix=postfix, on_step=on_step
+    )
     seen = max(float(sums[2]), 1.0)
     return {"loss": float(sums[0]) / seen, "accuracy": float(sums[1]) / seen}
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
-    """Accuracy and count over ``loader``."""
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    on_batch: Callable[[], None] | None = None,
+) -> dict[str, float]:
+    """Accuracy and count over ``loader``; ``on_batch()`` after each batch."""
     model.eval()
     correct, seen = 0, 0
     for images, labels in loader:
         logits = model(images.to(device))
         correct += (logits.argmax(1).cpu() == labels).sum().item()
         seen += len(labels)
+        if on_batch is not None:
+            on_batch()
     return {"accuracy": correct / seen if seen else float("nan"), "n": seen}

@@ -8,6 +8,8 @@ forward/backward pass over x and the annotated x̃.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -73,6 +75,7 @@ def paired_train_one_epoch(
     generator: torch.Generator | None = None,
     progress: Progress | None = None,
     ctx: DistContext | None = None,
+    on_step: Callable[[float], None] | None = None,
 ) -> dict[str, float]:
     """One epoch of paired training; returns the epoch's terms (summed over processes).
 
@@ -103,6 +106,7 @@ def paired_train_one_epoch(
         7,
         progress=progress,
         postfix=lambda sums: {"loss": f"{sums[0] / sums[5]:.3f}"},
+        on_step=on_step,
     )
     if ctx is not None:
         sums = all_reduce_sum(ctx, sums)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from robustar_ls.train.loop import (
     seed_everything,
     train_one_epoch,
 )
+from robustar_ls.train.progress import OnProgress, ProgressTracker
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +52,17 @@ def evaluate_splits(
     image_size: int,
     device: torch.device,
     batch_size: int = 256,
+    tracker: ProgressTracker | None = None,
 ) -> dict[str, dict[str, float]]:
-    """``{split: {accuracy, n}}`` for every split present."""
-    return {
-        split: evaluate(model, make_loader(samples, image_size, batch_size), device)
+    """``{split: {accuracy, n}}`` for every split present; ``tracker`` follows the batches."""
+    loaders = {
+        split: make_loader(samples, image_size, batch_size)
         for split, samples in data.splits.items()
     }
+    if tracker is not None:
+        tracker.start("eval", sum(len(loader) for loader in loaders.values()))
+    on_batch = tracker.step if tracker is not None else None
+    return {split: evaluate(model, loader, device, on_batch) for split, loader in loaders.items()}
 
 
 def _initial_model(
@@ -68,6 +75,37 @@ def _initial_model(
     return model, cfg.arch, cfg.width, cfg.image_size
 
 
+def _train_epochs(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    cfg: TrainConfig,
+    device: torch.device,
+    generator: torch.Generator,
+    progress: Callable | None,
+    tracker: ProgressTracker,
+) -> list[dict[str, float]]:
+    """Every epoch of plain training; the per-epoch loss and accuracy."""
+    optimizer, scheduler = make_optimizer(model, cfg, cfg.epochs * len(loader))
+    history = []
+    for epoch in range(cfg.epochs):
+        tracker.start_epoch(epoch)
+        stats = train_one_epoch(
+            model,
+            loader,
+            optimizer,
+            scheduler,
+            device,
+            augment=cfg.augment,
+            generator=generator,
+            progress=epoch_progress(progress, epoch, cfg.epochs),
+            on_step=tracker.step,
+        )
+        history.append({"epoch": epoch + 1, **stats})
+        loss, accuracy = stats["loss"], stats["accuracy"]
+        log.info("epoch %d/%d loss %.4f acc %.4f", epoch + 1, cfg.epochs, loss, accuracy)
+    return history
+
+
 def train_classifier(
     data_root: str | Path,
     out: str | Path,
@@ -76,10 +114,12 @@ def train_classifier(
     *,
     init: str | Path | None = None,
     progress: Callable | None = None,
+    on_progress: OnProgress | None = None,
 ) -> dict[str, Any]:
     """Train (from scratch or from ``init``) on ``train/``, evaluate every split, save ``out``.
 
-    Returns a summary with the new model version and per-split accuracy.
+    Returns a summary with the new model version and per-split accuracy. ``on_progress`` gets
+    the progress records (``train/progress.py``).
     """
     data = ImageFolderSplits.open(data_root, required=("train",))
     device = default_device(train_cfg.device)
@@ -95,23 +135,11 @@ def train_classifier(
         generator=generator,
         num_workers=train_cfg.num_workers,
     )
-    optimizer, scheduler = make_optimizer(model, train_cfg, train_cfg.epochs * len(loader))
-    history, epochs = [], train_cfg.epochs
-    for epoch in range(epochs):
-        stats = train_one_epoch(
-            model,
-            loader,
-            optimizer,
-            scheduler,
-            device,
-            augment=train_cfg.augment,
-            generator=generator,
-            progress=epoch_progress(progress, epoch, epochs),
-        )
-        history.append(stats)
-        loss, accuracy = stats["loss"], stats["accuracy"]
-        log.info("epoch %d/%d loss %.4f acc %.4f", epoch + 1, epochs, loss, accuracy)
-    metrics = evaluate_splits(model, data, image_size, device)
+    tracker = ProgressTracker(on_progress, train_cfg.epochs, len(loader))
+    started = time.perf_counter()
+    history = _train_epochs(model, loader, train_cfg, device, generator, progress, tracker)
+    metrics = evaluate_splits(model, data, image_size, device, tracker=tracker)
+    tracker.start("write")
     version = save_checkpoint(
         out,
         model,
@@ -122,6 +150,7 @@ def train_classifier(
         parent_version=parent.version if parent else None,
         metrics={"splits": metrics, "history": history},
         config={"model": to_dict(model_cfg), "train": to_dict(train_cfg), "data": str(data.root)},
+        history={"seconds": round(time.perf_counter() - started, 3)},
     )
     return {
         "model_version": version,

@@ -80,6 +80,7 @@ def document(result: InfluenceResult) -> dict[str, Any]:
         "ranks": result.ranks,
         "explains": result.explains,
         "test_errors": result.test_errors,
+        "predictions": result.predictions,
     }
 
 
@@ -95,17 +96,22 @@ def write_to_label_studio(
     result: InfluenceResult,
     top: int | None = None,
     progress: Callable | None = None,
+    test_split: str = "test",
 ) -> dict[str, Any]:
-    """Write the scores into the tasks of the project titled ``label_studio.project``."""
+    """Write the scores into the training tasks, and the predictions and top training tasks
+    into the ``test_split`` tasks, of the project titled ``label_studio.project``."""
     from robustar_ls.labelstudio.influence_fields import write_influence
     from robustar_ls.workflows.project import project_id
 
     pid = project_id(client, label_studio)
-    report = write_influence(client, pid, result, top, progress)
+    report = write_influence(client, pid, result, top, progress, test_split=test_split)
     log.info(
-        "Label Studio project %s: %d tasks scored, %d old scores cleared, %d updated",
+        "Label Studio project %s: %d tasks scored, %d test predictions (%d errors), "
+        "%d old values cleared, %d updated",
         pid,
         report.scored,
+        report.predicted,
+        report.test_errors,
         report.cleared,
         report.updated,
     )

@@ -1,6 +1,8 @@
 """Background training jobs for Label Studio's "Start Training" button: one at a time.
 
-:class:`TrainingJobs` runs ``run(payload) -> dict`` in a background thread. A second
+:class:`TrainingJobs` runs ``run(payload, on_progress) -> dict`` in a background thread; the
+job calls ``on_progress(record)`` as it goes (``train/progress.py``: phase, epoch, step,
+fraction, ETA, last loss) and the status reports the latest record as ``progress``. A second
 :meth:`~TrainingJobs.start` while a job runs is answered with the running job's status
 (``started=False``), never queued. Exceptions of ``run`` end up in the status, never in the
 server.
@@ -11,7 +13,8 @@ Several server processes (gunicorn ``--workers N``) each hold their own ``Traini
 ``<state_dir>/training-status.json`` (written atomically), so every worker refuses a second job
 and reports the same state. A status file that says "running" while nobody holds the lock
 belongs to a process that died: it is reported as failed. Without ``state_dir`` the guarantee
-holds within one process only.
+holds within one process only. Progress reaches the status file at most every
+``progress_interval`` seconds (and at each change of phase): other workers see it that fresh.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -37,6 +41,7 @@ IDLE: dict[str, Any] = {
     "finished_at": None,
     "result": None,
     "error": None,
+    "progress": None,
 }
 
 
@@ -51,10 +56,15 @@ class TrainingJobs:
     STATUS_FILE = "training-status.json"
 
     def __init__(
-        self, run: Callable[[dict[str, Any]], dict[str, Any]], state_dir: str | Path | None = None
+        self,
+        run: Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], dict[str, Any] | None],
+        state_dir: str | Path | None = None,
+        progress_interval: float = 1.0,
     ) -> None:
         self.run = run
         self.state_dir = Path(state_dir) if state_dir is not None else None
+        self.progress_interval = progress_interval
+        self._progress_written = (None, 0.0)  # (phase, monotonic time) of the last write
         self._lock = threading.RLock()
         self._status: dict[str, Any] = dict(IDLE)
         self._thread: threading.Thread | None = None
@@ -114,6 +124,7 @@ class TrainingJobs:
             status["started_at"] = _now()
             status["pid"] = os.getpid()
             self._lock_fd = fd
+            self._progress_written = (None, 0.0)
             self._publish(status)
             thread = threading.Thread(
                 target=self._work,
@@ -134,12 +145,25 @@ class TrainingJobs:
         result: dict[str, Any] | None = None
         error: BaseException | None = None
         try:
-            result = self.run(payload)
+            result = self.run(payload, lambda record: self._progress(job_id, record))
         except BaseException as err:  # recorded in the status; the server keeps running
             error = err
             log.exception("training job %s failed", job_id)
         finally:
             self._finish(job_id, result, error)
+
+    def _progress(self, job_id: str, record: dict[str, Any]) -> None:
+        """The running job's latest progress; written to the status file when due."""
+        with self._lock:
+            if self._status.get("job_id") != job_id or self._status["state"] != "running":
+                return
+            self._status = {**self._status, "progress": dict(record)}
+            phase, written = self._progress_written
+            now = time.monotonic()
+            if record.get("phase") == phase and now - written < self.progress_interval:
+                return
+            self._progress_written = (record.get("phase"), now)
+            self._publish(self._status)
 
     def _finish(
         self, job_id: str, result: dict[str, Any] | None, error: BaseException | None
@@ -160,7 +184,8 @@ class TrainingJobs:
             log.info("training job %s %s", job_id, status["state"])
 
     def status(self) -> dict[str, Any]:
-        """{state: idle|running|succeeded|failed, job_id, started_at, finished_at, result, error}.
+        """{state: idle|running|succeeded|failed, job_id, started_at, finished_at, result, error,
+        progress}.
 
         With a ``state_dir``, the last job of any process sharing it.
         """

@@ -27,6 +27,7 @@ from robustar_ls.data.masks import MaskStore
 from robustar_ls.errors import RobustarError
 from robustar_ls.files import exclusive_lock
 from robustar_ls.train.checkpoint_guard import training_lock
+from robustar_ls.train.progress import OnProgress, progress_record
 from robustar_ls.workflows.segmenter_step import SegmenterStep, run_segmenter_step
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class TrainPlan:
     out: str | Path | None = None
     progress: Callable | None = None
     segmenter: SegmenterStep = SegmenterStep()
+    on_progress: OnProgress | None = None
 
 
 def sync_and_train(
@@ -121,8 +123,10 @@ def sync_and_train(
     progress: Callable | None = None,
     client: Any = None,
     segmenter: SegmenterStep = SegmenterStep(),
+    on_progress: OnProgress | None = None,
 ) -> dict[str, Any] | None:
     """Sync (when ``label_studio`` is given), then paired fine-tuning of ``checkpoint``.
+    ``on_progress`` gets the job's progress records (``train/progress.py``), sync included.
 
     Between the two, the learned segmenter is retrained when the sync changed masks, and with
     ``segmenter.propagate`` its confident masks join the training
@@ -146,6 +150,7 @@ def sync_and_train(
         out,
         progress,
         segmenter,
+        on_progress,
     )
     # One training per checkpoint at a time, CLI and server alike (a dry run trains nothing).
     with nullcontext() if dry_run else training_lock(plan.checkpoint):
@@ -162,6 +167,8 @@ def _sync_then_train(plan: TrainPlan, label_studio, sync, dry_run, client):
     from robustar_ls.train.distributed import init_distributed, launched_by_torchrun, shutdown
 
     def run_sync():
+        if plan.on_progress is not None:
+            plan.on_progress(progress_record("sync"))
         return sync_from_label_studio(
             label_studio, plan.data, plan.masks_root, sync, dry_run, progress, client
         )
@@ -194,12 +201,19 @@ def _train(plan: TrainPlan, report: dict[str, Any] | None, changed: bool) -> dic
         plan.paired,
         plan.train,
         out=plan.out,
-        progress=plan.progress,
+        progress=None if plan.on_progress else plan.progress,  # one bar, not two
+        on_progress=plan.on_progress,
+        history={"sync": _sync_counts(report)},
         **({"extra_masks": extra} if extra else {}),
     )
     if result is None:
         return None
     return {**result, "sync": report, "trained": True, "segmenter": seg_summary}
+
+
+def _sync_counts(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the model history keeps of a sync report: its counts."""
+    return dict(report["counts"]) if report is not None else None
 
 
 def _on_rank0_then_share(ctx, compute: Callable[[], Any]) -> Any:
@@ -241,13 +255,15 @@ def training_job(
     sync: SyncConfig = SyncConfig(),
     masks: str | Path | None = None,
     segmenter: SegmenterStep = SegmenterStep(),
-) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
-    """The ``run`` function for :class:`robustar_ls.workflows.jobs.TrainingJobs`: each "Start
-    Training" webhook syncs and trains in place (the served checkpoint is replaced atomically,
-    the backend picks up the new version on its next request). The dataset is opened per job,
-    so images added between jobs are seen."""
+) -> Callable[[dict[str, Any], OnProgress | None], dict[str, Any] | None]:
+    """The ``run(payload, on_progress)`` for :class:`robustar_ls.workflows.jobs.TrainingJobs`:
+    each "Start Training" webhook syncs and trains in place (the served checkpoint is replaced
+    atomically, the backend picks up the new version on its next request). The dataset is
+    opened per job, so images added between jobs are seen."""
 
-    def run(payload: dict[str, Any]) -> dict[str, Any] | None:
+    def run(
+        payload: dict[str, Any], on_progress: OnProgress | None = None
+    ) -> dict[str, Any] | None:
         log.info("training job triggered by %s", payload.get("action", "a request"))
         return sync_and_train(
             data,
@@ -258,6 +274,7 @@ def training_job(
             sync=sync,
             masks=masks,
             segmenter=segmenter,
+            on_progress=on_progress,
         )
 
     return run

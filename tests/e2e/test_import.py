@@ -91,6 +91,11 @@ def _train_relpaths(data: Path) -> set[str]:
     return {s.relpath for s in ImageFolderSplits.open(data).splits["train"]}
 
 
+def _images(data: Path) -> dict[str, set[str]]:
+    splits = ImageFolderSplits.open(data).splits
+    return {split: {s.relpath for s in splits[split]} for split in ("train", "val", "test")}
+
+
 def _count_tasks(client, project_id: int) -> int:
     return sum(1 for _ in client.tasks.list(project=project_id, include="id"))
 
@@ -117,7 +122,11 @@ def test_import_creates_everything_and_reruns_add_only_new_images(
     code, summary, err = _run_import(argv, capsys)
     assert code == 0, err
     relpaths = _train_relpaths(dataset)
-    assert (summary["created_tasks"], summary["existing_tasks"]) == (len(relpaths), 0)
+    images = _images(dataset)
+    total = sum(map(len, images.values()))
+    assert all(images.values()) and total > len(relpaths)  # val/ and test/ are not empty
+    assert (summary["created_tasks"], summary["existing_tasks"]) == (total, 0)
+    assert summary["splits"] == {split: len(found) for split, found in images.items()}
 
     client = label_studio.client("legacy")
     pid = summary["project_id"]
@@ -125,11 +134,18 @@ def test_import_creates_everything_and_reruns_add_only_new_images(
     assert project.title == title
     assert project.label_config.strip() == default_label_config().strip()
 
+    by_split = ls.tasks_by_split(client, pid)
+    assert {split: set(found) for split, found in by_split.items()} == images  # every split
+    assert _count_tasks(client, pid) == total
+    for split, found in by_split.items():
+        for task in found.values():
+            assert task.data["split"] == split
+            assert f"/{dataset.name}/{split}/" in task.data["image"]
     tasks = ls.tasks_by_image(client, pid)
-    assert set(tasks) == relpaths and _count_tasks(client, pid) == len(relpaths)
+    assert set(tasks) == relpaths
     relpath, task = sorted(tasks.items())[0]
     assert task.data["true_class"] == relpath.split("/")[0]
-    assert task.data["summary"] == f"True class: {relpath.split('/')[0]}"
+    assert task.data["summary"] == f"True class: {relpath.split('/')[0]} (training image {relpath})"
     assert task.data["influence"] == 0.0 and task.data["influence_rank"] == 0
     assert task.data["saliency"].startswith(backend_stub.url + "/saliency/")
     image = requests.get(
@@ -140,11 +156,23 @@ def test_import_creates_everything_and_reruns_add_only_new_images(
 
     storages = list(client.import_storage.local.list(project=pid))
     assert [s.id for s in storages] == [summary["storage_id"]]
-    views = [
-        v for v in client.views.list(project=pid) if v.data.get("title") == ls.INFLUENCE_VIEW_TITLE
-    ]
-    assert [v.id for v in views] == [summary["view_id"]]
-    assert views[0].data["ordering"] == ["-tasks:data.influence"]
+    views = {v.data.get("title"): v for v in client.views.list(project=pid)}
+    assert views[ls.INFLUENCE_VIEW_TITLE].id == summary["view_id"]
+    wanted = {spec.title: spec.ordering for spec in ls.VIEWS}
+    assert len(wanted) == 4 and set(wanted) <= set(views)
+    for tab, ordering in wanted.items():
+        assert views[tab].data["ordering"] == list(ordering), tab
+        assert summary["views"][tab] == views[tab].id
+    assert views[ls.INFLUENCE_VIEW_TITLE].data["ordering"] == ["-tasks:data.influence"]
+    assert views[ls.TEST_ERRORS_VIEW_TITLE].data["ordering"] == ["-tasks:data.confidence"]
+
+    def in_view(tab: str) -> set[tuple[str, str]]:
+        found = client.tasks.list(project=pid, view=views[tab].id, fields="task_only")
+        return {(t.data["split"], t.data["relpath"]) for t in found}
+
+    assert in_view(ls.INFLUENCE_VIEW_TITLE) == {("train", r) for r in relpaths}
+    assert in_view(ls.TEST_VIEW_TITLE) == {("test", r) for r in images["test"]}
+    assert in_view(ls.TEST_ERRORS_VIEW_TITLE) == set()  # no prediction yet
     backends = list(client.ml.list(project=pid))
     assert [b.id for b in backends] == [summary["ml_backend_id"]]
     assert backends[0].is_interactive and backends[0].auth_method == "BASIC_AUTH"
@@ -156,11 +184,12 @@ def test_import_creates_everything_and_reruns_add_only_new_images(
     # a second run changes nothing and creates nothing
     code, again, err = _run_import(argv, capsys)
     assert code == 0, err
-    assert (again["created_tasks"], again["existing_tasks"]) == (0, len(relpaths))
+    assert (again["created_tasks"], again["existing_tasks"]) == (0, total)
     assert again["refreshed_links"] == 0
-    for key in ("project_id", "storage_id", "view_id", "ml_backend_id"):
+    for key in ("project_id", "storage_id", "view_id", "views", "ml_backend_id"):
         assert again[key] == summary[key]
-    assert _count_tasks(client, pid) == len(relpaths)
+    assert _count_tasks(client, pid) == total
+    assert len(list(client.views.list(project=pid))) == len(views)
     assert [p.id for p in client.projects.list(title=title) if p.title == title] == [pid]
     assert len(list(client.ml.list(project=pid))) == 1
     hooks = [h.url for h in client.webhooks.list(project=str(pid))]
@@ -170,7 +199,7 @@ def test_import_creates_everything_and_reruns_add_only_new_images(
     ls.update_task_data(client, pid, {task.id: {"influence": 7.5}})
     code, moved, err = _run_import([*argv, "--saliency-base-url", "http://moved.test:9"], capsys)
     assert code == 0, err
-    assert moved["refreshed_links"] == len(relpaths) and moved["created_tasks"] == 0
+    assert moved["refreshed_links"] == total and moved["created_tasks"] == 0
     after = ls.tasks_by_image(client, pid)[relpath].data
     assert after["saliency"].startswith("http://moved.test:9/saliency/")
     assert after["influence"] == 7.5 and after["image"] == task.data["image"]
@@ -180,7 +209,7 @@ def test_import_creates_everything_and_reruns_add_only_new_images(
     shutil.copyfile(dataset / "train" / relpath, new)
     code, third, err = _run_import(argv, capsys)
     assert code == 0, err
-    assert (third["created_tasks"], third["existing_tasks"]) == (1, len(relpaths))
+    assert (third["created_tasks"], third["existing_tasks"]) == (1, total)
     assert set(ls.tasks_by_image(client, pid)) == relpaths | {f"{relpath.split('/')[0]}/{new.name}"}
 
 
@@ -266,7 +295,7 @@ def test_wrong_document_root_is_explained_and_a_rerun_repairs(
     )
     assert code == 0, err
     assert summary["project_id"] == project.id
-    assert summary["created_tasks"] == len(_train_relpaths(dataset))
+    assert summary["created_tasks"] == sum(map(len, _images(dataset).values()))
     assert len(list(client.import_storage.local.list(project=project.id))) == 1
 
 
@@ -289,7 +318,7 @@ def test_document_root_defaults_to_label_studios_variable(
     argv = ["--data", str(dataset), "--label-studio-url", label_studio.url]
     code, summary, err = _run_import([*argv, "--project", _title("envroot"), "--json"], capsys)
     assert code == 0, err
-    assert summary["created_tasks"] == len(_train_relpaths(dataset))
+    assert summary["created_tasks"] == sum(map(len, _images(dataset).values()))
     monkeypatch.delenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
     code, _, err = _run_import([*argv, "--project", _title("noroot")], capsys)
     assert code == 2 and "--document-root" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -70,6 +71,17 @@ def test_scores_are_written_into_tasks_and_a_rerun_replaces_them(
         assert task.data["influence"] == pytest.approx(printed["scores"][relpath], abs=1e-5)
         assert task.data["influence_explains"].startswith("drives ")
         assert task.data["true_class"] == relpath.split("/")[0]  # other fields kept
+    first_errors = _check_test_tasks(client, pid, printed)
+    driving = [t for t in tasks.values() if "task=" in t.data["related_html"]]
+    assert driving, "some training task links to the test errors it drives"
+    for task in driving:
+        for linked in re.findall(r"task=(\d+)", task.data["related_html"]):
+            assert int(linked) in first_errors  # a link opens a misclassified test task
+    views = {v.data.get("title"): v for v in client.views.list(project=pid)}
+    shown = client.tasks.list(project=pid, view=views[ls.TEST_ERRORS_VIEW_TITLE].id, fields="all")
+    confidences = [t.data["confidence"] for t in shown]
+    assert len(confidences) == len(first_errors)
+    assert confidences == sorted(confidences, reverse=True)  # most confident errors first
 
     # after "retraining" (a new model version), --top 2 rewrites two tasks and resets the rest
     second_version = _checkpoint(ckpt, splits.classes, seed=1, parent=first_version)
@@ -88,6 +100,33 @@ def test_scores_are_written_into_tasks_and_a_rerun_replaces_them(
         else:
             assert (task.data["influence"], task.data["influence_rank"]) == (0.0, 0)
             assert task.data["influence_explains"] == ""
+            assert task.data["related_html"] == ""
+    _check_test_tasks(client, pid, printed)  # the new model's predictions replaced the old
+
+
+def _check_test_tasks(client, pid: int, printed: dict) -> set[int]:
+    """Every test task carries the prediction; each error its top training tasks (ids of
+    training tasks of this project, most influential first). Returns the error task ids."""
+    by_split = ls.tasks_by_split(client, pid)
+    train_ids = {t.id: rel for rel, t in by_split["train"].items()}
+    errors = {e["test"]: e for e in printed["test_errors"]}
+    assert errors, "the random model should make test errors"
+    assert set(by_split["test"]) == set(printed["predictions"])
+    error_ids = set()
+    for relpath, task in by_split["test"].items():
+        data, pred = task.data, printed["predictions"][relpath]
+        assert (data["predicted"], data["confidence"]) == (pred["predicted"], pred["confidence"])
+        if relpath not in errors:
+            assert data["outcome"] == "correct" and data["top_training_tasks"] == []
+            continue
+        error_ids.add(task.id)
+        assert data["outcome"] == "wrong"
+        top = data["top_training_tasks"]
+        assert top and set(top) <= set(train_ids)  # training tasks of the same project
+        assert [train_ids[i] for i in top] == errors[relpath]["top_train"][: len(top)]
+        for task_id in top:
+            assert f"task={task_id}" in data["related_html"]
+    return error_ids
 
 
 def test_unknown_project_is_explained(label_studio, local_files_dir, tmp_path, monkeypatch, capsys):

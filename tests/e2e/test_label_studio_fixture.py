@@ -69,16 +69,19 @@ def test_server_rejects_broken_config(label_studio: LabelStudioServer) -> None:
     assert "no_such_image" in str(excinfo.value.body)
 
 
-def test_import_requires_image_and_saliency_keys(label_studio: LabelStudioServer) -> None:
+def test_import_requires_the_object_tag_keys(label_studio: LabelStudioServer) -> None:
     """Named object tags make their data keys mandatory; the Header fields stay optional."""
     client = label_studio.client()
     project = client.projects.create(title=_title("keys"), label_config=default_label_config())
     with pytest.raises(ApiError) as excinfo:
         client.projects.import_tasks(id=project.id, request=[{"image": "/a.png"}])
     assert excinfo.value.status_code == 400
-    assert "saliency" in str(excinfo.value.body)
+    assert "saliency" in str(excinfo.value.body) or "related_html" in str(excinfo.value.body)
+    with pytest.raises(ApiError) as excinfo:
+        client.projects.import_tasks(id=project.id, request=[{"image": "/a.png", "saliency": ""}])
+    assert "related_html" in str(excinfo.value.body)
     result = client.projects.import_tasks(
-        id=project.id, request=[{"image": "/a.png", "saliency": "/b.png"}]
+        id=project.id, request=[{"image": "/a.png", "saliency": "/b.png", "related_html": ""}]
     )
     assert result.task_count == 1
 
@@ -108,7 +111,15 @@ def test_local_files_served_once_storage_exists(
 
     imported = client.projects.import_tasks(
         id=project.id,
-        request=[{"image": url, "saliency": url, "summary": "true: cat", "influence": 0.5}],
+        request=[
+            {
+                "image": url,
+                "saliency": url,
+                "related_html": "",
+                "summary": "true: cat",
+                "influence": 0.5,
+            }
+        ],
         return_task_ids=True,
     )
     assert imported.task_count == 1

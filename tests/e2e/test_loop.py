@@ -172,11 +172,30 @@ def _spurious_result(mask: np.ndarray) -> list[dict]:
     return [BrushRegion("spurious", "image", rle, "Spurious", SIZE, SIZE).to_dict()]
 
 
+def _check_history_and_page(loop, capsys, versions: list[str]) -> None:
+    """sync-train and Start Training both appended to the history; the page plots it."""
+    assert main(["history", "--checkpoint", str(loop.checkpoint), "--json"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    assert [e["version"] for e in entries] == versions
+    assert [e["parent_version"] for e in entries[1:]] == versions[:-1]
+    for entry in entries[1:]:  # both syncs are recorded (the second found nothing new)
+        assert entry["kind"] == "paired" and entry["annotated"] == 2 and entry["sync"] is not None
+    assert entries[1]["sync"]["added"] == 2 and entries[2]["sync"]["unchanged"] == 2
+    page = requests.get(f"{loop.backend_url}/", auth=AUTH, timeout=10)
+    assert requests.get(f"{loop.backend_url}/", timeout=10).status_code == 401
+    assert page.status_code == 200 and f'<b id="model-version">{versions[-1]}</b>' in page.text
+    assert 'data-plot="accuracy"' in page.text and 'data-plot="loss"' in page.text
+    assert page.text.count('<g class="series" data-series="test">') == 1
+    assert 'id="sync-counts"' in page.text and "/projects/" in page.text
+
+
 def test_the_whole_loop(label_studio, loop, capsys):
     client = label_studio.client("pat")
     summary = _import(label_studio, loop, capsys)
     pid, ml_id = summary["project_id"], summary["ml_backend_id"]
-    assert summary["created_tasks"] == 8 and ml_id is not None
+    assert summary["created_tasks"] == 18 and ml_id is not None  # 8 train, 4 val, 6 test
+    # the project description links the backend's task-centre page
+    assert f"{loop.backend_url}/" in (client.projects.get(pid).description or "")
     tasks = ls.tasks_by_image(client, pid)
     task_ids = [t.id for t in tasks.values()]
 
@@ -258,16 +277,24 @@ def test_the_whole_loop(label_studio, loop, capsys):
 
     # 5. "Start Training" (ml.train) runs sync + paired training in the backend, to completion.
     client.ml.train(id=ml_id)
-    status = {}
+    status, seen = {}, []
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         status = requests.get(f"{loop.backend_url}/train/status", auth=AUTH, timeout=10).json()
+        if status.get("state") == "running" and status.get("progress"):
+            seen.append(status["progress"])
         if status.get("state") in ("succeeded", "failed"):
             break
-        time.sleep(1)
+        time.sleep(0.3)
     assert status.get("state") == "succeeded", (status, log_tail(loop.log_path))
     v3 = read_version(loop.checkpoint)
     assert v3 != v2 and status["result"]["model_version"] == v3
+    # progress, whichever worker answered: the last record is the write, all training done
+    assert status["progress"]["phase"] == "write" and status["progress"]["fraction"] == 1.0
+    assert all(r["phase"] in ("sync", "eval", "train", "write") for r in seen)
+    versions = requests.get(f"{loop.backend_url}/versions", auth=AUTH, timeout=10).json()
+    assert versions["training"]["progress"]["phase"] == "write"
+    _check_history_and_page(loop, capsys, [v1, v2, v3])
 
     # 6. Influence ranks the tasks; the view reads them back in that order.
     argv = [

@@ -55,6 +55,7 @@ class Project:
                 "image": f"/data/local-files/?d={root.name}/train/{rel}",
                 "relpath": rel,
                 "saliency": "",
+                "related_html": "",
                 "summary": f"True class: {rel.split('/')[0]}",
             }
             if rel == "dog/1.png":
@@ -192,3 +193,27 @@ def test_sync_with_a_personal_access_token(label_studio, tmp_path):
     report = project.sync()
     assert report.added == ["dog/0.png"] and report.errors == []
     np.testing.assert_array_equal(project.store.read("dog/0.png"), mask > 0)
+
+
+def test_annotations_on_test_images_are_ignored(project):
+    """A test-split task (same relpath as a training image) is shown, never synced."""
+    client = project.client
+    test_task = {
+        "image": f"/data/local-files/?d={project.root.name}/train/cat/0.png",
+        "relpath": "cat/0.png",
+        "split": "test",
+        "saliency": "",
+        "related_html": "",
+    }
+    created = client.projects.import_tasks(id=project.id, request=[test_task], return_task_ids=True)
+    test_id = created.task_ids[0]
+    client.annotations.create(id=test_id, result=[brush(box(0, 4, 0, 6))])
+    train_mask = box(6, 12, 10, 16)
+    project.annotate("cat/1.png", [brush(train_mask)])
+
+    report = project.sync()
+    assert report.added == ["cat/1.png"] and report.errors == []
+    assert report.ignored == [{"task_id": test_id, "relpath": "cat/0.png", "split": "test"}]
+    assert "1 annotated non-training tasks ignored" in report.summary()
+    assert not project.store.has("cat/0.png")
+    np.testing.assert_array_equal(project.store.read("cat/1.png"), train_mask > 0)

@@ -50,7 +50,12 @@ def annotated(label_studio, tiny_dataset, tmp_path) -> SimpleNamespace:
     client.projects.import_tasks(
         id=project.id,
         request=[
-            {"image": f"/data/local-files/?d=x/{s.relpath}", "relpath": s.relpath, "saliency": ""}
+            {
+                "image": f"/data/local-files/?d=x/{s.relpath}",
+                "relpath": s.relpath,
+                "saliency": "",
+                "related_html": "",
+            }
             for s in samples
         ],
     )

@@ -6,7 +6,7 @@ Errors from Label Studio are turned into :class:`LabelStudioError` with a messag
 to fix; nothing here prints or shows progress bars (pass ``progress`` from the CLI).
 
 One module per job: :mod:`.sdk` (connection, auth, errors, retries: the only code touching the
-SDK's private parts), :mod:`.projects` (project, ML backend, Data Manager view),
+SDK's private parts), :mod:`.projects` (project, ML backend), :mod:`.views` (the Data Manager tabs),
 :mod:`.storage` (local-files storage and URLs), :mod:`.tasks` (task listing, import, updates,
 the sync's paged reads). Everything is importable from here. Verified against Label Studio
 1.23.2.
@@ -15,13 +15,11 @@ the sync's paged reads). Everything is importable from here. Verified against La
 from __future__ import annotations
 
 from robustar_ls.labelstudio.client.projects import (
-    INFLUENCE_VIEW_TITLE,
     ML_BACKEND_TITLE,
-    ensure_influence_view,
     ensure_ml_backend,
+    ensure_page_link,
     ensure_project,
     find_project,
-    influence_view_data,
 )
 from robustar_ls.labelstudio.client.sdk import (
     KEY_REFUSED,
@@ -56,11 +54,28 @@ from robustar_ls.labelstudio.client.tasks import (
     fetch_tasks,
     import_tasks,
     project_label_config,
+    split_of,
     tasks_by_image,
+    tasks_by_split,
     update_task_data,
+)
+from robustar_ls.labelstudio.client.views import (
+    ANNOTATED_VIEW_TITLE,
+    INFLUENCE_VIEW_TITLE,
+    TEST_ERRORS_VIEW_TITLE,
+    TEST_VIEW_TITLE,
+    VIEWS,
+    ensure_influence_view,
+    ensure_views,
+    influence_view_data,
 )
 
 __all__ = [
+    "ANNOTATED_VIEW_TITLE",
+    "TEST_ERRORS_VIEW_TITLE",
+    "TEST_VIEW_TITLE",
+    "VIEWS",
+    "ensure_views",
     "INFLUENCE_VIEW_TITLE",
     "KEY_REFUSED",
     "LOCAL_FILES_PREFIX",
@@ -83,6 +98,7 @@ __all__ = [
     "ensure_influence_view",
     "ensure_local_storage",
     "ensure_ml_backend",
+    "ensure_page_link",
     "ensure_project",
     "errors",
     "fetch_tasks",
@@ -95,7 +111,9 @@ __all__ = [
     "open_client",
     "project_label_config",
     "relative_to_document_root",
+    "split_of",
     "tasks_by_image",
+    "tasks_by_split",
     "update_task_data",
     "with_retries",
 ]

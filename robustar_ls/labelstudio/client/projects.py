@@ -1,4 +1,4 @@
-"""Label Studio projects and what hangs off them: the ML backend, its webhook, the view."""
+"""Label Studio projects and what hangs off them: the ML backend and its webhook."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from robustar_ls.labelstudio.client.sdk import LabelStudioError, errors
 
 log = logging.getLogger(__name__)
 
-INFLUENCE_VIEW_TITLE = "Most influential first"
 ML_BACKEND_TITLE = "robustar-ls"
 
 
@@ -47,6 +46,27 @@ def ensure_project(client: LabelStudio, title: str, label_config: str) -> Any:
         with errors(client, f"read project {project.id}"):
             return client.projects.get(project.id)
     return project
+
+
+PAGE_LINK_PREFIX = "Task centre (training progress, model history): "
+
+
+def description_with_page_link(description: str, url: str) -> str:
+    """``description`` with one line linking the backend's page: replaced if there, else added."""
+    lines = [line for line in (description or "").splitlines() if line.strip()]
+    kept = [line for line in lines if not line.startswith(PAGE_LINK_PREFIX)]
+    return "\n".join([*kept, PAGE_LINK_PREFIX + url])
+
+
+def ensure_page_link(client: LabelStudio, project: Any, url: str) -> bool:
+    """Write the backend page's link into the project description; False when already there."""
+    description = description_with_page_link(project.description or "", url)
+    if description == (project.description or ""):
+        return False
+    with errors(client, f"update the description of project {project.id}"):
+        client.projects.update(project.id, description=description)
+    log.info("project %s links the backend's page %s in its description", project.id, url)
+    return True
 
 
 def ensure_ml_backend(
@@ -116,53 +136,3 @@ def _ml_hint(message: str, url: str) -> str:
     if "authentication" in message.lower():
         return f"{message}. Set BASIC_AUTH_USER and BASIC_AUTH_PASS to the backend's credentials"
     return message
-
-
-def influence_view_data(title: str = INFLUENCE_VIEW_TITLE) -> dict[str, Any]:
-    """A Data Manager tab sorted by ``data.influence``, highest first, as numbers.
-
-    Label Studio 1.23 orders ``tasks:data.<field>`` as text (on PostgreSQL) unless the view's
-    ``columnsDisplayType`` marks the column "Number", which makes it ``CAST(... AS float)``; on
-    SQLite JSON numbers compare numerically anyway but strings do not, so both the column type
-    and JSON numbers in the task data are used.
-    """
-    return {
-        "title": title,
-        "type": "list",
-        "target": "tasks",
-        "ordering": ["-tasks:data.influence"],
-        "columnsDisplayType": {
-            "tasks:data.influence": "Number",
-            "tasks:data.influence_rank": "Number",
-        },
-        "filters": {"conjunction": "and", "items": []},
-    }
-
-
-def ensure_influence_view(
-    client: LabelStudio, project_id: int, title: str = INFLUENCE_VIEW_TITLE
-) -> Any:
-    """The project's "Most influential first" Data Manager view (created or repaired)."""
-    wanted = influence_view_data(title)
-    with errors(client, f"list the Data Manager views of project {project_id}"):
-        views = list(client.views.list(project=project_id))
-    view = next((v for v in views if (v.data or {}).get("title") == title), None)
-    if view is None:
-        with errors(client, f"create the Data Manager view {title!r}"):
-            view = client.views.create(project=project_id, data=wanted)
-        log.info("created Data Manager view %r (id %s)", title, view.id)
-        return view
-    data = dict(view.data or {})
-    if data.get("ordering") != wanted["ordering"] or any(
-        (data.get("columnsDisplayType") or {}).get(k) != v
-        for k, v in wanted["columnsDisplayType"].items()
-    ):
-        data["ordering"] = wanted["ordering"]
-        data["columnsDisplayType"] = {
-            **(data.get("columnsDisplayType") or {}),
-            **wanted["columnsDisplayType"],
-        }
-        data.setdefault("filters", wanted["filters"])
-        with errors(client, f"update the Data Manager view {title!r}"):
-            view = client.views.update(str(view.id), project=project_id, data=data)
-    return view

@@ -48,12 +48,21 @@ def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def tasks_by_image(client: LabelStudio, project_id: int, page_size: int = 1000) -> dict[str, Any]:
-    """Every task of the project keyed by ``data["relpath"]`` (paged; only id and data).
+def split_of(data: Mapping[str, Any]) -> str:
+    """The dataset split a task shows (``data["split"]``; tasks imported before splits: train)."""
+    split = data.get("split")
+    return split if isinstance(split, str) and split else "train"
 
-    Tasks without a ``relpath`` are skipped; if several tasks share one, the lowest id wins.
+
+def tasks_by_split(
+    client: LabelStudio, project_id: int, page_size: int = 1000
+) -> dict[str, dict[str, Any]]:
+    """Every task of the project, ``{split: {relpath: task}}`` (paged; only id and data).
+
+    Tasks without a ``relpath`` are skipped; if several tasks of one split share one, the lowest
+    id wins.
     """
-    found: dict[str, Any] = {}
+    found: dict[str, dict[str, Any]] = {}
     with errors(client, f"list the tasks of project {project_id}"):
         pager = client.tasks.list(
             project=project_id, fields="task_only", include="id,data", page_size=page_size
@@ -62,14 +71,22 @@ def tasks_by_image(client: LabelStudio, project_id: int, page_size: int = 1000) 
             relpath = (task.data or {}).get("relpath")
             if not relpath:
                 continue
-            if relpath in found:
+            split = found.setdefault(split_of(task.data), {})
+            if relpath in split:
                 log.warning(
-                    "tasks %s and %s both hold image %s", found[relpath].id, task.id, relpath
+                    "tasks %s and %s both hold image %s", split[relpath].id, task.id, relpath
                 )
-                if task.id > found[relpath].id:
+                if task.id > split[relpath].id:
                     continue
-            found[relpath] = task
+            split[relpath] = task
     return found
+
+
+def tasks_by_image(
+    client: LabelStudio, project_id: int, page_size: int = 1000, split: str = "train"
+) -> dict[str, Any]:
+    """The tasks of one split (default: training images) keyed by ``data["relpath"]``."""
+    return tasks_by_split(client, project_id, page_size).get(split, {})
 
 
 def import_tasks(
@@ -78,24 +95,25 @@ def import_tasks(
     tasks: Sequence[Mapping[str, Any]],
     batch_size: int = 1000,
     progress: Progress | None = None,
-    existing: Mapping[str, Any] | None = None,
+    existing: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> ImportResult:
-    """Import task data dicts in bulk batches, skipping images (``relpath``) that have a task.
+    """Import task data dicts in bulk batches, skipping images that have a task.
 
-    One ``POST /api/projects/{id}/import`` per ``batch_size`` tasks. ``existing`` (from
-    :func:`tasks_by_image`) saves listing the project again.
+    An image is its ``(split, relpath)``. One ``POST /api/projects/{id}/import`` per
+    ``batch_size`` tasks. ``existing`` (from :func:`tasks_by_split`) saves listing the project.
     """
     if existing is None:
-        existing = tasks_by_image(client, project_id)
+        existing = tasks_by_split(client, project_id)
     todo: list[Mapping[str, Any]] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     for task in tasks:
         relpath = task.get("relpath")
         if not relpath:
             raise ValueError(f"task data without a 'relpath': {dict(task)}")
-        if relpath in existing or relpath in seen:
+        key = (split_of(task), relpath)
+        if relpath in existing.get(key[0], {}) or key in seen:
             continue
-        seen.add(relpath)
+        seen.add(key)
         todo.append(task)
     batches = _batches(todo, batch_size)
     if progress is not None and batches:
@@ -131,7 +149,8 @@ def update_task_data(
     :func:`tasks_by_image`) saves listing the project.
     """
     if current is None:
-        current = {t.id: t.data for t in tasks_by_image(client, project_id).values()}
+        by_split = tasks_by_split(client, project_id)
+        current = {t.id: t.data for tasks in by_split.values() for t in tasks.values()}
     missing = [task_id for task_id in updates if task_id not in current]
     if missing:
         raise LabelStudioError(

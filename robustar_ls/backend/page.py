@@ -1,0 +1,228 @@
+"""The backend's own page, ``GET /``: the task centre (behind basic auth when it is set).
+
+One HTML page, no build step, no script, no CDN: the served model version; the training job's
+state and progress bar (the page refreshes itself every few seconds while a job runs); the
+accuracy of every split per model version along the served checkpoint's lineage (out-of-domain
+``test`` against in-distribution ``val``/``train``: the shortcut closing) and the loss terms of
+the last training per epoch, both inline SVG (``plots.py``); the last sync's counts; a link to
+the Label Studio project.
+
+The project's id comes from Label Studio itself: its ``/setup``, ``/predict`` and ``/webhook``
+requests name the project; the id seen last is kept in ``<cache_dir>/label-studio-project.json``
+so every worker links to it. Until one was seen the page links to Label Studio's project list.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, request
+
+from robustar_ls.backend.plots import SPLIT_COLOURS, line_plot
+from robustar_ls.files import atomic_write_bytes
+from robustar_ls.models.history import lineage, read_history
+from robustar_ls.train.progress import progress_text
+
+log = logging.getLogger(__name__)
+
+REFRESH_SECONDS = 3
+PROJECT_FILE = "label-studio-project.json"
+PROJECT_ENDPOINTS = ("setup", "predict", "webhook")
+LOSS_TERMS = ("loss", "ce", "ce_paired", "align")
+STYLE = """
+body{font-family:sans-serif;margin:24px;max-width:1260px;color:#222}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:16px;margin:22px 0 8px}
+.muted{color:#666}.card{border:1px solid #ddd;border-radius:6px;padding:12px 16px;margin:10px 0}
+progress{width:420px;height:18px;vertical-align:middle}
+.plots{display:flex;flex-wrap:wrap;gap:16px}
+table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 10px;text-align:right}
+.failed{color:#b00}.succeeded{color:#080}.running{color:#06c}
+"""
+
+
+def register_page(app: Flask, state: Any) -> None:
+    """``GET /`` (endpoint ``page``), and the hook that notes Label Studio's project id."""
+    project_file = Path(state.cfg.resolved_cache_dir()) / PROJECT_FILE
+    seen: dict[str, int | None] = {"id": None}
+
+    @app.before_request
+    def note_project() -> None:
+        if request.endpoint not in PROJECT_ENDPOINTS:
+            return
+        try:  # parsed once: Flask keeps the result for the view
+            body = request.get_json(silent=True, force=True)
+        except RecursionError:  # the view answers that one
+            return
+        pid = project_id_of(body.get("project") if isinstance(body, dict) else None)
+        if pid is not None and pid != seen["id"]:
+            seen["id"] = pid
+            try:
+                atomic_write_bytes(project_file, json.dumps({"id": pid}).encode(), durable=False)
+            except OSError as err:
+                log.warning("cannot remember Label Studio project %s: %s", pid, err)
+
+    @app.get("/")
+    def page():
+        html = render_page(page_data(state, _read_project(project_file)))
+        response = Response(html, mimetype="text/html")
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+
+def project_id_of(value: Any) -> int | None:
+    """The project id in a Label Studio request: ``"3.1700000000"`` (ML API), ``{"id": 3}``
+    (webhooks) or ``3``."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.split(".", 1)[0].isdigit():
+        return int(value.split(".", 1)[0])
+    return None
+
+
+def _read_project(path: Path) -> int | None:
+    try:
+        return project_id_of(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def page_data(state: Any, project: int | None) -> dict[str, Any]:
+    """What the page shows, from the predictor, the job status and the history file."""
+    cfg = state.cfg
+    version = state.predictor.model_version
+    chain = lineage(read_history(cfg.checkpoint), version) if cfg.checkpoint else []
+    url = (cfg.label_studio_url or "").rstrip("/")
+    link = f"{url}/projects/{project}/data" if project is not None else f"{url}/projects/"
+    return {
+        "version": version,
+        "checkpoint": Path(cfg.checkpoint).name if cfg.checkpoint else "",
+        "training": state.jobs.status() if state.jobs is not None else None,
+        "chain": chain,
+        "project_title": cfg.project,
+        "project_link": link if url else "",
+    }
+
+
+def accuracy_series(chain: list[dict[str, Any]]) -> tuple[list[str], dict[str, list]]:
+    """x labels (versions) and ``{split: [accuracy per version]}`` along the lineage; the
+    first run's "before" is its parent's point."""
+    labels: list[str] = []
+    rows: list[dict[str, float]] = []
+    if chain and chain[0].get("before") and chain[0].get("parent_version"):
+        labels.append(chain[0]["parent_version"])
+        rows.append(chain[0]["before"])
+    for entry in chain:
+        labels.append(entry["version"])
+        rows.append(entry.get("after") or {})
+    found = {split for row in rows for split in row}
+    splits = [s for s in ("test", "val", "train") if s in found] + sorted(
+        found - {"test", "val", "train"}
+    )
+    return labels, {s: [row.get(s) for row in rows] for s in splits}
+
+
+def loss_series(entry: dict[str, Any]) -> tuple[list[str], dict[str, list]]:
+    """x labels (epochs) and ``{term: [value per epoch]}`` of one training."""
+    epochs = entry.get("epochs") or []
+    terms = [t for t in LOSS_TERMS if any(t in row for row in epochs)]
+    labels = [str(row.get("epoch", i + 1)) for i, row in enumerate(epochs)]
+    return labels, {t: [row.get(t) for row in epochs] for t in terms}
+
+
+def _progress_html(training: dict[str, Any] | None) -> str:
+    if training is None:
+        return (
+            '<p class="muted">Start Training is not enabled on this backend '
+            "(<code>robustar-ls serve --data DATA --project TITLE</code>).</p>"
+        )
+    state = escape(str(training.get("state")))
+    parts = [f'<p>Training job: <b id="training-state" class="{state}">{state}</b>']
+    if training.get("job_id"):
+        parts.append(
+            f' <span class="muted">({escape(str(training["job_id"]))}, started '
+            f"{escape(str(training.get('started_at')))})</span>"
+        )
+    parts.append("</p>")
+    record = training.get("progress")
+    if record and training.get("state") == "running":
+        fraction = float(record.get("fraction") or 0.0)
+        parts.append(
+            f'<p><progress id="training-progress" max="1" value="{fraction:.4f}"></progress> '
+            f"<b>{fraction:.0%}</b> {escape(str(record.get('phase')))}: "
+            f'<span id="progress-text">{escape(progress_text(record))}</span></p>'
+        )
+    elif training.get("state") == "running":
+        parts.append('<p><progress id="training-progress" max="1"></progress> starting</p>')
+    if training.get("error"):
+        parts.append(f'<p class="failed">{escape(str(training["error"]))}</p>')
+    return "".join(parts)
+
+
+def _plots_html(chain: list[dict[str, Any]]) -> str:
+    if not chain:
+        return (
+            '<p class="muted">No model history yet: it is written beside the checkpoint '
+            "whenever train, sync-train or Start Training saves it.</p>"
+        )
+    labels, series = accuracy_series(chain)
+    accuracy = line_plot(
+        "accuracy",
+        "Accuracy per model version",
+        labels,
+        series,
+        y_label="accuracy",
+        y_range=(0.0, 1.0),
+        colours=SPLIT_COLOURS,
+    )
+    last = next((e for e in reversed(chain) if e.get("epochs")), None)
+    loss = ""
+    if last is not None:
+        epochs, terms = loss_series(last)
+        title = f"Loss terms per epoch ({last['version']})"
+        loss = line_plot("loss", title, epochs, terms, y_label="loss")
+    return f'<div class="plots">{accuracy}{loss}</div>'
+
+
+def _sync_html(chain: list[dict[str, Any]]) -> str:
+    last = next((e for e in reversed(chain) if e.get("sync")), None)
+    if last is None:
+        return '<p class="muted">No sync from Label Studio recorded yet.</p>'
+    counts = last["sync"]
+    head = "".join(f"<th>{escape(str(k))}</th>" for k in counts)
+    cells = "".join(f"<td>{escape(str(v))}</td>" for v in counts.values())
+    return (
+        f"<p>Before {escape(str(last['version']))} ({escape(str(last.get('created_at')))}), "
+        f"{escape(str(last.get('annotated')))} annotated images:</p>"
+        f'<table id="sync-counts"><tr>{head}</tr><tr>{cells}</tr></table>'
+    )
+
+
+def render_page(data: dict[str, Any]) -> str:
+    """The whole HTML document."""
+    training = data["training"]
+    running = training is not None and training.get("state") == "running"
+    refresh = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if running else ""
+    link = ""
+    if data["project_link"]:
+        title = escape(str(data["project_title"] or "Label Studio"))
+        link = f'<a id="label-studio-link" href="{escape(data["project_link"])}">{title}</a>'
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">{refresh}'
+        f"<title>robustar-ls task centre</title><style>{STYLE}</style></head><body>"
+        f"<h1>robustar-ls task centre</h1>"
+        f'<p>Serving <b id="model-version">{escape(str(data["version"]))}</b> '
+        f'<span class="muted">{escape(data["checkpoint"])}</span>'
+        f"{' · Label Studio project ' + link if link else ''}</p>"
+        f'<div class="card">{_progress_html(training)}</div>'
+        f"<h2>Accuracy and loss</h2>{_plots_html(data['chain'])}"
+        f"<h2>Last sync</h2>{_sync_html(data['chain'])}"
+        "</body></html>"
+    )
