@@ -183,7 +183,8 @@ def _check_history_and_page(loop, capsys, versions: list[str]) -> None:
     assert entries[1]["sync"]["added"] == 2 and entries[2]["sync"]["unchanged"] == 2
     page = requests.get(f"{loop.backend_url}/", auth=AUTH, timeout=10)
     assert requests.get(f"{loop.backend_url}/", timeout=10).status_code == 401
-    assert page.status_code == 200 and f'<b id="model-version">{versions[-1]}</b>' in page.text
+    # the served version: the checkpoint's, plus the learned segmenter's (``+seg-…``)
+    assert page.status_code == 200 and f'<b id="model-version">{versions[-1]}+seg-' in page.text
     assert 'data-plot="accuracy"' in page.text and 'data-plot="loss"' in page.text
     assert page.text.count('<g class="series" data-series="test">') == 1
     assert 'id="sync-counts"' in page.text and "/projects/" in page.text
@@ -271,9 +272,20 @@ def test_the_whole_loop(label_studio, loop, capsys):
     v2 = read_version(loop.checkpoint)
     assert trained["parent_version"] == v1 and trained["model_version"] == v2 != v1
 
-    # 4. The running backend serves the new version: Label Studio gets v2 predictions.
+    # 4. The sync changed masks, so the learned spurious segmenter was retrained from them; the
+    # running backend serves the new classifier with it: Label Studio gets predictions of that
+    # version whose "Spurious" pre-annotation comes from the learned segmenter.
+    segmenter = trained["segmenter"]
+    assert segmenter["retrained"] and segmenter["version"]
+    served = f"{v2}+seg-{segmenter['version']}"
     _retrieve_predictions(client, pid)
-    assert all(v2 in versions for versions in _versions_of_predictions(client, task_ids).values())
+    by_task = _versions_of_predictions(client, task_ids)
+    assert all(served in versions for versions in by_task.values()), by_task
+    learned = [p for p in client.predictions.list(task=task_ids[0]) if p.model_version == served][0]
+    kinds = {r["type"]: r for r in learned.result}
+    assert "Spurious: learned segmenter" in kinds["textarea"]["value"]["text"][0]
+    brush = next(r for r in learned.result if r["value"].get("brushlabels") == ["Spurious"])
+    assert rle_to_mask(brush["value"]["rle"], SIZE, SIZE).any() and 0 < brush["score"] <= 1
 
     # 5. "Start Training" (ml.train) runs sync + paired training in the backend, to completion.
     client.ml.train(id=ml_id)
