@@ -3,12 +3,12 @@ redirects (issue 10, item 2)."""
 
 from __future__ import annotations
 
-import threading
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from backend_support import png_bytes, two_tone
+from http_support import local_http_server
 
 from robustar_ls.backend.images import ImageFetcher, ImageFetchError
 from robustar_ls.backend.url_policy import UrlNotAllowed, UrlPolicy
@@ -88,14 +88,8 @@ def image_server(routes):
             self.end_headers()
             self.wfile.write(body)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with local_http_server(Handler) as url:
+        yield url
 
 
 def test_loopback_urls_and_cross_origin_redirects_are_refused():

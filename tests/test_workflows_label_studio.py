@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-import threading
 from http.cookies import SimpleCookie
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -19,6 +18,7 @@ from robustar_ls.workflows.label_studio import (
     free_port,
     running_label_studio,
 )
+from tests.http_support import local_http_server
 from tests.label_studio_launcher import BIN_ENV, find_label_studio_bin
 
 
@@ -140,14 +140,8 @@ class _FakeLogin(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def fake_login_url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeLogin)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with local_http_server(_FakeLogin) as url:
+        yield url
 
 
 def test_personal_access_token_follows_the_csrf_login(fake_login_url: str) -> None:

@@ -14,12 +14,11 @@ from __future__ import annotations
 import io
 import math
 import threading
-import warnings
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from robustar_ls.data.images import ImageLoadError, to_rgb
+from robustar_ls.data.images import ImageLoadError, decode_errors, to_rgb
 
 _ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
@@ -69,28 +68,20 @@ def decode_limited(
     data: bytes, name: str, limits: ImageLimits, budget: PixelBudget | None = None
 ) -> tuple[Image.Image, tuple[int, int]]:
     """``(RGB image, at most about working_side per side; displayed (width, height))``."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            check_limits(name, width, height, limits)
-            if budget is not None and not budget.take(width * height):
-                raise ImageTooLarge(
-                    f"{name} ({width}x{height} pixels) is over what is left of the request's "
-                    f"budget of {budget.total} pixels; send fewer or smaller images per request"
-                )
-            rotated = image.getexif().get(0x0112, 1) in _ROTATED
-            scale = limits.working_side / max(width, height)
-            if image.format == "JPEG" and scale < 1:
-                image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
-            image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageTooLarge(f"{name} is too large to decode safely: {err}") from err
-    except UnidentifiedImageError as err:
-        raise ImageLoadError(f"{name} is not an image file PIL can read") from err
-    except OSError as err:
-        raise ImageLoadError(f"{name} is corrupt or truncated: {err}") from err
+    with decode_errors(name, too_large=ImageTooLarge):
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        check_limits(name, width, height, limits)
+        if budget is not None and not budget.take(width * height):
+            raise ImageTooLarge(
+                f"{name} ({width}x{height} pixels) is over what is left of the request's "
+                f"budget of {budget.total} pixels; send fewer or smaller images per request"
+            )
+        rotated = image.getexif().get(0x0112, 1) in _ROTATED
+        scale = limits.working_side / max(width, height)
+        if image.format == "JPEG" and scale < 1:
+            image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+        image.load()
     image = to_rgb(image)
     factor = math.ceil(max(image.size) / limits.working_side)
     if factor > 1:

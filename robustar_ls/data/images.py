@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -49,24 +51,33 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _open(source: io.BytesIO | Path, name: str, max_pixels: int) -> Image.Image:
+@contextmanager
+def decode_errors(name: str, too_large: type[ImageLoadError] = ImageLoadError) -> Iterator[None]:
+    """Turn PIL's failures inside the block into one-line :class:`ImageLoadError` s naming
+    ``name``: a decompression bomb (raised as ``too_large``), an unknown format, a corrupt or
+    truncated file. PIL's bomb *warning* is raised as an error too."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(source)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageLoadError(
-                    f"{name} is {width}x{height} pixels, over the limit of {max_pixels}; "
-                    "resize it or raise the limit"
-                )
-            image.load()
+            yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageLoadError(f"{name} is too large to decode safely: {err}") from err
+        raise too_large(f"{name} is too large to decode safely: {err}") from err
     except UnidentifiedImageError as err:
         raise ImageLoadError(f"{name} is not an image file PIL can read") from err
     except OSError as err:
         raise ImageLoadError(f"{name} is corrupt or truncated: {err}") from err
+
+
+def _open(source: io.BytesIO | Path, name: str, max_pixels: int) -> Image.Image:
+    with decode_errors(name):
+        image = Image.open(source)
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageLoadError(
+                f"{name} is {width}x{height} pixels, over the limit of {max_pixels}; "
+                "resize it or raise the limit"
+            )
+        image.load()
     return to_rgb(image)
 
 
