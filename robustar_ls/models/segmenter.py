@@ -8,7 +8,7 @@ and how to provide them. The model is never run with random weights.
 
 Speed on CPU (:func:`apply_speed_settings`): the defaults of :class:`SegmenterConfig` run the
 model at 512 px with 300/100 RPN proposals and 10 detections instead of COCO's 800 px,
-1000/1000 and 100 (bench/README.md, "bench_predict"), about a tenth of the work.
+1000/1000 and 100: 4.3x faster on CPU (bench/README.md, "bench_predict").
 
 ``Segmenter(model, cfg)`` takes any module with torchvision's detection interface (a list of
 ``3xHxW`` float tensors in ``[0, 1]`` in, a list of dicts with ``boxes``, ``scores``,
