@@ -3,7 +3,8 @@
 Run from the repository root::
 
     OMP_NUM_THREADS=1 python bench/bench_predict.py [--images 16] [--size 96] [--batch-size 8]
-        [--repeat 3] [--seg-size 96] [--no-segmenter] [--threads 1]
+        [--repeat 3] [--seg-size N] [--rpn-pre N] [--rpn-post N] [--detections N]
+        [--baseline] [--no-segmenter] [--threads 1]
 
 In one process, interleaved, ``--repeat`` times each:
 
@@ -22,14 +23,21 @@ does not depend on how loaded the shared machine was between runs), and as a cro
 ratio. A table and one JSON line (medians over the repeats unless said otherwise).
 
 Mask R-CNN is the real ``maskrcnn_resnet50_fpn_v2`` architecture with **random weights**
-(nothing can be downloaded here): its timings are meaningful, its masks are not. So that the
-mask head always works as hard as on a real photo, it keeps the top ``--detections`` boxes
-whatever their score. Its input is resized to ``--seg-size`` (COCO default: 800).
+(nothing can be downloaded here): its timings are meaningful, its masks are not. It runs with
+``SegmenterConfig``'s speed settings (input size, RPN proposals, detections per image), each
+overridable by a flag. So that the mask head always works as hard as on a real photo, it keeps
+its top ``detections_per_img`` boxes whatever their score.
+
+``--baseline`` also times the model calls with the COCO settings served before (800/1333 px
+input, 1000/1000 RPN proposals, 20 detections kept: less than torchvision's 100, so the ratio
+is conservative) on the same images, interleaved in the same run: ``speedup_vs_coco`` is
+``baseline model calls ÷ model calls``. The machine's load (``/proc/loadavg``) is reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -50,7 +58,11 @@ from robustar_ls.backend.predictor import STAGES, Predictor  # noqa: E402
 from robustar_ls.config import SaliencyConfig, SegmenterConfig, ServeConfig  # noqa: E402
 from robustar_ls.data.folders import image_to_tensor  # noqa: E402
 from robustar_ls.models.checkpoint import save_checkpoint  # noqa: E402
-from robustar_ls.models.segmenter import Segmenter, build_maskrcnn  # noqa: E402
+from robustar_ls.models.segmenter import (  # noqa: E402
+    Segmenter,
+    apply_speed_settings,
+    build_maskrcnn,
+)
 from robustar_ls.models.zoo import create_classifier  # noqa: E402
 
 CLASSES = ["circle", "square", "triangle"]
@@ -64,8 +76,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=16, help="small-ResNet width")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--seg-size", type=int, default=96, help="Mask R-CNN input side")
-    p.add_argument("--detections", type=int, default=20, help="Mask R-CNN boxes kept per image")
+    p.add_argument("--seg-size", type=int, default=None, help="Mask R-CNN min/max input side")
+    p.add_argument("--rpn-pre", type=int, default=None, help="RPN proposals per level pre-NMS")
+    p.add_argument("--rpn-post", type=int, default=None, help="RPN proposals after NMS")
+    p.add_argument("--detections", type=int, default=None, help="Mask R-CNN boxes per image")
+    p.add_argument("--baseline", action="store_true", help="also time the COCO settings")
     p.add_argument("--no-segmenter", action="store_true")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0)
@@ -89,18 +104,44 @@ def make_images(root: Path, n: int, size: int, rng: np.random.Generator) -> list
     return rels
 
 
-def make_segmenter(args) -> Segmenter:
-    model = build_maskrcnn(None)  # random weights: timing only
-    model.transform.min_size = (args.seg_size,)
-    model.transform.max_size = args.seg_size
-    model.roi_heads.score_thresh = 0.0
-    model.roi_heads.detections_per_img = args.detections
+COCO = {  # the settings served before: torchvision's COCO defaults, 20 detections kept
+    "min_size": 800,
+    "max_size": 1333,
+    "rpn_pre_nms_top_n": 1000,
+    "rpn_post_nms_top_n": 1000,
+    "detections_per_img": 20,
+}
+
+
+def segmenter_settings(args) -> SegmenterConfig:
+    """SegmenterConfig's defaults, with the flags that were given."""
+    given = {
+        "min_size": args.seg_size,
+        "max_size": args.seg_size,
+        "rpn_pre_nms_top_n": args.rpn_pre,
+        "rpn_post_nms_top_n": args.rpn_post,
+        "detections_per_img": args.detections,
+    }
     cfg = SegmenterConfig(device="cpu", batch_size=args.batch_size, score_threshold=0.5)
+    return dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
+
+
+def make_segmenter(cfg: SegmenterConfig) -> Segmenter:
+    model = apply_speed_settings(build_maskrcnn(None), cfg)  # random weights: timing only
+    model.roi_heads.score_thresh = 0.0  # every image keeps detections_per_img boxes
     return Segmenter(model, cfg)
 
 
-def model_calls_alone(predictor: Predictor, images: list[Image.Image], batch: int) -> float:
-    """Seconds for classifier + Grad-CAM + Mask R-CNN on pre-decoded images, batched."""
+def load() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def model_calls_alone(
+    predictor: Predictor, images: list[Image.Image], batch: int, segmenter: Segmenter | None = None
+) -> float:
+    """Seconds for classifier + Grad-CAM + Mask R-CNN on pre-decoded images, batched
+    (``segmenter`` instead of the predictor's when given)."""
+    segmenter = segmenter or predictor.segmenter
     served = predictor.holder.current()
     explainer = predictor._explainer(served)
     tensors = [image_to_tensor(image, served.image_size) for image in images]
@@ -111,8 +152,8 @@ def model_calls_alone(predictor: Predictor, images: list[Image.Image], batch: in
         with torch.no_grad():
             predicted = served.model(x).argmax(dim=1)
         explainer.maps(x, predicted)
-        if predictor.segmenter is not None:
-            predictor.segmenter.spurious_masks(images[start : start + batch])
+        if segmenter is not None:
+            segmenter.spurious_masks(images[start : start + batch])
         total += time.perf_counter() - t0
     return total
 
@@ -141,7 +182,11 @@ def main(args: argparse.Namespace) -> dict:
             secret="bench-secret-0123456789abcdef",
             device="cpu",
         )
-        segmenter = None if args.no_segmenter else make_segmenter(args)
+        seg_cfg = segmenter_settings(args)
+        segmenter = None if args.no_segmenter else make_segmenter(seg_cfg)
+        coco_cfg = dataclasses.replace(seg_cfg, **COCO)
+        baseline = make_segmenter(coco_cfg) if args.baseline and segmenter else None
+        load_before = load()
         timing: dict[str, float] = {}
         predictor = Predictor(
             ModelHolder(checkpoint, device="cpu"),
@@ -159,22 +204,28 @@ def main(args: argparse.Namespace) -> dict:
         ]
         decoded = [Image.open(root / rel).convert("RGB") for rel in rels]
 
+        cpu: list[float] = []
+
         def post(batch_tasks) -> float:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             response = client.post("/predict", json={"tasks": batch_tasks})
             elapsed = time.perf_counter() - t0
+            cpu.append(time.process_time() - c0)
             results = response.get_json()["results"]
             assert response.status_code == 200 and all(r["result"] for r in results)
             return elapsed
 
         post(tasks[:2])  # warm-up (first-call allocations, lazy imports)
         model_calls_alone(predictor, decoded[:2], args.batch_size)
-        alone, batched, single, splits = [], [], [], []
+        alone, batched, single, splits, coco, batched_cpu = [], [], [], [], [], []
         for _ in range(args.repeat):
+            if baseline is not None:
+                coco.append(model_calls_alone(predictor, decoded, args.batch_size, baseline))
             alone.append(model_calls_alone(predictor, decoded, args.batch_size))
             timing.clear()
             predictor.timing = timing
             batched.append(post(tasks))
+            batched_cpu.append(cpu[-1])
             predictor.timing = None
             timing["rest (Flask, JSON)"] = batched[-1] - sum(timing.values())
             splits.append(dict(timing))
@@ -199,11 +250,18 @@ def main(args: argparse.Namespace) -> dict:
         "segmenter": "maskrcnn_resnet50_fpn_v2 (random weights, timing only)"
         if not args.no_segmenter
         else None,
-        "seg_size": args.seg_size,
+        "segmenter_settings": {k: getattr(seg_cfg, k) for k in COCO} if segmenter else None,
+        "speedup_vs_coco": round(med(c / a for c, a in zip(coco, alone, strict=True)), 2)
+        if coco
+        else None,
+        "coco_model_calls_s": round(med(coco), 3) if coco else None,
+        "loadavg_1min": [load_before, load()],
         "threads": args.threads,
         "model_version": version,
         "per_task_ms": {k: round(v * 1000, 2) for k, v in split.items()},
         "predict_batched_s": round(total, 4),
+        # CPU seconds of this process per task: the wall time on an idle machine (1 thread)
+        "predict_cpu_s_per_task": round(med(batched_cpu) / n, 3),
         "model_calls_alone_s": round(med(alone), 4),
         "server_overhead_ratio": round(in_run, 3),
         "server_overhead_ratio_vs_direct_calls": round(min(batched) / min(alone), 3),
@@ -220,6 +278,7 @@ def main(args: argparse.Namespace) -> dict:
         print(f"{stage:24s} {ms:10.2f}")
     print(f"{'total /predict (batched)':24s} {total / n * 1000:10.2f}")
     print(f"{'model calls alone':24s} {med(alone) / n * 1000:10.2f}")
+    print(f"{'/predict CPU time':24s} {med(batched_cpu) / n * 1000:10.2f}")
     print(
         f"server overhead  = /predict ÷ its own model calls (same run) "
         f"= {report['server_overhead_ratio']:.3f}  (target <= 1.15)"
@@ -232,6 +291,12 @@ def main(args: argparse.Namespace) -> dict:
         f"batched vs 1-by-1 throughput = {med(single):.3f} s / {total:.3f} s "
         f"= {report['batched_vs_one_by_one_throughput']:.3f}x"
     )
+    if coco:
+        print(
+            f"COCO settings' model calls {med(coco) / n * 1000:.0f} ms / task; "
+            f"speedup = {report['speedup_vs_coco']:.2f}x (same run)"
+        )
+    print(f"load average (1 min) before / after: {report['loadavg_1min']}")
     print(json.dumps(report))
     return report
 

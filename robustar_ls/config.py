@@ -139,20 +139,20 @@ class InfluenceConfig:
 
 @dataclass(frozen=True)
 class SegmenterConfig:
-    """Mask R-CNN (COCO) segmenter that pre-fills the "Spurious" brush region.
+    """Mask R-CNN (COCO) for the "Spurious" pre-annotation; README "Mask R-CNN" explains."""
 
-    ``weights``: a state_dict (or a checkpoint dict holding one under ``model``/``state_dict``);
-    ``None`` = torchvision's file in the torch hub cache. Nothing is ever downloaded.
-    """
-
-    weights: str | None = None
+    weights: str | None = None  # state_dict file; None = the torch hub cache (fetched if online)
+    offline: bool = False  # True = never download the COCO weights (serve --offline)
     score_threshold: float = 0.5  # instances scoring at least this form the object
     min_region_px: int = 16  # spurious specks/holes smaller than this merge into surroundings
     device: str = "auto"
     mask_threshold: float = 0.5  # a pixel belongs to an instance when its mask prob. is >= this
     batch_size: int = 4  # images per Mask R-CNN forward pass
-    min_size: int = 800  # Mask R-CNN resizes images so the short side is this (COCO: 800)
-    max_size: int = 1333  # ... and the long side at most this
+    min_size: int = 512  # Mask R-CNN resizes images so the short side is this (COCO: 800)
+    max_size: int = 853  # ... and the long side at most this (COCO: 1333)
+    rpn_pre_nms_top_n: int = 300  # RPN proposals kept per FPN level before NMS (COCO: 1000)
+    rpn_post_nms_top_n: int = 100  # proposals the box head classifies (COCO: 1000)
+    detections_per_img: int = 10  # boxes the mask head segments (COCO: 100)
 
 
 @dataclass(frozen=True)

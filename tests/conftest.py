@@ -10,7 +10,26 @@ import torch
 from robustar_ls.config import SyntheticConfig
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ["ROBUSTAR_LS_OFFLINE"] = "1"  # `serve` subprocesses (demo, e2e) download nothing
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _no_downloads(monkeypatch):
+    """Tests never download: the weights fetcher may only reach loopback servers."""
+    from urllib.parse import urlparse
+
+    from robustar_ls.models import weights_download
+
+    real = weights_download.urlopen
+
+    def loopback_only(request, *args, **kwargs):
+        host = urlparse(request.full_url).hostname
+        if host not in ("127.0.0.1", "localhost"):
+            raise AssertionError(f"a test tried to download from {host}")
+        return real(request, *args, **kwargs)
+
+    monkeypatch.setattr(weights_download, "urlopen", loopback_only)
 
 
 @pytest.fixture(scope="session")

@@ -178,17 +178,24 @@ def _same_weights(seg: Segmenter, state: dict[str, torch.Tensor]) -> bool:
 
 def test_from_config_loads_a_state_dict_file(real_weights):
     path, state = real_weights
-    seg = Segmenter.from_config(
-        SegmenterConfig(weights=str(path), device="cpu", min_size=64, max_size=96)
+    cfg = SegmenterConfig(
+        weights=str(path),
+        device="cpu",
+        min_size=64,
+        max_size=96,
+        rpn_pre_nms_top_n=50,
+        rpn_post_nms_top_n=8,
+        detections_per_img=4,
     )
+    seg = Segmenter.from_config(cfg)
     assert _same_weights(seg, state)
     assert not seg.model.training
     assert seg.model.transform.min_size == (64,) and seg.model.transform.max_size == 96
+    # the speed settings reach torchvision's RPN and ROI heads (their eval-mode values)
+    assert (seg.model.rpn.pre_nms_top_n(), seg.model.rpn.post_nms_top_n()) == (50, 8)
+    assert seg.model.roi_heads.detections_per_img == 4
 
     # The real model's outputs go through the wrappers (few proposals keep this fast).
-    seg.model.rpn._pre_nms_top_n["testing"] = 50
-    seg.model.rpn._post_nms_top_n["testing"] = 8
-    seg.model.roi_heads.detections_per_img = 4
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 3), np.uint8))
     (obj,) = seg.object_masks([image])
     assert obj.shape == (30, 40) and obj.dtype == bool

@@ -5,35 +5,36 @@ from __future__ import annotations
 
 import logging
 
+from robustar_ls.backend.cache import LRUCache
 from robustar_ls.backend.images import ImageFetcher
 from robustar_ls.backend.limits import RequestLimits
+from robustar_ls.backend.maskrcnn_source import WITHOUT_MASKRCNN, start_maskrcnn
 from robustar_ls.backend.model_holder import ModelHolder
 from robustar_ls.backend.predictor import Predictor
 from robustar_ls.backend.spurious_source import LearnedSegmenterHolder
 from robustar_ls.config import ServeConfig
 from robustar_ls.files import remove_stale_temp_files
-from robustar_ls.models.segmenter import Segmenter, SegmenterUnavailable
+from robustar_ls.models.segmenter import Segmenter
 from robustar_ls.models.spurious_segmenter import default_segmenter_path
 
 log = logging.getLogger(__name__)
 
 
-def load_segmenter(cfg: ServeConfig) -> Segmenter | None:
-    """The serve settings' Mask R-CNN, or None (with the reason logged once, at start-up)."""
+def load_segmenter(cfg: ServeConfig, predictor: Predictor | None = None) -> Segmenter | None:
+    """The serve settings' Mask R-CNN now, or None (the reason logged once). When its weights
+    must first be downloaded, that happens in the background and the segmenter is handed to
+    ``predictor`` when ready (:mod:`robustar_ls.backend.maskrcnn_source`)."""
     if not cfg.segmenter:
-        reason = "disabled by the settings (segmenter = false)"
-    else:
-        try:
-            return Segmenter.from_config(cfg.segmenter_config())
-        except SegmenterUnavailable as err:
-            reason = str(err)
-    log.warning(
-        "no Mask R-CNN segmenter: without a learned spurious segmenter predictions carry no "
-        "'Spurious' pre-annotation, and the rectangle tool uses its colour-based fallback. "
-        "Reason: %s",
-        reason,
-    )
-    return None
+        log.warning(WITHOUT_MASKRCNN, "disabled by the settings (segmenter = false)")
+        return None
+    return start_maskrcnn(cfg.segmenter_config(), lambda seg: use_segmenter(predictor, seg))[0]
+
+
+def use_segmenter(predictor: Predictor | None, segmenter: Segmenter) -> None:
+    """Serve ``segmenter`` from now on; predictions cached without it are made again."""
+    if predictor is not None:
+        predictor.cache = LRUCache(predictor.cache.capacity)
+        predictor.segmenter = segmenter
 
 
 def learned_segmenter(cfg: ServeConfig) -> LearnedSegmenterHolder | None:
@@ -54,7 +55,7 @@ def build_predictor(cfg: ServeConfig, timing: dict[str, float] | None = None) ->
     predictor = Predictor(
         holder,
         ImageFetcher.from_config(cfg),
-        load_segmenter(cfg),
+        None,
         saliency=cfg.saliency_config(),
         batch_size=cfg.batch_size,
         cache_size=cfg.prediction_cache_size,
@@ -67,5 +68,8 @@ def build_predictor(cfg: ServeConfig, timing: dict[str, float] | None = None) ->
         ),
         learned=learned_segmenter(cfg),
     )
+    segmenter = load_segmenter(cfg, predictor)  # None while downloading: the thread sets it
+    if segmenter is not None:
+        predictor.segmenter = segmenter
     holder.load_initial()
     return predictor

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from robustar_ls.cli.options import UserError, add_label_studio_url, settings_section
@@ -42,19 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=port_number, default=None, help="default 9090")
     p.add_argument("--workers", type=positive_int, default=None, help="gunicorn worker processes")
     add_hardening_flags(p)
-    p.add_argument(
-        "--segmenter-weights",
-        dest="segmenter_weights",
-        default=None,
-        help="Mask R-CNN COCO weights (default: the torch hub cache)",
-    )
-    p.add_argument(
-        "--no-segmenter",
-        dest="segmenter",
-        action="store_false",
-        default=None,
-        help="no Mask R-CNN 'Spurious' pre-annotation",
-    )
+    add_segmenter_flags(p)
     add_spurious_flag(p)
     p.add_argument("--score-threshold", dest="score_threshold", type=fraction, default=None)
     p.add_argument(
@@ -81,6 +71,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", default=None, help="Label Studio project title (for training)")
     p.add_argument("--masks", default=None, help="mask store for training (default <data>/masks)")
     p.add_argument("--debug", action="store_true", help="Flask's development server instead")
+
+
+def add_segmenter_flags(p: argparse.ArgumentParser) -> None:
+    """Mask R-CNN: its weights, downloads, on/off (README, "Mask R-CNN")."""
+    p.add_argument(
+        "--segmenter-weights",
+        dest="segmenter_weights",
+        default=None,
+        help="Mask R-CNN COCO weights (default: the torch hub cache, downloaded into it in the "
+        "background on first use unless --offline)",
+    )
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        default=None,
+        help="never download the Mask R-CNN weights (also ROBUSTAR_LS_OFFLINE=1 or "
+        "HF_HUB_OFFLINE=1; settings: segmentation.offline)",
+    )
+    p.add_argument(
+        "--no-segmenter",
+        dest="segmenter",
+        action="store_false",
+        default=None,
+        help="no Mask R-CNN 'Spurious' pre-annotation",
+    )
 
 
 def add_spurious_flag(p: argparse.ArgumentParser) -> None:
@@ -125,9 +140,28 @@ def add_hardening_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, dest=flag[2:].replace("-", "_"), type=kind, default=None, help=text)
 
 
+OFFLINE_ENV = ("ROBUSTAR_LS_OFFLINE", "HF_HUB_OFFLINE")  # set to 1 / true: no downloads
+
+
+def offline_from_env(env: Mapping[str, str] | None = None) -> bool:
+    """True when ``ROBUSTAR_LS_OFFLINE`` or Hugging Face's ``HF_HUB_OFFLINE`` is set (not 0)."""
+    env = os.environ if env is None else env
+    return any(env.get(name, "").strip().lower() not in _NO for name in OFFLINE_ENV)
+
+
+_NO = ("", "0", "false", "no", "off")
+
+
 def serve_config(args: argparse.Namespace) -> ServeConfig:
-    """Defaults < settings file [serve] < flags < secrets from the environment."""
-    cfg = build(ServeConfig, settings_section(args, "serve"), pick(args, ServeConfig))
+    """Defaults < settings file [serve] < flags < secrets from the environment (and offline
+    from the environment: it only ever forbids)."""
+    offline = bool(getattr(args, "offline", None)) or offline_from_env()
+    cfg = build(
+        ServeConfig,
+        settings_section(args, "serve"),
+        pick(args, ServeConfig),
+        {"segmentation": {"offline": True}} if offline else None,
+    )
     secrets = secrets_from_env()
     return dataclasses.replace(
         cfg,

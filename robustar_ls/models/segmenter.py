@@ -1,9 +1,14 @@
 """Mask R-CNN segmenter: what is the object, and what is everything else (the spurious part).
 
 torchvision's ``maskrcnn_resnet50_fpn_v2`` with its COCO weights, read from a given file or
-from the torch hub cache. Nothing is downloaded: without the weights :meth:`Segmenter.from_config`
-raises :class:`SegmenterUnavailable` saying where it looked and how to provide them. The model
-is never run with random weights.
+from the torch hub cache (where ``robustar-ls serve`` downloads them, in the background:
+:mod:`robustar_ls.backend.maskrcnn_source`). :meth:`Segmenter.from_config` itself never
+downloads: without the weights it raises :class:`SegmenterUnavailable` saying where it looked
+and how to provide them. The model is never run with random weights.
+
+Speed on CPU (:func:`apply_speed_settings`): the defaults of :class:`SegmenterConfig` run the
+model at 512 px with 300/100 RPN proposals and 10 detections instead of COCO's 800 px,
+1000/1000 and 100: 4.3x faster on CPU (bench/README.md, "bench_predict").
 
 ``Segmenter(model, cfg)`` takes any module with torchvision's detection interface (a list of
 ``3xHxW`` float tensors in ``[0, 1]`` in, a list of dicts with ``boxes``, ``scores``,
@@ -54,7 +59,8 @@ def hub_cache_weights_path() -> Path:
 
 def _how_to_provide() -> str:
     return (
-        f"Download {coco_weights_url()} on a machine with internet access and copy it to "
+        "robustar-ls serve downloads them there by itself unless --offline. Or download "
+        f"{coco_weights_url()} on a machine with internet access and copy it to "
         f"{hub_cache_weights_path()}, or pass --segmenter-weights PATH (settings: "
         f"segmenter.weights) pointing at it or at any maskrcnn_resnet50_fpn_v2 state_dict."
     )
@@ -120,6 +126,25 @@ def build_maskrcnn(state_dict: Mapping[str, torch.Tensor] | None = None) -> nn.M
     return model
 
 
+def weights_path(cfg: SegmenterConfig) -> Path:
+    """The file :meth:`Segmenter.from_config` reads: ``cfg.weights``, else the hub cache's."""
+    return Path(cfg.weights).expanduser() if cfg.weights else hub_cache_weights_path()
+
+
+def apply_speed_settings(model: nn.Module, cfg: SegmenterConfig) -> nn.Module:
+    """Input size, RPN proposal counts and detections per image of a torchvision Mask R-CNN.
+
+    The one place that writes torchvision's ``rpn._pre_nms_top_n`` / ``_post_nms_top_n``
+    (private dicts keyed "training"/"testing"; only "testing" is changed).
+    """
+    model.transform.min_size = (cfg.min_size,)
+    model.transform.max_size = cfg.max_size
+    model.rpn._pre_nms_top_n["testing"] = cfg.rpn_pre_nms_top_n
+    model.rpn._post_nms_top_n["testing"] = cfg.rpn_post_nms_top_n
+    model.roi_heads.detections_per_img = cfg.detections_per_img
+    return model
+
+
 def _to_tensor(image: Image.Image) -> torch.Tensor:
     """PIL image → float ``3xHxW`` tensor in ``[0, 1]`` (Mask R-CNN normalises internally)."""
     array = np.asarray(image.convert("RGB"), dtype=np.uint8)
@@ -157,7 +182,7 @@ class Segmenter:
         hold ``maskrcnn_resnet50_fpn_v2`` weights.
         """
         cfg = cfg or SegmenterConfig()
-        path = Path(cfg.weights).expanduser() if cfg.weights else hub_cache_weights_path()
+        path = weights_path(cfg)
         if not path.is_file():
             where = "the configured path" if cfg.weights else "the torch hub cache"
             raise SegmenterUnavailable(
@@ -169,12 +194,11 @@ class Segmenter:
             model = build_maskrcnn(state_dict)
         except SegmenterUnavailable as err:
             raise SegmenterUnavailable(f"{path}: {err}. {_how_to_provide()}") from err
-        model.transform.min_size = (cfg.min_size,)
-        model.transform.max_size = cfg.max_size
+        apply_speed_settings(model, cfg)
         log.info("Mask R-CNN weights loaded from %s", path)
         return cls(model, cfg)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def detect(self, images: Sequence[Image.Image]) -> list[dict[str, torch.Tensor]]:
         """Raw detections per image (``boxes``, ``scores``, ``labels``, ``masks`` on the CPU),
         in batches of ``cfg.batch_size``."""
