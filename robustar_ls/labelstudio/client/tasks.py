@@ -9,10 +9,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
-from label_studio_sdk import LabelStudio
-
 from robustar_ls.labelstudio.client.sdk import (
     NO_SDK_RETRIES,
+    LabelStudio,
     LabelStudioError,
     RetryPolicy,
     base_url,
