@@ -41,9 +41,10 @@ project.project_id = lambda client, label_studio: 7
 """
 
 
-def run_command(argv: list[str], setup: str = "") -> dict:
+def run_command(argv: list[str], setup: str = "", api_key: str = "some-token") -> dict:
+    """Run ``robustar-ls ARGV`` in a fresh interpreter: ``{rc, loaded, stdout}``."""
     code = RUNNER.format(setup=setup, argv=argv, heavy=HEAVY)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "LABEL_STUDIO_API_KEY": "some-token"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LABEL_STUDIO_API_KEY": api_key}
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env
     )
