@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,27 +20,50 @@ class ApiError(Exception):
 
 
 class FakeTasks:
-    def __init__(self, tasks: list[dict]) -> None:
+    """``client.tasks.list``. By default it ignores the Data Manager ``query`` (every task, as
+    an old Label Studio would): a sync must give the same result either way. With
+    ``filtering`` it applies the two queries the sync sends (annotated tasks; tasks by id)."""
+
+    def __init__(self, tasks: list[dict], filtering: bool = False) -> None:
         self.tasks = tasks
+        self.filtering = filtering
         self.calls: list[int] = []
+        self.queries: list[dict | None] = []  # the decoded query of each call
+        self.omitted: list[str] = []  # the ``omit`` of each call
         self.fail: dict[int, Exception] = {}  # page -> error raised every time
 
-    def list(self, *, project, fields, page, page_size, request_options=None):
-        assert request_options == {"max_retries": 0}  # one retry policy: ours
+    def list(self, *, project, fields, page, page_size, request_options=None, query=None):
+        assert request_options["max_retries"] == 0  # one retry policy: ours
         assert fields == "all"
         self.calls.append(page)
+        self.queries.append(json.loads(query) if query is not None else None)
+        extra = request_options.get("additional_query_parameters") or {}
+        self.omitted.append(extra.get("omit", ""))
         if page in self.fail:
             raise self.fail[page]
-        items = self.tasks[(page - 1) * page_size : page * page_size]
-        return SimpleNamespace(items=items, response=SimpleNamespace(total=len(self.tasks)))
+        matching = self.matching(self.queries[-1])
+        items = matching[(page - 1) * page_size : page * page_size]
+        omit = set(self.omitted[-1].split(","))
+        items = [{k: v for k, v in t.items() if k not in omit} for t in items]
+        return SimpleNamespace(items=items, response=SimpleNamespace(total=len(matching)))
+
+    def matching(self, query: dict | None) -> list[dict]:
+        if not self.filtering or query is None:
+            return self.tasks
+        if "selectedItems" in query:
+            ids = set(query["selectedItems"]["included"])
+            return [t for t in self.tasks if t["id"] in ids]
+        columns = {item["filter"] for item in query["filters"]["items"]}
+        assert columns == {"filter:tasks:total_annotations", "filter:tasks:cancelled_annotations"}
+        return [t for t in self.tasks if t.get("annotations")]
 
 
 class FakeClient:
-    def __init__(self, tasks: list[dict]) -> None:
-        self.tasks = FakeTasks(tasks)
+    def __init__(self, tasks: list[dict], filtering: bool = False) -> None:
+        self.tasks = FakeTasks(tasks, filtering)
         self.projects = SimpleNamespace(
             get=lambda id, request_options=None: SimpleNamespace(
-                id=id, label_config=default_label_config()
+                id=id, label_config=default_label_config(), task_number=len(tasks)
             )
         )
         self._client_wrapper = SimpleNamespace(get_base_url=lambda: "http://ls.test:1234")

@@ -167,7 +167,7 @@ def _sync_and_train(args: argparse.Namespace, bar: JobBar | None) -> dict | None
         out=args.out,
         dry_run=args.dry_run,
         progress=tqdm_progress(not args.quiet),
-        segmenter=segmenter_step(args),
+        segmenter=None if args.dry_run else segmenter_step(args),  # a dry run trains nothing
         on_progress=bar,
     )
 

@@ -1,17 +1,19 @@
-"""ImageFolder splits (``train/<class>/*``, ``test/<class>/*``, optional ``val/``)."""
+"""ImageFolder splits (``train/<class>/*``, ``test/<class>/*``, optional ``val/``).
+
+No torch here: listing a dataset (``robustar-ls import``, a sync dry run) must not pay torch's
+start-up. The tensor side (:class:`ImageDataset`, ``images_to_batch``, ``normalize``, ...) lives
+in :mod:`robustar_ls.data.tensors` and is still importable from this module (loaded on first
+use).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import torch
-from PIL import Image
-from torch.utils.data import Dataset
-
-from robustar_ls.data.images import IMAGE_EXTENSIONS, is_image_file, load_rgb
+from robustar_ls.data.images import IMAGE_EXTENSIONS, is_image_file
 from robustar_ls.errors import RobustarError
 
 SPLITS = ("train", "val", "test")
@@ -98,68 +100,15 @@ class ImageFolderSplits:
         return self.root / split
 
 
-def images_to_unit_batch(images: Sequence[Image.Image], image_size: int) -> torch.Tensor:
-    """RGB images → a float ``(N, 3, S, S)`` batch in ``[0, 1]`` (bilinear resize to S x S).
-
-    The one image-to-tensor conversion: training, fine-tuning and the backend all go through it
-    (:func:`image_to_tensor` and :func:`images_to_batch` add the normalisation).
-    """
-    size = (image_size, image_size)
-    arrays = [
-        np.asarray(im if im.size == size else im.resize(size, Image.Resampling.BILINEAR))
-        for im in images
-    ]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+_TENSOR_NAMES = frozenset(
+    ("ImageDataset", "image_to_tensor", "images_to_batch", "images_to_unit_batch", "normalize")
+)
 
 
-def images_to_batch(images: Sequence[Image.Image], image_size: int) -> torch.Tensor:
-    """RGB images → the classifier's normalised ``(N, 3, S, S)`` batch."""
-    return normalize(images_to_unit_batch(images, image_size))
+def __getattr__(name: str) -> Any:
+    """The tensor helpers of :mod:`robustar_ls.data.tensors`, imported (with torch) on use."""
+    if name in _TENSOR_NAMES:
+        from robustar_ls.data import tensors
 
-
-def image_to_tensor(image: Image.Image, image_size: int) -> torch.Tensor:
-    """PIL RGB image → normalised float tensor (3, S, S)."""
-    return images_to_batch([image], image_size)[0].contiguous()
-
-
-def normalize(batch: torch.Tensor) -> torch.Tensor:
-    """[0,1] images (N, 3, H, W) → the normalised input the classifiers take."""
-    mean = torch.tensor(IMAGENET_MEAN, device=batch.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=batch.device).view(1, 3, 1, 1)
-    return (batch - mean) / std
-
-
-class ImageDataset(Dataset):
-    """Images of one split as normalised tensors, decoded once and kept in memory.
-
-    Small benchmark datasets fit easily; for large ones pass ``cache=False``.
-    """
-
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        image_size: int,
-        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        cache: bool = True,
-    ) -> None:
-        self.samples = list(samples)
-        self.image_size = image_size
-        self.transform = transform
-        self._cache: dict[int, torch.Tensor] | None = {} if cache else None
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def load(self, index: int) -> torch.Tensor:
-        if self._cache is not None and index in self._cache:
-            return self._cache[index]
-        tensor = image_to_tensor(load_rgb(self.samples[index].path), self.image_size)
-        if self._cache is not None:
-            self._cache[index] = tensor
-        return tensor
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        tensor = self.load(index)
-        if self.transform is not None:
-            tensor = self.transform(tensor)
-        return tensor, self.samples[index].label
+        return getattr(tensors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
-
-from label_studio_sdk.label_interface import LabelInterface
-from label_studio_sdk.label_interface.control_tags import ControlTag
-from label_studio_sdk.label_interface.object_tags import ObjectTag
+from typing import TYPE_CHECKING
 
 from robustar_ls.errors import RobustarError
 from robustar_ls.labels import SPURIOUS_LABEL
+
+if TYPE_CHECKING:  # the SDK's label interface takes seconds to import: loaded when parsing
+    from label_studio_sdk.label_interface import LabelInterface
+    from label_studio_sdk.label_interface.control_tags import ControlTag
+    from label_studio_sdk.label_interface.object_tags import ObjectTag
 
 DEFAULT_CONFIG_RESOURCE = "robustar.xml"
 
@@ -49,6 +51,8 @@ def default_label_config() -> str:
 
 def parse_label_config(label_config_xml: str) -> LabelInterface:
     """Parse and validate a config with the SDK; any failure becomes a `LabelConfigError`."""
+    from label_studio_sdk.label_interface import LabelInterface
+
     try:
         interface = LabelInterface(label_config_xml)
         interface.validate()

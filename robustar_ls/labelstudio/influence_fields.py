@@ -19,10 +19,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from robustar_ls.explain.influence import InfluenceResult
 from robustar_ls.labelstudio.related import TaskLinks, Thumb, thumbnails_html
+
+if TYPE_CHECKING:  # not at run time: `robustar-ls import` needs CLEARED, not torch
+    from robustar_ls.explain.influence import InfluenceResult
 
 log = logging.getLogger(__name__)
 

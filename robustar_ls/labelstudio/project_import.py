@@ -23,12 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from label_studio_sdk import LabelStudio
-
 from robustar_ls.config import ImportConfig, LabelStudioConfig
 from robustar_ls.data.folders import DatasetError, ImageFolderSplits
 from robustar_ls.labelstudio import client as ls
 from robustar_ls.labelstudio.client import LabelStudioError
+from robustar_ls.labelstudio.client.sdk import LabelStudio
 from robustar_ls.labelstudio.config import LabelConfigError, default_label_config, find_tags
 from robustar_ls.labelstudio.influence_fields import CLEARED
 

@@ -2,12 +2,13 @@
 
 How a sync runs
 ---------------
-1. **Fetch** (nothing is written yet): the project's label config, then every task of the
-   project with its annotations, page by page (``GET /api/tasks/?project=ID&fields=all&page=N``
-   through ``client.tasks.list``; Label Studio orders that list by task id). Each page is
-   retried with exponential backoff on connection errors, timeouts and 5xx answers. If Label
-   Studio still does not answer, :class:`LabelStudioUnavailable` is raised and the mask store is
-   exactly as it was before the run.
+1. **Fetch** (nothing is written yet): the label config, then only the tasks with annotations
+   (a Data Manager filter; id, data and annotations), page by page, ordered by task id, and,
+   by id, the manifest's tasks not among them (annotations deleted, or moved while paging):
+   the time grows with the annotated tasks, not the project, and the result is the one every
+   task would give (unannotated tasks change no mask). Each page is retried with exponential
+   backoff on connection errors, timeouts and 5xx; if Label Studio still does not answer,
+   :class:`LabelStudioUnavailable` is raised and the mask store is exactly as before.
 2. **Plan**: for each task pick one annotation (the rule below), map the task to a training
    image, decode and check the changed masks.
 3. **Write** (skipped with ``dry_run``): masks through :meth:`MaskStore.write` (atomic), removals,
@@ -71,8 +72,9 @@ from robustar_ls.labelstudio.client import (
     LabelStudioError,
     LabelStudioUnavailable,
     RetryPolicy,
-    fetch_tasks,
+    fetch_annotated_tasks,
     project_label_config,
+    project_task_count,
     split_of,
 )
 from robustar_ls.labelstudio.config import find_tags
@@ -339,20 +341,24 @@ def fetch_for_sync(
     policy: RetryPolicy,
     page_size: int = DEFAULT_PAGE_SIZE,
     progress: Callable | None = None,
-) -> tuple[str, list[dict[str, Any]]]:
-    """The project's label config and every task with its annotations; nothing is written.
+    manifest: Mapping[str, Any] | None = None,
+) -> tuple[str, list[dict[str, Any]], int]:
+    """The label config, the annotated tasks and the ``manifest``'s, and the project's task count.
 
     A refusal is a :class:`SyncError`; Label Studio not answering after the retries is a
     :class:`LabelStudioUnavailable`; both say that nothing was written.
     """
+    entries = (manifest or {}).values()
+    recheck = [e["task_id"] for e in entries if isinstance(e, dict) and "task_id" in e]
     try:
         label_config = project_label_config(client, project_id, policy)
-        tasks = fetch_tasks(client, project_id, page_size, policy, progress)
+        tasks = fetch_annotated_tasks(client, project_id, page_size, policy, progress, recheck)
+        total = project_task_count(client, project_id, policy)
     except LabelStudioUnavailable as err:
         raise LabelStudioUnavailable(f"{err}. {NOTHING_WRITTEN}") from err.__cause__
     except LabelStudioError as err:
         raise SyncError(f"{err}. Nothing was written.") from err.__cause__
-    return label_config, tasks
+    return label_config, tasks, len(tasks) if total is None else total
 
 
 def sync_masks(
@@ -376,10 +382,13 @@ def sync_masks(
     """
     given = {"retries": retries, "backoff": backoff, "sleep": sleep}
     policy = RetryPolicy(**{key: value for key, value in given.items() if value is not None})
-    label_config, tasks = fetch_for_sync(client, project_id, policy, page_size, progress)
-    brush_name, image_key = _brush_name(label_config)
     manifest = store.read_manifest()
+    label_config, tasks, total = fetch_for_sync(
+        client, project_id, policy, page_size, progress, manifest
+    )
+    brush_name, image_key = _brush_name(label_config)
     plan, report = plan_sync(tasks, brush_name, image_key, data, store, manifest, label)
+    report.tasks = total  # the project's tasks, not only the annotated ones fetched
     report.dry_run = dry_run
     if not dry_run and (plan.writes or plan.removals):
         apply_plan(plan, store, progress)

@@ -32,9 +32,9 @@ from typing import Literal
 from urllib.parse import quote
 
 import httpx
-from label_studio_sdk import LabelStudio
 
 from robustar_ls.errors import RobustarError
+from robustar_ls.labelstudio.client.sdk import LabelStudio
 
 DEFAULT_STARTUP_TIMEOUT = 600.0
 DB_FILE = "label_studio.sqlite3"

@@ -15,20 +15,22 @@ the lock file). Under ``torchrun`` only rank 0 syncs; the other ranks wait for i
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from robustar_ls.config import LabelStudioConfig, PairedConfig, SyncConfig, TrainConfig
 from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.masks import MaskStore
 from robustar_ls.errors import RobustarError
 from robustar_ls.files import exclusive_lock
-from robustar_ls.train.checkpoint_guard import training_lock
 from robustar_ls.train.progress import OnProgress, progress_record
-from robustar_ls.workflows.segmenter_step import SegmenterStep, run_segmenter_step
+
+if TYPE_CHECKING:  # imported where used: a dry run (sync only) must not load torch
+    from robustar_ls.workflows.segmenter_step import SegmenterStep
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ class TrainPlan:
     train: TrainConfig
     out: str | Path | None = None
     progress: Callable | None = None
-    segmenter: SegmenterStep = SegmenterStep()
+    segmenter: SegmenterStep | None = None  # None = SegmenterStep()
     on_progress: OnProgress | None = None
 
 
@@ -122,7 +124,7 @@ def sync_and_train(
     dry_run: bool = False,
     progress: Callable | None = None,
     client: Any = None,
-    segmenter: SegmenterStep = SegmenterStep(),
+    segmenter: SegmenterStep | None = None,
     on_progress: OnProgress | None = None,
 ) -> dict[str, Any] | None:
     """Sync (when ``label_studio`` is given), then paired fine-tuning of ``checkpoint``.
@@ -153,7 +155,11 @@ def sync_and_train(
         on_progress,
     )
     # One training per checkpoint at a time, CLI and server alike (a dry run trains nothing).
-    with nullcontext() if dry_run else training_lock(plan.checkpoint):
+    if dry_run:
+        return _sync_then_train(plan, label_studio, sync, dry_run, client)
+    from robustar_ls.train.checkpoint_guard import training_lock
+
+    with training_lock(plan.checkpoint):
         return _sync_then_train(plan, label_studio, sync, dry_run, client)
 
 
@@ -164,14 +170,16 @@ def _sync_then_train(plan: TrainPlan, label_studio, sync, dry_run, client):
             raise ValueError("dry_run needs Label Studio settings: it previews a sync")
         return _train(plan, None, changed=False)
 
-    from robustar_ls.train.distributed import init_distributed, launched_by_torchrun, shutdown
-
     def run_sync():
         if plan.on_progress is not None:
             plan.on_progress(progress_record("sync"))
         return sync_from_label_studio(
             label_studio, plan.data, plan.masks_root, sync, dry_run, progress, client
         )
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # one process: torch not even imported
+        return _after_sync(plan, run_sync(), dry_run)
+    from robustar_ls.train.distributed import init_distributed, launched_by_torchrun, shutdown
 
     if not launched_by_torchrun():
         return _after_sync(plan, run_sync(), dry_run)
@@ -192,8 +200,10 @@ def _after_sync(plan: TrainPlan, report, dry_run: bool) -> dict[str, Any] | None
 
 def _train(plan: TrainPlan, report: dict[str, Any] | None, changed: bool) -> dict[str, Any] | None:
     from robustar_ls.train.finetune import paired_finetune
+    from robustar_ls.workflows.segmenter_step import SegmenterStep, run_segmenter_step
 
-    seg_summary, extra = run_segmenter_step(plan.segmenter, plan.data, plan.masks_root, changed)
+    step = plan.segmenter if plan.segmenter is not None else SegmenterStep()
+    seg_summary, extra = run_segmenter_step(step, plan.data, plan.masks_root, changed)
     result = paired_finetune(
         plan.data,
         plan.checkpoint,
@@ -254,7 +264,7 @@ def training_job(
     train: TrainConfig = TrainConfig(),
     sync: SyncConfig = SyncConfig(),
     masks: str | Path | None = None,
-    segmenter: SegmenterStep = SegmenterStep(),
+    segmenter: SegmenterStep | None = None,
 ) -> Callable[[dict[str, Any], OnProgress | None], dict[str, Any] | None]:
     """The ``run(payload, on_progress)`` for :class:`robustar_ls.workflows.jobs.TrainingJobs`:
     each "Start Training" webhook syncs and trains in place (the served checkpoint is replaced

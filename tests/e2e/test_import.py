@@ -322,3 +322,22 @@ def test_document_root_defaults_to_label_studios_variable(
     monkeypatch.delenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
     code, _, err = _run_import([*argv, "--project", _title("noroot")], capsys)
     assert code == 2 and "--document-root" in err
+
+
+def test_import_and_a_sync_dry_run_load_no_torch(label_studio, dataset):
+    from tests.test_start_fast import run_command
+
+    title = _title("no-torch")
+    argv = ["--data", str(dataset), "--label-studio-url", label_studio.url, "--project", title]
+    argv += ["--json", "-q"]
+    imported = run_command(
+        ["import", *argv, "--document-root", str(label_studio.document_root)],
+        api_key=label_studio.legacy_token,
+    )
+    assert imported["rc"] == 0, imported["stdout"]
+    assert imported["loaded"] == []  # neither torch, torchvision, pandas nor the label interface
+    dry = ["sync-train", *argv, "--checkpoint", str(dataset / "none.pt"), "--dry-run"]
+    synced = run_command(dry, api_key=label_studio.legacy_token)
+    assert synced["rc"] == 0, synced["stdout"]
+    assert '"dry_run": true' in synced["stdout"]
+    assert {"torch", "torchvision", "pandas"}.isdisjoint(synced["loaded"])

@@ -217,3 +217,21 @@ def test_annotations_on_test_images_are_ignored(project):
     assert "1 annotated non-training tasks ignored" in report.summary()
     assert not project.store.has("cat/0.png")
     np.testing.assert_array_equal(project.store.read("cat/1.png"), train_mask > 0)
+
+
+def test_only_annotated_tasks_are_fetched_without_predictions_or_drafts(project):
+    from robustar_ls.labelstudio.client import RetryPolicy, fetch_annotated_tasks
+
+    project.annotate("cat/1.png", [brush(box(0, 4, 0, 6))])
+    project.annotate("dog/0.png", [brush(box(0, 4, 0, 6))], cancelled=True)
+    tasks = fetch_annotated_tasks(project.client, project.id, 2, RetryPolicy())
+    assert [t["id"] for t in tasks] == sorted(
+        project.task_of[rel] for rel in ("cat/1.png", "dog/0.png")
+    )
+    assert all(t.get("predictions") is None and t.get("drafts") is None for t in tasks)
+    assert all(t["annotations"][0].get("result") is not None for t in tasks)  # not cut to ids
+    again = fetch_annotated_tasks(
+        project.client, project.id, 2, RetryPolicy(), recheck=[project.task_of["cat/2.png"]]
+    )
+    assert [t["id"] for t in again if t["data"].get("relpath") == "cat/2.png"] != []
+    assert project.sync().tasks == len(IMAGES)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from label_studio_sdk import LabelStudio
-
-from robustar_ls.labelstudio.client.sdk import LabelStudioError, errors
+from robustar_ls.labelstudio.client.sdk import LabelStudio, LabelStudioError, errors
 
 log = logging.getLogger(__name__)
 

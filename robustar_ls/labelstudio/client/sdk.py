@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from label_studio_sdk import LabelStudio
+from label_studio_sdk._extensions.pager_ext import SyncPagerExt
+from label_studio_sdk.base_client import LabelStudioBase
 from label_studio_sdk.core.api_error import ApiError
+from label_studio_sdk.projects.client import ProjectsClient
+from label_studio_sdk.tasks.client_ext import TasksClientExt
 
 from robustar_ls.config import SyncConfig
 from robustar_ls.errors import RobustarError
@@ -56,6 +59,40 @@ class RetryPolicy:
     retries: int = SyncConfig.retries
     backoff: float = SyncConfig.backoff
     sleep: Callable[[float], None] = time.sleep
+
+
+# -- the client -----------------------------------------------------------------------------
+
+
+class _Projects(ProjectsClient):
+    """``client.projects`` with the SDK's paging that ends on Label Studio's 404 past the end."""
+
+    def list(self, **kwargs: Any) -> SyncPagerExt:
+        return SyncPagerExt.from_sync_pager(super().list(**kwargs))
+
+
+class LabelStudio(LabelStudioBase):
+    """``label_studio_sdk.LabelStudio`` without its extras that import pandas and the label
+    interface (export to data frames, ``get_label_interface``): seconds of start-up that a
+    data command does not use. ``tasks`` and ``projects`` page like the SDK's client.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tasks_ext: TasksClientExt | None = None
+        self._projects_ext: _Projects | None = None
+
+    @property
+    def tasks(self) -> TasksClientExt:  # type: ignore[override]
+        if self._tasks_ext is None:
+            self._tasks_ext = TasksClientExt(client_wrapper=self._client_wrapper)
+        return self._tasks_ext
+
+    @property
+    def projects(self) -> _Projects:  # type: ignore[override]
+        if self._projects_ext is None:
+            self._projects_ext = _Projects(client_wrapper=self._client_wrapper)
+        return self._projects_ext
 
 
 # -- errors ---------------------------------------------------------------------------------

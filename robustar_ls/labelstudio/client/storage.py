@@ -8,9 +8,13 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from label_studio_sdk import LabelStudio
-
-from robustar_ls.labelstudio.client.sdk import KEY_REFUSED, LabelStudioError, errors, http_get
+from robustar_ls.labelstudio.client.sdk import (
+    KEY_REFUSED,
+    LabelStudio,
+    LabelStudioError,
+    errors,
+    http_get,
+)
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -9,10 +10,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
-from label_studio_sdk import LabelStudio
-
 from robustar_ls.labelstudio.client.sdk import (
     NO_SDK_RETRIES,
+    LabelStudio,
     LabelStudioError,
     RetryPolicy,
     base_url,
@@ -182,19 +182,56 @@ def update_task_data(
 # -- reads for the sync (retried) ------------------------------------------------------------
 
 
+# Data Manager filters (Label Studio 1.23): tasks with at least one annotation, finished or
+# cancelled (``total_annotations`` counts the finished ones, ``cancelled_annotations`` the rest)
+ANNOTATED_FILTER: dict[str, Any] = {
+    "conjunction": "or",
+    "items": [
+        {"filter": f"filter:tasks:{column}", "operator": "greater", "type": "Number", "value": 0}
+        for column in ("total_annotations", "cancelled_annotations")
+    ],
+}
+# what a sync does not read of a task: above all predictions and drafts (brush RLE, large)
+SYNC_OMIT = (
+    "predictions,drafts,annotations_results,predictions_results,annotators,comment_authors,"
+    "updated_by"
+)
+IDS_PER_QUERY = 200  # task ids per by-id query (they travel in the URL)
+
+
+def annotated_query() -> dict[str, Any]:
+    """The ``query`` of :func:`fetch_tasks` that lists only tasks with annotations."""
+    return {"filters": ANNOTATED_FILTER}
+
+
+def ids_query(task_ids: Sequence[int]) -> dict[str, Any]:
+    """The ``query`` of :func:`fetch_tasks` that lists exactly these tasks (annotated or not)."""
+    return {"selectedItems": {"all": False, "included": [int(i) for i in task_ids]}}
+
+
 def fetch_tasks(
     client: LabelStudio,
     project_id: int,
     page_size: int,
     policy: RetryPolicy,
     progress: Progress | None = None,
+    query: Mapping[str, Any] | None = None,
+    omit: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Every task of the project with its annotations, page by page, each page retried.
+    """Tasks of the project with their annotations, page by page, each page retried.
 
     ``GET /api/tasks/?project=ID&fields=all&page=N`` (Label Studio orders it by task id); a task
-    that moved onto the next page while paging is kept once.
+    that moved onto the next page while paging is kept once. ``query``: a Data Manager query
+    (:func:`annotated_query`, :func:`ids_query`; default every task); ``omit``: task fields
+    not to send (e.g. :data:`SYNC_OMIT`; ``include`` would cut the annotations to their ids).
     """
     url = base_url(client)
+    extra: dict[str, Any] = {}
+    options: dict[str, Any] = dict(NO_SDK_RETRIES)
+    if query is not None:
+        extra["query"] = json.dumps(query, separators=(",", ":"))
+    if omit is not None:  # not a parameter of the SDK's tasks.list: sent as an extra one
+        options["additional_query_parameters"] = {"omit": omit}
 
     def page(number: int) -> tuple[list[dict[str, Any]], int]:
         pager = with_retries(
@@ -203,7 +240,8 @@ def fetch_tasks(
                 fields="all",
                 page=number,
                 page_size=page_size,
-                request_options=NO_SDK_RETRIES,
+                request_options=options,
+                **extra,
             ),
             f"page {number} of the tasks of project {project_id}",
             url,
@@ -227,14 +265,56 @@ def fetch_tasks(
     return [by_id[k] for k in sorted(by_id)]
 
 
-def project_label_config(client: LabelStudio, project_id: int, policy: RetryPolicy) -> str:
-    """The project's labeling config (retried); an error when it has none."""
-    project = with_retries(
+def fetch_annotated_tasks(
+    client: LabelStudio,
+    project_id: int,
+    page_size: int,
+    policy: RetryPolicy,
+    progress: Progress | None = None,
+    recheck: Iterable[int] = (),
+) -> list[dict[str, Any]]:
+    """The tasks that have annotations (finished or cancelled), plus the tasks ``recheck``
+    names that were not among them, read by id (annotated or not); without :data:`SYNC_OMIT`.
+
+    What a sync needs, in time that grows with the annotated tasks, not with the project:
+    ``recheck`` (the task ids of the masks synced before) makes sure a task whose annotations
+    were deleted since, or that moved between pages while listing, is seen as it is now.
+    """
+    tasks = fetch_tasks(
+        client, project_id, page_size, policy, progress, annotated_query(), SYNC_OMIT
+    )
+    seen = {int(task["id"]) for task in tasks}
+    missing = sorted({int(i) for i in recheck} - seen)
+    for chunk in _batches(missing, IDS_PER_QUERY):
+        found = fetch_tasks(
+            client, project_id, page_size, policy, None, ids_query(chunk), SYNC_OMIT
+        )
+        tasks.extend(task for task in found if int(task["id"]) not in seen)
+        seen.update(int(task["id"]) for task in found)
+    return sorted(tasks, key=lambda task: int(task["id"]))
+
+
+def project_task_count(client: LabelStudio, project_id: int, policy: RetryPolicy) -> int | None:
+    """How many tasks the project holds (``task_number``), None when Label Studio does not say."""
+    project = _project(client, project_id, policy)
+    count = getattr(project, "task_number", None)
+    if count is None and isinstance(project, Mapping):
+        count = project.get("task_number")
+    return int(count) if isinstance(count, int) else None
+
+
+def _project(client: LabelStudio, project_id: int, policy: RetryPolicy) -> Any:
+    return with_retries(
         lambda: client.projects.get(id=project_id, request_options=NO_SDK_RETRIES),
         f"project {project_id}",
         base_url(client),
         policy,
     )
+
+
+def project_label_config(client: LabelStudio, project_id: int, policy: RetryPolicy) -> str:
+    """The project's labeling config (retried); an error when it has none."""
+    project = _project(client, project_id, policy)
     config = getattr(project, "label_config", None)
     if config is None and isinstance(project, Mapping):
         config = project.get("label_config")

@@ -24,9 +24,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from label_studio_sdk import LabelStudio
-
-from robustar_ls.labelstudio.client.sdk import errors
+from robustar_ls.labelstudio.client.sdk import LabelStudio, errors
 
 log = logging.getLogger(__name__)
 
