@@ -284,7 +284,7 @@ def main(args: argparse.Namespace) -> dict:
             log.info("measuring featurizing cost")
             splits = ImageFolderSplits.open(data, required=("train",))
             batches = preload(ImageDataset(splits.splits["train"], ckpt.image_size), 64)
-            cost = measure_cost(model, batches[: args.cost_batches], args.k)
+            cost = measure_cost(model, batches[: args.cost_batches], args.k, rounds=3)
             per_image = cost["sketch_s_per_image"]
         if args.query_train:
             log.info("measuring the query (%d test x %d train)", args.query_test, args.query_train)

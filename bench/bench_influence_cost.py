@@ -9,9 +9,10 @@
   featurizing per image.
 - **query**: ``--query-test`` test x ``--query-train`` train random float16 features in a
   memory-mapped ``.npy`` (k = ``--k``), streamed by ``kernel_scores``; timed ``--query-repeats``
-  times (the first reads the file from disk or the page cache, as a real query would), against
-  the time to featurize those test images (per-image sketch featurizing, median over rounds:
-  the test side costs one gradient and one projection per image, like the train side).
+  times (the first reads the file from disk or the page cache, as a real query would), each
+  followed by featurizing the ``--images`` images again (sketch, target margin: the test side
+  costs one gradient and one projection per image, like the train side), so each repeat's ratio
+  (query time / time to featurize the ``--query-test`` test images) is measured at one load.
 
 Threads: ``--threads`` torch threads (default 1). Model: resnet18_small (width 16, 32 px, 4
 classes, untrained: a gradient costs the same whatever the weights), gradients of layer4.1 +
@@ -28,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--query-test", type=int, default=1_000)
     p.add_argument("--query-repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--projections", nargs="+", choices=["sketch", "gaussian"], default=["sketch", "gaussian"]
+    )
     return p
 
 
@@ -75,39 +80,35 @@ def time_featurize(scorer, batches) -> float:
     return time.perf_counter() - start
 
 
-def measure_cost(model, batches, k: int, rounds: int = 5) -> dict:
-    """Plain fwd+bwd, sketch and Gaussian featurizing, in ``rounds`` rotated rounds."""
-    scorers = {
-        proj: InfluenceScorer(model, None, InfluenceConfig(k=k, projection=proj), device="cpu")
-        for proj in ("sketch", "gaussian")
-    }
-    jobs = {
-        "plain": lambda: time_plain(model, batches),
-        "sketch": lambda: time_featurize(scorers["sketch"], batches),
-        "gaussian": lambda: time_featurize(scorers["gaussian"], batches),
-    }
+def scorer_for(model, k: int, projection: str) -> InfluenceScorer:
+    return InfluenceScorer(model, None, InfluenceConfig(k=k, projection=projection), device="cpu")
+
+
+def measure_cost(
+    model, batches, k: int, rounds: int = 5, projections: tuple[str, ...] = ("sketch", "gaussian")
+) -> dict:
+    """Plain fwd+bwd and featurizing with each projection, in ``rounds`` rotated rounds."""
+    scorers = {proj: scorer_for(model, k, proj) for proj in dict.fromkeys(("sketch", *projections))}
     time_plain(model, batches[:1])  # warm-up (and the Gaussian blocks' first generation)
-    for proj in scorers:
-        time_featurize(scorers[proj], batches[:1])
+    for scorer in scorers.values():
+        time_featurize(scorer, batches[:1])
+    jobs = {"plain": lambda: time_plain(model, batches)}
+    jobs.update({p: (lambda s=s: time_featurize(s, batches)) for p, s in scorers.items()})
     names = list(jobs)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        for name in names[r % 3 :] + names[: r % 3]:
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
             times[name].append(jobs[name]())
     images = sum(len(b[1]) for b in batches)
-    sketch = [s / p for s, p in zip(times["sketch"], times["plain"], strict=True)]
-    gaussian = [g / p for g, p in zip(times["gaussian"], times["plain"], strict=True)]
-    return {
-        "images": images,
-        "parameters": int(sum(scorers["sketch"].dims)),
-        "rounds": rounds,
-        "seconds": times,
-        "sketch_ratio": statistics.median(sketch),
-        "gaussian_ratio": statistics.median(gaussian),
-        "sketch_ratio_spread": spread(sketch),
-        "gaussian_ratio_spread": spread(gaussian),
-        "sketch_s_per_image": statistics.median(times["sketch"]) / images,
-    }
+    report = {"images": images, "parameters": int(sum(scorers["sketch"].dims))}
+    report.update({"rounds": rounds, "seconds": times})
+    for proj in scorers:
+        ratios = [f / p for f, p in zip(times[proj], times["plain"], strict=True)]
+        report[f"{proj}_ratio"] = statistics.median(ratios)
+        report[f"{proj}_ratio_spread"] = spread(ratios)
+    report["sketch_s_per_image"] = statistics.median(times["sketch"]) / images
+    return report
 
 
 def _features_file(path: Path, n: int, k: int, rng) -> None:
@@ -118,13 +119,18 @@ def _features_file(path: Path, n: int, k: int, rng) -> None:
     memmap.flush()
 
 
-def measure_query(n: int, t: int, k: int, per_image_featurize_s: float, repeats: int = 3) -> dict:
+def measure_query(
+    n: int, t: int, k: int, per_image_featurize: float | Callable[[], float], repeats: int = 3
+) -> dict:
     """``t`` test x ``n`` train: random float16 features in a memmap, streamed by the query.
 
     The cache's Gram matrix is accumulated while featurizing (one-off per model version); here
     it is timed on the first ``GRAM_ROWS`` rows only and the query uses ``n I`` (the expected
     Gram of N(0, 1) features): the query's cost does not depend on its values.
+    ``per_image_featurize``: seconds to featurize one image, or a function timing it, then
+    called after each query so that each ratio comes from one moment of the machine's load.
     """
+    timer = per_image_featurize if callable(per_image_featurize) else None
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="bench-influence-") as tmp:
         path = Path(tmp) / "train_features.npy"
@@ -142,25 +148,27 @@ def measure_query(n: int, t: int, k: int, per_image_featurize_s: float, repeats:
             meta={"synthetic": True},
         )
         test = rng.standard_normal((t, k), dtype=np.float32)
-        seconds = []
+        seconds, per_image = [], []
         for _ in range(repeats):
             start = time.perf_counter()
             result = kernel_scores(train, test, aggregate="sum")
             seconds.append(time.perf_counter() - start)
+            per_image.append(timer() if timer else float(per_image_featurize))
         assert result.scores.shape == (n,)
         del features, train
-    featurize_test = per_image_featurize_s * t
+    ratios = [s / (p * t) for s, p in zip(seconds, per_image, strict=True)]
     return {
         "train": n,
         "test": t,
         "k": k,
         "query_seconds": seconds,
+        "featurize_s_per_image": per_image,
         "query_s": statistics.median(seconds),
         "query_ms_per_test_image": 1000 * statistics.median(seconds) / t,
-        "query_over_featurizing_the_test_images": statistics.median(seconds) / featurize_test,
-        "query_over_featurizing_spread": spread([s / featurize_test for s in seconds]),
+        "query_over_featurizing_the_test_images": statistics.median(ratios),
+        "query_over_featurizing_spread": spread(ratios),
         "gram_s_per_train_image": gram_s_per_image,
-        "gram_over_featurizing": gram_s_per_image / per_image_featurize_s,
+        "gram_over_featurizing": gram_s_per_image / statistics.median(per_image),
     }
 
 
@@ -176,14 +184,16 @@ def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = create_classifier("resnet18_small", 4, width=args.width).eval()
-    cost = measure_cost(model, batches_of(args.images, seed=args.seed), args.k, args.rounds)
+    batches = batches_of(args.images, seed=args.seed)
+    cost = measure_cost(model, batches, args.k, args.rounds, tuple(args.projections))
     query = {}
     if args.query_train:
+        sketch = scorer_for(model, args.k, "sketch")
         query = measure_query(
             args.query_train,
             args.query_test,
             args.k,
-            cost["sketch_s_per_image"],
+            lambda: time_featurize(sketch, batches) / cost["images"],
             args.query_repeats,
         )
     report = {"bench": "influence_cost", "threads": torch.get_num_threads(), "cost": cost}
@@ -196,12 +206,14 @@ def main(args: argparse.Namespace) -> dict:
 
 def print_table(report: dict) -> None:
     c, q = report["cost"], report["query"]
-    s, g = c["sketch_ratio_spread"], c["gaussian_ratio_spread"]
+    ratios = ", ".join(
+        f"{proj} {r['median']:.2f}x ({r['min']:.2f}..{r['max']:.2f})"
+        for proj in ("sketch", "gaussian")
+        if (r := c.get(f"{proj}_ratio_spread"))
+    )
     print(
         f"featurizing / plain fwd+bwd ({c['images']} images, {c['parameters']} parameters, "
-        f"{report['threads']} thread(s), {c['rounds']} rounds): sketch {s['median']:.2f}x "
-        f"({s['min']:.2f}..{s['max']:.2f}), gaussian {g['median']:.1f}x "
-        f"({g['min']:.1f}..{g['max']:.1f})",
+        f"{report['threads']} thread(s), {c['rounds']} rounds): {ratios}",
         file=sys.stderr,
     )
     if q:
