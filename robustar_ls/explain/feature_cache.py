@@ -7,6 +7,7 @@ Layout under ``root`` (by default ``<data>/.robustar/influence``)::
     <model_version>/row_scales.npy       (n,) float32: row i is features[i] * row_scales[i]
     <model_version>/gram.npy             (k, k) float64: sum_i phi_i phi_i^T
     <model_version>/feature_sum.npy      (k,) float64: sum_i phi_i
+    <model_version>/shards/              only while a torchrun run featurizes (feature_shards)
 
 Features are written in batches through :class:`FeatureWriter` (bounded memory for any n); the
 arrays are written under temporary names, renamed when complete, and ``meta.json`` is written
