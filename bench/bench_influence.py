@@ -9,8 +9,10 @@ Steps (one process, one seed):
    baselines; precision@50/@100 = share of ``spurious.json == "aligned"`` images among the top
    50/100, next to the base rate (random order).
 3. Cost: featurizing (sketch and Gaussian projections) as a ratio over one plain
-   forward+backward pass on the same (pre-decoded) images, measured interleaved.
-4. Query: 1,000 test x 100,000 train synthetic features in a float16 memmap.
+   forward+backward pass on the same (pre-decoded) images, in rotated rounds, and the query
+   (1,000 test x 100,000 train synthetic features in a float16 memmap), with
+   ``bench_influence_cost.py``'s functions (that script measures them on their own, with
+   their spread).
 
 Prints a table on stderr and a JSON document on stdout. Example (see bench/README.md)::
 
@@ -30,17 +32,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_influence_cost import measure_cost, measure_query  # bench/ is on sys.path
 
 from robustar_ls.config import InfluenceConfig, ModelConfig, SyntheticConfig, TrainConfig
 from robustar_ls.data.folders import ImageDataset, ImageFolderSplits
 from robustar_ls.data.synthetic import SHAPES, image_specs, make_dataset
-from robustar_ls.explain.feature_cache import TrainFeatures, gram_of
+from robustar_ls.explain.feature_cache import TrainFeatures
 from robustar_ls.explain.influence import InfluenceScorer, MisclassifiedTest, kernel_scores
 from robustar_ls.models.checkpoint import load_checkpoint
 from robustar_ls.train.run import train_classifier
 
 log = logging.getLogger("bench_influence")
-GRAM_ROWS = 4096
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -146,98 +148,6 @@ def average_precision(scores: np.ndarray, aligned: np.ndarray) -> float:
     hits = aligned[ranking(scores)]
     ranks = np.flatnonzero(hits) + 1
     return float((np.arange(1, len(ranks) + 1) / ranks).mean()) if len(ranks) else 0.0
-
-
-# -- cost -----------------------------------------------------------------------------------
-
-
-def time_plain(model, batches) -> float:
-    start = time.perf_counter()
-    for images, labels in batches:
-        model.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(images), labels).backward()
-    model.zero_grad(set_to_none=True)
-    return time.perf_counter() - start
-
-
-def time_featurize(scorer, batches) -> float:
-    start = time.perf_counter()
-    for _ in scorer.feature_batches(batches, "margin"):
-        pass
-    return time.perf_counter() - start
-
-
-def measure_cost(model, batches, k: int, repeats: int = 2) -> dict:
-    """Plain fwd+bwd, sketch and Gaussian featurizing, interleaved ``repeats`` times."""
-    scorers = {
-        proj: InfluenceScorer(model, None, InfluenceConfig(k=k, projection=proj), device="cpu")
-        for proj in ("sketch", "gaussian")
-    }
-    times = {"plain": [], "sketch": [], "gaussian": []}
-    for proj in scorers:  # warm-up (and the Gaussian blocks' first generation)
-        time_featurize(scorers[proj], batches[:1])
-    time_plain(model, batches[:1])
-    for _ in range(repeats):
-        times["plain"].append(time_plain(model, batches))
-        for proj, scorer in scorers.items():
-            times[proj].append(time_featurize(scorer, batches))
-    plain = min(times["plain"])
-    return {
-        "images": sum(len(b[1]) for b in batches),
-        "parameters": int(sum(scorers["sketch"].dims)),
-        "plain_fwd_bwd_s": plain,
-        "sketch_s": min(times["sketch"]),
-        "gaussian_s": min(times["gaussian"]),
-        "sketch_ratio": min(times["sketch"]) / plain,
-        "gaussian_ratio": min(times["gaussian"]) / plain,
-    }
-
-
-def measure_query(n: int, t: int, k: int, per_image_featurize_s: float) -> dict:
-    """1,000 test x 100,000 train: random float16 features in a memmap, streamed by the query.
-
-    The cache's Gram matrix is accumulated while featurizing (one-off per model version); here
-    it is timed on the first ``GRAM_ROWS`` rows only and the query uses ``n I`` (the expected
-    Gram of N(0, 1) features): the query's cost does not depend on its values.
-    """
-    rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory(prefix="bench-influence-") as tmp:
-        path = Path(tmp) / "train_features.npy"
-        memmap = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, k))
-        step = 8192
-        for lo in range(0, n, step):
-            rows = min(step, n - lo)
-            memmap[lo : lo + rows] = rng.standard_normal((rows, k), dtype=np.float32)
-        memmap.flush()
-        del memmap
-        features = np.load(path, mmap_mode="r")
-        start = time.perf_counter()
-        rows = min(GRAM_ROWS, n)
-        gram_of(np.asarray(features[:rows], dtype=np.float32))
-        gram_s_per_image = (time.perf_counter() - start) / rows
-        train = TrainFeatures(
-            features=features,
-            row_scales=np.ones(n, dtype=np.float32),
-            gram=np.eye(k) * n,
-            feature_sum=np.zeros(k),
-            meta={"synthetic": True},
-        )
-        test = rng.standard_normal((t, k), dtype=np.float32)
-        start = time.perf_counter()
-        result = kernel_scores(train, test, aggregate="sum")
-        query_s = time.perf_counter() - start
-        assert result.scores.shape == (n,)
-        del features, train
-    return {
-        "train": n,
-        "test": t,
-        "k": k,
-        "query_s": query_s,
-        "query_ms_per_test_image": 1000 * query_s / t,
-        "query_over_featurizing_the_test_images": query_s / (per_image_featurize_s * t),
-        "gram_s_per_train_image": gram_s_per_image,
-        "gram_over_featurizing": gram_s_per_image / per_image_featurize_s,
-    }
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -374,8 +284,8 @@ def main(args: argparse.Namespace) -> dict:
             log.info("measuring featurizing cost")
             splits = ImageFolderSplits.open(data, required=("train",))
             batches = preload(ImageDataset(splits.splits["train"], ckpt.image_size), 64)
-            cost = measure_cost(model, batches[: args.cost_batches], args.k)
-            per_image = cost["sketch_s"] / cost["images"]
+            cost = measure_cost(model, batches[: args.cost_batches], args.k, rounds=3)
+            per_image = cost["sketch_s_per_image"]
         if args.query_train:
             log.info("measuring the query (%d test x %d train)", args.query_test, args.query_train)
             query = measure_query(args.query_train, args.query_test, args.k, per_image)

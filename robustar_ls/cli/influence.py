@@ -22,7 +22,10 @@ DESCRIPTION = (
     "(TRAK-style projected gradients; train features cached per model version under "
     '<data>/.robustar/influence). Without --out, --json prints {"model_version", "scores": '
     "{relpath: score}, ...}. With --label-studio-url and --project (API key from "
-    "LABEL_STUDIO_API_KEY) the scores are written into the tasks."
+    "LABEL_STUDIO_API_KEY) the scores are written into the tasks. Under torchrun "
+    "(torchrun --nproc-per-node N --no-python robustar-ls influence ...) every process "
+    "featurizes a share of the training images and rank 0 scores and writes; a killed run "
+    "resumes from the shards already written."
 )
 
 
@@ -73,10 +76,14 @@ def run(args: argparse.Namespace) -> int:
     label_studio = label_studio_config(args) if args.project else None
     data = ImageFolderSplits.open(args.data, required=("train", cfg.test_split))
     ckpt = load_checkpoint(args.checkpoint, arch=args.arch, classes=data.classes)
-    progress = tqdm_progress(not args.quiet)
-    result = influence.score(
-        data, ckpt, cfg, cache_root=args.cache_dir, top=args.top, progress=progress
-    )
+    with influence.process_group(cfg.device) as ranks:  # torchrun: every rank featurizes
+        main = ranks is None or ranks.is_main
+        progress = tqdm_progress(not args.quiet and main)
+        result = influence.score(
+            data, ckpt, cfg, cache_root=args.cache_dir, top=args.top, progress=progress, ranks=ranks
+        )
+    if result is None:  # not rank 0: rank 0 writes the scores
+        return 0
     summary = influence.summary(result, args.top)
     if label_studio is not None:
         from robustar_ls.labelstudio.client import connect

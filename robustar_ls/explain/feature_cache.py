@@ -7,6 +7,7 @@ Layout under ``root`` (by default ``<data>/.robustar/influence``)::
     <model_version>/row_scales.npy       (n,) float32: row i is features[i] * row_scales[i]
     <model_version>/gram.npy             (k, k) float64: sum_i phi_i phi_i^T
     <model_version>/feature_sum.npy      (k,) float64: sum_i phi_i
+    <model_version>/shards/              only while a torchrun run featurizes (feature_shards)
 
 Features are written in batches through :class:`FeatureWriter` (bounded memory for any n); the
 arrays are written under temporary names, renamed when complete, and ``meta.json`` is written
@@ -83,6 +84,19 @@ def gram_of(block: np.ndarray) -> np.ndarray:
     return (rows.T @ rows).double().numpy()
 
 
+def quantize(block: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(stored, row_scales, values)``: rows as the cache stores them in ``dtype`` (float16:
+    each row scaled so its largest ``|value|`` is :data:`FLOAT16_TARGET`), and the float32
+    values they stand for (``stored * row_scales``), of which the statistics are taken."""
+    block = np.asarray(block, dtype=np.float32)
+    if dtype != "float16":
+        return block, np.ones(block.shape[0], dtype=np.float32), block
+    peak = np.abs(block).max(axis=1) if block.size else np.zeros(block.shape[0], np.float32)
+    scales = np.where(peak > 0, peak / FLOAT16_TARGET, 1.0).astype(np.float32)
+    stored = (block / scales[:, None]).astype(np.float16)
+    return stored, scales, stored.astype(np.float32) * scales[:, None]
+
+
 class FeatureWriter:
     """Fill a cache folder batch by batch; :meth:`finish` publishes it."""
 
@@ -109,20 +123,26 @@ class FeatureWriter:
 
     def write(self, start: int, block: np.ndarray) -> None:
         """Rows ``[start, start + len(block))`` (float32, unscaled)."""
-        block = np.asarray(block, dtype=np.float32)
-        stop = start + block.shape[0]
-        if self.dtype == "float16":
-            peak = np.abs(block).max(axis=1)
-            scales = np.where(peak > 0, peak / FLOAT16_TARGET, 1.0).astype(np.float32)
-            stored = (block / scales[:, None]).astype(np.float16)
-            self._scales[start:stop] = scales
-            block = stored.astype(np.float32) * scales[:, None]  # stats of what is stored
-        else:
-            stored = block
+        stored, scales, values = quantize(block, self.dtype)
+        self.put(start, stored, scales)
+        self.add_stats(values)
+
+    def put(self, start: int, stored: np.ndarray, scales: np.ndarray) -> None:
+        """Rows already quantized by :func:`quantize` (statistics not updated)."""
+        stop = start + stored.shape[0]
         self._features[start:stop] = stored
-        self._gram += gram_of(block)
-        self._sum += block.sum(axis=0, dtype=np.float64)
-        self._filled += block.shape[0]
+        self._scales[start:stop] = scales
+        self._filled += stored.shape[0]
+
+    def add_stats(self, values: np.ndarray) -> None:
+        """Add rows (as stored, scales applied) to the Gram matrix and the feature sum."""
+        self._gram += gram_of(values)
+        self._sum += values.sum(axis=0, dtype=np.float64)
+
+    def set_stats(self, gram: np.ndarray, feature_sum: np.ndarray) -> None:
+        """The statistics of every row, computed elsewhere (e.g. reduced over processes)."""
+        self._gram = np.asarray(gram, dtype=np.float64).reshape(self.k, self.k)
+        self._sum = np.asarray(feature_sum, dtype=np.float64).reshape(self.k)
 
     def finish(self) -> TrainFeatures:
         if self._filled != self.n:

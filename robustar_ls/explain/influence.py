@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader
 from robustar_ls.config import InfluenceConfig
 from robustar_ls.data.folders import ImageDataset, Sample
 from robustar_ls.explain.feature_cache import FeatureCache, TrainFeatures
+from robustar_ls.explain.feature_shards import Ranks, sharded_features
 from robustar_ls.explain.influence_gradients import (
     GRAD_BYTES,
     TARGETS,
@@ -188,13 +189,47 @@ class InfluenceScorer:
         model_version: str,
         cache_root: str | Path,
         progress: Progress | None = None,
-    ) -> TrainFeatures:
-        """Train-side features for ``model_version``: from the cache, or computed and cached."""
+        ranks: Ranks | None = None,
+    ) -> TrainFeatures | None:
+        """Train-side features for ``model_version``: from the cache, or computed and cached.
+
+        ``ranks`` (under ``torchrun``): every process featurizes its share of shards
+        (:mod:`feature_shards`, resumable); rank 0 gets the features, the others None.
+        """
         cache = FeatureCache(cache_root)
         meta = self.cache_meta(samples, image_size, model_version)
-        cached = cache.load(model_version, meta)
-        if cached is not None:
-            return cached
+        if ranks is None:
+            cached = cache.load(model_version, meta)
+            if cached is not None:
+                return cached
+            features = self._compute(cache, samples, image_size, meta, progress)
+        else:
+            features = sharded_features(
+                lambda start, stop: self.feature_batches(
+                    self.loader(samples[start:stop], image_size), "margin"
+                ),
+                cache,
+                model_version,
+                meta,
+                k=self.cfg.k,
+                dtype=self.cfg.dtype,
+                batch_size=self.cfg.batch_size,
+                ranks=ranks,
+                progress=progress,
+            )
+            if features is None:
+                return None
+        cache.prune(self.cfg.keep_versions, model_version)
+        return features
+
+    def _compute(
+        self,
+        cache: FeatureCache,
+        samples: Sequence[Sample],
+        image_size: int,
+        meta: dict,
+        progress: Progress | None,
+    ) -> TrainFeatures:
         log.info(
             "featurizing %d training images (%d gradient coordinates → k=%d, %s projection)",
             len(samples),
@@ -202,14 +237,13 @@ class InfluenceScorer:
             self.cfg.k,
             self.cfg.projection,
         )
-        writer = cache.writer(model_version, len(samples), self.cfg.k, self.cfg.dtype, meta)
+        version = meta["model_version"]
+        writer = cache.writer(version, len(samples), self.cfg.k, self.cfg.dtype, meta)
         start = 0
         for block in self.feature_batches(self.loader(samples, image_size), "margin", progress):
             writer.write(start, block)
             start += len(block)
-        features = writer.finish()
-        cache.prune(self.cfg.keep_versions, model_version)
-        return features
+        return writer.finish()
 
     # -- predictions ------------------------------------------------------------------------
 
@@ -244,37 +278,28 @@ class InfluenceScorer:
         cache_root: str | Path | None = None,
         top: int | None = None,
         progress: Progress | None = None,
-    ) -> InfluenceResult:
+        ranks: Ranks | None = None,
+    ) -> InfluenceResult | None:
         """Score every training image against the misclassified images of ``test``.
 
         ``cache_root``: where train features are cached per model version (None = a temporary
         folder, discarded). ``top``: record explanations for the ``top`` highest only.
+        ``ranks`` (under ``torchrun``): the train features are computed by every process; rank
+        0 scores and returns the result, the other ranks return None.
         """
         if not train:
             raise InfluenceError("no training images to score")
-        predicted = self.predictions(test, image_size)
-        errors = [p for p in predicted if p.predicted != p.true]
-        log.info("%d of %d test images are misclassified", len(errors), len(test))
+        if ranks is not None and cache_root is None:
+            raise InfluenceError("featurizing over several processes needs a cache folder")
         with tempfile.TemporaryDirectory(prefix="robustar-influence-") as tmp:
             root = Path(cache_root) if cache_root is not None else Path(tmp)
-            features = self.train_features(train, image_size, model_version, root, progress)
-            if errors:
-                by_rel = {s.relpath: s for s in test}
-                wrong = [by_rel[e.relpath] for e in errors]
-                test_feats = self.featurize(self.loader(wrong, image_size), "error", progress)
-                kernel = kernel_scores(
-                    features,
-                    test_feats,
-                    damping=self.cfg.damping,
-                    aggregate=self.cfg.aggregate,
-                    support=self.cfg.support,
-                    explain_top=self.cfg.explain_top,
-                    progress=progress,
-                    device=self.device,
-                )
-            else:
-                log.warning("the model makes no test error: every influence score is 0")
-                kernel = empty_kernel_scores(len(train))
+            features = self.train_features(train, image_size, model_version, root, progress, ranks)
+            if features is None:  # not rank 0: rank 0 scores
+                return None
+            predicted = self.predictions(test, image_size)
+            errors = [p for p in predicted if p.predicted != p.true]
+            log.info("%d of %d test images are misclassified", len(errors), len(test))
+            kernel = self._kernel(features, errors, test, image_size, progress)
             del features  # release the memmap before a temporary folder goes
         config = {**asdict(self.cfg), "layers": self.layers}
         relpaths = [s.relpath for s in train]
@@ -288,3 +313,28 @@ class InfluenceScorer:
             for p in predicted
         }
         return result
+
+    def _kernel(
+        self,
+        features: TrainFeatures,
+        errors: list[MisclassifiedTest],
+        test: Sequence[Sample],
+        image_size: int,
+        progress: Progress | None,
+    ) -> KernelScores:
+        if not errors:
+            log.warning("the model makes no test error: every influence score is 0")
+            return empty_kernel_scores(features.n)
+        by_rel = {s.relpath: s for s in test}
+        wrong = [by_rel[e.relpath] for e in errors]
+        test_feats = self.featurize(self.loader(wrong, image_size), "error", progress)
+        return kernel_scores(
+            features,
+            test_feats,
+            damping=self.cfg.damping,
+            aggregate=self.cfg.aggregate,
+            support=self.cfg.support,
+            explain_top=self.cfg.explain_top,
+            progress=progress,
+            device=self.device,
+        )

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from robustar_ls.config import InfluenceConfig, LabelStudioConfig
 from robustar_ls.data.folders import ImageFolderSplits
@@ -19,9 +20,28 @@ from robustar_ls.explain.influence import InfluenceResult, InfluenceScorer
 from robustar_ls.files import atomic_write_bytes
 from robustar_ls.models.checkpoint import Checkpoint
 
+if TYPE_CHECKING:
+    from robustar_ls.train.distributed import DistContext
+
 log = logging.getLogger(__name__)
 
 SHOWN_BY_DEFAULT = 10
+
+
+@contextmanager
+def process_group(device: str = "auto") -> Iterator[DistContext | None]:
+    """Under ``torchrun``: this process's place in the started process group (Gloo on CPU,
+    NCCL on GPUs), ended on exit; in one plain process: None."""
+    from robustar_ls.train.distributed import init_distributed, launched_by_torchrun, shutdown
+
+    if not launched_by_torchrun():
+        yield None
+        return
+    ctx = init_distributed(device)
+    try:
+        yield ctx
+    finally:
+        shutdown(ctx)
 
 
 def score(
@@ -32,14 +52,16 @@ def score(
     cache_root: str | Path | None = None,
     top: int | None = None,
     progress: Callable | None = None,
-) -> InfluenceResult:
+    ranks: DistContext | None = None,
+) -> InfluenceResult | None:
     """Scores of ``data``'s train split against ``ckpt``'s errors on ``cfg.test_split``.
 
     Train features are cached per model version under ``cache_root`` (default
-    ``<data>/.robustar/influence``).
+    ``<data>/.robustar/influence``). ``ranks`` (from :func:`process_group`): the processes
+    share the featurizing; rank 0 returns the scores, the other ranks None.
     """
     cache = Path(cache_root) if cache_root else data.root / ".robustar" / "influence"
-    scorer = InfluenceScorer(ckpt.model, None, cfg)
+    scorer = InfluenceScorer(ckpt.model, None, cfg, device=ranks.device if ranks else None)
     return scorer.score(
         data.splits["train"],
         data.splits[cfg.test_split],
@@ -49,6 +71,7 @@ def score(
         cache_root=cache,
         top=top,
         progress=progress,
+        ranks=ranks,
     )
 
 
