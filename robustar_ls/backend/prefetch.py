@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -179,17 +180,17 @@ class Prefetcher:
         self._publish({**self._status, "project": project, "total": len(todo) + skipped,
                        "skipped": skipped})  # fmt: skip
         label_config = ls.project_label_config(client, project, self.policy)
-        for chunk in chunks(todo, self.cfg.chunk):
-            if self.predictor.model_version != version or self.files.has_requests():
-                raise Superseded()
-            stored = self._predict_and_store(client, project, list(chunk), version, label_config)
-            done = self._status["done"] + stored
-            failed = self._status["failed"] + len(chunk) - stored
-            self._publish({**self._status, "done": done, "failed": failed})
-            log.info(
-                "prefetch: %d/%d tasks of project %s predicted for model version %s",
-                done + failed, len(todo), project, version,
-            )  # fmt: skip
+        # each chunk is stored while the next one is predicted (at most one store in flight)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch-store") as writer:
+            pending: tuple[Future, int] | None = None
+            for chunk in chunks(todo, self.cfg.chunk):
+                if self.predictor.model_version != version or self.files.has_requests():
+                    raise Superseded()
+                good = self._predict(list(chunk), version, label_config)
+                self._settle(pending, len(todo))
+                store = writer.submit(ls.store_predictions, client, project, good, self.policy)
+                pending = (store, len(chunk))
+            self._settle(pending, len(todo))
         self._deferred = {}
         self._publish({**self._status, "state": "done", "finished_at": _now()})
 
@@ -208,27 +209,33 @@ class Prefetcher:
                 todo.append({"id": task.id, "data": task.data})
         return todo, skipped
 
-    def _predict_and_store(
-        self, client: Any, project: int, tasks: list[dict], version: str, label_config: str
-    ) -> int:
+    def _predict(self, tasks: list[dict], version: str, label_config: str) -> list[dict]:
+        """The predictions to store for ``tasks``: those with a result of ``version``."""
         results = self.predictor.predict(tasks, label_config=label_config)
-        good = [
-            {
-                "task": task["id"],
-                "result": result["result"],
-                "score": result.get("score"),
-                "model_version": version,
-            }
-            for task, result in zip(tasks, results, strict=True)
-            if isinstance(result, dict)
-            and result.get("result")
-            and not result.get("error")
-            and result.get("model_version") == version
-        ]
+        good = []
         for task, result in zip(tasks, results, strict=True):
-            if isinstance(result, dict) and result.get("error"):
+            if not isinstance(result, dict):
+                continue
+            if result.get("error"):
                 log.warning("prefetch: task %s: no prediction: %s", task["id"], result["error"])
-        return ls.store_predictions(client, project, good, self.policy)
+            elif result.get("result") and result.get("model_version") == version:
+                good.append({"task": task["id"], "result": result["result"],
+                             "score": result.get("score"), "model_version": version})  # fmt: skip
+        return good
+
+    def _settle(self, pending: tuple[Future, int] | None, total: int) -> None:
+        """Wait for a chunk's store (its errors end the run) and count it."""
+        if pending is None:
+            return
+        store, size = pending
+        stored = store.result()
+        done = self._status["done"] + stored
+        failed = self._status["failed"] + size - stored
+        self._publish({**self._status, "done": done, "failed": failed})
+        log.info(
+            "prefetch: %d/%d tasks of project %s predicted for model version %s",
+            done + failed, total, self._status["project"], self._status["model_version"],
+        )  # fmt: skip
 
     def _connect(self) -> Any:
         if self._client is None:
