@@ -203,3 +203,23 @@ def test_serve_builds_a_prefetcher_only_with_n_and_a_key(tmp_path):
     finally:
         prefetcher.stop()
     assert not prefetcher._thread.is_alive()
+
+
+def test_predictions_made_while_a_store_is_in_flight_go_in_the_next_store(tmp_path):
+    sdk = FakeSdk(ranked_tasks(8))
+    imports: list[int] = []
+    store = sdk.projects.import_predictions
+
+    def slow_store(id, request, request_options=None):
+        imports.append(len(request))
+        time.sleep(0.3)  # Label Studio is slower than the model
+        return store(id, request, request_options)
+
+    sdk.projects.import_predictions = slow_store
+    predictor = FakePredictor()
+    predictor.on_predict = lambda p: time.sleep(0.05)
+    prefetcher = make(tmp_path, sdk, predictor, top=8, chunk=1)
+    prefetcher.step()
+    assert [p["task"] for p in sdk.stored] == list(range(11, 19))  # in influence order
+    assert imports[0] == 1 and sum(imports) == 8 and len(imports) < 8
+    assert prefetcher.status()["done"] == 8

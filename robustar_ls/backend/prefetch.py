@@ -180,17 +180,25 @@ class Prefetcher:
         self._publish({**self._status, "project": project, "total": len(todo) + skipped,
                        "skipped": skipped})  # fmt: skip
         label_config = ls.project_label_config(client, project, self.policy)
-        # each chunk is stored while the next one is predicted (at most one store in flight)
+        # predictions are stored while the next chunks are predicted: one store in flight,
+        # the next one takes whatever was predicted meanwhile
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch-store") as writer:
             pending: tuple[Future, int] | None = None
+            ready: list[dict] = []
+            predicted = 0
             for chunk in chunks(todo, self.cfg.chunk):
                 if self.predictor.model_version != version or self.files.has_requests():
                     raise Superseded()
-                good = self._predict(list(chunk), version, label_config)
-                self._settle(pending, len(todo))
-                store = writer.submit(ls.store_predictions, client, project, good, self.policy)
-                pending = (store, len(chunk))
+                ready += self._predict(list(chunk), version, label_config)
+                predicted += len(chunk)
+                if pending is None or pending[0].done():
+                    self._settle(pending, len(todo))
+                    pending = (writer.submit(self._store, client, project, ready), predicted)
+                    ready, predicted = [], 0
             self._settle(pending, len(todo))
+            if predicted:
+                self._settle((writer.submit(self._store, client, project, ready), predicted),
+                             len(todo))  # fmt: skip
         self._deferred = {}
         self._publish({**self._status, "state": "done", "finished_at": _now()})
 
@@ -223,8 +231,11 @@ class Prefetcher:
                              "score": result.get("score"), "model_version": version})  # fmt: skip
         return good
 
+    def _store(self, client: Any, project: int, predictions: list[dict]) -> int:
+        return ls.store_predictions(client, project, predictions, self.policy)
+
     def _settle(self, pending: tuple[Future, int] | None, total: int) -> None:
-        """Wait for a chunk's store (its errors end the run) and count it."""
+        """Wait for a store of ``size`` predicted tasks (its errors end the run); count it."""
         if pending is None:
             return
         store, size = pending
