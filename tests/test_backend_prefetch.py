@@ -97,6 +97,7 @@ def test_a_request_names_the_project_and_n(tmp_path):
     prefetcher.request(7, 4)
     prefetcher.step()
     assert [p["task"] for p in sdk.stored] == [11, 12, 13, 14]
+    assert prefetcher.status()["top"] == 4  # the request's N, not the setting's 3
 
 
 def test_deferred_tasks_come_first(tmp_path):

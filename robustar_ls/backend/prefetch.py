@@ -100,7 +100,7 @@ class Prefetcher:
     def status(self) -> dict[str, Any]:
         """The prefetch's status (the lock holder's, from any worker)."""
         status = dict(self._status) if self._fd is not None else self.files.read_status()
-        return {**status, "top": self.cfg.top}
+        return {**status, "top": status.get("top") or self.cfg.top}
 
     # -- the background thread ----------------------------------------------------------------
 
@@ -154,7 +154,8 @@ class Prefetcher:
     # -- one run --------------------------------------------------------------------------------
 
     def _run(self, version: str) -> None:
-        self._publish({**IDLE, "state": "running", "model_version": version, "started_at": _now()})
+        started = {"state": "running", "model_version": version, "started_at": _now()}
+        self._publish({**IDLE, **started, "top": self._top})
         try:
             self._prefetch(version)
         except Superseded:
