@@ -11,6 +11,8 @@ Routes (JSON unless noted):
   ``{"results": [{"model_version", "score", "result": [...]}, …]}``, one per task, in order.
 - ``POST /webhook`` ``{action, project, …}``: ``START_TRAINING`` starts the training job;
   ``ANNOTATION_CREATED/UPDATED/DELETED`` are acknowledged, logged and passed to the hook.
+- ``POST /prefetch`` ``{project, top}``: prefetch (again) the predictions of the ``top`` most
+  influential tasks of ``project`` (``prefetch_routes.py``); ``/health`` shows its progress.
 - ``GET /versions`` → ``{"versions": [...], "model_version": …, "training": …}``.
 - ``GET /train/status`` → the training job's status.
 - ``GET /saliency/<key>.png?exp=…&sig=…`` → the heatmap PNG for the served model version, while
@@ -38,6 +40,8 @@ from robustar_ls.backend.build import build_predictor
 from robustar_ls.backend.images import ImageFetchError
 from robustar_ls.backend.page import register_page
 from robustar_ls.backend.predictor import Predictor
+from robustar_ls.backend.prefetch_routes import answer_deferred, register_prefetch
+from robustar_ls.backend.prefetch_state import prefetch_status
 from robustar_ls.config import ServeConfig, check_basic_auth
 from robustar_ls.errors import RobustarError
 from robustar_ls.labelstudio.config import LabelConfigError
@@ -76,6 +80,7 @@ class BackendState:
     secret: str
     annotation_hook: AnnotationHook | None
     renewals: Renewals
+    prefetcher: Any | None = None
 
 
 def create_app(
@@ -83,11 +88,15 @@ def create_app(
     predictor: Predictor | None = None,
     jobs: Any | None = None,
     annotation_hook: AnnotationHook | None = None,
+    prefetcher: Any | None = None,
 ) -> Flask:
     """Build the app. ``predictor=None`` loads the checkpoint (and segmenter) from ``cfg`` now.
 
     ``jobs`` is a ``robustar_ls.workflows.jobs.TrainingJobs`` (``start(payload)``, ``status()``);
-    without it ``START_TRAINING`` is answered with a clear 501.
+    without it ``START_TRAINING`` is answered with a clear 501. ``prefetcher`` (a
+    ``robustar_ls.backend.prefetch.Prefetcher``, or a callable building one from the predictor)
+    stores predictions of the most influential tasks in Label Studio (``POST /prefetch``, its
+    status in ``/health``); whoever builds it starts it.
     """
     app = Flask("robustar_ls.backend")
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
@@ -102,6 +111,9 @@ def create_app(
             cfg.resolved_cache_dir() / "saliency-renewals", cfg.saliency_url_lifetime
         ),
     )
+    if callable(prefetcher):
+        prefetcher = prefetcher(state.predictor)
+    state.prefetcher = prefetcher
     app.extensions["robustar_ls"] = state
     _register_auth(app, cfg)
     _register_errors(app)
@@ -198,6 +210,7 @@ def _register_routes(app: Flask, state: BackendState) -> None:
     _register_model_routes(app, state)
     _register_training_routes(app, state)
     _register_saliency_route(app, state)
+    register_prefetch(app, state)
     register_page(app, state)
 
 
@@ -213,6 +226,7 @@ def _register_model_routes(app: Flask, state: BackendState) -> None:
         if holder.source != "checkpoint" or holder.last_error:
             body["serving"] = holder.source
             body["checkpoint_error"] = "the checkpoint file cannot be loaded; see the log"
+        body["prefetch"] = prefetch_status(state.prefetcher)
         return jsonify(body)
 
     @app.post("/setup")
@@ -236,7 +250,7 @@ def _register_model_routes(app: Flask, state: BackendState) -> None:
         except LabelConfigError as err:
             raise ApiError(f"label config cannot be used: {err}", 422) from err
         _renew_saliency_urls(state, tasks)
-        return jsonify(results=results)
+        return jsonify(results=answer_deferred(state.prefetcher, body, tasks, results))
 
 
 def _register_training_routes(app: Flask, state: BackendState) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 from flask import Flask, Response, request
 
 from robustar_ls.backend.plots import SPLIT_COLOURS, line_plot
+from robustar_ls.backend.prefetch_state import prefetch_status
 from robustar_ls.files import atomic_write_bytes
 from robustar_ls.models.history import lineage, read_history
 from robustar_ls.train.progress import progress_text
@@ -67,7 +68,7 @@ def register_page(app: Flask, state: Any) -> None:
 
     @app.get("/")
     def page():
-        html = render_page(page_data(state, _read_project(project_file)))
+        html = render_page(page_data(state, read_project(project_file)))
         response = Response(html, mimetype="text/html")
         response.headers["Cache-Control"] = "no-store"
         return response
@@ -87,7 +88,8 @@ def project_id_of(value: Any) -> int | None:
     return None
 
 
-def _read_project(path: Path) -> int | None:
+def read_project(path: Path) -> int | None:
+    """The Label Studio project id noted in ``path`` (:data:`PROJECT_FILE`), or None."""
     try:
         return project_id_of(json.loads(path.read_text()))
     except (OSError, ValueError):
@@ -108,6 +110,7 @@ def page_data(state: Any, project: int | None) -> dict[str, Any]:
         "chain": chain,
         "project_title": cfg.project,
         "project_link": link if url else "",
+        "prefetch": prefetch_status(getattr(state, "prefetcher", None)),
     }
 
 
@@ -205,6 +208,24 @@ def _sync_html(chain: list[dict[str, Any]]) -> str:
     )
 
 
+def _prefetch_html(status: dict[str, Any] | None) -> str:
+    """One line: the prefetch of the most influential tasks' predictions and its progress."""
+    state = escape(str((status or {}).get("state", "disabled")))
+    if state == "disabled":
+        return '<p class="muted">Prefetch is off (<code>serve --prefetch N</code>).</p>'
+    line = f"<p>Prefetch (top {escape(str(status.get('top')))} tasks by influence): "
+    line += f'<b id="prefetch-state" class="{state}">{state}</b>'
+    if status.get("total"):
+        done = int(status.get("done") or 0) + int(status.get("skipped") or 0)
+        line += (
+            f' <span id="prefetch-progress">{done}/{escape(str(status["total"]))}</span> tasks '
+            f"hold a prediction of {escape(str(status.get('model_version')))}"
+        )
+    if status.get("error"):
+        line += f' <span class="muted">{escape(str(status["error"]))}</span>'
+    return line + "</p>"
+
+
 def render_page(data: dict[str, Any]) -> str:
     """The whole HTML document."""
     training = data["training"]
@@ -221,7 +242,8 @@ def render_page(data: dict[str, Any]) -> str:
         f'<p>Serving <b id="model-version">{escape(str(data["version"]))}</b> '
         f'<span class="muted">{escape(data["checkpoint"])}</span>'
         f"{' · Label Studio project ' + link if link else ''}</p>"
-        f'<div class="card">{_progress_html(training)}</div>'
+        f'<div class="card">{_progress_html(training)}{_prefetch_html(data.get("prefetch"))}'
+        "</div>"
         f"<h2>Accuracy and loss</h2>{_plots_html(data['chain'])}"
         f"<h2>Last sync</h2>{_sync_html(data['chain'])}"
         "</body></html>"

@@ -47,7 +47,7 @@ from robustar_ls.backend.fetching import TaskError, TaskFailure, fetch_images, i
 from robustar_ls.backend.fetching import task_id as _task_id
 from robustar_ls.backend.images import FetchedImage, ImageFetcher, ImageFetchError
 from robustar_ls.backend.interactive import brush_label, context_mask
-from robustar_ls.backend.limits import RequestLimits, upscale_mask
+from robustar_ls.backend.limits import RequestLimits, deferred, run_paced, upscale_mask
 from robustar_ls.backend.model_holder import ModelHolder, ServedModel
 from robustar_ls.backend.outputs import (
     ImageOutputs,
@@ -188,17 +188,18 @@ class Predictor:
     def _predict_batch(
         self, tasks: Sequence[dict[str, Any]], tags: LabelConfigTags, served: ServedModel
     ) -> list[Prediction]:
-        """Tasks in chunks of ``batch_size``: only one chunk's decoded images are in memory.
-
-        Images are fetched in parallel (``fetch_parallelism``) within the request's deadline;
-        a task whose image is late or broken gets a prediction with ``error`` instead.
-        """
+        """Tasks in chunks of at most ``batch_size``, paced to the request's deadline (the rest
+        deferred); images fetched in parallel, a late or broken one gets an ``error``."""
         deadline = time.monotonic() + self.request_deadline
         budget = PixelBudget(self.limits.max_pixels)
-        predictions: list[Prediction] = []
-        for chunk in chunks(tasks, self.batch_size):
-            predictions.extend(self._predict_chunk(chunk, tags, served, deadline, budget))
-        return predictions
+        predictions, done = run_paced(
+            tasks,
+            self.batch_size,
+            deadline,
+            lambda chunk: self._predict_chunk(chunk, tags, served, deadline, budget),
+        )
+        rest = len(tasks) - done
+        return predictions + deferred(served.version, rest, len(tasks), self.request_deadline)
 
     def _predict_chunk(
         self,

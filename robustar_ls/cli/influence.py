@@ -12,7 +12,7 @@ from robustar_ls.cli.options import (
     settings_section,
     tqdm_progress,
 )
-from robustar_ls.cli.validators import positive_float, positive_int
+from robustar_ls.cli.validators import non_negative_int, positive_float, positive_int
 from robustar_ls.config import ConfigError, InfluenceConfig, build, pick
 
 NAME = "influence"
@@ -48,6 +48,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="default: <data>/.robustar/influence")
     add_label_studio_url(p)
     p.add_argument("--project", default=None, help="Label Studio project title to update")
+    p.add_argument(
+        "--prefetch",
+        type=non_negative_int,
+        default=100,
+        metavar="N",
+        help="then ask the project's ML backend to store predictions of the N most influential "
+        "tasks (default 100; 0 = do not ask)",
+    )
+    p.add_argument(
+        "--backend-url",
+        dest="backend_url",
+        default=None,
+        help="the ML backend to ask (default: the one the project is connected to)",
+    )
 
 
 def influence_config(args: argparse.Namespace) -> InfluenceConfig:
@@ -92,11 +106,21 @@ def run(args: argparse.Namespace) -> int:
         summary["label_studio"] = influence.write_to_label_studio(
             client, label_studio, result, args.top, progress, test_split=cfg.test_split
         )
+        if args.prefetch:
+            summary["prefetch"] = _request_prefetch(args, client, summary["label_studio"])
     if args.out:
         influence.write_document(result, args.out)
         summary["out"] = str(args.out)
     _report(args, result, summary)
     return 0
+
+
+def _request_prefetch(args: argparse.Namespace, client, written: dict) -> dict:
+    from robustar_ls.cli.options import backend_basic_auth
+    from robustar_ls.workflows.prefetch_request import request_prefetch
+
+    auth = backend_basic_auth()
+    return request_prefetch(client, written["project_id"], args.prefetch, args.backend_url, auth)
 
 
 def _report(args: argparse.Namespace, result, summary: dict) -> None:
@@ -118,3 +142,5 @@ def _report(args: argparse.Namespace, result, summary: dict) -> None:
             f"scored, {written['predicted']} test predictions ({written['test_errors']} errors "
             f"with their top training tasks), {written['updated']} tasks updated"
         )
+    if summary.get("prefetch") and not args.json:
+        print(f"prefetch: {summary['prefetch']['message']}")

@@ -10,7 +10,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from robustar_ls.cli.options import UserError, add_label_studio_url, settings_section
-from robustar_ls.cli.validators import fraction, port_number, positive_float, positive_int
+from robustar_ls.cli.validators import (
+    fraction,
+    non_negative_int,
+    port_number,
+    positive_float,
+    positive_int,
+)
 from robustar_ls.config import (
     FINETUNE_DEFAULTS,
     LabelStudioConfig,
@@ -70,6 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--project", default=None, help="Label Studio project title (for training)")
     p.add_argument("--masks", default=None, help="mask store for training (default <data>/masks)")
+    add_prefetch_flag(p)
     p.add_argument("--debug", action="store_true", help="Flask's development server instead")
 
 
@@ -95,6 +102,17 @@ def add_segmenter_flags(p: argparse.ArgumentParser) -> None:
         action="store_false",
         default=None,
         help="no Mask R-CNN 'Spurious' pre-annotation",
+    )
+
+
+def add_prefetch_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--prefetch",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="store predictions of the N most influential tasks in Label Studio in the "
+        "background, for each new model version (default 100; 0 = off)",
     )
 
 
@@ -172,6 +190,14 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     )
 
 
+def prefetch_config(args: argparse.Namespace):
+    """Defaults < settings file [prefetch] < ``--prefetch N``."""
+    from robustar_ls.backend.prefetch_state import PrefetchConfig
+
+    flags = {"top": getattr(args, "prefetch", None)}
+    return build(PrefetchConfig, settings_section(args, "prefetch"), flags)
+
+
 def serve_training_jobs(args: argparse.Namespace, cfg: ServeConfig):
     """The "Start Training" job runner for ``serve --data``, or None without ``--data``.
 
@@ -218,10 +244,15 @@ def run(args: argparse.Namespace) -> int:
     if cfg.data and not Path(cfg.data).is_dir():
         raise UserError(f"--data {cfg.data} is not a folder")
 
+    prefetch = prefetch_config(args)
+
     def factory():
         from robustar_ls.backend.app import create_app
+        from robustar_ls.backend.prefetch import build_prefetcher
 
-        return create_app(cfg, jobs=serve_training_jobs(args, cfg))
+        return create_app(
+            cfg, jobs=serve_training_jobs(args, cfg), prefetcher=build_prefetcher(cfg, prefetch)
+        )
 
     serve(factory, cfg.host, cfg.port, cfg.workers, cfg.threads, cfg.timeout, debug=args.debug)
     return 0

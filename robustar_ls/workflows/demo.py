@@ -241,12 +241,14 @@ def import_and_rank(
     secret: str,
     basic_auth: tuple[str, str] | None,
 ) -> dict:
-    """Import the project, then write influence scores into its tasks; the import summary."""
+    """Import the project, write influence scores into its tasks, ask the backend to prefetch
+    the top 100 tasks' predictions; the import summary."""
     from robustar_ls.data.folders import ImageFolderSplits
     from robustar_ls.labelstudio.client import connect
     from robustar_ls.labelstudio.project_import import import_project
     from robustar_ls.models.checkpoint import load_checkpoint
     from robustar_ls.workflows import influence
+    from robustar_ls.workflows.prefetch_request import request_prefetch
     from robustar_ls.workflows.project import saliency_links
 
     label_studio = LabelStudioConfig(
@@ -268,6 +270,7 @@ def import_and_rank(
     ckpt = load_checkpoint(work / "model.pt", classes=splits.classes)
     result = influence.score(splits, ckpt, InfluenceConfig())
     influence.write_to_label_studio(client, label_studio, result)
+    request_prefetch(client, summary["project_id"], 100, backend_url, basic_auth)
     return summary
 
 

@@ -8,18 +8,27 @@ to fix; nothing here prints or shows progress bars (pass ``progress`` from the C
 One module per job: :mod:`.sdk` (connection, auth, errors, retries: the only code touching the
 SDK's private parts), :mod:`.projects` (project, ML backend), :mod:`.views` (the Data Manager tabs),
 :mod:`.storage` (local-files storage and URLs), :mod:`.tasks` (task listing, import, updates,
-the sync's paged reads). Everything is importable from here. Verified against Label Studio
+the sync's paged reads), :mod:`.predictions` (stored prediction versions, bulk writes).
+Everything is importable from here. Verified against Label Studio
 1.23.2.
 """
 
 from __future__ import annotations
 
+from robustar_ls.labelstudio.client.predictions import (
+    StoredTask,
+    most_influential_tasks,
+    store_predictions,
+    tasks_with_versions,
+    versions_of,
+)
 from robustar_ls.labelstudio.client.projects import (
     ML_BACKEND_TITLE,
     ensure_ml_backend,
     ensure_page_link,
     ensure_project,
     find_project,
+    ml_backend_url,
 )
 from robustar_ls.labelstudio.client.sdk import (
     KEY_REFUSED,
@@ -106,6 +115,12 @@ __all__ = [
     "fetch_annotated_tasks",
     "fetch_tasks",
     "find_project",
+    "ml_backend_url",
+    "most_influential_tasks",
+    "store_predictions",
+    "tasks_with_versions",
+    "versions_of",
+    "StoredTask",
     "http_get",
     "import_tasks",
     "influence_view_data",

@@ -134,3 +134,17 @@ def _ml_hint(message: str, url: str) -> str:
     if "authentication" in message.lower():
         return f"{message}. Set BASIC_AUTH_USER and BASIC_AUTH_PASS to the backend's credentials"
     return message
+
+
+def ml_backend_url(
+    client: LabelStudio, project_id: int, title: str = ML_BACKEND_TITLE
+) -> str | None:
+    """The URL of the project's ML backend titled ``title`` (else its only one), or None."""
+    with errors(client, f"list the ML backends of project {project_id}"):
+        backends = list(client.ml.list(project=project_id))
+    match = next((b for b in backends if b.title == title), None)
+    if match is None and len(backends) == 1:
+        match = backends[0]
+    if match is None or not match.url:
+        return None
+    return str(match.url).rstrip("/")
