@@ -16,9 +16,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from label_studio_sdk import LabelStudio
-
-from robustar_ls.labelstudio.client.sdk import NO_SDK_RETRIES, RetryPolicy, base_url, with_retries
+from robustar_ls.labelstudio.client.sdk import (
+    NO_SDK_RETRIES,
+    LabelStudio,
+    RetryPolicy,
+    base_url,
+    with_retries,
+)
 
 
 @dataclass(frozen=True)
