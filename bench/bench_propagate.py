@@ -44,6 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, default=0.05)
     p.add_argument("--threshold", type=float, default=0.9)
     p.add_argument("--review-share", type=float, default=0.25, help="of the budget, random")
+    p.add_argument("--fill", default=PairedConfig.fill, help="paired training's fill")
     p.add_argument(
         "--bias",
         type=float,
@@ -77,15 +78,15 @@ def dataset_root(args, kind: str, seed: int) -> Path:
 
 
 def _done(results: str) -> set[tuple]:
-    """(kind, fraction, bias, seed, propagate, review share) of the rows in ``results``."""
+    """(kind, fraction, bias, seed, propagate, review share, fill) of the rows in ``results``."""
     path = Path(results)
     if not path.is_file():
         return set()
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return {
-        (k, r.get("spurious_fraction"), r.get("bias", 1.0), r["seed"], r["propagate"], review)
+        (r["kind"], r.get("spurious_fraction"), r.get("bias", 1.0), r["seed"], r["propagate"])
+        + (r.get("review_share"), r.get("fill", "noise"))
         for r in rows
-        for k, review in [(r["kind"], r.get("review_share"))]
     }
 
 
@@ -106,7 +107,8 @@ def main(args) -> None:
             )
             for propagate in (None, args.threshold):
                 review = args.review_share if propagate is not None else None
-                if (kind, args.spurious_fraction, args.bias, seed, propagate, review) in done:
+                key = (kind, args.spurious_fraction, args.bias, seed, propagate, review, args.fill)
+                if key in done:
                     continue
                 started = time.perf_counter()
                 row = simulate(
@@ -115,7 +117,7 @@ def main(args) -> None:
                     order="influence",
                     budget=args.budget,
                     seed=seed,
-                    paired=PairedConfig(),
+                    paired=PairedConfig(fill=args.fill),
                     train=TrainConfig(**{**FINETUNE_DEFAULTS}, seed=seed),
                     ranking=ranking,
                     propagate=propagate,
@@ -123,7 +125,10 @@ def main(args) -> None:
                 )
                 row = {**row, "kind": kind, "seed": seed, "propagate": propagate}
                 row.update(
-                    spurious_fraction=args.spurious_fraction, bias=args.bias, review_share=review
+                    spurious_fraction=args.spurious_fraction,
+                    bias=args.bias,
+                    review_share=review,
+                    fill=args.fill,
                 )
                 row["seconds"] = round(time.perf_counter() - started, 1)
                 with open(args.results, "a") as f:
