@@ -101,16 +101,7 @@ class SyncError(LabelStudioError):
     """The sync could not run (project, label config); the message says what to fix."""
 
 
-COUNTS = (
-    "added",
-    "updated",
-    "removed",
-    "unchanged",
-    "negatives",
-    "skipped",
-    "ignored",
-    "errors",
-)
+COUNTS = ("added", "updated", "removed", "unchanged", "negatives", "skipped", "ignored", "errors")
 
 
 @dataclass

@@ -191,9 +191,8 @@ def simulate(
     ``{order, budget, picked, annotated, spurious_annotated, before, after, gap_recovered,
     model_version, out}``, and with ``propagate`` (a confidence threshold) ``propagation``:
     the learned segmenter trained on the picked images' masks pairs the others
-    (:mod:`robustar_ls.workflows.simulate_propagate`), a ``review_share`` of the budget (default
-    0.25) going to a random review sample; ``spurious_annotated`` counts the
-    annotated images that ``spurious.json`` marks aligned or misaligned (None without it).
+    (:mod:`robustar_ls.workflows.simulate_propagate`; ``review_share``: its review sample);
+    ``spurious_annotated`` counts those ``spurious.json`` marks aligned or misaligned.
     """
     check_request(order, budget)
     data_root = Path(data_root)
@@ -207,8 +206,7 @@ def simulate(
             order, data, ckpt, seed=seed, influence=influence, cache_root=cache, progress=progress
         )
     status = spurious_status(data_root)
-    if propagate is not None and ranking:
-        ranking = _review(ranking, budget, len(samples), review_share, seed)
+    ranking = _review(ranking, budget, len(samples), review_share, seed, propagate)
     picked, annotated = pick_annotated(ranking or [], budget, samples, masks_root, status)
     spread = None if propagate is None or budget <= 0 else (data, picked, propagate)
     result, propagation = _finetune(
@@ -231,9 +229,12 @@ def simulate(
     }
 
 
-def _review(ranking, budget: float, n: int, share: float | None, seed: int) -> list[str]:
+def _review(ranking, budget: float, n: int, share: float | None, seed: int, propagate):
+    """With propagation, ``ranking`` with its review sample; otherwise ``ranking``."""
     from robustar_ls.workflows.simulate_propagate import DEFAULT_REVIEW_SHARE, with_review_sample
 
+    if propagate is None or not ranking:
+        return ranking
     share = DEFAULT_REVIEW_SHARE if share is None else share
     return with_review_sample(ranking, int(round(budget * n)), share, seed)
 
