@@ -19,9 +19,18 @@ import json
 import time
 from pathlib import Path
 
-from robustar_ls.config import FINETUNE_DEFAULTS, InfluenceConfig, PairedConfig, TrainConfig
+from robustar_ls.config import (
+    FINETUNE_DEFAULTS,
+    InfluenceConfig,
+    ModelConfig,
+    PairedConfig,
+    SyntheticConfig,
+    TrainConfig,
+)
 from robustar_ls.data.folders import ImageFolderSplits
+from robustar_ls.data.synthetic import make_dataset
 from robustar_ls.models.checkpoint import load_checkpoint
+from robustar_ls.train.run import train_classifier
 from robustar_ls.workflows.simulate import rank_images, simulate
 
 
@@ -34,13 +43,58 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--spurious-fraction", type=float, default=0.3)
     p.add_argument("--budget", type=float, default=0.05)
     p.add_argument("--threshold", type=float, default=0.9)
+    p.add_argument("--review-share", type=float, default=0.25, help="of the budget, random")
+    p.add_argument("--fill", default=PairedConfig.fill, help="paired training's fill")
+    p.add_argument(
+        "--bias",
+        type=float,
+        default=1.0,
+        help="share of feature images whose colour agrees with the class; 1/classes (0.25) = "
+        "no shortcut to learn (folder <kind>-<fraction>-b<bias>-s<seed>)",
+    )
     return p
 
 
+def dataset_root(args, kind: str, seed: int) -> Path:
+    """bench_budget.py's dataset and shortcut model (same settings), made here if missing."""
+    tag = "" if args.bias == 1.0 else f"-b{args.bias}"
+    root = Path(args.work) / f"{kind}-{args.spurious_fraction}{tag}-s{seed}"
+    if (root / "shortcut.pt").is_file():
+        return root
+    cfg = SyntheticConfig(
+        kind=kind,
+        per_class=150,
+        val_per_class=50,
+        test_per_class=50,
+        spurious_fraction=args.spurious_fraction,
+        bias=args.bias,
+        seed=seed,
+    )
+    make_dataset(root, cfg)
+    train = TrainConfig(epochs=10, seed=seed, device="cpu")
+    train_classifier(root, root / "shortcut.tmp", ModelConfig(width=16), train)
+    (root / "shortcut.tmp").replace(root / "shortcut.pt")
+    return root
+
+
+def _done(results: str) -> set[tuple]:
+    """(kind, fraction, bias, seed, propagate, review share, fill) of the rows in ``results``."""
+    path = Path(results)
+    if not path.is_file():
+        return set()
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {
+        (r["kind"], r.get("spurious_fraction"), r.get("bias", 1.0), r["seed"], r["propagate"])
+        + (r.get("review_share"), r.get("fill", "noise"))
+        for r in rows
+    }
+
+
 def main(args) -> None:
+    done = _done(args.results)
     for kind in args.kinds:
         for seed in args.seeds:
-            root = Path(args.work) / f"{kind}-{args.spurious_fraction}-s{seed}"
+            root = dataset_root(args, kind, seed)
             data = ImageFolderSplits.open(root)
             ckpt = load_checkpoint(root / "shortcut.pt", classes=data.classes)
             ranking = rank_images(
@@ -52,6 +106,10 @@ def main(args) -> None:
                 cache_root=root / ".influence",
             )
             for propagate in (None, args.threshold):
+                review = args.review_share if propagate is not None else None
+                key = (kind, args.spurious_fraction, args.bias, seed, propagate, review, args.fill)
+                if key in done:
+                    continue
                 started = time.perf_counter()
                 row = simulate(
                     root,
@@ -59,12 +117,19 @@ def main(args) -> None:
                     order="influence",
                     budget=args.budget,
                     seed=seed,
-                    paired=PairedConfig(),
+                    paired=PairedConfig(fill=args.fill),
                     train=TrainConfig(**{**FINETUNE_DEFAULTS}, seed=seed),
                     ranking=ranking,
                     propagate=propagate,
+                    review_share=review,
                 )
                 row = {**row, "kind": kind, "seed": seed, "propagate": propagate}
+                row.update(
+                    spurious_fraction=args.spurious_fraction,
+                    bias=args.bias,
+                    review_share=review,
+                    fill=args.fill,
+                )
                 row["seconds"] = round(time.perf_counter() - started, 1)
                 with open(args.results, "a") as f:
                     f.write(json.dumps(row) + "\n")

@@ -40,7 +40,7 @@ class TrainConfig:
     """Optimisation settings shared by plain and paired training."""
 
     epochs: int = 15
-    batch_size: int = 32  # 64 left the objects under-trained in 10 epochs (bench/README.md)
+    batch_size: int = 16  # 32 and 64 left the objects under-trained in 10 epochs (bench/)
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4

@@ -112,3 +112,24 @@ def test_unknown_mode_and_bad_shapes_are_clear_errors():
         apply_fill(images, masks[:, :, :8, :8], "noise")
     with pytest.raises(FillError, match=r"\(N, 1, H, W\)"):
         apply_fill(images, masks.expand(-1, 3, -1, -1), "noise")
+
+
+def test_swap_copies_the_same_pixels_of_another_image():
+    images = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 3, 8, 8) / 4
+    masks = torch.zeros(4, 1, 8, 8, dtype=torch.bool)
+    masks[:, :, :4] = True  # the top half
+    out = apply_fill(images, masks, "swap", torch.Generator().manual_seed(0))
+    for i in range(4):
+        top = torch.unique(out[i, :, :4])
+        assert len(top) == 1 and float(top) != float(images[i, 0, 0, 0])  # one other image
+        assert torch.equal(out[i, :, 4:], images[i, :, 4:])
+
+
+def test_swap_takes_donors_from_the_whole_batch():
+    images = torch.zeros(2, 3, 8, 8)
+    donors = torch.ones(5, 3, 8, 8)
+    masks = torch.ones(2, 1, 8, 8, dtype=torch.bool)
+    out = apply_fill(images, masks, "swap", torch.Generator().manual_seed(0), donors=donors)
+    assert torch.equal(out, torch.ones_like(images))
+    with pytest.raises(FillError, match="donors"):
+        apply_fill(images, masks, "swap", donors=torch.ones(5, 3, 4, 4))

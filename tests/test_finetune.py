@@ -438,7 +438,7 @@ def test_extra_masks_pair_unannotated_images_and_the_store_wins(
     expert = {"circle/00000.png", "square/00007.png"}
     extra_store = MaskStore(tmp_path / "propagated")
     extra = {
-        rel: extra_store.write(rel, np.zeros((32, 32), bool))
+        rel: extra_store.write(rel, np.ones((32, 32), bool))
         for rel in ("circle/00000.png", "circle/00001.png")
     }
     extra["circle/no-such-image.png"] = tmp_path / "x.png"
@@ -457,6 +457,27 @@ def test_extra_masks_pair_unannotated_images_and_the_store_wins(
         "circle/00000.png"
     )  # the expert's mask wins over a propagated one
     assert masks["circle/00001.png"] == extra["circle/00001.png"]
+
+
+def test_all_zero_masks_are_not_annotated_and_still_win_over_extra_masks(
+    dataset, checkpoint, tmp_path, monkeypatch
+):
+    seen = {}
+    monkeypatch.setattr(finetune, "_run", lambda run: seen.setdefault("masks", run.masks))
+    store = MaskStore(tmp_path / "masks")
+    oracle = MaskStore(dataset / "oracle_masks")
+    store.write("circle/00000.png", np.zeros((16, 16), bool))  # the expert's negative
+    store.write("square/00007.png", oracle.read("square/00007.png"))
+    propagated = MaskStore(tmp_path / "propagated")
+    extra = {
+        rel: propagated.write(rel, np.ones((16, 16), bool))
+        for rel in ("circle/00000.png", "circle/00001.png")
+    }
+    extra["circle/00002.png"] = propagated.write("circle/00002.png", np.zeros((16, 16), bool))
+    paired_finetune(
+        dataset, checkpoint, tmp_path / "masks", PairedConfig(), TINY_TRAIN, extra_masks=extra
+    )
+    assert set(seen["masks"]) == {"square/00007.png", "circle/00001.png"}
 
 
 def test_progress_and_history_of_a_paired_run(dataset, checkpoint, tmp_path):

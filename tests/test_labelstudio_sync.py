@@ -102,17 +102,42 @@ def test_sync_removes_when_only_cancelled_annotations_remain(dataset, store):
     assert report.skipped[0]["task_id"] == 1 and "cancelled" in report.skipped[0]["reason"]
 
 
-def test_sync_annotation_without_spurious_region_is_skipped_and_erases(dataset, store):
+def test_sync_annotation_without_spurious_region_stores_a_negative(dataset, store):
+    tasks = [task(1, "a/0.png", [annotation(10, "t1", [])])]
+    client = FakeClient(tasks)
+    report = sync_masks(client, 7, dataset, store)
+    assert report.added == ["a/0.png"] and report.negatives == ["a/0.png"]
+    assert report.skipped == [] and report.counts()["negatives"] == 1
+    assert "1 negatives" in report.summary()
+    negative = store.read("a/0.png")
+    assert negative.shape == (H, W) and not negative.any()
+    assert store.read_manifest()["a/0.png"]["annotation_id"] == 10
+    again = sync_masks(client, 7, dataset, store)
+    assert again.unchanged == ["a/0.png"] and again.negatives == ["a/0.png"]
+    assert not again.changed
+
+
+def test_sync_annotation_erased_to_no_spurious_region_becomes_a_negative(dataset, store):
     tasks = [task(1, "a/0.png", [annotation(10, "t1", [region(box(0, 1, 0, 1))])])]
     client = FakeClient(tasks)
     sync_masks(client, 7, dataset, store)
-    assert store.has("a/0.png")
+    assert store.read("a/0.png").any()
     tasks[0]["annotations"] = [
         annotation(11, "2030-01-01T00:00:00Z", [region(box(0, 1, 0, 1), label="Model attention")])
     ]
     report = sync_masks(client, 7, dataset, store)
+    assert report.updated == ["a/0.png"] and report.negatives == ["a/0.png"]
+    assert report.removed == [] and store.has("a/0.png") and not store.read("a/0.png").any()
+
+
+def test_sync_negative_is_removed_with_its_annotation(dataset, store):
+    tasks = [task(1, "a/0.png", [annotation(10, "t1", [])])]
+    client = FakeClient(tasks)
+    sync_masks(client, 7, dataset, store)
+    tasks[0]["annotations"] = []
+    report = sync_masks(client, 7, dataset, store)
     assert report.removed == ["a/0.png"] and not store.has("a/0.png")
-    assert "no Spurious region" in report.skipped[0]["reason"]
+    assert store.read_manifest() == {}
 
 
 def test_sync_never_deletes_masks_it_did_not_write(dataset, store):

@@ -21,6 +21,7 @@ from robustar_ls.workflows.simulate import (
     rank_images,
     simulate,
 )
+from robustar_ls.workflows.simulate_propagate import DEFAULT_REVIEW_SHARE, with_review_sample
 
 TRAIN = TrainConfig(epochs=1, batch_size=8, lr=0.02, device="cpu", augment=False)
 
@@ -178,9 +179,23 @@ def test_propagate_pairs_the_unpicked_images_with_the_learned_segmenter(tiny, mo
 
     monkeypatch.setattr(simulate_module, "paired_finetune", spy)
     result = run(tiny, order="random", budget=0.25, seed=3, propagate=0.0)
-    picked = set(random_ranking(ImageFolderSplits.open(tiny[0]).splits["train"], 3)[:6])
+    ranking = random_ranking(ImageFolderSplits.open(tiny[0]).splits["train"], 3)
+    picked = set(with_review_sample(ranking, 6, DEFAULT_REVIEW_SHARE, 3)[:6])
+    assert picked != set(ranking[:6])  # 2 of the 6 picks went to the review sample
     prop = result["propagation"]
     assert prop["expert_kept"] == 6 and prop["predicted"] == 18  # picked images: never predicted
     assert prop["propagated"] == len(seen["extra"]) and not picked & set(seen["extra"])
     assert prop["trained_on"] == 6 and prop["segmenter_version"] is None  # in memory only
     assert run(tiny, order="random", budget=0.25, seed=3)["propagation"] is None
+
+
+def test_review_sample_replaces_the_last_picks_by_a_seeded_draw_from_the_rest():
+    ranking = [f"c/{i}.png" for i in range(20)]
+    out = with_review_sample(ranking, 8, 0.25, seed=1)
+    assert out[:6] == ranking[:6] and sorted(out) == sorted(ranking)  # a reordering, nothing lost
+    assert set(out[6:8]) <= set(ranking[6:]) and out == with_review_sample(ranking, 8, 0.25, 1)
+    assert out[6:8] != ranking[6:8]
+    assert with_review_sample(ranking, 8, 0.0, seed=1) == ranking
+    assert with_review_sample(ranking, 8, 1.0, seed=1)[:8] != ranking[:8]
+    with pytest.raises(ValueError, match="within"):
+        with_review_sample(ranking, 8, 1.5, seed=1)

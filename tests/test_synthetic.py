@@ -117,3 +117,18 @@ def test_defaults_aligned_noise_free_patch_at_a_third_of_the_images(tmp_path):
 def test_spurious_fraction_one_puts_the_feature_on_every_training_image():
     cfg = _cfg(kind="background", per_class=20, spurious_fraction=1.0, bias=1.0)
     assert {status for _, _, status in image_specs("train", 20, cfg)} == {"aligned"}
+
+
+def test_defaults_object_size_and_background_tint(tmp_path):
+    """Objects 5-9 px in radius at 32 px, and a background tint of 0.42 + 0.3 x the class's
+    colour (the mean over the background of an aligned image, noise averaging out)."""
+    from robustar_ls.data.synthetic import PALETTE
+
+    cfg = SyntheticConfig(kind="background", per_class=30, spurious_fraction=1.0)
+    specs = [spec for _, spec, _ in image_specs("train", 30, cfg)]
+    radii = [spec.radius for spec in specs]
+    assert min(radii) >= 5.0 and max(radii) <= 9.0 and max(radii) - min(radii) > 3.0
+    for spec in specs[:: len(specs) // 4]:
+        image, mask = render(spec)
+        mean = image[mask].mean(axis=0) / 255
+        assert np.allclose(mean, 0.42 + 0.3 * PALETTE[spec.label], atol=0.03)

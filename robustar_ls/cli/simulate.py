@@ -56,6 +56,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=PROPAGATE_THRESHOLD,
         help=f"minimum mask confidence for --propagate (default {PROPAGATE_THRESHOLD})",
     )
+    p.add_argument(
+        "--propagate-review",
+        dest="propagate_review",
+        type=fraction,
+        default=0.25,
+        help="with --propagate: share of the budget spent on a random review sample, whose "
+        "featureless images teach the segmenter what is not spurious (default 0.25)",
+    )
     add_train_flags(p)
 
 
@@ -80,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         progress=tqdm_progress(not args.quiet),
         propagate=args.propagate_threshold if args.propagate else None,
+        review_share=args.propagate_review,
     )
     if args.json:
         print_json(summary)

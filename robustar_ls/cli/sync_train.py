@@ -37,7 +37,7 @@ DESCRIPTION = (
 )
 
 # The fill modes, listed here so that building the parser does not import torch.
-FILL_MODE_CHOICES = ("noise", "weak_noise", "black", "colour", "stripes", "mixture")
+FILL_MODE_CHOICES = ("noise", "weak_noise", "black", "colour", "stripes", "mixture", "swap")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

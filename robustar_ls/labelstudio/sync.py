@@ -25,8 +25,12 @@ Which annotation counts (the rule)
   project's brush tag and whose label is ``Spurious``; "Model attention" regions (the saliency
   overlay) and every other tag are ignored. A region pixel counts when its brush alpha is at least
   128 (the threshold the mask store uses).
-- A winning annotation with no Spurious region stores no mask (reported as *skipped*); if an
-  earlier sync stored one for that image, it is removed: the annotator erased it.
+- A winning annotation with no Spurious region is a **negative**: the expert reviewed the image
+  and found nothing spurious. It stores an all-zero mask, owned by Label Studio in the manifest
+  like a painted one (*added*, *updated* or *unchanged*, and listed in ``negatives``). If an
+  earlier sync stored a painted mask for that image, it becomes all-zero (*updated*): the
+  annotator erased it. Paired training treats an all-zero mask as *not annotated* (no pair); the
+  learned segmenter trains on it as a negative; propagation never predicts over it.
 
 Mapping tasks to training images
 --------------------------------
@@ -42,10 +46,10 @@ The manifest (``<masks>/manifest.json``) maps each relpath to ``{task_id, annota
 updated_at}``. A task whose winning annotation matches its manifest entry (and whose mask file
 exists) is *unchanged* and is not even decoded. A new ``updated_at`` or annotation id replaces the
 mask (*updated*). When a task has no finished annotation any more (deleted, or only cancelled
-ones left) or disappeared, its mask is *removed* — but only masks the manifest says came from
-Label Studio; masks that were put there otherwise are never deleted. A mask with a size
-different from its image on disk is an error entry: that mask is not written and whatever was
-stored for the image before stays.
+ones left) or disappeared, its mask (painted or negative) is *removed* — but only masks the
+manifest says came from Label Studio; masks that were put there otherwise are never deleted.
+A mask with a size different from its image on disk is an error entry: that mask is not
+written and whatever was stored for the image before stays.
 """
 
 from __future__ import annotations
@@ -99,7 +103,7 @@ class SyncError(LabelStudioError):
     """The sync could not run (project, label config); the message says what to fix."""
 
 
-COUNTS = ("added", "updated", "removed", "unchanged", "skipped", "ignored", "errors")
+COUNTS = ("added", "updated", "removed", "unchanged", "negatives", "skipped", "ignored", "errors")
 
 
 @dataclass
@@ -110,6 +114,8 @@ class SyncReport:
     updated: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    # of added/updated/unchanged: all-zero masks (an annotation with no Spurious region)
+    negatives: list[str] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {task_id, relpath, reason}
     # annotated tasks of another split (val, test): never turned into masks
     ignored: list[dict[str, Any]] = field(default_factory=list)  # {task_id, relpath, split}
@@ -138,8 +144,9 @@ class SyncReport:
         else:
             head = f"{verb}: {c['added']} added, {c['updated']} updated, {c['removed']} removed"
         ignored = f", {c['ignored']} annotated non-training tasks ignored" if c["ignored"] else ""
+        negatives = f" ({c['negatives']} negatives: nothing spurious)" if c["negatives"] else ""
         return (
-            f"{head}; {c['unchanged']} unchanged, {c['skipped']} skipped{ignored}, "
+            f"{head}; {c['unchanged']} unchanged{negatives}, {c['skipped']} skipped{ignored}, "
             f"{c['errors']} errors ({self.tasks} tasks)"
         )
 
@@ -225,14 +232,8 @@ class _Planner:
         }
         old = self.manifest.get(rel)
         regions = spurious_regions(chosen.get("result") or [], self.brush_name, self.label)
-        if not regions:
-            self.skip(
-                task_id, rel, f"annotation {entry['annotation_id']} has no {self.label} region"
-            )
-            if isinstance(old, dict) and "task_id" in old:
-                self.plan.removals.append(rel)
-                self.plan.manifest.pop(rel, None)
-            return
+        if not regions:  # a negative: reviewed, nothing spurious; stored as an all-zero mask
+            self.report.negatives.append(rel)
         if old == entry and self.store.has(rel):
             self.report.unchanged.append(rel)
             return
@@ -246,11 +247,13 @@ class _Planner:
     def mask(
         self, task_id: int, rel: str, annotation_id: int, regions: Iterable[Mapping[str, Any]]
     ) -> np.ndarray | None:
-        """The decoded mask, checked against its image's size; None (an error entry) if not."""
+        """The decoded mask (all-zero without ``regions``: a negative), checked against its
+        image's size; None (an error entry) if not."""
         image = self.samples[rel].path
+        regions = list(regions)
         try:
-            mask = decode_regions(regions)
             width, height = displayed_size(image)
+            mask = decode_regions(regions) if regions else np.zeros((height, width), bool)
         except (ValueError, OSError) as err:
             message = (
                 f"task {task_id}, annotation {annotation_id} ({image}): cannot decode the "

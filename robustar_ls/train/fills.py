@@ -14,6 +14,9 @@ Modes (``FILL_MODES``):
   (horizontal, vertical or one of the two diagonals), per image;
 - ``mixture``: each image gets one of the modes above, drawn uniformly. (Robustar's mixture
   mode drew a mode name but never applied it; here the draw decides the fill.)
+- ``swap``: the same pixels of another image of the batch (``donors``; the images themselves
+  when none are given), one random donor per image: a realistic counterfactual, e.g. an object
+  on another training image's background instead of on a flat colour.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 from robustar_ls.errors import RobustarError
 
 BASE_MODES = ("noise", "weak_noise", "black", "colour", "stripes")
-FILL_MODES = (*BASE_MODES, "mixture")
+FILL_MODES = (*BASE_MODES, "mixture", "swap")
 WEAK_NOISE_STD = 0.1
 STRIPE_PERIODS = (2, 8)  # inclusive range of the stripe period in pixels
 
@@ -77,6 +80,25 @@ def _stripes(images: torch.Tensor, generator: torch.Generator | None) -> torch.T
     return torch.where(band.unsqueeze(1), second, first)
 
 
+def _swap_values(
+    images: torch.Tensor, donors: torch.Tensor | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    """For each image, a random other image (from ``donors``, else from ``images``)."""
+    n = images.shape[0]
+    device = generator.device if generator is not None else images.device
+    if donors is None:  # never the image itself, when there is another
+        offset = torch.randint(1, max(n, 2), (n,), generator=generator, device=device)
+        index = (torch.arange(n, device=device) + offset) % n
+        return images[index.to(images.device)]
+    if donors.dim() != 4 or donors.shape[1:] != images.shape[1:] or len(donors) == 0:
+        raise FillError(
+            f"donors must be (M, C, H, W) like the images {tuple(images.shape)}, "
+            f"got {tuple(donors.shape)}"
+        )
+    index = torch.randint(len(donors), (n,), generator=generator, device=device)
+    return donors[index.to(donors.device)].to(images.device, images.dtype)
+
+
 def as_bool_mask(masks: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """Masks (N, 1, H, W), bool or float (> 0.5 = spurious), checked against the images."""
     if masks.dim() != 4 or masks.shape[1] != 1 or masks.shape[0] != images.shape[0]:
@@ -95,11 +117,12 @@ def apply_fill(
     masks: torch.Tensor,
     mode: str = "noise",
     generator: torch.Generator | None = None,
+    donors: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Replace the masked pixels of ``images01`` by ``mode``'s fill; a new tensor.
 
     Unmasked pixels are returned bit-identical. ``generator`` (CPU or the images' device)
-    makes the fill reproducible.
+    makes the fill reproducible. ``donors`` (M, C, H, W): the images ``swap`` copies from.
     """
     if images01.dim() != 4:
         raise FillError(f"images must be (N, C, H, W), got {tuple(images01.shape)}")
@@ -114,6 +137,8 @@ def apply_fill(
             rows = (choice == index).nonzero().flatten()
             if len(rows):
                 fill[rows] = _fill_values(images01[rows], base, generator)
+    elif mode == "swap":
+        fill = _swap_values(images01, donors, generator)
     else:
         if mode not in BASE_MODES:
             raise FillError(f"unknown fill mode {mode!r}; choose one of {', '.join(FILL_MODES)}")

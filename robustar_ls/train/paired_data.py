@@ -107,8 +107,12 @@ def training_masks(
     only: set[str] | None,
     extra_masks: Mapping[str, Path] | None,
 ) -> dict[str, Path]:
-    """relpath → mask file of the training images: the store's, then ``extra_masks`` where the
-    store has none (the store's masks win)."""
+    """relpath → mask file of the training images that get a pair: the store's, then
+    ``extra_masks`` where the store has none (the store's masks win).
+
+    An all-zero mask (an expert's negative: reviewed, nothing spurious) pairs nothing, so its
+    image is left out, as *not annotated*; it still wins over an ``extra_masks`` entry.
+    """
     samples = data.splits["train"]
     masks = {} if masks_root is None else find_masks(samples, masks_root, only)
     if masks_root is not None and not masks and only is None:
@@ -116,7 +120,11 @@ def training_masks(
             f"no mask in {masks_root} matches a training image of {data.root}/train; masks "
             "must be laid out as <masks>/train/<class>/<image stem>.png"
         )
-    return {**_known(samples, extra_masks), **masks}
+    merged = {**_known(samples, extra_masks), **masks}
+    negatives = [rel for rel, path in merged.items() if not read_mask_png(path).any()]
+    if negatives:
+        log.info("%d all-zero masks (negatives) pair nothing: not annotated", len(negatives))
+    return {rel: path for rel, path in merged.items() if rel not in set(negatives)}
 
 
 def _known(samples: list[Sample], extra: Mapping[str, Path] | None) -> dict[str, Path]:

@@ -45,19 +45,15 @@ def make_pairs(
         return x, x
     rows = has_mask.nonzero().flatten()
     sub, sub_masks = images01[rows], masks[rows]
+    fill = lambda: apply_fill(sub, sub_masks, cfg.fill, generator, donors=images01)  # noqa: E731
     if cfg.worst_of > 1:
-        candidates = torch.stack(
-            [
-                normalize(apply_fill(sub, sub_masks, cfg.fill, generator))
-                for _ in range(cfg.worst_of)
-            ]
-        ).to(device)
+        candidates = torch.stack([normalize(fill()) for _ in range(cfg.worst_of)]).to(device)
         base = getattr(model, "module", model)  # no DDP collectives in the selection pass
         filled = select_worst(
             base, x[rows.to(device)], candidates, labels[rows].to(device), cfg.align_weight
         )
     else:
-        filled = normalize(apply_fill(sub, sub_masks, cfg.fill, generator)).to(device)
+        filled = normalize(fill()).to(device)
     x_tilde = x.clone()
     x_tilde[rows.to(device)] = filled
     return x, x_tilde

@@ -182,6 +182,7 @@ def simulate(
     ranking: Sequence[str] | None = None,
     progress: Progress | None = None,
     propagate: float | None = None,
+    review_share: float | None = None,
 ) -> dict[str, Any]:
     """Annotate the first ``budget x N`` images in ``order``, fine-tune, and measure.
 
@@ -190,8 +191,8 @@ def simulate(
     ``{order, budget, picked, annotated, spurious_annotated, before, after, gap_recovered,
     model_version, out}``, and with ``propagate`` (a confidence threshold) ``propagation``:
     the learned segmenter trained on the picked images' masks pairs the others
-    (:mod:`robustar_ls.workflows.simulate_propagate`); ``spurious_annotated`` counts the
-    annotated images that ``spurious.json`` marks aligned or misaligned (None without it).
+    (:mod:`robustar_ls.workflows.simulate_propagate`; ``review_share``: its review sample);
+    ``spurious_annotated`` counts those ``spurious.json`` marks aligned or misaligned.
     """
     check_request(order, budget)
     data_root = Path(data_root)
@@ -205,6 +206,7 @@ def simulate(
             order, data, ckpt, seed=seed, influence=influence, cache_root=cache, progress=progress
         )
     status = spurious_status(data_root)
+    ranking = _review(ranking, budget, len(samples), review_share, seed, propagate)
     picked, annotated = pick_annotated(ranking or [], budget, samples, masks_root, status)
     spread = None if propagate is None or budget <= 0 else (data, picked, propagate)
     result, propagation = _finetune(
@@ -225,6 +227,16 @@ def simulate(
         "model_version": result["model_version"],
         "out": str(out) if out else None,
     }
+
+
+def _review(ranking, budget: float, n: int, share: float | None, seed: int, propagate):
+    """With propagation, ``ranking`` with its review sample; otherwise ``ranking``."""
+    from robustar_ls.workflows.simulate_propagate import DEFAULT_REVIEW_SHARE, with_review_sample
+
+    if propagate is None or not ranking:
+        return ranking
+    share = DEFAULT_REVIEW_SHARE if share is None else share
+    return with_review_sample(ranking, int(round(budget * n)), share, seed)
 
 
 def _finetune(data_root, checkpoint, masks_root, annotated, paired, train, out, progress, spread):

@@ -5,11 +5,19 @@ The segmenter learns from every *picked* image: the painted ones with their refe
 the picked images without the feature as all-zero masks (the annotator reviewed them and
 painted nothing: a negative). Those picked images are the expert's and are never predicted;
 every other training image gets the segmenter's mask when its confidence passes ``threshold``.
+
+**Review sample** (:func:`with_review_sample`): influence puts images that show the shortcut
+first, so its top 5 % can hold no featureless image at all; a segmenter that never saw one then
+marks, e.g., every plain background as spurious. With propagation, a share of the budget
+(``review_share``, default :data:`DEFAULT_REVIEW_SHARE`) goes instead to a seeded random sample
+of the other images, as an expert reviewing a few random images and submitting those with
+nothing spurious (a Label Studio negative). They count against the budget like every pick.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import random
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +26,22 @@ import numpy as np
 from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.images import displayed_size
 from robustar_ls.data.masks import MaskStore
+
+DEFAULT_REVIEW_SHARE = 0.25
+
+
+def with_review_sample(ranking: Sequence[str], picks: int, share: float, seed: int) -> list[str]:
+    """``ranking`` whose first ``picks`` end with ``round(share x picks)`` images drawn (seeded)
+    from the rest of the ranking in place of the lowest-ranked picks; the rest follows."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"review share must be within [0, 1], got {share}")
+    review = min(int(round(share * picks)), picks)
+    if review == 0:
+        return list(ranking)
+    kept = list(ranking[: picks - review])
+    rest = list(ranking[picks - review :])
+    random.Random(seed).shuffle(rest)
+    return kept + rest
 
 
 def simulated_propagation(

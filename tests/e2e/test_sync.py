@@ -139,6 +139,18 @@ def test_edits_newer_annotations_and_deletions_propagate(project):
     assert set(project.store.read_manifest()) == {"cat/0.png", "dog/0.png"}
 
 
+def test_an_annotation_without_spurious_region_is_a_negative(project):
+    project.annotate("cat/0.png", [brush(box(0, 4, 0, 6), "Model attention")])
+    project.annotate("cat/1.png", [])  # submitted with nothing painted
+    report = project.sync()
+    assert sorted(report.added) == sorted(report.negatives) == ["cat/0.png", "cat/1.png"]
+    assert report.skipped == [] and report.errors == []
+    for rel in ("cat/0.png", "cat/1.png"):
+        negative = project.store.read(rel)
+        assert negative.shape == (H, W) and not negative.any()
+    assert project.store.read_manifest()["cat/1.png"]["task_id"] == project.task_of["cat/1.png"]
+
+
 def test_wrong_size_mask_is_an_error_and_not_written(project):
     project.annotate("cat/0.png", [brush(box(0, 2, 0, 2, h=W, w=H))])  # width/height swapped
     project.annotate("cat/1.png", [brush(box(0, 2, 0, 2))])
