@@ -69,7 +69,8 @@ def test_filtered_sync_gives_the_result_of_a_full_fetch(dataset, tmp_path):
             FakeClient(project_tasks(), filtering), 7, dataset, store, page_size=3
         ).to_dict()
     assert reports[True] == reports[False]
-    assert reports[True]["added"] == ["a/0.png", "b/2.png"]
+    assert reports[True]["added"] == ["a/0.png", "b/0.png", "b/2.png"]
+    assert reports[True]["negatives"] == ["b/0.png"]  # the annotation without a Spurious region
     assert reports[True]["tasks"] == 8  # every task of the project, not only those fetched
 
 
@@ -97,7 +98,7 @@ def test_a_task_missed_by_the_listing_is_read_by_id_and_kept(dataset, tmp_path):
 
     client.tasks.matching = miss_task_1
     report = sync_masks(client, 7, dataset, store)
-    assert report.removed == [] and report.unchanged == ["a/0.png", "b/2.png"]
+    assert report.removed == [] and report.unchanged == ["a/0.png", "b/0.png", "b/2.png"]
     assert store.has("a/0.png")
 
 

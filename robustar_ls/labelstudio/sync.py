@@ -4,11 +4,10 @@ How a sync runs
 ---------------
 1. **Fetch** (nothing is written yet): the label config, then only the tasks with annotations
    (a Data Manager filter; id, data and annotations), page by page, ordered by task id, and,
-   by id, the manifest's tasks not among them (annotations deleted, or moved while paging):
-   the time grows with the annotated tasks, not the project, and the result is the one every
-   task would give (unannotated tasks change no mask). Each page is retried with exponential
-   backoff on connection errors, timeouts and 5xx; if Label Studio still does not answer,
-   :class:`LabelStudioUnavailable` is raised and the mask store is exactly as before.
+   by id, the manifest's tasks not among them (annotations deleted, or moved while paging); the
+   result is the one every task would give (unannotated tasks change no mask). Pages are
+   retried with backoff on connection errors, timeouts and 5xx; if Label Studio still does not
+   answer, :class:`LabelStudioUnavailable` is raised and the mask store is exactly as before.
 2. **Plan**: for each task pick one annotation (the rule below), map the task to a training
    image, decode and check the changed masks.
 3. **Write** (skipped with ``dry_run``): masks through :meth:`MaskStore.write` (atomic), removals,
