@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from robustar_ls.config import SyncConfig
 from robustar_ls.explain.influence_types import InfluenceResult
 from robustar_ls.labelstudio import client as ls
 from robustar_ls.labelstudio.brush import mask_to_rle
@@ -119,7 +120,7 @@ def bench_size(
     assert json.loads(out)["sync"]["counts"]["added"] == annotated, out
     policy = ls.RetryPolicy()
     t0 = time.perf_counter()
-    fetched = ls.fetch_annotated_tasks(client, pid, 100, policy)
+    fetched = ls.fetch_annotated_tasks(client, pid, SyncConfig().page_size, policy)
     row["fetch_annotated_s"] = time.perf_counter() - t0
     assert len(fetched) == annotated
     if "no-fetch-before" not in steps:
