@@ -12,6 +12,9 @@ server's document root, then
   fields (the baseline);
 - influence write-back of the 200 highest scores (``write_influence(top=200)``).
 
+``--no-fetch-before`` skips the old fetch (slow: every task with all fields); ``--import-only``
+times only the import and its rerun (the 100,000-task row).
+
 Start-up: ``robustar-ls --help`` and ``import`` against the wall of importing torch and
 torchvision (what every data command paid before). Needs ``label-studio`` (1.23):
 
