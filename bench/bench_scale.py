@@ -12,6 +12,9 @@ server's document root, then
   fields (the baseline);
 - influence write-back of the 200 highest scores (``write_influence(top=200)``).
 
+``--no-fetch-before`` skips the old fetch (slow: every task with all fields); ``--import-only``
+times only the import and its rerun (the 100,000-task row).
+
 Start-up: ``robustar-ls --help`` and ``import`` against the wall of importing torch and
 torchvision (what every data command paid before). Needs ``label-studio`` (1.23):
 
@@ -35,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from robustar_ls.config import SyncConfig
 from robustar_ls.explain.influence_types import InfluenceResult
 from robustar_ls.labelstudio import client as ls
 from robustar_ls.labelstudio.brush import mask_to_rle
@@ -92,7 +96,10 @@ def fake_scores(relpaths: list[str], seed: int = 0) -> InfluenceResult:
     return InfluenceResult("bench", scores, ranks, {}, {}, [])
 
 
-def bench_size(server, n: int, annotated: int, env: dict[str, str]) -> dict[str, float]:
+def bench_size(
+    server, n: int, annotated: int, env: dict[str, str], steps: frozenset[str] = frozenset()
+) -> dict[str, float]:
+    """One size's row; ``steps`` may hold "import-only" and "no-fetch-before"."""
     title = f"bench-scale-{n}"
     data = make_dataset(server.document_root / f"scale-{n}", n)
     common = ["--data", str(data), "--project", title, "--label-studio-url", server.url]
@@ -102,6 +109,9 @@ def bench_size(server, n: int, annotated: int, env: dict[str, str]) -> dict[str,
     row["rerun_s"], out = timed_cli(["import", *common, "--json"], env)
     summary = json.loads(out)
     assert summary["created_tasks"] == 0 and summary["existing_tasks"] == n, summary
+    if "import-only" in steps:
+        print(json.dumps(row), flush=True)
+        return row
     client = server.client("legacy")
     pid = summary["project_id"]
     train = ls.tasks_by_split(client, pid)["train"]
@@ -113,13 +123,14 @@ def bench_size(server, n: int, annotated: int, env: dict[str, str]) -> dict[str,
     assert json.loads(out)["sync"]["counts"]["added"] == annotated, out
     policy = ls.RetryPolicy()
     t0 = time.perf_counter()
-    fetched = ls.fetch_annotated_tasks(client, pid, 100, policy)
+    fetched = ls.fetch_annotated_tasks(client, pid, SyncConfig().page_size, policy)
     row["fetch_annotated_s"] = time.perf_counter() - t0
     assert len(fetched) == annotated
-    t0 = time.perf_counter()
-    every = ls.fetch_tasks(client, pid, 100, policy)  # the fetch before: every task, all fields
-    row["fetch_all_s"] = time.perf_counter() - t0
-    assert len(every) == n
+    if "no-fetch-before" not in steps:
+        t0 = time.perf_counter()
+        every = ls.fetch_tasks(client, pid, 100, policy)  # before: every task, all fields
+        row["fetch_all_s"] = time.perf_counter() - t0
+        assert len(every) == n
     t0 = time.perf_counter()
     write_influence(client, pid, fake_scores(sorted(train)), top=annotated)
     row["influence_top_s"] = time.perf_counter() - t0
@@ -136,7 +147,15 @@ def main() -> None:
     parser.add_argument(
         "--label-studio-bin", default=os.environ.get("ROBUSTAR_LS_LABEL_STUDIO_BIN")
     )
+    parser.add_argument("--import-only", action="store_true", help="only import and rerun")
+    parser.add_argument(
+        "--no-fetch-before", action="store_true", help="skip the old full fetch (slow baseline)"
+    )
     args = parser.parse_args()
+    steps = frozenset(
+        name for name, on in (("import-only", args.import_only),
+                              ("no-fetch-before", args.no_fetch_before)) if on
+    )  # fmt: skip
     sizes = [int(s) for s in args.sizes.split(",")]
     if not args.label_studio_bin:
         raise SystemExit("set ROBUSTAR_LS_LABEL_STUDIO_BIN or pass --label-studio-bin")
@@ -152,19 +171,21 @@ def main() -> None:
     ) as server:  # fmt: skip
         env = {**os.environ, "LABEL_STUDIO_API_KEY": server.legacy_token}
         for n in sizes:
-            rows.append(bench_size(server, n, args.annotated, env))
+            rows.append(bench_size(server, n, args.annotated, env, steps))
     report(rows, t_help, t_torch, load, os.getloadavg()[0])
 
 
 def report(rows, t_help: float, t_torch: float, load0: float, load1: float) -> None:
     print(f"\nload average {load0:.1f} at the start, {load1:.1f} at the end (2 cores)")
     print(f"--help: {t_help:.2f} s = {t_help / t_torch:.2f}x importing torch+torchvision")
-    keys = ["import_s", "rerun_s", "sync_dry_run_s", "fetch_annotated_s", "fetch_all_s"]
-    keys.append("influence_top_s")
+    every = ["import_s", "rerun_s", "sync_dry_run_s", "fetch_annotated_s", "fetch_all_s"]
+    keys = [k for k in [*every, "influence_top_s"] if all(k in row for row in rows)]
     print("tasks  " + "  ".join(keys))
     for row in rows:
         print(f"{row['tasks']:<6} " + "  ".join(f"{row[k]:.2f}".rjust(len(k)) for k in keys))
     for row in rows:
+        if "fetch_all_s" not in row:
+            continue
         print(
             f"{row['tasks']} tasks: import = {row['import_s'] / t_torch:.2f}x importing torch; "
             f"sync fetch = {row['fetch_annotated_s'] / row['fetch_all_s']:.3f}x the full fetch"

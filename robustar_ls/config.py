@@ -106,7 +106,7 @@ class SyncConfig:
 
     retries: int = 4  # retries per request on connection errors / 5xx answers
     backoff: float = 0.5  # seconds before the first retry; doubled each time
-    page_size: int = 100  # tasks per page
+    page_size: int = 1000  # tasks per page (one page for up to 1,000 annotated tasks)
     label: str = SPURIOUS_LABEL  # the brush label whose regions make the mask
 
 

@@ -8,7 +8,7 @@ use).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,16 +60,98 @@ def list_samples(split_dir: Path, classes: Sequence[str]) -> list[Sample]:
     return samples
 
 
+def sample_at(split_dir: Path, classes: Sequence[str], rel: str) -> Sample | None:
+    """The sample :func:`list_samples` lists at ``rel``, found without listing; else None.
+
+    The same rule: ``<class>/.../<file>`` under a class folder, a file with an image suffix,
+    reached without passing through a linked folder (``rglob`` does not descend into those).
+    """
+    parts = rel.split("/")
+    if len(parts) < 2 or parts[0] not in classes or any(p in ("", ".", "..") for p in parts):
+        return None
+    path = split_dir.joinpath(*parts)
+    if not is_image_file(path) or not path.is_file():
+        return None
+    folder = split_dir / parts[0]
+    if any(folder.joinpath(*parts[1:i]).is_symlink() for i in range(2, len(parts))):
+        return None
+    return Sample(path=path.resolve(), relpath=rel, label=list(classes).index(parts[0]))
+
+
+class SplitImages:
+    """The images of one split by relpath, looked up one at a time: in the split's listing
+    when it was listed, else on disk by :func:`sample_at` (no listing of the folder)."""
+
+    def __init__(self, split_dir: Path, classes: Sequence[str], listed: list[Sample] | None):
+        self.split_dir, self.classes = split_dir, list(classes)
+        self._found: dict[str, Sample | None] = {}
+        if listed is not None:
+            self._found = {s.relpath: s for s in listed}
+        self._complete = listed is not None
+
+    def get(self, rel: str) -> Sample | None:
+        if rel not in self._found and not self._complete:
+            self._found[rel] = sample_at(self.split_dir, self.classes, rel)
+        return self._found.get(rel)
+
+    def __contains__(self, rel: object) -> bool:
+        return isinstance(rel, str) and self.get(rel) is not None
+
+    def __getitem__(self, rel: str) -> Sample:
+        sample = self.get(rel)
+        if sample is None:
+            raise KeyError(rel)
+        return sample
+
+
+class ListedOnUse(Mapping[str, list[Sample]]):
+    """``{split: samples}`` whose splits are listed the first time they are read."""
+
+    def __init__(self, root: Path, present: Sequence[str], classes: Sequence[str]):
+        self.root, self.present, self.classes = root, list(present), list(classes)
+        self._lists: dict[str, list[Sample]] = {}
+
+    def __getitem__(self, split: str) -> list[Sample]:
+        if split not in self.present:
+            raise KeyError(split)
+        if split not in self._lists:
+            self._lists[split] = list_samples(self.root / split, self.classes)
+        return self._lists[split]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.present)
+
+    def __len__(self) -> int:
+        return len(self.present)
+
+    def listed(self, split: str) -> list[Sample] | None:
+        return self._lists.get(split)
+
+
+def _has_image(split_dir: Path, classes: Sequence[str]) -> bool:
+    """Whether a split holds an image, stopping at the first one found."""
+    for name in classes:
+        folder = split_dir / name
+        if folder.is_dir() and any(p.is_file() and is_image_file(p) for p in folder.rglob("*")):
+            return True
+    return False
+
+
 @dataclass
 class ImageFolderSplits:
     """The splits of one dataset folder, checked to share one class list."""
 
     root: Path
     classes: list[str]
-    splits: dict[str, list[Sample]]
+    splits: Mapping[str, list[Sample]]
 
     @classmethod
-    def open(cls, root: str | Path, required: Sequence[str] = ("train",)) -> ImageFolderSplits:
+    def open(
+        cls, root: str | Path, required: Sequence[str] = ("train",), lazy: bool = False
+    ) -> ImageFolderSplits:
+        """The dataset at ``root``; ``lazy``: each split is listed when first read (a sync
+        dry run looks up only its annotated images, :meth:`images`), same checks and errors.
+        """
         root = Path(root).resolve()
         if not root.is_dir():
             raise DatasetError(f"dataset folder {root} does not exist")
@@ -88,16 +170,26 @@ class ImageFolderSplits:
                     f"class folders differ between splits: {present[0]}/ has {classes}, "
                     f"{split}/ has {names}; every split needs the same class folders"
                 )
-        splits = {split: list_samples(root / split, classes) for split in present}
-        for split in required:
-            if not splits[split]:
-                raise DatasetError(
-                    f"{root / split} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
-                )
+        splits: Mapping[str, list[Sample]]
+        if lazy:
+            splits = ListedOnUse(root, present, classes)
+            empty = [s for s in required if not _has_image(root / s, classes)]
+        else:
+            splits = {split: list_samples(root / split, classes) for split in present}
+            empty = [s for s in required if not splits[s]]
+        if empty:
+            raise DatasetError(f"{root / empty[0]} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         return cls(root=root, classes=classes, splits=splits)
 
     def split_dir(self, split: str) -> Path:
         return self.root / split
+
+    def images(self, split: str) -> SplitImages:
+        """The split's images by relpath, without listing the split if it was not listed."""
+        listed = self.splits.listed(split) if isinstance(self.splits, ListedOnUse) else None
+        if not isinstance(self.splits, ListedOnUse):
+            listed = list(self.splits.get(split, []))
+        return SplitImages(self.split_dir(split), self.classes, listed)
 
 
 _TENSOR_NAMES = frozenset(

@@ -8,7 +8,7 @@ its brush alpha is at least :data:`ALPHA_THRESHOLD`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any
@@ -108,7 +108,7 @@ def _path_of_url(url: str) -> str:
     return unquote(parsed.path)
 
 
-def relpath_of_task(data: Mapping[str, Any], image_key: str, train: set[str]) -> str | None:
+def relpath_of_task(data: Mapping[str, Any], image_key: str, train: Container[str]) -> str | None:
     """The training relpath a task shows (see the module docstring), or None."""
     rel = data.get("relpath")
     if isinstance(rel, str) and rel in train:

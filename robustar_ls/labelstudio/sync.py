@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from robustar_ls.data.folders import ImageFolderSplits, Sample
+from robustar_ls.data.folders import ImageFolderSplits, SplitImages
 from robustar_ls.data.images import displayed_size
 from robustar_ls.data.masks import MaskStore
 from robustar_ls.labels import SPURIOUS_LABEL
@@ -91,7 +91,7 @@ ANNOTATION_RULE = (
     "recently updated one wins (largest updated_at, then largest id); its 'Spurious' brush "
     "regions are OR-ed into the mask, 'Model attention' regions are ignored"
 )
-DEFAULT_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 1000
 NOTHING_WRITTEN = (
     "Nothing was written; the mask store is as before. Check that Label Studio is running and "
     "run the sync again."
@@ -171,14 +171,10 @@ class _Planner:
     store: MaskStore
     manifest: dict[str, Any]
     label: str
-    samples: dict[str, Sample]
+    samples: SplitImages  # the training images, looked up (not listed) by relpath
     report: SyncReport
     plan: _Plan
     seen: dict[str, int] = field(default_factory=dict)  # relpath -> task id that claimed it
-    train: set[str] = field(default_factory=set)
-
-    def __post_init__(self) -> None:
-        self.train = set(self.samples)
 
     def error(self, task_id: int, rel: str | None, image: Any, message: str) -> None:
         self.report.errors.append(
@@ -202,7 +198,7 @@ class _Planner:
                 reason = "every annotation was cancelled (skipped)"
                 self.skip(task_id, task_data.get("relpath"), reason)
             return
-        rel = relpath_of_task(task_data, self.image_key, self.train)
+        rel = relpath_of_task(task_data, self.image_key, self.samples)
         if rel is None:
             message = (
                 f"task {task_id} shows no image of {self.data.root / 'train'} (task data "
@@ -300,7 +296,7 @@ def plan_sync(
         store=store,
         manifest=manifest,
         label=label,
-        samples={s.relpath: s for s in data.splits.get("train", [])},
+        samples=data.images("train"),
         report=SyncReport(tasks=len(tasks)),
         plan=_Plan(before=dict(manifest), manifest=dict(manifest)),
     )

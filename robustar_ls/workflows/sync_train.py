@@ -51,10 +51,11 @@ def mask_store_lock(masks_root: Path) -> AbstractContextManager[None]:
 
 
 def open_data(data: str | Path | ImageFolderSplits) -> ImageFolderSplits:
-    """``data`` itself when already opened, else the dataset folder opened (train/ required)."""
+    """``data`` itself when already opened, else the dataset folder opened (train/ required;
+    listed when first read: a sync looks up only the annotated images)."""
     if isinstance(data, ImageFolderSplits):
         return data
-    return ImageFolderSplits.open(data, required=("train",))
+    return ImageFolderSplits.open(data, required=("train",), lazy=True)
 
 
 def sync_from_label_studio(
