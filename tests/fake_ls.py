@@ -96,3 +96,15 @@ def box(y0: int, y1: int, x0: int, x1: int, h: int = H, w: int = W) -> np.ndarra
     mask = np.zeros((h, w), np.uint8)
     mask[y0:y1, x0:x1] = 255
     return mask
+
+
+def random_train_images(root, per_class: int, seed: int) -> None:
+    """``root/train/{a,b}/{0..per_class-1}.png``: random H x W images, the tasks' relpaths."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for cls in ("a", "b"):
+        for i in range(per_class):
+            path = root / "train" / cls / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(path)

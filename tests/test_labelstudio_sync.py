@@ -7,22 +7,26 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
 from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.masks import MaskStore
 from robustar_ls.labelstudio.sync import LabelStudioUnavailable, SyncError, sync_masks
-from tests.fake_ls import ApiError, FakeClient, H, W, annotation, box, region, task
+from tests.fake_ls import (
+    ApiError,
+    FakeClient,
+    H,
+    W,
+    annotation,
+    box,
+    random_train_images,
+    region,
+    task,
+)
 
 
 @pytest.fixture
 def dataset(tmp_path: Path) -> ImageFolderSplits:
-    rng = np.random.default_rng(0)
-    for cls in ("a", "b"):
-        for i in range(3):
-            path = tmp_path / "ds" / "train" / cls / f"{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(path)
+    random_train_images(tmp_path / "ds", per_class=3, seed=0)
     return ImageFolderSplits.open(tmp_path / "ds")
 
 

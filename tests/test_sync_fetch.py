@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.masks import MaskStore
@@ -15,19 +13,14 @@ from robustar_ls.labelstudio.client import fetch_annotated_tasks
 from robustar_ls.labelstudio.client.sdk import RetryPolicy
 from robustar_ls.labelstudio.client.tasks import SYNC_OMIT
 from robustar_ls.labelstudio.sync import sync_masks
-from tests.fake_ls import FakeClient, H, W, annotation, box, region, task
+from tests.fake_ls import FakeClient, annotation, box, random_train_images, region, task
 
 STAMP = "2026-01-01T00:00:00Z"
 
 
 @pytest.fixture
 def dataset(tmp_path: Path) -> ImageFolderSplits:
-    rng = np.random.default_rng(1)
-    for cls in ("a", "b"):
-        for i in range(4):
-            path = tmp_path / "ds" / "train" / cls / f"{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(path)
+    random_train_images(tmp_path / "ds", per_class=4, seed=1)
     return ImageFolderSplits.open(tmp_path / "ds")
 
 
