@@ -14,7 +14,7 @@ from robustar_ls.cli.options import (
     tqdm_progress,
     train_config,
 )
-from robustar_ls.cli.sync_train import FILL_MODE_CHOICES, PROPAGATE_THRESHOLD
+from robustar_ls.cli.sync_train import FILL_MODE_CHOICES, add_propagate_threshold_flag
 from robustar_ls.cli.validators import fraction, prepare_output_file
 from robustar_ls.config import FINETUNE_DEFAULTS, InfluenceConfig, PairedConfig, build, pick
 
@@ -49,13 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="train the learned segmenter on the picked images' masks and pair the other "
         "images with its confident masks",
     )
-    p.add_argument(
-        "--propagate-threshold",
-        dest="propagate_threshold",
-        type=fraction,
-        default=PROPAGATE_THRESHOLD,
-        help=f"minimum mask confidence for --propagate (default {PROPAGATE_THRESHOLD})",
-    )
+    add_propagate_threshold_flag(p)
     p.add_argument(
         "--propagate-review",
         dest="propagate_review",

@@ -97,6 +97,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 PROPAGATE_THRESHOLD = 0.9  # = robustar_ls.train.propagate.DEFAULT_THRESHOLD (not imported: torch)
 
 
+def add_propagate_threshold_flag(p: argparse.ArgumentParser) -> None:
+    """``--propagate-threshold``, shared by sync-train and simulate."""
+    p.add_argument(
+        "--propagate-threshold",
+        dest="propagate_threshold",
+        type=fraction,
+        default=PROPAGATE_THRESHOLD,
+        help=f"minimum mask confidence for --propagate (default {PROPAGATE_THRESHOLD})",
+    )
+
+
 def add_segmenter_flags(p: argparse.ArgumentParser) -> None:
     """The learned spurious segmenter: retrain after a sync, propagate its masks."""
     p.add_argument(
@@ -112,13 +123,7 @@ def add_segmenter_flags(p: argparse.ArgumentParser) -> None:
         help="pair unannotated training images with the learned segmenter's confident masks "
         "(expert masks always win)",
     )
-    p.add_argument(
-        "--propagate-threshold",
-        dest="propagate_threshold",
-        type=fraction,
-        default=PROPAGATE_THRESHOLD,
-        help=f"minimum mask confidence for --propagate (default {PROPAGATE_THRESHOLD})",
-    )
+    add_propagate_threshold_flag(p)
 
 
 def segmenter_step(args: argparse.Namespace):
