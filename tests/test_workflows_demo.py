@@ -34,11 +34,14 @@ def test_credentials_are_made_once_and_private(tmp_path):
     assert os.stat(path).st_mode & 0o777 == 0o600
 
 
-def test_prepare_model_calls_the_library_and_reuses_its_outputs(tmp_path):
+def test_prepare_model_calls_the_library_and_reuses_its_outputs(tmp_path, caplog):
     data, model = tmp_path / "documents" / "patch", tmp_path / "model.pt"
     cfg = DemoConfig(per_class=2, epochs=1)
-    prepare_model(cfg, data, model, progress=None)
+    with caplog.at_level("INFO", logger="robustar_ls.workflows.demo"):
+        prepare_model(cfg, data, model, progress=None)
     assert (data / "spurious.json").is_file() and model.is_file()
+    # the split counts are a dict: the line once failed to format ("%d" of a dict)
+    assert any(m.startswith("demo: wrote 8 train, ") for m in caplog.messages)
     version = read_version(model)
     prepare_model(cfg, data, model, progress=None)  # a rerun keeps both
     assert read_version(model) == version

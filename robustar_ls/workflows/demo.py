@@ -101,7 +101,8 @@ def prepare_model(cfg: DemoConfig, data: Path, model: Path, progress: Callable |
         )
         bar = (lambda it: progress(it, desc="images", unit="img")) if progress else None
         summary = make_dataset(data, synthetic, progress=bar)
-        log.info("demo: wrote %d images to %s", summary["images"], data)
+        counts = ", ".join(f"{n} {split}" for split, n in summary["images"].items())
+        log.info("demo: wrote %s images to %s", counts, data)
     if not model.is_file():
         log.info("demo: train the classifier (it learns the shortcut)")
         summary = train_classifier(
