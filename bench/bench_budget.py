@@ -66,6 +66,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--fill", default=PairedConfig.fill)
     p.add_argument("--budgets", nargs="+", type=float, default=[0.01, 0.02, 0.05, 0.1, 0.2])
     p.add_argument("--orders", nargs="+", default=list(ORDERS))
+    p.add_argument("--device", default="cpu", help="cuda: train, score and fine-tune on a GPU")
     p.add_argument("--report", action="store_true", help="only print the table and plot")
     p.add_argument("--plot", default=None, help="PNG of gap recovered vs budget")
     return p
@@ -112,7 +113,7 @@ def shortcut_model(args, kind: str, seed: int, results: Path) -> Path:
         seed=seed,
     )
     make_dataset(root, cfg)
-    train = TrainConfig(epochs=args.shortcut_epochs, seed=seed, device="cpu")
+    train = TrainConfig(epochs=args.shortcut_epochs, seed=seed, device=args.device)
     summary = train_classifier(root, root / "shortcut.tmp", ModelConfig(width=args.width), train)
     (root / "shortcut.tmp").replace(ckpt)
     accs = {s: m["accuracy"] for s, m in summary["splits"].items()}
@@ -129,7 +130,7 @@ def run_grid(args, results: Path) -> None:
         if order != "plain" and (kind, seed, order) not in rankings:
             data = ImageFolderSplits.open(root)
             ckpt = load_checkpoint(root / "shortcut.pt", classes=data.classes)
-            cfg = InfluenceConfig(device="cpu")
+            cfg = InfluenceConfig(device=args.device)
             rankings[kind, seed, order] = rank_images(
                 order, data, ckpt, seed=seed, influence=cfg, cache_root=root / ".influence"
             )
@@ -147,7 +148,9 @@ def run_grid(args, results: Path) -> None:
             budget=budget,
             seed=seed,
             paired=PairedConfig(fill=args.fill),
-            train=TrainConfig(**{**FINETUNE_DEFAULTS, "epochs": args.epochs}, seed=seed),
+            train=TrainConfig(
+                **{**FINETUNE_DEFAULTS, "epochs": args.epochs}, seed=seed, device=args.device
+            ),
             ranking=rankings.get((kind, seed, order)),
         )
         row = {**row, "order": order, "kind": kind, "seed": seed, "fill": args.fill}

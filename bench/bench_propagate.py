@@ -45,6 +45,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.9)
     p.add_argument("--review-share", type=float, default=0.25, help="of the budget, random")
     p.add_argument("--fill", default=PairedConfig.fill, help="paired training's fill")
+    p.add_argument("--per-class", type=int, default=150, help="as bench_budget.py's")
+    p.add_argument("--eval-per-class", type=int, default=50, help="as bench_budget.py's")
+    p.add_argument("--device", default="cpu", help="cuda: train, score and fine-tune on a GPU")
     p.add_argument(
         "--bias",
         type=float,
@@ -63,17 +66,22 @@ def dataset_root(args, kind: str, seed: int) -> Path:
         return root
     cfg = SyntheticConfig(
         kind=kind,
-        per_class=150,
-        val_per_class=50,
-        test_per_class=50,
+        per_class=args.per_class,
+        val_per_class=args.eval_per_class,
+        test_per_class=args.eval_per_class,
         spurious_fraction=args.spurious_fraction,
         bias=args.bias,
         seed=seed,
     )
     make_dataset(root, cfg)
-    train = TrainConfig(epochs=10, seed=seed, device="cpu")
-    train_classifier(root, root / "shortcut.tmp", ModelConfig(width=16), train)
+    train = TrainConfig(epochs=10, seed=seed, device=args.device)
+    summary = train_classifier(root, root / "shortcut.tmp", ModelConfig(width=16), train)
     (root / "shortcut.tmp").replace(root / "shortcut.pt")
+    accs = {split: m["accuracy"] for split, m in summary["splits"].items()}
+    row = {"run": "shortcut", "kind": kind, "seed": seed, "accuracy": accs}
+    row.update(spurious_fraction=args.spurious_fraction, bias=args.bias)
+    with open(args.results, "a") as f:
+        f.write(json.dumps(row) + "\n")
     return root
 
 
@@ -83,6 +91,7 @@ def _done(results: str) -> set[tuple]:
     if not path.is_file():
         return set()
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("run") != "shortcut"]
     return {
         (r["kind"], r.get("spurious_fraction"), r.get("bias", 1.0), r["seed"], r["propagate"])
         + (r.get("review_share"), r.get("fill", "noise"))
@@ -102,7 +111,7 @@ def main(args) -> None:
                 data,
                 ckpt,
                 seed=seed,
-                influence=InfluenceConfig(device="cpu"),
+                influence=InfluenceConfig(device=args.device),
                 cache_root=root / ".influence",
             )
             for propagate in (None, args.threshold):
@@ -118,7 +127,7 @@ def main(args) -> None:
                     budget=args.budget,
                     seed=seed,
                     paired=PairedConfig(fill=args.fill),
-                    train=TrainConfig(**{**FINETUNE_DEFAULTS}, seed=seed),
+                    train=TrainConfig(**FINETUNE_DEFAULTS, seed=seed, device=args.device),
                     ranking=ranking,
                     propagate=propagate,
                     review_share=review,

@@ -21,6 +21,7 @@ from robustar_ls.train.augment import random_crop_flip
 log = logging.getLogger(__name__)
 
 Progress = Callable[..., Iterable]
+WARMUP_FRACTION = 0.0  # of the steps, a linear learning-rate warm-up before the cosine decay
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -31,14 +32,21 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def lr_factor(step: int, steps: int, warmup: int = 0) -> float:
+    """Linear warm-up over ``warmup`` steps, then a cosine decay to 0 at ``steps``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    done = min(step - warmup, steps - warmup) / max(steps - warmup, 1)
+    return 0.5 * (1 + math.cos(math.pi * done))
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps: int):
     """SGD with momentum and a cosine schedule over ``steps`` (constant LR was unstable)."""
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / max(steps, 1)))
-    )
+    warmup = int(WARMUP_FRACTION * steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup))
     return optimizer, scheduler
 
 
