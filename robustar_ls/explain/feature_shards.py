@@ -187,27 +187,18 @@ def sharded_features(
         total += values.sum(axis=0, dtype=np.float64)
     if ranks.world_size > 1:
         gram, total = _reduced(ranks, gram, total)
-    return _publish(cache, version, meta, store, bounds, gram, total, ranks)
+    return _on_rank0(ranks, lambda: _merge(cache, version, meta, store, bounds, gram, total))
 
 
-def _publish(
-    cache: FeatureCache,
-    version: str,
-    meta: dict[str, Any],
-    store: ShardStore,
-    bounds: Sequence[tuple[int, int]],
-    gram: np.ndarray,
-    total: np.ndarray,
-    ranks: Ranks,
-) -> TrainFeatures | None:
-    """Rank 0 merges the shards into the cache; every rank learns whether that worked."""
+def _on_rank0(ranks: Ranks, merge: Callable[[], TrainFeatures]) -> TrainFeatures | None:
+    """Rank 0 runs ``merge`` (the shards into the cache); every rank learns whether it worked."""
     if ranks.rank != 0:
         error = _broadcast(ranks, None)
         if error:
             raise FeatureCacheError(f"rank 0 could not assemble the influence cache: {error}")
         return None
     try:
-        features = _merge(cache, version, meta, store, bounds, gram, total)
+        features = merge()
     except Exception as err:
         if ranks.world_size > 1:
             _broadcast(ranks, f"{type(err).__name__}: {err}")

@@ -80,25 +80,15 @@ def influence_ranking(
     cache_root: str | Path | None = None,
     progress: Progress | None = None,
 ) -> list[str]:
-    """Training images by their influence on the checkpoint's test errors, highest first."""
-    from robustar_ls.explain.influence import InfluenceScorer
+    """Training images by their influence on the checkpoint's test errors, highest first
+    (``robustar-ls influence``'s scores, cached the same way)."""
+    from robustar_ls.workflows.influence import score
 
     if cfg.test_split not in data.splits:
         raise SimulateError(
             f"--order influence scores against {data.root}/{cfg.test_split}/, which is missing"
         )
-    scorer = InfluenceScorer(ckpt.model, None, cfg)
-    result = scorer.score(
-        data.splits["train"],
-        data.splits[cfg.test_split],
-        image_size=ckpt.image_size,
-        model_version=ckpt.version,
-        classes=data.classes,
-        cache_root=cache_root,
-        top=1,
-        progress=progress,
-    )
-    return result.ranked()
+    return score(data, ckpt, cfg, cache_root=cache_root, top=1, progress=progress).ranked()
 
 
 def rank_images(
