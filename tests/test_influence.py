@@ -263,6 +263,21 @@ def test_float16_cache_matches_float32(tmp_path):
     assert cache.load("v1-x", {"a": 2}) is None
 
 
+def test_two_processes_writing_the_same_version_at_once_both_finish(tmp_path):
+    """Two `simulate`/`influence` runs on one dataset computed the same cache version at once;
+    the second's rename found the first's temporary file gone (FileNotFoundError)."""
+    block = np.arange(24, dtype=np.float32).reshape(4, 6)
+    cache = FeatureCache(tmp_path)
+    first = cache.writer("v1-x", 4, 6, "float32", {"a": 1})
+    second = cache.writer("v1-x", 4, 6, "float32", {"a": 1})
+    first.write(0, block)
+    second.write(0, block)
+    np.testing.assert_array_equal(first.finish().rows(0, 4), block)
+    np.testing.assert_array_equal(second.finish().rows(0, 4), block)
+    assert cache.load("v1-x", {"a": 1}) is not None
+    assert not list(cache.folder("v1-x").glob("*tmp*"))  # no temporary file left behind
+
+
 def test_result_explains_and_ranks(dataset, checkpoint):
     ckpt = load_checkpoint(checkpoint[0])
     scorer = InfluenceScorer(ckpt.model, None, InfluenceConfig(k=64, support=3, device="cpu"))

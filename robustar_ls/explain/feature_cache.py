@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,8 +114,10 @@ class FeatureWriter:
                 "make the dataset folder writable or pass another cache folder"
             ) from err
         (folder / "meta.json").unlink(missing_ok=True)  # the old description no longer holds
+        # a name of its own: two processes may compute the same version at once
+        self._tag = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._features = np.lib.format.open_memmap(
-            folder / "train_features.npy.tmp", mode="w+", dtype=dtype, shape=(n, k)
+            folder / f"train_features.{self._tag}.tmp.npy", mode="w+", dtype=dtype, shape=(n, k)
         )
         self._scales = np.ones(n, dtype=np.float32)
         self._gram = np.zeros((k, k), dtype=np.float64)
@@ -150,14 +153,14 @@ class FeatureWriter:
         self._features.flush()
         del self._features
         folder = self.folder
-        os.replace(folder / "train_features.npy.tmp", folder / "train_features.npy")
+        os.replace(folder / f"train_features.{self._tag}.tmp.npy", folder / "train_features.npy")
         for name, array in (
             ("row_scales.npy", self._scales),
             ("gram.npy", self._gram),
             ("feature_sum.npy", self._sum),
         ):
-            np.save(folder / f"{name}.tmp.npy", array)
-            os.replace(folder / f"{name}.tmp.npy", folder / name)
+            np.save(folder / f"{name}.{self._tag}.tmp.npy", array)
+            os.replace(folder / f"{name}.{self._tag}.tmp.npy", folder / name)
         atomic_write_bytes(folder / "meta.json", json.dumps(self.meta, indent=1).encode())
         return _open(folder, self.meta)
 
