@@ -81,7 +81,7 @@ class SyntheticConfig:
 
     kind: str = "patch"
     size: int = 32
-    per_class: int = 250
+    per_class: int | None = None  # None: the kind's calibrated count (data/synthetic.py)
     test_per_class: int = 100
     val_per_class: int = 100
     classes: int = 4

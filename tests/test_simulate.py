@@ -87,7 +87,8 @@ def test_a_picked_image_without_a_mask_costs_budget_and_adds_nothing(tiny, tmp_p
     for rel in ranking[:2]:  # the first two picked images lose their reference mask
         (masks / "train" / rel).unlink()
     result = run(tiny, order="random", budget=0.25, masks=masks, ranking=ranking)
-    assert (result["picked"], result["annotated"]) == (6, 4)
+    assert len(carrying) >= 3  # so that at least one picked image keeps its mask
+    assert (result["picked"], result["annotated"]) == (6, min(6, len(carrying)) - 2)
 
 
 def test_orders_are_permutations_and_random_is_seeded(tiny):

@@ -97,7 +97,7 @@ def test_defaults_aligned_noise_free_patch_at_a_third_of_the_images(tmp_path):
     """The benchmark's cheap structural facts: at spurious fraction 0.3 about 30% of the
     training images carry the feature, every one aligned with its class (bias 1.0 by default),
     and the patch is its class's colour exactly (no pixel noise), a clean cue from epoch 1."""
-    from robustar_ls.data.synthetic import PALETTE, patch_mask, patch_size
+    from robustar_ls.data.synthetic import PALETTE, SHAPES, patch_mask, patch_size, shape_mask
 
     cfg = SyntheticConfig(per_class=100, val_per_class=0, test_per_class=0, spurious_fraction=0.3)
     assert cfg.bias == 1.0
@@ -110,8 +110,11 @@ def test_defaults_aligned_noise_free_patch_at_a_third_of_the_images(tmp_path):
         image, mask = render(spec)
         assert np.array_equal(mask, patch_mask(cfg.size, spec.corner))
         assert mask.sum() == patch_size(cfg.size) ** 2 >= (cfg.size // 5) ** 2
+        # a large object may cover a corner of the patch: the rest is the class's colour
+        obj = shape_mask(SHAPES[spec.label], cfg.size, spec.center, spec.radius, spec.angle)
+        assert (mask & obj).sum() <= 0.05 * mask.sum()
         expected = (PALETTE[spec.label] * 255 + 0.5).astype(np.uint8)
-        assert np.all(image[mask] == expected)
+        assert np.all(image[mask & ~obj] == expected)
 
 
 def test_spurious_fraction_one_puts_the_feature_on_every_training_image():
@@ -132,3 +135,18 @@ def test_defaults_object_size_and_background_tint(tmp_path):
         image, mask = render(spec)
         mean = image[mask].mean(axis=0) / 255
         assert np.allclose(mean, 0.42 + 0.3 * PALETTE[spec.label], atol=0.03)
+
+
+def test_training_images_per_class_default_to_the_kind_s_calibrated_count(tmp_path):
+    """Without --per-class, background gets more training images than patch (its shapes need
+    more steps to be learned in 10 epochs); an explicit count is kept for both kinds."""
+    from robustar_ls.data.synthetic import DEFAULT_PER_CLASS, resolve
+
+    assert DEFAULT_PER_CLASS["background"] > DEFAULT_PER_CLASS["patch"]
+    for kind in ("patch", "background"):
+        assert resolve(SyntheticConfig(kind=kind)).per_class == DEFAULT_PER_CLASS[kind]
+        assert resolve(SyntheticConfig(kind=kind, per_class=7)).per_class == 7
+    cfg = SyntheticConfig(kind="background", size=16, classes=2, val_per_class=0)
+    summary = make_dataset(tmp_path, replace(cfg, test_per_class=0, per_class=None))
+    assert summary["images"]["train"] == 2 * DEFAULT_PER_CLASS["background"]
+    assert summary["config"]["per_class"] == DEFAULT_PER_CLASS["background"]
