@@ -18,8 +18,9 @@ of their masks from the default's on the same weights. The 1-minute load average
 Variants: ``default`` (SegmenterConfig's settings, 1 thread), ``fuse_bn`` (batch norms folded
 into the convolutions), ``channels_last`` (model weights and input in channels-last memory
 format), ``threads2`` (2 torch threads), ``mkldnn_off`` (``torch.backends.mkldnn`` disabled),
-``det5`` (5 detections for the mask head), ``size448`` / ``size384`` (backbone input side),
-``fuse_bn_cl`` (fuse_bn + channels_last).
+``det5`` (5 detections for the mask head), ``post50`` (50 RPN proposals to the box head,
+not 100), ``post50_pre150`` (and 150 per level before NMS, not 300), ``size448`` /
+``size384`` (backbone input side), ``fuse_bn_cl`` (fuse_bn + channels_last).
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ VARIANTS = {  # name: (SegmenterConfig overrides, fuse_bn, channels_last, thread
     "threads2": ({}, False, False, 2, True),
     "mkldnn_off": ({}, False, False, 1, False),
     "det5": ({"detections_per_img": 5}, False, False, 1, True),
+    "post50": ({"rpn_post_nms_top_n": 50}, False, False, 1, True),
+    "post50_pre150": ({"rpn_post_nms_top_n": 50, "rpn_pre_nms_top_n": 150}, False, False, 1, True),
     "size448": ({"min_size": 448, "max_size": 747}, False, False, 1, True),
     "size384": ({"min_size": 384, "max_size": 640}, False, False, 1, True),
 }
