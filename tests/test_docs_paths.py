@@ -31,3 +31,30 @@ def test_every_mentioned_module_exists(doc):
     assert found, f"{doc} mentions no module (the pattern is broken)"
     missing = sorted(m for m in found if not (ROOT / "robustar_ls" / m).is_file())
     assert not missing, f"{doc} mentions modules that do not exist: {missing}"
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to dashes."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("doc", ("README.md", "bench/README.md"))
+def test_every_in_page_link_has_its_heading(doc):
+    """A README edit once dropped six sections at once; its Contents links then pointed at
+    nothing. Every ``(#anchor)`` link must match a heading of the same file."""
+    text = (ROOT / doc).read_text()
+    headings = {github_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
+    links = set(re.findall(r"\]\(#([\w\-]+)\)", text))
+    assert github_anchor("Annotation budget: simulate") == "annotation-budget-simulate"
+    missing = sorted(links - headings)
+    assert not missing, f"{doc} links to headings it does not have: {missing}"
+
+
+def test_links_to_other_readme_sections_resolve():
+    """``bench/README.md#section`` links from the README land on a heading there."""
+    text = (ROOT / "README.md").read_text()
+    bench = (ROOT / "bench" / "README.md").read_text()
+    headings = {github_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", bench, flags=re.M)}
+    links = set(re.findall(r"\]\(bench/README\.md#([\w\-]+)\)", text))
+    assert links, "the README links to no bench section (the pattern is broken)"
+    assert not sorted(links - headings)
