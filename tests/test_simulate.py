@@ -200,3 +200,28 @@ def test_review_sample_replaces_the_last_picks_by_a_seeded_draw_from_the_rest():
     assert with_review_sample(ranking, 8, 1.0, seed=1)[:8] != ranking[:8]
     with pytest.raises(ValueError, match="within"):
         with_review_sample(ranking, 8, 1.5, seed=1)
+
+
+def test_class_turns_alternates_the_classes_and_keeps_each_class_order():
+    from pathlib import Path
+
+    from robustar_ls.data.folders import Sample
+    from robustar_ls.workflows.simulate import class_turns
+
+    samples = [Sample(Path(f"/x/{c}/{i}.png"), f"{c}/{i}.png", c) for c in (0, 1) for i in range(3)]
+    ranking = ["0/2.png", "0/0.png", "0/1.png", "1/1.png", "1/0.png", "1/2.png"]  # class 0 first
+    turns = class_turns(ranking, samples)
+    assert turns == ["0/2.png", "1/1.png", "0/0.png", "1/0.png", "0/1.png", "1/2.png"]
+    assert class_turns(ranking[:4], samples) == ["0/2.png", "1/1.png", "0/0.png", "0/1.png"]
+    assert class_turns([], samples) == []
+
+
+def test_balance_classes_flag_reaches_simulate_and_its_json(tiny, capsys):
+    root, ckpt = tiny
+    code = main(
+        ["simulate", "--data", str(root), "--checkpoint", str(ckpt), "--order", "random",
+         "--budget", "0.25", "--balance-classes", "--epochs", "1", "--json", "--quiet"]
+    )  # fmt: skip
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["balance_classes"] is True and summary["picked"] == 6
+    assert run(tiny, order="random", budget=0.0)["balance_classes"] is False

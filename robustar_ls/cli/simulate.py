@@ -44,6 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fill", choices=FILL_MODE_CHOICES, default=None, help="default noise")
     p.add_argument("--out", default=None, help="write the fine-tuned checkpoint here")
     p.add_argument(
+        "--balance-classes",
+        dest="balance_classes",
+        action="store_true",
+        help="the classes take turns in the order (the top influence images may be one class)",
+    )
+    p.add_argument(
         "--propagate",
         action="store_true",
         help="train the learned segmenter on the picked images' masks and pair the other "
@@ -83,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         progress=tqdm_progress(not args.quiet),
         propagate=args.propagate_threshold if args.propagate else None,
         review_share=args.propagate_review,
+        balance_classes=args.balance_classes,
     )
     if args.json:
         print_json(summary)
