@@ -197,20 +197,15 @@ def simulate(
     model_version, out}``, and with ``propagate`` (a confidence threshold) ``propagation``:
     the learned segmenter trained on the picked images' masks pairs the others
     (:mod:`robustar_ls.workflows.simulate_propagate`; ``review_share``: its review sample);
-    ``spurious_annotated`` counts those ``spurious.json`` marks aligned or misaligned.
-    ``balance_classes``: the classes take turns in the order (:func:`class_turns`).
-    """
+    ``spurious_annotated`` counts those ``spurious.json`` marks aligned or misaligned;
+    ``balance_classes``: the classes take turns in the order (:func:`class_turns`)."""
     check_request(order, budget)
     data_root = Path(data_root)
     data = ImageFolderSplits.open(data_root, required=("train",))
     samples = data.splits["train"]
     masks_root = Path(masks) if masks else data_root / "oracle_masks"
     if ranking is None and budget > 0:
-        ckpt = load_checkpoint(checkpoint, classes=data.classes)
-        cache = data_root / ".robustar" / "influence"
-        ranking = rank_images(
-            order, data, ckpt, seed=seed, influence=influence, cache_root=cache, progress=progress
-        )
+        ranking = _rank(order, data, checkpoint, seed, influence, progress)
     if balance_classes and ranking:
         ranking = class_turns(ranking, samples)
     status = spurious_status(data_root)
@@ -236,6 +231,15 @@ def simulate(
         "model_version": result["model_version"],
         "out": str(out) if out else None,
     }
+
+
+def _rank(order, data: ImageFolderSplits, checkpoint, seed, influence, progress) -> list[str]:
+    """``rank_images`` for ``checkpoint``, influence features cached under the dataset."""
+    ckpt = load_checkpoint(checkpoint, classes=data.classes)
+    cache = data.root / ".robustar" / "influence"
+    return rank_images(
+        order, data, ckpt, seed=seed, influence=influence, cache_root=cache, progress=progress
+    )
 
 
 def _review(ranking, budget: float, n: int, share: float | None, seed: int, propagate):
