@@ -99,8 +99,11 @@ def append(results: Path, row: dict) -> None:
 
 
 def shortcut_model(args, kind: str, seed: int, results: Path) -> Path:
-    """The dataset and its shortcut model, made once (kept under ``--work``)."""
-    root = Path(args.work) / f"{kind}-{args.spurious_fraction}-s{seed}"
+    """The dataset and its shortcut model, made once (kept under ``--work``); also
+    bench_propagate.py's (whose ``--bias`` other than 1 tags the folder ``-b<bias>``)."""
+    bias = getattr(args, "bias", 1.0)
+    tag = "" if bias == 1.0 else f"-b{bias}"
+    root = Path(args.work) / f"{kind}-{args.spurious_fraction}{tag}-s{seed}"
     ckpt = root / "shortcut.pt"
     if ckpt.is_file():
         return root
@@ -110,6 +113,7 @@ def shortcut_model(args, kind: str, seed: int, results: Path) -> Path:
         val_per_class=args.eval_per_class,
         test_per_class=args.eval_per_class,
         spurious_fraction=args.spurious_fraction,
+        bias=bias,
         seed=seed,
     )
     make_dataset(root, cfg)
@@ -117,7 +121,8 @@ def shortcut_model(args, kind: str, seed: int, results: Path) -> Path:
     summary = train_classifier(root, root / "shortcut.tmp", ModelConfig(width=args.width), train)
     (root / "shortcut.tmp").replace(ckpt)
     accs = {s: m["accuracy"] for s, m in summary["splits"].items()}
-    append(results, {"run": "shortcut", "kind": kind, "seed": seed, "accuracy": accs})
+    row = {"run": "shortcut", "kind": kind, "seed": seed, "accuracy": accs}
+    append(results, {**row, "spurious_fraction": args.spurious_fraction, "bias": bias})
     return root
 
 

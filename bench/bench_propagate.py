@@ -19,18 +19,16 @@ import json
 import time
 from pathlib import Path
 
+from bench_budget import shortcut_model  # bench/ is on sys.path when run as a script
+
 from robustar_ls.config import (
     FINETUNE_DEFAULTS,
     InfluenceConfig,
-    ModelConfig,
     PairedConfig,
-    SyntheticConfig,
     TrainConfig,
 )
 from robustar_ls.data.folders import ImageFolderSplits
-from robustar_ls.data.synthetic import make_dataset
 from robustar_ls.models.checkpoint import load_checkpoint
-from robustar_ls.train.run import train_classifier
 from robustar_ls.workflows.simulate import rank_images, simulate
 
 
@@ -55,34 +53,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="share of feature images whose colour agrees with the class; 1/classes (0.25) = "
         "no shortcut to learn (folder <kind>-<fraction>-b<bias>-s<seed>)",
     )
+    p.set_defaults(width=16, shortcut_epochs=10)  # bench_budget.py's shortcut model settings
     return p
-
-
-def dataset_root(args, kind: str, seed: int) -> Path:
-    """bench_budget.py's dataset and shortcut model (same settings), made here if missing."""
-    tag = "" if args.bias == 1.0 else f"-b{args.bias}"
-    root = Path(args.work) / f"{kind}-{args.spurious_fraction}{tag}-s{seed}"
-    if (root / "shortcut.pt").is_file():
-        return root
-    cfg = SyntheticConfig(
-        kind=kind,
-        per_class=args.per_class,
-        val_per_class=args.eval_per_class,
-        test_per_class=args.eval_per_class,
-        spurious_fraction=args.spurious_fraction,
-        bias=args.bias,
-        seed=seed,
-    )
-    make_dataset(root, cfg)
-    train = TrainConfig(epochs=10, seed=seed, device=args.device)
-    summary = train_classifier(root, root / "shortcut.tmp", ModelConfig(width=16), train)
-    (root / "shortcut.tmp").replace(root / "shortcut.pt")
-    accs = {split: m["accuracy"] for split, m in summary["splits"].items()}
-    row = {"run": "shortcut", "kind": kind, "seed": seed, "accuracy": accs}
-    row.update(spurious_fraction=args.spurious_fraction, bias=args.bias)
-    with open(args.results, "a") as f:
-        f.write(json.dumps(row) + "\n")
-    return root
 
 
 def _done(results: str) -> set[tuple]:
@@ -103,7 +75,7 @@ def main(args) -> None:
     done = _done(args.results)
     for kind in args.kinds:
         for seed in args.seeds:
-            root = dataset_root(args, kind, seed)
+            root = shortcut_model(args, kind, seed, Path(args.results))
             data = ImageFolderSplits.open(root)
             ckpt = load_checkpoint(root / "shortcut.pt", classes=data.classes)
             ranking = rank_images(

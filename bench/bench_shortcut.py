@@ -110,13 +110,17 @@ def run_one(work: Path, run: tuple, epochs: int, overrides: dict, device: str) -
     }
 
 
+def run_key(row: dict) -> tuple:
+    """(setting label, kind, spurious fraction, seed) of a result row: what a run is."""
+    return row.get("label", "defaults"), row["kind"], row["spurious_fraction"], row["seed"]
+
+
 def report(rows: list[dict]) -> None:
     print(
         "| setting | kind | spurious fraction | seed | train | val | test | val − test | target |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    key = lambda r: (r.get("label", "defaults"), r["kind"], r["spurious_fraction"], r["seed"])  # noqa: E731
-    for r in sorted(rows, key=key):
+    for r in sorted(rows, key=run_key):
         a = r["accuracy"]
         print(
             f"| {r.get('label', 'defaults')} | {r['kind']} | {r['spurious_fraction']} | "
@@ -131,9 +135,7 @@ def main(args) -> None:
     work.mkdir(parents=True, exist_ok=True)
     results = Path(args.results) if args.results else work / "results.jsonl"
     rows = [json.loads(x) for x in results.read_text().splitlines()] if results.is_file() else []
-    done = {
-        (r.get("label", "defaults"), r["kind"], r["spurious_fraction"], r["seed"]) for r in rows
-    }
+    done = {run_key(r) for r in rows}
     runs = [
         (args.label, kind, fraction, seed)
         for seed in args.seeds
