@@ -44,5 +44,7 @@ def test_make_dataset_command(tmp_path, capsys):
     assert (
         main([*argv, "--classes", "2", "--test-per-class", "1", "--val-per-class", "1", "-q"]) == 0
     )
-    assert "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert printed.startswith("wrote 4 train, 2 val, 2 test images to ")  # not a dict
+    assert "{" not in printed and "aligned" in printed
     assert (out / "spurious.json").is_file() and len(list((out / "train").rglob("*.png"))) == 4

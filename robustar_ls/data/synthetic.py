@@ -260,3 +260,8 @@ def make_dataset(out: str | Path, cfg: SyntheticConfig, progress: Iterable | Non
     }
     (out / "dataset.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def image_counts(summary: dict) -> str:
+    """``make_dataset``'s image counts as text: "800 train, 200 val, 200 test"."""
+    return ", ".join(f"{n} {split}" for split, n in summary["images"].items())
