@@ -20,7 +20,10 @@ into the convolutions), ``channels_last`` (model weights and input in channels-l
 format), ``threads2`` (2 torch threads), ``mkldnn_off`` (``torch.backends.mkldnn`` disabled),
 ``det5`` (5 detections for the mask head), ``post50`` (50 RPN proposals to the box head,
 not 100), ``post50_pre150`` (and 150 per level before NMS, not 300), ``size448`` /
-``size384`` (backbone input side), ``fuse_bn_cl`` (fuse_bn + channels_last).
+``size384`` (backbone input side), ``fuse_bn_cl`` (fuse_bn + channels_last), ``jit``
+(fuse_bn, then the backbone, RPN head, box head and mask head traced, frozen and
+``torch.jit.optimize_for_inference``-d) and ``inductor`` (fuse_bn, then the same four parts
+``torch.compile``-d with inductor's weight freezing; the warm-up round pays the compilation).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import json
 import statistics
 import sys
@@ -60,8 +64,11 @@ VARIANTS = {  # name: (SegmenterConfig overrides, fuse_bn, channels_last, thread
     "post50_pre150": ({"rpn_post_nms_top_n": 50, "rpn_pre_nms_top_n": 150}, False, False, 1, True),
     "size448": ({"min_size": 448, "max_size": 747}, False, False, 1, True),
     "size384": ({"min_size": 384, "max_size": 640}, False, False, 1, True),
+    "jit": ({}, True, False, 1, True),
+    "inductor": ({}, True, False, 1, True),
 }
-EXACT = ("fuse_bn", "channels_last", "fuse_bn_cl", "mkldnn_off", "threads2")
+EXACT = ("fuse_bn", "channels_last", "fuse_bn_cl", "mkldnn_off", "threads2", "jit", "inductor")
+COMPILED_PARTS = ("backbone", "rpn.head", "roi_heads.box_head", "roi_heads.mask_head")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -98,6 +105,35 @@ class ChannelsLastInput(torch.nn.Module):
         return self.body(x.contiguous(memory_format=torch.channels_last))
 
 
+def compile_parts(model: torch.nn.Module, how: str, side: int) -> None:
+    """Replace :data:`COMPILED_PARTS` of ``model`` by their TorchScript (``jit``: traced on
+    example inputs of a ``side`` px image, frozen, optimised for inference) or inductor
+    (``torch.compile`` with frozen weights) versions."""
+    with torch.no_grad():
+        features = list(model.backbone(torch.rand(1, 3, side, side)).values())
+    examples = {
+        "backbone": (torch.rand(1, 3, side, side),),
+        "rpn.head": (features,),
+        "roi_heads.box_head": (torch.rand(100, 256, 7, 7),),
+        "roi_heads.mask_head": (torch.rand(10, 256, 14, 14),),
+    }
+    if how == "inductor":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+    for dotted in COMPILED_PARTS:
+        *path, last = dotted.split(".")
+        owner = functools.reduce(getattr, path, model)
+        part = getattr(owner, last)
+        if how == "jit":
+            with torch.no_grad():
+                traced = torch.jit.trace(part, examples[dotted], strict=False)
+                part = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+        else:
+            part = torch.compile(part)
+        setattr(owner, last, part)
+
+
 def make_variant(base: torch.nn.Module, name: str, n_images: int) -> tuple[Segmenter, int, bool]:
     overrides, fuse, channels_last, threads, mkldnn = VARIANTS[name]
     cfg = dataclasses.replace(
@@ -109,6 +145,8 @@ def make_variant(base: torch.nn.Module, name: str, n_images: int) -> tuple[Segme
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         model.backbone.body = ChannelsLastInput(model.backbone.body)
+    if name in ("jit", "inductor"):
+        compile_parts(model, name, cfg.min_size)
     return Segmenter(model, cfg), threads, mkldnn
 
 
@@ -137,7 +175,7 @@ def main(args: argparse.Namespace) -> dict:
         names.insert(0, "default")
     variants = {n: make_variant(base, n, args.images) for n in names}
     for segmenter, threads, mkldnn in variants.values():  # warm-up
-        run_once(segmenter, images[:1], threads, mkldnn)
+        run_once(segmenter, images, threads, mkldnn)
     load_before = load()
     wall = {n: [] for n in names}
     cpu = {n: [] for n in names}
