@@ -324,6 +324,29 @@ def test_cli_json_scores_every_training_image(dataset, checkpoint, capsys, tmp_p
     assert written["scores"] == pytest.approx(printed["scores"], rel=1e-4, abs=1e-6)
 
 
+def test_cli_text_report_counts_the_classes_of_the_top_images(dataset, checkpoint, capsys):
+    argv = ["influence", "--data", str(dataset.root), "--checkpoint", str(checkpoint[0])]
+    argv += ["-q", "--k", "64", "--device", "cpu", "--top", "5"]
+    assert cli.main(argv) == 0
+    mix_line = [line for line in capsys.readouterr().out.splitlines() if "most influential" in line]
+    assert mix_line and mix_line[0].startswith("classes of the 5 most influential: ")
+    counts = mix_line[0].split(": ", 1)[1].split(", ")
+    assert sum(int(item.rsplit(" ", 1)[1]) for item in counts) == 5
+    assert {item.rsplit(" ", 1)[0] for item in counts} <= set(dataset.classes)
+
+
+def test_class_mix_and_the_one_class_hint():
+    from robustar_ls.workflows.influence import classes_among, one_class_on_top
+
+    mix = classes_among(["b/1.png", "a/2.png", "b/3.png", "c/4.png", "b/5.png", "a/6.png"])
+    assert list(mix.items()) == [("b", 3), ("a", 2), ("c", 1)]  # most first, then by name
+    assert one_class_on_top(mix, n_classes=3) is None  # 3 of 6 is below three quarters
+    top = classes_among(["circle/1.png"] * 15 + ["triangle/2.png"])
+    assert one_class_on_top(top, n_classes=4) == "circle"
+    assert one_class_on_top(top, n_classes=1) is None  # one class in the dataset: no hint
+    assert one_class_on_top({"circle": 1}, n_classes=4) is None  # one image says nothing
+
+
 def test_cli_label_studio_needs_a_project(dataset, checkpoint, capsys):
     argv = ["influence", "--data", str(dataset.root), "--checkpoint", str(checkpoint[0])]
     argv += ["--label-studio-url", "http://localhost:1", "-q"]

@@ -224,4 +224,6 @@ def test_balance_classes_flag_reaches_simulate_and_its_json(tiny, capsys):
     )  # fmt: skip
     summary = json.loads(capsys.readouterr().out)
     assert code == 0 and summary["balance_classes"] is True and summary["picked"] == 6
+    # class name -> picked images; with the classes taking turns, 3 of each of the 2 classes
+    assert summary["picked_classes"] == dict.fromkeys(ImageFolderSplits.open(root).classes, 3)
     assert run(tiny, order="random", budget=0.0)["balance_classes"] is False

@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         influence.write_document(result, args.out)
         summary["out"] = str(args.out)
-    _report(args, result, summary)
+    _report(args, result, summary, len(data.classes))
     return 0
 
 
@@ -123,7 +123,7 @@ def _request_prefetch(args: argparse.Namespace, client, written: dict) -> dict:
     return request_prefetch(client, written["project_id"], args.prefetch, args.backend_url, auth)
 
 
-def _report(args: argparse.Namespace, result, summary: dict) -> None:
+def _report(args: argparse.Namespace, result, summary: dict, n_classes: int) -> None:
     if args.json:
         from robustar_ls.workflows.influence import document
 
@@ -135,6 +135,7 @@ def _report(args: argparse.Namespace, result, summary: dict) -> None:
         print(f"{len(result.test_errors)} test errors; most responsible training images:")
         for item in summary["top"]:
             print(f"{item['rank']:5d}  {item['score']:+.4g}  {item['relpath']}  {item['explains']}")
+        _print_class_mix(summary["top_classes"], n_classes)
     written = summary.get("label_studio")
     if written and not args.json:
         print(
@@ -144,3 +145,19 @@ def _report(args: argparse.Namespace, result, summary: dict) -> None:
         )
     if summary.get("prefetch") and not args.json:
         print(f"prefetch: {summary['prefetch']['message']}")
+
+
+def _print_class_mix(mix: dict[str, int], n_classes: int) -> None:
+    from robustar_ls.workflows.influence import one_class_on_top
+
+    print(
+        f"classes of the {sum(mix.values())} most influential: "
+        + ", ".join(f"{name} {count}" for name, count in mix.items())
+    )
+    name = one_class_on_top(mix, n_classes)
+    if name is not None:
+        print(
+            f"most of them are {name}: masks of one class remove a shortcut for that class "
+            "only. If the other classes show it too, take the classes in turn (filter Label "
+            "Studio's tab by true class; simulate --balance-classes measures the difference)."
+        )

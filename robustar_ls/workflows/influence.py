@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SHOWN_BY_DEFAULT = 10
+CLASS_MIX_TOP = 20  # the summary counts the classes among this many top images (or --top)
+ONE_CLASS_SHARE = 0.75  # from this share of the top images in one class, the hint is shown
 
 
 @contextmanager
@@ -75,8 +78,26 @@ def score(
     )
 
 
+def classes_among(relpaths: Iterable[str]) -> dict[str, int]:
+    """How many of ``relpaths`` (``"<class>/<file>"``) each class has, most first."""
+    counts = Counter(rel.split("/", 1)[0] for rel in relpaths)
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def one_class_on_top(mix: dict[str, int], n_classes: int) -> str | None:
+    """The class holding at least :data:`ONE_CLASS_SHARE` of the top images ``mix`` counts,
+    when the dataset has other classes; else None. Masks of one class unteach a shortcut
+    for that class only (bench/README.md, "classes taking turns")."""
+    total = sum(mix.values())
+    if n_classes < 2 or total < 2:
+        return None
+    name, count = next(iter(mix.items()))
+    return name if count >= ONE_CLASS_SHARE * total else None
+
+
 def summary(result: InfluenceResult, top: int | None = None) -> dict[str, Any]:
-    """Model version, counts and the ``top`` (default 10) most responsible training images."""
+    """Model version, counts, the ``top`` (default 10) most responsible training images and
+    ``top_classes``: the classes of the top ``top`` (default 20) images."""
     highlights = [
         {
             "relpath": rel,
@@ -92,6 +113,7 @@ def summary(result: InfluenceResult, top: int | None = None) -> dict[str, Any]:
         "train_images": len(result.scores),
         "test_error_count": len(result.test_errors),
         "top": highlights,
+        "top_classes": classes_among(result.ranked(top or CLASS_MIX_TOP)),
     }
 
 

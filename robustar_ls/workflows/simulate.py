@@ -34,6 +34,7 @@ from robustar_ls.models.checkpoint import Checkpoint, load_checkpoint
 from robustar_ls.train.finetune import paired_finetune
 from robustar_ls.train.paired_data import find_masks
 from robustar_ls.train.run import make_loader
+from robustar_ls.workflows.influence import classes_among
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,8 @@ def simulate(
     the learned segmenter trained on the picked images' masks pairs the others
     (:mod:`robustar_ls.workflows.simulate_propagate`; ``review_share``: its review sample);
     ``spurious_annotated`` counts those ``spurious.json`` marks aligned or misaligned;
-    ``balance_classes``: the classes take turns in the order (:func:`class_turns`)."""
+    ``balance_classes``: the classes take turns in the order (:func:`class_turns`);
+    ``picked_classes``: how many picked images each class has."""
     check_request(order, budget)
     data_root = Path(data_root)
     data = ImageFolderSplits.open(data_root, required=("train",))
@@ -221,16 +223,22 @@ def simulate(
         "balance_classes": balance_classes,
         "budget": budget,
         "picked": len(picked),
+        "picked_classes": classes_among(picked),
         "annotated": len(annotated),
-        "spurious_annotated": None
-        if status is None
-        else sum(status.get(rel, "none") != "none" for rel in annotated),
+        "spurious_annotated": _count_spurious(status, annotated),
         "before": result["before"],
         "after": result["after"],
         "gap_recovered": gap_recovered(result["before"], result["after"]),
         "model_version": result["model_version"],
         "out": str(out) if out else None,
     }
+
+
+def _count_spurious(status: dict[str, str] | None, annotated: Iterable[str]) -> int | None:
+    """How many ``annotated`` images carry the feature, by ``spurious.json`` (None without)."""
+    if status is None:
+        return None
+    return sum(status.get(rel, "none") != "none" for rel in annotated)
 
 
 def _rank(order, data: ImageFolderSplits, checkpoint, seed, influence, progress) -> list[str]:
