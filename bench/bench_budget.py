@@ -36,7 +36,7 @@ from robustar_ls.config import (
     SyntheticConfig,
     TrainConfig,
 )
-from robustar_ls.data.folders import ImageFolderSplits
+from robustar_ls.data.folders import ImageFolderSplits, classes_among
 from robustar_ls.data.synthetic import make_dataset
 from robustar_ls.models.checkpoint import load_checkpoint
 from robustar_ls.train.run import train_classifier
@@ -145,20 +145,7 @@ def run_grid(args, results: Path) -> None:
             continue
         root = shortcut_model(args, kind, seed, results)
         if order != "plain" and (kind, seed, order) not in rankings:
-            data = ImageFolderSplits.open(root)
-            ckpt = load_checkpoint(root / "shortcut.pt", classes=data.classes)
-            cfg = InfluenceConfig(device=args.device)
-            ranking = rank_images(
-                "influence" if order == "turns" else order,
-                data,
-                ckpt,
-                seed=seed,
-                influence=cfg,
-                cache_root=root / ".influence",
-            )
-            if order == "turns":
-                ranking = class_turns(ranking, data.splits["train"])
-            rankings[kind, seed, order] = ranking
+            rankings[kind, seed, order] = ranking_for(args, root, seed, order, rankings, kind)
         reused = same_as_plain(
             args, results, root, kind, seed, rankings.get((kind, seed, order)), budget
         )
@@ -186,6 +173,21 @@ def run_grid(args, results: Path) -> None:
         )
 
 
+def ranking_for(args, root: Path, seed: int, order: str, rankings: dict, kind: str) -> list[str]:
+    """``order``'s ranking of the training images; ``turns`` re-orders the influence ranking
+    (scored once for both orders)."""
+    data = ImageFolderSplits.open(root)
+    base = "influence" if order == "turns" else order
+    if (kind, seed, base) not in rankings:
+        ckpt = load_checkpoint(root / "shortcut.pt", classes=data.classes)
+        cfg = InfluenceConfig(device=args.device)
+        rankings[kind, seed, base] = rank_images(
+            base, data, ckpt, seed=seed, influence=cfg, cache_root=root / ".influence"
+        )
+    ranking = rankings[kind, seed, base]
+    return class_turns(ranking, data.splits["train"]) if order == "turns" else ranking
+
+
 def same_as_plain(args, results, root, kind, seed, ranking, budget) -> dict | None:
     """When the picked images hold nothing to paint, the run *is* the plain control (same
     seed, no mask: the same training step for step); reuse its row instead of re-training."""
@@ -206,6 +208,7 @@ def same_as_plain(args, results, root, kind, seed, ranking, budget) -> dict | No
         **plain[-1],
         "budget": budget,
         "picked": len(picked),
+        "picked_classes": classes_among(picked),
         "annotated": 0,
         "spurious_annotated": 0,
         "reused_plain": True,

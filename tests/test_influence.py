@@ -336,7 +336,8 @@ def test_cli_text_report_counts_the_classes_of_the_top_images(dataset, checkpoin
 
 
 def test_class_mix_and_the_one_class_hint():
-    from robustar_ls.workflows.influence import classes_among, one_class_on_top
+    from robustar_ls.data.folders import classes_among
+    from robustar_ls.workflows.influence import one_class_on_top
 
     mix = classes_among(["b/1.png", "a/2.png", "b/3.png", "c/4.png", "b/5.png", "a/6.png"])
     assert list(mix.items()) == [("b", 3), ("a", 2), ("c", 1)]  # most first, then by name

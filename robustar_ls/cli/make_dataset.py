@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustar_ls.data.synthetic import image_counts, make_dataset
+    from robustar_ls.data.synthetic import counts_text, make_dataset
 
     cfg = build(SyntheticConfig, settings_section(args, "synthetic"), pick(args, SyntheticConfig))
     progress = tqdm_progress(not args.quiet)
@@ -40,6 +40,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
     else:
-        status = ", ".join(f"{n} {k}" for k, n in summary["train_status"].items())
-        print(f"wrote {image_counts(summary)} images to {args.out} (train images: {status})")
+        images, status = counts_text(summary["images"]), counts_text(summary["train_status"])
+        print(f"wrote {images} images to {args.out} (train images: {status})")
     return 0

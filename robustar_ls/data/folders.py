@@ -8,7 +8,8 @@ use).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,12 @@ from robustar_ls.errors import RobustarError
 SPLITS = ("train", "val", "test")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def classes_among(relpaths: Iterable[str]) -> dict[str, int]:
+    """How many of ``relpaths`` (``"<class>/<file>"``) each class has, most first."""
+    counts = Counter(rel.split("/", 1)[0] for rel in relpaths)
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 class DatasetError(RobustarError, ValueError):

@@ -262,6 +262,7 @@ def make_dataset(out: str | Path, cfg: SyntheticConfig, progress: Iterable | Non
     return summary
 
 
-def image_counts(summary: dict) -> str:
-    """``make_dataset``'s image counts as text: "800 train, 200 val, 200 test"."""
-    return ", ".join(f"{n} {split}" for split, n in summary["images"].items())
+def counts_text(counts: dict[str, int]) -> str:
+    """``{"train": 800, "val": 200}`` as text: "800 train, 200 val" (``make_dataset``'s
+    ``images`` and ``train_status`` counts)."""
+    return ", ".join(f"{n} {name}" for name, n in counts.items())

@@ -87,7 +87,7 @@ def demo_credentials(path: Path) -> Credentials:
 
 def prepare_model(cfg: DemoConfig, data: Path, model: Path, progress: Callable | None) -> None:
     """Dataset + shortcut classifier, unless an earlier run made them."""
-    from robustar_ls.data.synthetic import image_counts, make_dataset
+    from robustar_ls.data.synthetic import counts_text, make_dataset
     from robustar_ls.train.run import train_classifier
 
     if not (data / "spurious.json").is_file():
@@ -101,7 +101,7 @@ def prepare_model(cfg: DemoConfig, data: Path, model: Path, progress: Callable |
         )
         bar = (lambda it: progress(it, desc="images", unit="img")) if progress else None
         summary = make_dataset(data, synthetic, progress=bar)
-        log.info("demo: wrote %s images to %s", image_counts(summary), data)
+        log.info("demo: wrote %s images to %s", counts_text(summary["images"]), data)
     if not model.is_file():
         log.info("demo: train the classifier (it learns the shortcut)")
         summary = train_classifier(

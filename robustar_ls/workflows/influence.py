@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robustar_ls.config import InfluenceConfig, LabelStudioConfig
-from robustar_ls.data.folders import ImageFolderSplits
+from robustar_ls.data.folders import ImageFolderSplits, classes_among
 from robustar_ls.explain.influence import InfluenceResult, InfluenceScorer
 from robustar_ls.files import atomic_write_bytes
 from robustar_ls.models.checkpoint import Checkpoint
@@ -76,12 +75,6 @@ def score(
         progress=progress,
         ranks=ranks,
     )
-
-
-def classes_among(relpaths: Iterable[str]) -> dict[str, int]:
-    """How many of ``relpaths`` (``"<class>/<file>"``) each class has, most first."""
-    counts = Counter(rel.split("/", 1)[0] for rel in relpaths)
-    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def one_class_on_top(mix: dict[str, int], n_classes: int) -> str | None:

@@ -28,13 +28,12 @@ import torch
 from torch.nn import functional as F
 
 from robustar_ls.config import InfluenceConfig, PairedConfig, TrainConfig
-from robustar_ls.data.folders import ImageFolderSplits, Sample
+from robustar_ls.data.folders import ImageFolderSplits, Sample, classes_among
 from robustar_ls.errors import RobustarError
 from robustar_ls.models.checkpoint import Checkpoint, load_checkpoint
 from robustar_ls.train.finetune import paired_finetune
 from robustar_ls.train.paired_data import find_masks
 from robustar_ls.train.run import make_loader
-from robustar_ls.workflows.influence import classes_among
 
 log = logging.getLogger(__name__)
 
