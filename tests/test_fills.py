@@ -7,6 +7,7 @@ from robustar_ls.train.fills import (
     BASE_MODES,
     FILL_MODES,
     WEAK_NOISE_STD,
+    DonorPool,
     FillError,
     apply_fill,
     mixture_choices,
@@ -125,11 +126,49 @@ def test_swap_copies_the_same_pixels_of_another_image():
         assert torch.equal(out[i, :, 4:], images[i, :, 4:])
 
 
-def test_swap_takes_donors_from_the_whole_batch():
+def test_swap_never_copies_a_piece_of_the_donors_object():
+    # image 0: spurious left half; donor (image 1): spurious top half, its object elsewhere
     images = torch.zeros(2, 3, 8, 8)
-    donors = torch.ones(5, 3, 8, 8)
-    masks = torch.ones(2, 1, 8, 8, dtype=torch.bool)
-    out = apply_fill(images, masks, "swap", torch.Generator().manual_seed(0), donors=donors)
+    images[1] = 0.9  # the donor's object colour
+    images[1, :, :4] = 0.2  # the donor's spurious content
+    masks = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    masks[0, :, :, :4] = True
+    masks[1, :, :4] = True
+    out = apply_fill(images, masks, "swap", torch.Generator().manual_seed(0))
+    filled = out[0, :, :, :4]
+    assert torch.allclose(filled, torch.full_like(filled, 0.2))  # no 0.9 (the donor's object)
+    assert torch.equal(out[0, :, :, 4:], images[0, :, :, 4:])
+
+
+def test_swap_takes_donors_with_masks_and_skips_donors_without_spurious_pixels():
+    images = torch.zeros(1, 3, 8, 8)
+    donors = torch.stack([torch.full((3, 8, 8), 0.5), torch.ones(3, 8, 8)])
+    donor_masks = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    donor_masks[1] = True  # donor 0 has no spurious pixels: never picked
+    masks = torch.ones(1, 1, 8, 8, dtype=torch.bool)
+    g = torch.Generator().manual_seed(0)
+    out = apply_fill(images, masks, "swap", g, donors=donors, donor_masks=donor_masks)
     assert torch.equal(out, torch.ones_like(images))
     with pytest.raises(FillError, match="donors"):
-        apply_fill(images, masks, "swap", donors=torch.ones(5, 3, 4, 4))
+        apply_fill(images, masks, "swap", donors=torch.ones(5, 3, 4, 4), donor_masks=donor_masks)
+    with pytest.raises(FillError, match="donor_masks"):
+        apply_fill(images, masks, "swap", donors=donors)
+
+
+def test_swap_without_another_donor_fills_a_flat_colour():
+    images = torch.zeros(1, 3, 8, 8)
+    masks = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    masks[:, :, :4] = True
+    out = apply_fill(images, masks, "swap", torch.Generator().manual_seed(0))
+    top = out[0, :, :4]
+    assert torch.equal(top, top[:, :1, :1].expand_as(top))  # one colour per channel
+    assert float(top.abs().sum()) > 0  # not the image itself
+
+
+def test_donor_pool_keeps_the_last_images_with_their_masks():
+    pool = DonorPool(capacity=3)
+    assert pool.images is None
+    for value in range(5):
+        pool.add(torch.full((1, 3, 4, 4), float(value)), torch.ones(1, 1, 4, 4))
+    assert [float(i[0, 0, 0]) for i in pool.images] == [2.0, 3.0, 4.0]
+    assert pool.masks.dtype == torch.bool and pool.masks.shape == (3, 1, 4, 4)

@@ -14,9 +14,14 @@ Modes (``FILL_MODES``):
   (horizontal, vertical or one of the two diagonals), per image;
 - ``mixture``: each image gets one of the modes above, drawn uniformly. (Robustar's mixture
   mode drew a mode name but never applied it; here the draw decides the fill.)
-- ``swap``: the same pixels of another image of the batch (``donors``; the images themselves
-  when none are given), one random donor per image: a realistic counterfactual, e.g. an object
-  on another training image's background instead of on a flat colour.
+- ``swap``: another annotated image's spurious content (one of the batch, or of ``donors``
+  with their ``donor_masks``, e.g. a :class:`DonorPool` of earlier batches), one random donor
+  per image: the donor's pixel
+  where the donor's own mask is set too, elsewhere the mean colour of the donor's spurious
+  pixels. A realistic counterfactual (the object on another training image's background, a
+  patch in another class's colour) that never copies a piece of the donor's object: an
+  unmasked copy pasted fragments of another class's object into x̃, which taught the model
+  that object's shape under the wrong label. An image with no other donor gets ``colour``.
 """
 
 from __future__ import annotations
@@ -81,22 +86,56 @@ def _stripes(images: torch.Tensor, generator: torch.Generator | None) -> torch.T
 
 
 def _swap_values(
-    images: torch.Tensor, donors: torch.Tensor | None, generator: torch.Generator | None
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    donors: torch.Tensor | None,
+    donor_masks: torch.Tensor | None,
+    generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """For each image, a random other image (from ``donors``, else from ``images``)."""
-    n = images.shape[0]
-    device = generator.device if generator is not None else images.device
-    if donors is None:  # never the image itself, when there is another
-        offset = torch.randint(1, max(n, 2), (n,), generator=generator, device=device)
-        index = (torch.arange(n, device=device) + offset) % n
-        return images[index.to(images.device)]
-    if donors.dim() != 4 or donors.shape[1:] != images.shape[1:] or len(donors) == 0:
-        raise FillError(
-            f"donors must be (M, C, H, W) like the images {tuple(images.shape)}, "
-            f"got {tuple(donors.shape)}"
-        )
-    index = torch.randint(len(donors), (n,), generator=generator, device=device)
-    return donors[index.to(donors.device)].to(images.device, images.dtype)
+    """For each image, the spurious content of a random other image: one of the batch or of
+    ``donors`` (see the module docstring)."""
+    pool, pool_masks = images, masks
+    if donors is not None and len(donors):
+        if donors.dim() != 4 or donors.shape[1:] != images.shape[1:]:
+            raise FillError(
+                f"donors must be (M, C, H, W) like the images {tuple(images.shape)}, "
+                f"got {tuple(donors.shape)}"
+            )
+        if donor_masks is None:
+            raise FillError("swap needs the donors' masks (donor_masks) with the donors")
+        donor_masks = as_bool_mask(donor_masks, donors).to(images.device)
+        pool = torch.cat([images, donors.to(images.device, images.dtype)])
+        pool_masks = torch.cat([masks, donor_masks])
+    n, m = images.shape[0], pool.shape[0]
+    area = pool_masks.sum((2, 3)).clamp_min(1)
+    means = (pool * pool_masks).sum((2, 3)) / area  # (M, C): each donor's spurious colour
+    content = torch.where(pool_masks, pool, means[:, :, None, None])
+    # a donor without spurious pixels has nothing to give; an image is never its own donor
+    allowed = pool_masks.flatten(1).any(1).expand(n, m).clone()
+    allowed[:, :n] &= ~torch.eye(n, dtype=torch.bool, device=images.device)
+    scores = _rand((n, m), generator, images)  # a random allowed donor: the top score
+    fill = content[torch.where(allowed, scores, torch.full_like(scores, -1.0)).argmax(1)]
+    lonely = ~allowed.any(1)  # no donor at all: a flat random colour instead
+    if bool(lonely.any()):
+        fill[lonely] = _fill_values(images[lonely], "colour", generator)
+    return fill
+
+
+class DonorPool:
+    """The last ``capacity`` annotated images (in [0, 1], on the CPU) with their masks:
+    ``swap``'s donors beyond the current batch, which at a small budget holds one annotated
+    image or none."""
+
+    def __init__(self, capacity: int = 64):
+        self.capacity = capacity
+        self.images: torch.Tensor | None = None
+        self.masks: torch.Tensor | None = None
+
+    def add(self, images: torch.Tensor, masks: torch.Tensor) -> None:
+        images, masks = images.detach().cpu(), masks.detach().cpu().bool()
+        if self.images is not None:
+            images, masks = torch.cat([self.images, images]), torch.cat([self.masks, masks])
+        self.images, self.masks = images[-self.capacity :], masks[-self.capacity :]
 
 
 def as_bool_mask(masks: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -118,11 +157,13 @@ def apply_fill(
     mode: str = "noise",
     generator: torch.Generator | None = None,
     donors: torch.Tensor | None = None,
+    donor_masks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Replace the masked pixels of ``images01`` by ``mode``'s fill; a new tensor.
 
     Unmasked pixels are returned bit-identical. ``generator`` (CPU or the images' device)
-    makes the fill reproducible. ``donors`` (M, C, H, W): the images ``swap`` copies from.
+    makes the fill reproducible. ``donors`` (M, C, H, W) and ``donor_masks`` (M, 1, H, W):
+    images ``swap`` may copy from besides the batch, and where their spurious pixels are.
     """
     if images01.dim() != 4:
         raise FillError(f"images must be (N, C, H, W), got {tuple(images01.shape)}")
@@ -138,7 +179,7 @@ def apply_fill(
             if len(rows):
                 fill[rows] = _fill_values(images01[rows], base, generator)
     elif mode == "swap":
-        fill = _swap_values(images01, donors, generator)
+        fill = _swap_values(images01, mask, donors, donor_masks, generator)
     else:
         if mode not in BASE_MODES:
             raise FillError(f"unknown fill mode {mode!r}; choose one of {', '.join(FILL_MODES)}")

@@ -18,7 +18,7 @@ from robustar_ls.config import PairedConfig
 from robustar_ls.data.folders import normalize
 from robustar_ls.train.augment import random_crop_flip
 from robustar_ls.train.distributed import DistContext, all_reduce_sum
-from robustar_ls.train.fills import apply_fill
+from robustar_ls.train.fills import DonorPool, apply_fill
 from robustar_ls.train.loop import Progress, run_epoch
 from robustar_ls.train.paired import paired_loss, select_worst
 
@@ -34,8 +34,12 @@ def make_pairs(
     cfg: PairedConfig,
     generator: torch.Generator | None,
     device: torch.device,
+    donors: DonorPool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised (x, x̃) on ``device``; x̃ = x where there is no mask.
+
+    ``donors``: earlier batches' annotated images, which ``swap`` may copy from too; this
+    batch's annotated images are added to it.
 
     With ``cfg.worst_of`` = K > 1, K fills are drawn for the annotated images and the one with
     the highest paired loss is kept (:func:`paired.select_worst`).
@@ -45,7 +49,8 @@ def make_pairs(
         return x, x
     rows = has_mask.nonzero().flatten()
     sub, sub_masks = images01[rows], masks[rows]
-    fill = lambda: apply_fill(sub, sub_masks, cfg.fill, generator, donors=images01)  # noqa: E731
+    extra = (donors.images, donors.masks) if donors is not None else (None, None)
+    fill = lambda: apply_fill(sub, sub_masks, cfg.fill, generator, *extra)  # noqa: E731
     if cfg.worst_of > 1:
         candidates = torch.stack([normalize(fill()) for _ in range(cfg.worst_of)]).to(device)
         base = getattr(model, "module", model)  # no DDP collectives in the selection pass
@@ -54,6 +59,8 @@ def make_pairs(
         )
     else:
         filled = normalize(fill()).to(device)
+    if donors is not None:
+        donors.add(sub, sub_masks)
     x_tilde = x.clone()
     x_tilde[rows.to(device)] = filled
     return x, x_tilde
@@ -80,12 +87,15 @@ def paired_train_one_epoch(
     is on the unfilled x; ``annotated`` is the fraction of images with a mask.
     """
     model.train()
+    donors = DonorPool() if cfg.fill == "swap" else None
 
     def step(batch) -> tuple[torch.Tensor, torch.Tensor]:
         images01, masks, has_mask, labels = batch
         if augment:
             images01, masks = random_crop_flip(images01, masks, generator=generator)
-        x, x_tilde = make_pairs(model, images01, masks, has_mask, labels, cfg, generator, device)
+        x, x_tilde = make_pairs(
+            model, images01, masks, has_mask, labels, cfg, generator, device, donors
+        )
         labels = labels.to(device)
         terms = paired_loss(model, x, x_tilde, labels, has_mask, cfg.align_weight)
         n = len(labels)

@@ -6,17 +6,20 @@ Runs between the sync and the paired fine-tuning of :mod:`robustar_ls.workflows.
 - **retrain**: when the sync added, updated or removed masks (``report.changed``), a segmenter
   is trained on every mask in the store and saved atomically to ``path`` (default
   ``<data>/.robustar/spurious_segmenter.pt``, the file ``serve`` reloads), its parent the
-  previous file's version. Under ``torchrun`` only rank 0 retrains.
+  previous file's version.
 - **propagate**: the segmenter's masks whose confidence passes ``threshold`` are written to
   ``<data>/.robustar/propagated_masks`` (cleared first) for the training images without an
   expert mask; paired training receives them as ``extra_masks`` (expert masks always win).
   Without a segmenter file one is trained first.
+
+Under ``torchrun`` the whole step runs on rank 0 and its result (the summary, the propagated
+masks' paths) goes to every rank (``sync_train._on_rank0_then_share``): the ranks train on the
+same masks, read from the same file system.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +27,6 @@ from typing import Any
 
 from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.masks import MaskStore
-from robustar_ls.errors import RobustarError
 from robustar_ls.models.spurious_segmenter import (
     SegmenterFileError,
     SpuriousSegmenter,
@@ -49,10 +51,6 @@ class SegmenterStep:
 
     def file(self, data: ImageFolderSplits) -> Path:
         return Path(self.path) if self.path else default_segmenter_path(data.root)
-
-
-def _is_rank0() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _previous_version(path: Path) -> str | None:
@@ -82,7 +80,7 @@ def run_segmenter_step(
     path = step.file(data)
     seg: SpuriousSegmenter | None = None
     summary: dict[str, Any] = {"path": str(path), "retrained": False, "version": None}
-    if step.retrain and changed and _is_rank0():
+    if step.retrain and changed:
         seg = retrain(data, masks_root, path)
         summary["retrained"] = True
     if not step.propagate:
@@ -91,8 +89,6 @@ def run_segmenter_step(
         else:
             summary["version"] = seg.version if seg else None
         return summary, {}
-    if not _is_rank0() or os.environ.get("WORLD_SIZE", "1") != "1":
-        raise RobustarError("--propagate does not run under torchrun yet; run it in one process")
     if seg is None and path.is_file():
         seg = load_spurious_segmenter(path)
     elif seg is None:  # nothing to propagate with yet: train one from the store's masks

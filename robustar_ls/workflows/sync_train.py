@@ -42,7 +42,7 @@ class NoMasksError(RobustarError, RuntimeError):
 
 
 class SyncRankError(RobustarError, RuntimeError):
-    """Under torchrun: rank 0's sync failed (this rank waited for it)."""
+    """Under torchrun: rank 0's sync or segmenter step failed (this rank waited for it)."""
 
 
 def mask_store_lock(masks_root: Path) -> AbstractContextManager[None]:
@@ -165,46 +165,59 @@ def sync_and_train(
 
 
 def _sync_then_train(plan: TrainPlan, label_studio, sync, dry_run, client):
-    progress, train = plan.progress, plan.train
-    if label_studio is None:
-        if dry_run:
-            raise ValueError("dry_run needs Label Studio settings: it previews a sync")
-        return _train(plan, None, changed=False)
-
-    def run_sync():
-        if plan.on_progress is not None:
-            plan.on_progress(progress_record("sync"))
-        return sync_from_label_studio(
-            label_studio, plan.data, plan.masks_root, sync, dry_run, progress, client
-        )
-
+    if label_studio is None and dry_run:
+        raise ValueError("dry_run needs Label Studio settings: it previews a sync")
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # one process: torch not even imported
-        return _after_sync(plan, run_sync(), dry_run)
+        return _run(plan, label_studio, sync, dry_run, client, _here)
     from robustar_ls.train.distributed import init_distributed, launched_by_torchrun, shutdown
 
     if not launched_by_torchrun():
-        return _after_sync(plan, run_sync(), dry_run)
-    ctx = init_distributed(train.device)
+        return _run(plan, label_studio, sync, dry_run, client, _here)
+    ctx = init_distributed(plan.train.device)
     try:
-        result = _after_sync(plan, _on_rank0_then_share(ctx, run_sync), dry_run)
+        share = lambda compute, what: _on_rank0_then_share(ctx, compute, what)  # noqa: E731
+        result = _run(plan, label_studio, sync, dry_run, client, share)
         return result if ctx.is_main else None
     finally:
         shutdown(ctx)
 
 
-def _after_sync(plan: TrainPlan, report, dry_run: bool) -> dict[str, Any] | None:
+def _here(compute: Callable[[], Any], what: str) -> Any:
+    """One process: run ``compute`` (the counterpart of :func:`_on_rank0_then_share`)."""
+    return compute()
+
+
+def _run(plan: TrainPlan, label_studio, sync, dry_run, client, share) -> dict[str, Any] | None:
+    """Sync (unless there is no Label Studio), then train; ``share(compute, what)`` runs the
+    steps every rank needs the result of (the sync, the learned segmenter's) once."""
+    if label_studio is None:
+        return _train(plan, None, changed=False, share=share)
+
+    def run_sync():
+        if plan.on_progress is not None:
+            plan.on_progress(progress_record("sync"))
+        return sync_from_label_studio(
+            label_studio, plan.data, plan.masks_root, sync, dry_run, plan.progress, client
+        )
+
+    report = share(run_sync, "sync from Label Studio")
     if dry_run:
         return {"sync": report.to_dict(), "trained": False}
     _check_has_masks(plan, report)
-    return _train(plan, report.to_dict(), changed=report.changed)
+    return _train(plan, report.to_dict(), changed=report.changed, share=share)
 
 
-def _train(plan: TrainPlan, report: dict[str, Any] | None, changed: bool) -> dict[str, Any] | None:
+def _train(
+    plan: TrainPlan, report: dict[str, Any] | None, changed: bool, share=_here
+) -> dict[str, Any] | None:
     from robustar_ls.train.finetune import paired_finetune
     from robustar_ls.workflows.segmenter_step import SegmenterStep, run_segmenter_step
 
     step = plan.segmenter if plan.segmenter is not None else SegmenterStep()
-    seg_summary, extra = run_segmenter_step(step, plan.data, plan.masks_root, changed)
+    seg_summary, extra = share(
+        lambda: run_segmenter_step(step, plan.data, plan.masks_root, changed),
+        "run the learned segmenter",
+    )
     result = paired_finetune(
         plan.data,
         plan.checkpoint,
@@ -227,8 +240,10 @@ def _sync_counts(report: dict[str, Any] | None) -> dict[str, Any] | None:
     return dict(report["counts"]) if report is not None else None
 
 
-def _on_rank0_then_share(ctx, compute: Callable[[], Any]) -> Any:
-    """Run ``compute`` on rank 0 only; every rank returns its result (or raises its error)."""
+def _on_rank0_then_share(ctx, compute: Callable[[], Any], what: str) -> Any:
+    """Run ``compute`` on rank 0 only; every rank returns its result (or raises its error).
+    The result must pickle (a sync report; a segmenter summary with the propagated masks'
+    paths, which the other ranks read from the same file system)."""
     import torch.distributed as dist
 
     box: list[Any] = [None]
@@ -243,7 +258,7 @@ def _on_rank0_then_share(ctx, compute: Callable[[], Any]) -> Any:
     if error is not None:
         raise error
     if "error" in box[0]:
-        raise SyncRankError(f"rank 0 failed to sync from Label Studio: {box[0]['error']}")
+        raise SyncRankError(f"rank 0 failed to {what}: {box[0]['error']}")
     return box[0]["ok"]
 
 
