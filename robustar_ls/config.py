@@ -148,8 +148,8 @@ class SegmenterConfig:
     device: str = "auto"
     mask_threshold: float = 0.5  # a pixel belongs to an instance when its mask prob. is >= this
     batch_size: int = 4  # images per Mask R-CNN forward pass
-    min_size: int = 512  # Mask R-CNN resizes images so the short side is this (COCO: 800)
-    max_size: int = 853  # ... and the long side at most this (COCO: 1333)
+    min_size: int = 448  # Mask R-CNN resizes images so the short side is this (COCO: 800)
+    max_size: int = 746  # ... and the long side at most this (COCO: 1333; same 0.6 ratio)
     rpn_pre_nms_top_n: int = 300  # RPN proposals kept per FPN level before NMS (COCO: 1000)
     rpn_post_nms_top_n: int = 100  # proposals the box head classifies (COCO: 1000)
     detections_per_img: int = 10  # boxes the mask head segments (COCO: 100)

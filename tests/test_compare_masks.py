@@ -44,7 +44,7 @@ def test_compares_the_served_settings_with_cocos(compare, tmp_path):
     )
     report = module.main(args)
     fast, coco = built
-    assert (fast.rpn_post_nms_top_n, fast.min_size, fast.weights) == (50, 512, "w.pth")
+    assert (fast.rpn_post_nms_top_n, fast.min_size, fast.weights) == (50, 448, "w.pth")
     assert (coco.rpn_post_nms_top_n, coco.min_size, coco.detections_per_img) == (1000, 800, 100)
     assert report["images"] == 2 and report["settings"]["rpn_post_nms_top_n"] == 50
     assert report["mean_iou"] == 0.0 and report["worst_iou"] == 0.0  # COCO's found nothing
