@@ -5,31 +5,22 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.masks import MaskStore
-from robustar_ls.models.checkpoint import read_version, save_checkpoint
-from robustar_ls.models.zoo import create_classifier
+from robustar_ls.models.checkpoint import read_version
+from tests.backend_support import dataset_copy_with_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_sync_train_propagates_under_torchrun(tiny_dataset, tmp_path):
-    data_root = tmp_path / "data"
-    shutil.copytree(tiny_dataset, data_root)
-    data = ImageFolderSplits.open(data_root)
-    checkpoint = tmp_path / "model.pt"
-    model = create_classifier("resnet18_small", len(data.classes), width=4)
-    v0 = save_checkpoint(
-        checkpoint, model, arch="resnet18_small", classes=data.classes, image_size=16, width=4
-    )
+    data_root, data, checkpoint, v0 = dataset_copy_with_checkpoint(tiny_dataset, tmp_path)
     oracle, painted = MaskStore(data_root / "oracle_masks"), MaskStore(tmp_path / "painted")
     samples = data.splits["train"]
     expert = [s.relpath for s in samples[::4]]  # one image in four painted

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -15,13 +14,12 @@ import numpy as np
 import pytest
 
 from robustar_ls.cli import main
-from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.masks import MaskStore
 from robustar_ls.labelstudio.brush import mask_to_rle
 from robustar_ls.labelstudio.config import default_label_config
 from robustar_ls.labelstudio.results import BrushRegion
-from robustar_ls.models.checkpoint import read_version, save_checkpoint
-from robustar_ls.models.zoo import create_classifier
+from robustar_ls.models.checkpoint import read_version
+from tests.backend_support import dataset_copy_with_checkpoint
 
 pytestmark = pytest.mark.e2e
 
@@ -34,14 +32,7 @@ def spurious(mask: np.ndarray) -> dict:
 @pytest.fixture
 def annotated(label_studio, tiny_dataset, tmp_path) -> SimpleNamespace:
     """A copy of the tiny dataset, an untrained checkpoint, a project with two annotations."""
-    data_root = tmp_path / "data"
-    shutil.copytree(tiny_dataset, data_root)
-    data = ImageFolderSplits.open(data_root)
-    checkpoint = tmp_path / "model.pt"
-    model = create_classifier("resnet18_small", len(data.classes), width=4)
-    v0 = save_checkpoint(
-        checkpoint, model, arch="resnet18_small", classes=data.classes, image_size=16, width=4
-    )
+    data_root, data, checkpoint, v0 = dataset_copy_with_checkpoint(tiny_dataset, tmp_path)
 
     client = label_studio.client("legacy")
     title = f"sync-train-e2e-{uuid.uuid4().hex[:8]}"
