@@ -36,12 +36,11 @@ from robustar_ls.config import (
     SyntheticConfig,
     TrainConfig,
 )
-from robustar_ls.data.folders import ImageFolderSplits, classes_among
+from robustar_ls.data.folders import ImageFolderSplits, classes_among, in_class_turns
 from robustar_ls.data.synthetic import make_dataset
 from robustar_ls.models.checkpoint import load_checkpoint
 from robustar_ls.train.run import train_classifier
 from robustar_ls.workflows.simulate import (
-    class_turns,
     pick_annotated,
     rank_images,
     simulate,
@@ -185,7 +184,7 @@ def ranking_for(args, root: Path, seed: int, order: str, rankings: dict, kind: s
             base, data, ckpt, seed=seed, influence=cfg, cache_root=root / ".influence"
         )
     ranking = rankings[kind, seed, base]
-    return class_turns(ranking, data.splits["train"]) if order == "turns" else ranking
+    return in_class_turns(ranking) if order == "turns" else ranking
 
 
 def same_as_plain(args, results, root, kind, seed, ranking, budget) -> dict | None:

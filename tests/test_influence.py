@@ -364,3 +364,24 @@ def test_kernel_scores_defaults_are_the_influence_settings():
     cfg = InfluenceConfig()
     for name in ("damping", "aggregate", "support", "explain_top"):
         assert params[name].default == getattr(cfg, name), name
+
+
+def test_cli_balance_classes_ranks_in_class_turns_and_keeps_the_scores(
+    dataset, checkpoint, capsys, tmp_path
+):
+    argv = ["influence", "--data", str(dataset.root), "--checkpoint", str(checkpoint[0])]
+    argv += ["--json", "-q", "--k", "64", "--device", "cpu", "--cache-dir", str(tmp_path)]
+    plain, turns = tmp_path / "plain.json", tmp_path / "turns.json"
+    assert cli.main([*argv, "--out", str(plain)]) == 0
+    assert cli.main([*argv, "--out", str(turns), "--balance-classes"]) == 0
+    capsys.readouterr()
+    plain_doc, turns_doc = json.loads(plain.read_text()), json.loads(turns.read_text())
+    assert turns_doc["scores"] == pytest.approx(plain_doc["scores"], rel=1e-4, abs=1e-6)
+    by_rank = sorted(turns_doc["ranks"], key=turns_doc["ranks"].__getitem__)
+    n_classes = len(dataset.classes)
+    first_round = {rel.split("/")[0] for rel in by_rank[:n_classes]}
+    assert first_round == set(dataset.classes)  # one image of every class first
+    for cls in dataset.classes:  # each class keeps the plain order among its own images
+        mine = [rel for rel in by_rank if rel.startswith(cls + "/")]
+        assert mine == sorted(mine, key=plain_doc["ranks"].__getitem__)
+    assert turns_doc["class_turns"] is True and plain_doc["class_turns"] is False

@@ -202,18 +202,15 @@ def test_review_sample_replaces_the_last_picks_by_a_seeded_draw_from_the_rest():
         with_review_sample(ranking, 8, 1.5, seed=1)
 
 
-def test_class_turns_alternates_the_classes_and_keeps_each_class_order():
-    from pathlib import Path
+def test_class_turns_alternate_the_classes_and_keep_each_class_order():
+    from robustar_ls.data.folders import in_class_turns
 
-    from robustar_ls.data.folders import Sample
-    from robustar_ls.workflows.simulate import class_turns
-
-    samples = [Sample(Path(f"/x/{c}/{i}.png"), f"{c}/{i}.png", c) for c in (0, 1) for i in range(3)]
     ranking = ["0/2.png", "0/0.png", "0/1.png", "1/1.png", "1/0.png", "1/2.png"]  # class 0 first
-    turns = class_turns(ranking, samples)
+    turns = in_class_turns(ranking)
     assert turns == ["0/2.png", "1/1.png", "0/0.png", "1/0.png", "0/1.png", "1/2.png"]
-    assert class_turns(ranking[:4], samples) == ["0/2.png", "1/1.png", "0/0.png", "0/1.png"]
-    assert class_turns([], samples) == []
+    assert in_class_turns(ranking[:4]) == ["0/2.png", "1/1.png", "0/0.png", "0/1.png"]
+    assert in_class_turns(["b/1.png", "a/1.png", "b/2.png"]) == ["b/1.png", "a/1.png", "b/2.png"]
+    assert in_class_turns([]) == []
 
 
 def test_balance_classes_flag_reaches_simulate_and_its_json(tiny, capsys):

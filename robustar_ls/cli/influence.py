@@ -57,6 +57,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "tasks (default 100; 0 = do not ask)",
     )
     p.add_argument(
+        "--balance-classes",
+        dest="balance_classes",
+        action="store_true",
+        help="rank in class turns: the top image of every class, then the second, ... (Label "
+        "Studio's influence_rank too); for a shortcut that every class carries",
+    )
+    p.add_argument(
         "--backend-url",
         dest="backend_url",
         default=None,
@@ -98,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if result is None:  # not rank 0: rank 0 writes the scores
         return 0
+    if args.balance_classes:
+        result = influence.take_class_turns(result)
     summary = influence.summary(result, args.top)
     if label_studio is not None:
         from robustar_ls.labelstudio.client import connect
@@ -158,6 +167,6 @@ def _print_class_mix(mix: dict[str, int], n_classes: int) -> None:
     if name is not None:
         print(
             f"most of them are {name}: masks of one class remove a shortcut for that class "
-            "only. If the other classes show it too, take the classes in turn (filter Label "
-            "Studio's tab by true class; simulate --balance-classes measures the difference)."
+            "only. If the other classes show it too, rank them in class turns: rerun with "
+            "--balance-classes (simulate --balance-classes measures the difference)."
         )

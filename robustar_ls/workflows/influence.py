@@ -11,11 +11,12 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robustar_ls.config import InfluenceConfig, LabelStudioConfig
-from robustar_ls.data.folders import ImageFolderSplits, classes_among
+from robustar_ls.data.folders import ImageFolderSplits, classes_among, in_class_turns
 from robustar_ls.explain.influence import InfluenceResult, InfluenceScorer
 from robustar_ls.files import atomic_write_bytes
 from robustar_ls.models.checkpoint import Checkpoint
@@ -77,6 +78,14 @@ def score(
     )
 
 
+def take_class_turns(result: InfluenceResult) -> InfluenceResult:
+    """``result`` with its ranks in class turns (``influence --balance-classes``): the first
+    image of every class, then the second, ... each class in its own order; the scores stay."""
+    order = in_class_turns(result.ranked())
+    ranks = {rel: rank for rank, rel in enumerate(order, start=1)}
+    return replace(result, ranks=ranks, config={**result.config, "class_turns": True})
+
+
 def one_class_on_top(mix: dict[str, int], n_classes: int) -> str | None:
     """The class holding at least :data:`ONE_CLASS_SHARE` of the top images ``mix`` counts,
     when the dataset has other classes; else None. Masks of one class unteach a shortcut
@@ -116,6 +125,7 @@ def document(result: InfluenceResult) -> dict[str, Any]:
         "model_version": result.model_version,
         "scores": result.scores,
         "ranks": result.ranks,
+        "class_turns": bool(result.config.get("class_turns")),  # ranks in class turns
         "explains": result.explains,
         "test_errors": result.test_errors,
         "predictions": result.predictions,

@@ -28,7 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from robustar_ls.config import InfluenceConfig, PairedConfig, TrainConfig
-from robustar_ls.data.folders import ImageFolderSplits, Sample, classes_among
+from robustar_ls.data.folders import ImageFolderSplits, Sample, classes_among, in_class_turns
 from robustar_ls.errors import RobustarError
 from robustar_ls.models.checkpoint import Checkpoint, load_checkpoint
 from robustar_ls.train.finetune import paired_finetune
@@ -112,20 +112,6 @@ def rank_images(
     return influence_ranking(ckpt, data, cfg, cache_root, progress)
 
 
-def class_turns(ranking: Sequence[str], samples: Sequence[Sample]) -> list[str]:
-    """``ranking`` re-ordered so the classes take turns, each keeping its own order: the first
-    image of every class, then the second of every class, ... The influence order's top images
-    can come from one class (15 of the top 16 on a ``background`` dataset), and paired training
-    on them unteaches the shortcut for that class only."""
-    label = {s.relpath: s.label for s in samples}
-    queues: dict[int, list[str]] = {}
-    for rel in ranking:
-        queues.setdefault(label[rel], []).append(rel)
-    lists = list(queues.values())
-    longest = max((len(q) for q in lists), default=0)
-    return [q[i] for i in range(longest) for q in lists if i < len(q)]
-
-
 def _device(cfg: InfluenceConfig | None) -> str:
     from robustar_ls.models.zoo import default_device
 
@@ -198,7 +184,7 @@ def simulate(
     the learned segmenter trained on the picked images' masks pairs the others
     (:mod:`robustar_ls.workflows.simulate_propagate`; ``review_share``: its review sample);
     ``spurious_annotated`` counts those ``spurious.json`` marks aligned or misaligned;
-    ``balance_classes``: the classes take turns in the order (:func:`class_turns`);
+    ``balance_classes``: the classes take turns in the order (``folders.in_class_turns``);
     ``picked_classes``: how many picked images each class has."""
     check_request(order, budget)
     data_root = Path(data_root)
@@ -208,7 +194,7 @@ def simulate(
     if ranking is None and budget > 0:
         ranking = _rank(order, data, checkpoint, seed, influence, progress)
     if balance_classes and ranking:
-        ranking = class_turns(ranking, samples)
+        ranking = in_class_turns(ranking)
     status = spurious_status(data_root)
     ranking = _review(ranking, budget, len(samples), review_share, seed, propagate)
     picked, annotated = pick_annotated(ranking or [], budget, samples, masks_root, status)
