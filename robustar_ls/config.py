@@ -64,6 +64,8 @@ class TrainConfig:
 # from scratch: at lr 0.05 / batch 64 paired fine-tuning on a few hundred images collapsed in
 # its first epoch; lr 0.02 / batch 16 did not (bench/README.md, "paired training").
 FINETUNE_DEFAULTS = {"epochs": 12, "lr": 0.02, "batch_size": 16}
+# --from-scratch learns the objects anew: more steps, train's pace (bench/README.md, fraction 1.0)
+SCRATCH_DEFAULTS = {"epochs": 30, "lr": 0.1, "batch_size": 16}
 
 
 @dataclass(frozen=True)
@@ -281,10 +283,8 @@ def check_basic_auth(user: str, password: str) -> None:
 
 
 def secrets_from_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Secrets the entry points need, from the environment (never from a settings file).
-
-    Raises :class:`ConfigError` when only one of ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` is set.
-    """
+    """Secrets the entry points need, from the environment, never from a settings file
+    (:class:`ConfigError` when only one of ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` is set)."""
     env = os.environ if environ is None else environ
     check_basic_auth(env.get("BASIC_AUTH_USER", ""), env.get("BASIC_AUTH_PASS", ""))
     return {

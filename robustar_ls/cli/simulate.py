@@ -14,9 +14,20 @@ from robustar_ls.cli.options import (
     tqdm_progress,
     train_config,
 )
-from robustar_ls.cli.sync_train import FILL_MODE_CHOICES, add_propagate_threshold_flag
+from robustar_ls.cli.sync_train import (
+    FILL_MODE_CHOICES,
+    add_from_scratch_flag,
+    add_propagate_threshold_flag,
+)
 from robustar_ls.cli.validators import fraction, prepare_output_file
-from robustar_ls.config import FINETUNE_DEFAULTS, InfluenceConfig, PairedConfig, build, pick
+from robustar_ls.config import (
+    FINETUNE_DEFAULTS,
+    SCRATCH_DEFAULTS,
+    InfluenceConfig,
+    PairedConfig,
+    build,
+    pick,
+)
 
 NAME = "simulate"
 HELP = (
@@ -56,6 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "images with its confident masks",
     )
     add_propagate_threshold_flag(p)
+    add_from_scratch_flag(p)
     p.add_argument(
         "--propagate-review",
         dest="propagate_review",
@@ -72,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out:
         prepare_output_file(args.out)
-    train = train_config(args, FINETUNE_DEFAULTS)
+    train = train_config(args, SCRATCH_DEFAULTS if args.from_scratch else FINETUNE_DEFAULTS)
     influence = build(InfluenceConfig, settings_section(args, "influence"), {"device": args.device})
     paired = build(PairedConfig, settings_section(args, "paired"), pick(args, PairedConfig))
     summary = simulate(
@@ -90,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         propagate=args.propagate_threshold if args.propagate else None,
         review_share=args.propagate_review,
         balance_classes=args.balance_classes,
+        from_scratch=args.from_scratch,
     )
     if args.json:
         print_json(summary)

@@ -23,7 +23,14 @@ from robustar_ls.cli.validators import (
     positive_int,
     prepare_output_file,
 )
-from robustar_ls.config import FINETUNE_DEFAULTS, PairedConfig, SyncConfig, build, pick
+from robustar_ls.config import (
+    FINETUNE_DEFAULTS,
+    SCRATCH_DEFAULTS,
+    PairedConfig,
+    SyncConfig,
+    build,
+    pick,
+)
 
 NAME = "sync-train"
 HELP = "sync masks from Label Studio, then paired fine-tuning of a checkpoint"
@@ -91,7 +98,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --label-studio-url: report what the sync would change; write and train nothing",
     )
     add_segmenter_flags(p)
+    add_from_scratch_flag(p)
     add_train_flags(p)
+
+
+def add_from_scratch_flag(p: argparse.ArgumentParser) -> None:
+    """``--from-scratch``, shared by sync-train and simulate."""
+    p.add_argument(
+        "--from-scratch",
+        dest="from_scratch",
+        action="store_true",
+        help="paired training of the checkpoint's architecture from its initial weights, not "
+        "fine-tuning (default 30 epochs, lr 0.1): for a shortcut that every training image "
+        "carries, which fine-tuning does not unlearn",
+    )
 
 
 PROPAGATE_THRESHOLD = 0.9  # = robustar_ls.train.propagate.DEFAULT_THRESHOLD (not imported: torch)
@@ -166,7 +186,7 @@ def _sync_and_train(args: argparse.Namespace, bar: JobBar | None) -> dict | None
         args.checkpoint,
         label_studio=label_studio_config(args) if args.label_studio_url else None,
         paired=build(PairedConfig, settings_section(args, "paired"), pick(args, PairedConfig)),
-        train=train_config(args, FINETUNE_DEFAULTS),
+        train=train_config(args, SCRATCH_DEFAULTS if args.from_scratch else FINETUNE_DEFAULTS),
         sync=build(SyncConfig, settings_section(args, "sync")),
         masks=Path(args.masks) if args.masks else Path(args.data) / "masks",
         out=args.out,
@@ -174,6 +194,7 @@ def _sync_and_train(args: argparse.Namespace, bar: JobBar | None) -> dict | None
         progress=tqdm_progress(not args.quiet),
         segmenter=None if args.dry_run else segmenter_step(args),  # a dry run trains nothing
         on_progress=bar,
+        from_scratch=args.from_scratch,
     )
 
 

@@ -32,6 +32,7 @@ from torch.utils.data.distributed import DistributedSampler
 from robustar_ls.config import ConfigError, PairedConfig, TrainConfig, to_dict
 from robustar_ls.data.folders import ImageFolderSplits, Sample
 from robustar_ls.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from robustar_ls.models.zoo import create_classifier
 from robustar_ls.train.checkpoint_guard import check_unchanged
 from robustar_ls.train.distributed import (
     DistContext,
@@ -74,9 +75,10 @@ def paired_finetune(
     extra_masks: Mapping[str, Path] | None = None,
     on_progress: OnProgress | None = None,
     history: dict[str, Any] | None = None,
+    from_scratch: bool = False,
 ) -> dict[str, Any] | None:
     """Fine-tune ``checkpoint`` with the paired loss; write the result to ``out`` (default:
-    over ``checkpoint``).
+    over ``checkpoint``); ``from_scratch``: from :func:`initial_model` instead.
 
     ``data_root``: the dataset folder, or the dataset already opened (a sync-train opens it
     once). ``masks_root`` is a mask-store folder (``<root>/train/<class>/<stem>.png``); ``None``
@@ -115,10 +117,23 @@ def paired_finetune(
                 source=checkpoint,
                 on_progress=on_progress,
                 history=history,
+                from_scratch=from_scratch,
             )
         )
     finally:
         shutdown(ctx)
+
+
+def initial_model(parent: Checkpoint) -> nn.Module:
+    """``parent``'s architecture, width and classes at the weights ``robustar-ls train``
+    starts from (ImageNet's where the parent was trained from them, else random, seeded by
+    the caller): for a shortcut the model learned in place of the objects (every training
+    image carries it), which fine-tuning cannot unlearn and paired training from the start
+    can (bench/README.md, "fraction 1.0"). The result's parent is still ``parent``."""
+    pretrained = bool(parent.config.get("model", {}).get("pretrained", False))
+    return create_classifier(
+        parent.arch, len(parent.classes), width=parent.width, pretrained=pretrained
+    )
 
 
 @dataclass(frozen=True)
@@ -137,6 +152,7 @@ class FinetuneRun:
     source: Path | None = None  # the checkpoint trained from: checked unchanged before writing
     on_progress: OnProgress | None = None
     history: dict[str, Any] | None = None
+    from_scratch: bool = False  # train from the architecture's initial weights
 
     @property
     def samples(self) -> list[Sample]:
@@ -153,6 +169,9 @@ def _run(run: FinetuneRun) -> dict[str, Any] | None:
     )
     size = run.parent.image_size
     before = evaluate_splits(model, run.data, size, device, tracker=tracker) if ctx.is_main else {}
+    if run.from_scratch:  # the same seed on every rank: DDP starts from identical weights
+        torch.manual_seed(run.train.seed)
+        model = initial_model(run.parent).to(device)
     barrier(ctx)
     history, seconds = _train_epochs(run, _wrap_ddp(model, ctx), loader, sampler, tracker)
     if not ctx.is_main:
@@ -289,6 +308,7 @@ def _save(
             "data": str(run.data.root),
             "masks": str(run.masks_root) if run.masks_root is not None else None,
             "annotated": len(run.masks),
+            "from_scratch": run.from_scratch,
             "world_size": run.ctx.world_size,
         },
         history={"seconds": round(seconds, 3), **(run.history or {})},

@@ -174,18 +174,17 @@ def simulate(
     propagate: float | None = None,
     review_share: float | None = None,
     balance_classes: bool = False,
+    from_scratch: bool = False,
 ) -> dict[str, Any]:
     """Annotate the first ``budget x N`` images in ``order``, fine-tune, and measure.
 
-    ``masks``: the reference masks (default ``<data>/oracle_masks``). ``ranking``: a precomputed
-    order (e.g. shared by several budgets); computed from ``order`` when None. Returns
-    ``{order, budget, picked, annotated, spurious_annotated, before, after, gap_recovered,
-    model_version, out}``, and with ``propagate`` (a confidence threshold) ``propagation``:
-    the learned segmenter trained on the picked images' masks pairs the others
-    (:mod:`robustar_ls.workflows.simulate_propagate`; ``review_share``: its review sample);
-    ``spurious_annotated`` counts those ``spurious.json`` marks aligned or misaligned;
-    ``balance_classes``: the classes take turns in the order (``folders.in_class_turns``);
-    ``picked_classes``: how many picked images each class has."""
+    ``masks``: the reference masks (default ``<data>/oracle_masks``); ``ranking``: a
+    precomputed order (else from ``order``); ``propagate`` (a confidence threshold): the learned
+    segmenter trained on the picked masks pairs the others (``simulate_propagate``;
+    ``review_share``: its review sample); ``balance_classes``: the classes take turns
+    (``folders.in_class_turns``); ``from_scratch``: as ``sync-train --from-scratch``. Returns
+    ``{order, budget, picked, picked_classes, annotated, spurious_annotated (by spurious.json),
+    before, after, gap_recovered, model_version, out, propagation}``."""
     check_request(order, budget)
     data_root = Path(data_root)
     data = ImageFolderSplits.open(data_root, required=("train",))
@@ -199,13 +198,13 @@ def simulate(
     ranking = _review(ranking, budget, len(samples), review_share, seed, propagate)
     picked, annotated = pick_annotated(ranking or [], budget, samples, masks_root, status)
     spread = None if propagate is None or budget <= 0 else (data, picked, propagate)
-    result, propagation = _finetune(
-        data_root, checkpoint, masks_root, annotated, paired, train, out, progress, spread
-    )
+    how, where = (paired, train, from_scratch), (out, progress, spread)
+    result, propagation = _finetune(data_root, checkpoint, masks_root, annotated, how, *where)
     return {
         "propagation": propagation,
         "order": order,
         "balance_classes": balance_classes,
+        "from_scratch": from_scratch,
         "budget": budget,
         "picked": len(picked),
         "picked_classes": classes_among(picked),
@@ -245,8 +244,9 @@ def _review(ranking, budget: float, n: int, share: float | None, seed: int, prop
     return with_review_sample(ranking, int(round(budget * n)), share, seed)
 
 
-def _finetune(data_root, checkpoint, masks_root, annotated, paired, train, out, progress, spread):
+def _finetune(data_root, checkpoint, masks_root, annotated, how, out, progress, spread):
     """``paired_finetune`` from the annotated masks (none: plain), never over ``checkpoint``;
+    ``how = (paired config, train config, from scratch)``;
     with ``spread = (data, picked, threshold)`` also from propagated masks. Returns
     ``(result, propagation summary or None)``."""
     with tempfile.TemporaryDirectory(prefix="robustar-simulate-") as tmp:
@@ -259,6 +259,7 @@ def _finetune(data_root, checkpoint, masks_root, annotated, paired, train, out, 
                 data, masks_root, picked, annotated, threshold, Path(tmp) / "propagation"
             )
         target = Path(out) if out else Path(tmp) / "simulated.pt"
+        paired, train, from_scratch = how
         result = paired_finetune(
             data_root,
             checkpoint,
@@ -269,6 +270,7 @@ def _finetune(data_root, checkpoint, masks_root, annotated, paired, train, out, 
             out=target,
             progress=progress,
             extra_masks=extra,
+            from_scratch=from_scratch,
         )
     if result is None:  # pragma: no cover - simulate does not run under torchrun
         raise SimulateError("simulate ran as a non-zero torchrun rank")

@@ -110,6 +110,7 @@ class TrainPlan:
     progress: Callable | None = None
     segmenter: SegmenterStep | None = None  # None = SegmenterStep()
     on_progress: OnProgress | None = None
+    from_scratch: bool = False  # train from the architecture's initial weights
 
 
 def sync_and_train(
@@ -127,8 +128,10 @@ def sync_and_train(
     client: Any = None,
     segmenter: SegmenterStep | None = None,
     on_progress: OnProgress | None = None,
+    from_scratch: bool = False,
 ) -> dict[str, Any] | None:
-    """Sync (when ``label_studio`` is given), then paired fine-tuning of ``checkpoint``.
+    """Sync (when ``label_studio`` is given), then paired fine-tuning of ``checkpoint``
+    (``from_scratch``: paired training of its architecture from the initial weights).
     ``on_progress`` gets the job's progress records (``train/progress.py``), sync included.
 
     Between the two, the learned segmenter is retrained when the sync changed masks, and with
@@ -154,6 +157,7 @@ def sync_and_train(
         progress,
         segmenter,
         on_progress,
+        from_scratch,
     )
     # One training per checkpoint at a time, CLI and server alike (a dry run trains nothing).
     if dry_run:
@@ -229,6 +233,7 @@ def _train(
         on_progress=plan.on_progress,
         history={"sync": _sync_counts(report)},
         **({"extra_masks": extra} if extra else {}),
+        **({"from_scratch": True} if plan.from_scratch else {}),
     )
     if result is None:
         return None
