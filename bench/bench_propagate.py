@@ -23,6 +23,7 @@ from bench_budget import shortcut_model  # bench/ is on sys.path when run as a s
 
 from robustar_ls.config import (
     FINETUNE_DEFAULTS,
+    SCRATCH_DEFAULTS,
     InfluenceConfig,
     PairedConfig,
     TrainConfig,
@@ -53,12 +54,18 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="share of feature images whose colour agrees with the class; 1/classes (0.25) = "
         "no shortcut to learn (folder <kind>-<fraction>-b<bias>-s<seed>)",
     )
+    p.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="paired training from the initial weights (sync-train --from-scratch's schedule)",
+    )
     p.set_defaults(width=16, shortcut_epochs=10)  # bench_budget.py's shortcut model settings
     return p
 
 
 def _done(results: str) -> set[tuple]:
-    """(kind, fraction, bias, seed, propagate, review share, fill) of the rows in ``results``."""
+    """(kind, fraction, bias, seed, propagate, review share, fill, from scratch) of the rows in
+    ``results``."""
     path = Path(results)
     if not path.is_file():
         return set()
@@ -66,13 +73,14 @@ def _done(results: str) -> set[tuple]:
     rows = [r for r in rows if r.get("run") != "shortcut"]
     return {
         (r["kind"], r.get("spurious_fraction"), r.get("bias", 1.0), r["seed"], r["propagate"])
-        + (r.get("review_share"), r.get("fill", "noise"))
+        + (r.get("review_share"), r.get("fill", "noise"), r.get("from_scratch", False))
         for r in rows
     }
 
 
 def main(args) -> None:
     done = _done(args.results)
+    schedule = SCRATCH_DEFAULTS if args.from_scratch else FINETUNE_DEFAULTS
     for kind in args.kinds:
         for seed in args.seeds:
             root = shortcut_model(args, kind, seed, Path(args.results))
@@ -88,7 +96,8 @@ def main(args) -> None:
             )
             for propagate in (None, args.threshold):
                 review = args.review_share if propagate is not None else None
-                key = (kind, args.spurious_fraction, args.bias, seed, propagate, review, args.fill)
+                key = (kind, args.spurious_fraction, args.bias, seed, propagate, review)
+                key += (args.fill, args.from_scratch)
                 if key in done:
                     continue
                 started = time.perf_counter()
@@ -99,10 +108,11 @@ def main(args) -> None:
                     budget=args.budget,
                     seed=seed,
                     paired=PairedConfig(fill=args.fill),
-                    train=TrainConfig(**FINETUNE_DEFAULTS, seed=seed, device=args.device),
+                    train=TrainConfig(**schedule, seed=seed, device=args.device),
                     ranking=ranking,
                     propagate=propagate,
                     review_share=review,
+                    from_scratch=args.from_scratch,
                 )
                 row = {**row, "kind": kind, "seed": seed, "propagate": propagate}
                 row.update(

@@ -65,7 +65,7 @@ class TrainConfig:
 # its first epoch; lr 0.02 / batch 16 did not (bench/README.md, "paired training").
 FINETUNE_DEFAULTS = {"epochs": 12, "lr": 0.02, "batch_size": 16}
 # --from-scratch learns the objects anew: more steps, train's pace (bench/README.md, fraction 1.0)
-SCRATCH_DEFAULTS = {"epochs": 30, "lr": 0.1, "batch_size": 16}
+SCRATCH_DEFAULTS = {"epochs": 30, "lr": 0.05, "batch_size": 16}
 
 
 @dataclass(frozen=True)

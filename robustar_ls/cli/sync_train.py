@@ -109,7 +109,7 @@ def add_from_scratch_flag(p: argparse.ArgumentParser) -> None:
         dest="from_scratch",
         action="store_true",
         help="paired training of the checkpoint's architecture from its initial weights, not "
-        "fine-tuning (default 30 epochs, lr 0.1): for a shortcut that every training image "
+        "fine-tuning (default 30 epochs, lr 0.05): for a shortcut that every training image "
         "carries, which fine-tuning does not unlearn",
     )
 
