@@ -74,7 +74,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--shortcut-epochs", type=int, default=10)
     p.add_argument("--epochs", type=int, default=FINETUNE_DEFAULTS["epochs"], help="fine-tuning")
-    p.add_argument("--fill", default=PairedConfig.fill)
+    p.add_argument("--fill", default="noise", help="the tables' fill (sync-train's default: swap)")
     p.add_argument("--budgets", nargs="+", type=float, default=[0.01, 0.02, 0.05, 0.1, 0.2])
     p.add_argument("--orders", nargs="+", default=list(ORDERS))
     p.add_argument("--device", default="cpu", help="cuda: train, score and fine-tune on a GPU")

@@ -43,7 +43,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, default=0.05)
     p.add_argument("--threshold", type=float, default=0.9)
     p.add_argument("--review-share", type=float, default=0.25, help="of the budget, random")
-    p.add_argument("--fill", default=PairedConfig.fill, help="paired training's fill")
+    p.add_argument("--fill", default="noise", help="the tables' fill (sync-train's default: swap)")
     p.add_argument("--per-class", type=int, default=None, help="as bench_budget.py's")
     p.add_argument("--eval-per-class", type=int, default=50, help="as bench_budget.py's")
     p.add_argument("--device", default="cpu", help="cuda: train, score and fine-tune on a GPU")

@@ -75,7 +75,7 @@ def test_paired_finetune_writes_a_new_version_with_parent_and_metrics(
     assert saved.version == result["model_version"]
     assert saved.parent_version == old_version
     assert saved.metrics["splits"]["test"]["accuracy"] == result["after"]["test"]
-    assert saved.config["paired"]["fill"] == "noise" and saved.config["annotated"] == 12
+    assert saved.config["paired"]["fill"] == "swap" and saved.config["annotated"] == 12
 
 
 def test_default_out_replaces_the_checkpoint(dataset, checkpoint):

@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--budget", required=True, type=fraction, help="fraction of training images to annotate"
     )
     p.add_argument("--masks", default=None, help="reference masks (default <data>/oracle_masks)")
-    p.add_argument("--fill", choices=FILL_MODE_CHOICES, default=None, help="default noise")
+    p.add_argument("--fill", choices=FILL_MODE_CHOICES, default=None, help="default swap")
     p.add_argument("--out", default=None, help="write the fine-tuned checkpoint here")
     p.add_argument(
         "--balance-classes",

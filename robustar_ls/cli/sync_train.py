@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--fill",
         choices=FILL_MODE_CHOICES,
         default=None,
-        help="what replaces the spurious pixels (default noise)",
+        help="what replaces the spurious pixels (default swap: another annotated image's)",
     )
     p.add_argument(
         "--align-weight",
