@@ -178,24 +178,30 @@ def save_tiny_checkpoint(path: Path, seed: int = 0, parent: str | None = None) -
     )
 
 
+def untrained_checkpoint(path: Path, classes: list[str]) -> str:
+    """An untrained width-4 classifier for ``classes`` (16 px input) saved at ``path``; its
+    version."""
+    from robustar_ls.models.checkpoint import save_checkpoint
+    from robustar_ls.models.zoo import create_classifier
+
+    model = create_classifier("resnet18_small", len(classes), width=4)
+    return save_checkpoint(
+        path, model, arch="resnet18_small", classes=classes, image_size=16, width=4
+    )
+
+
 def dataset_copy_with_checkpoint(source: Path, tmp_path: Path):
     """A copy of a dataset folder at ``tmp_path/data`` and an untrained width-4 classifier for
     its classes at ``tmp_path/model.pt``: ``(data_root, opened data, checkpoint, version)``."""
     import shutil
 
     from robustar_ls.data.folders import ImageFolderSplits
-    from robustar_ls.models.checkpoint import save_checkpoint
-    from robustar_ls.models.zoo import create_classifier
 
     data_root = tmp_path / "data"
     shutil.copytree(source, data_root)
     data = ImageFolderSplits.open(data_root)
     checkpoint = tmp_path / "model.pt"
-    model = create_classifier("resnet18_small", len(data.classes), width=4)
-    version = save_checkpoint(
-        checkpoint, model, arch="resnet18_small", classes=data.classes, image_size=16, width=4
-    )
-    return data_root, data, checkpoint, version
+    return data_root, data, checkpoint, untrained_checkpoint(checkpoint, data.classes)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 import torch
-from backend_support import BrightObjects
+from backend_support import BrightObjects, untrained_checkpoint
 from werkzeug.serving import make_server
 
 from robustar_ls.backend.app import create_app
@@ -38,9 +38,7 @@ from robustar_ls.config import (
 from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.labelstudio import client as ls
 from robustar_ls.labelstudio.project_import import import_project
-from robustar_ls.models.checkpoint import save_checkpoint
 from robustar_ls.models.segmenter import Segmenter
-from robustar_ls.models.zoo import create_classifier
 
 pytestmark = pytest.mark.e2e
 
@@ -71,10 +69,7 @@ def served(label_studio, data, tmp_path) -> Iterator[tuple[str, str, Predictor, 
     torch.manual_seed(0)
     classes = ImageFolderSplits.open(data).classes
     checkpoint = tmp_path / "model.pt"
-    model = create_classifier("resnet18_small", len(classes), width=4)
-    version = save_checkpoint(
-        checkpoint, model, arch="resnet18_small", classes=classes, image_size=16, width=4
-    )
+    version = untrained_checkpoint(checkpoint, classes)
     cfg = ServeConfig(
         checkpoint=str(checkpoint),
         document_root=str(label_studio.document_root),

@@ -16,8 +16,7 @@ from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.synthetic import make_dataset
 from robustar_ls.labelstudio import client as ls
 from robustar_ls.labelstudio.project_import import import_project
-from robustar_ls.models.checkpoint import save_checkpoint
-from robustar_ls.models.zoo import create_classifier
+from tests.backend_support import untrained_checkpoint
 from tests.serve_support import gunicorn_backend, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -35,10 +34,7 @@ def test_two_workers_prefetch_each_top_task_once(
     torch.manual_seed(0)
     classes = ImageFolderSplits.open(data).classes
     checkpoint = tmp_path / "model.pt"
-    model = create_classifier("resnet18_small", len(classes), width=4)
-    version = save_checkpoint(
-        checkpoint, model, arch="resnet18_small", classes=classes, image_size=16, width=4
-    )
+    version = untrained_checkpoint(checkpoint, classes)
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.legacy_token)
     client = label_studio.client("legacy")
     extra = ["--label-studio-url", label_studio.url, "--prefetch", str(TOP)]
