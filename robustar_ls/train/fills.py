@@ -6,7 +6,8 @@ classifier comes after filling.
 
 Modes (``FILL_MODES``):
 
-- ``noise``: uniform noise in [0, 1], independent per pixel and channel (the default);
+- ``noise``: uniform noise in [0, 1], independent per pixel and channel (Robustar's fill,
+  the default until ``swap`` measured better);
 - ``weak_noise``: the original pixel plus Gaussian noise (σ = ``WEAK_NOISE_STD``), clipped;
 - ``black``: zeros;
 - ``colour``: one uniformly random colour per image;
@@ -14,14 +15,14 @@ Modes (``FILL_MODES``):
   (horizontal, vertical or one of the two diagonals), per image;
 - ``mixture``: each image gets one of the modes above, drawn uniformly. (Robustar's mixture
   mode drew a mode name but never applied it; here the draw decides the fill.)
-- ``swap``: another annotated image's spurious content (one of the batch, or of ``donors``
-  with their ``donor_masks``, e.g. a :class:`DonorPool` of earlier batches), one random donor
-  per image: the donor's pixel
-  where the donor's own mask is set too, elsewhere the mean colour of the donor's spurious
-  pixels. A realistic counterfactual (the object on another training image's background, a
-  patch in another class's colour) that never copies a piece of the donor's object: an
-  unmasked copy pasted fragments of another class's object into x̃, which taught the model
-  that object's shape under the wrong label. An image with no other donor gets ``colour``.
+- ``swap`` (the default, ``PairedConfig.fill``): another annotated image's spurious content
+  (one of the batch, or of ``donors`` with their ``donor_masks``, e.g. a :class:`DonorPool` of
+  earlier batches), one random donor per image: the donor's pixel where the donor's own mask
+  is set too, elsewhere the mean colour of the donor's spurious pixels. A realistic
+  counterfactual (the object on another training image's background, a patch in another
+  class's colour) that never copies a piece of the donor's object: an unmasked copy pasted
+  fragments of another class's object into x̃, which taught the model that object's shape
+  under the wrong label. An image with no other donor gets ``colour``.
 """
 
 from __future__ import annotations
