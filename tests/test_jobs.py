@@ -199,6 +199,32 @@ def test_a_job_whose_process_died_is_reported_failed_and_frees_the_lock(tmp_path
     assert started and jobs.wait(WAIT)["state"] == "succeeded"
 
 
+def test_a_job_that_finishes_while_another_worker_reads_its_status_stays_succeeded(tmp_path):
+    # Worker A's job ends in the window between worker B reading "running" and B taking the
+    # lock: A has written "succeeded" and let go of the lock. B must not take that for a dead
+    # process and overwrite the result with "failed" (a flaky Start Training in the e2e loop).
+    run = HeldRun()
+    run.release.set()
+    finished = TrainingJobs(run, state_dir=tmp_path / "state")
+    started, running = finished.start({})
+    assert started and finished.wait(WAIT)["state"] == "succeeded"
+    state = tmp_path / "state" / TrainingJobs.STATUS_FILE
+    done = state.read_text()
+
+    reader = TrainingJobs(run, state_dir=tmp_path / "state")
+    take_lock = reader._try_lock
+
+    def job_ends_in_the_window():
+        state.write_text(done)  # A's final status lands, then A unlocks (it already has)
+        return take_lock()
+
+    state.write_text(json.dumps(running))  # what B reads first
+    reader._try_lock = job_ends_in_the_window
+    status = reader.status()
+    assert status["state"] == "succeeded" and status["job_id"] == running["job_id"]
+    assert json.loads(state.read_text())["state"] == "succeeded"
+
+
 def test_progress_reaches_other_workers_throttled(tmp_path):
     """The job's worker sees every record; another worker sees the file, written when due."""
     reported = threading.Event()

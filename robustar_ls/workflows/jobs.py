@@ -198,7 +198,13 @@ class TrainingJobs:
             fd = self._try_lock()
             if fd is None:  # another process runs it
                 return status
-            try:  # "running", yet nobody holds the lock: its process died
+            try:
+                # read again under the lock: the job may have finished (final status written,
+                # then the lock let go) between the first read and taking the lock
+                status = self._read_file()
+                if status["state"] != "running":
+                    return status
+                # "running", yet nobody holds the lock: its process died
                 status = {
                     **status,
                     "state": "failed",

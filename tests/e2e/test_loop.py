@@ -140,6 +140,12 @@ def loop(label_studio, local_files_dir, tmp_path, monkeypatch) -> Iterator[Simpl
         stop_process(process, grace_seconds=10)
 
 
+def _errors_in_log(log_path: Path) -> str:
+    """The backend log without its access lines: what a failed job printed (its traceback)."""
+    lines = log_tail(log_path, 200_000).splitlines()
+    return "\n".join(line for line in lines if '" 200 ' not in line)[-4000:]
+
+
 def _healthy(url: str) -> bool:
     try:
         return requests.get(f"{url}/health", timeout=2).ok
@@ -298,7 +304,9 @@ def test_the_whole_loop(label_studio, loop, capsys):
         if status.get("state") in ("succeeded", "failed"):
             break
         time.sleep(0.3)
-    assert status.get("state") == "succeeded", (status, log_tail(loop.log_path))
+    assert status.get("state") == "succeeded", (
+        f"{status.get('error')}\n{_errors_in_log(loop.log_path)}"
+    )
     v3 = read_version(loop.checkpoint)
     assert v3 != v2 and status["result"]["model_version"] == v3
     # progress, whichever worker answered: the last record is the write, all training done
