@@ -87,6 +87,18 @@ def test_cli_from_scratch_trains_and_reports_it(dataset, checkpoint, capsys):
 
 
 @pytest.mark.parametrize(
+    ("flags", "how"),
+    [([], "paired fine-tuning"), (["--from-scratch"], "paired training from scratch")],
+)
+def test_cli_text_summary_says_how_it_trained(dataset, checkpoint, capsys, flags, how):
+    argv = ["simulate", "--data", str(dataset), "--checkpoint", str(checkpoint), "--order",
+            "random", "--budget", "0.5", "--epochs", "1", "--device", "cpu", "-q"]  # fmt: skip
+    assert cli.main([*argv, *flags]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.endswith(f"spurious), {how}"), first
+
+
+@pytest.mark.parametrize(
     ("flags", "epochs", "lr"),
     [
         ([], 12, 0.02),  # fine-tuning

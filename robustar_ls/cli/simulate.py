@@ -108,9 +108,11 @@ def run(args: argparse.Namespace) -> int:
         print_json(summary)
         return 0
     gap = summary["gap_recovered"]
+    how = "paired training from scratch" if summary.get("from_scratch") else "paired fine-tuning"
     print(
         f"{summary['order']} order, budget {summary['budget']:g}: {summary['annotated']} of "
         f"{summary['picked']} picked images annotated ({summary['spurious_annotated']} spurious)"
+        f", {how}"
         f"\n  before: {_accs(summary['before'])}\n  after:  {_accs(summary['after'])}"
         f"\n  gap recovered: {'n/a (no gap)' if gap is None else f'{gap:.3f}'}"
     )
