@@ -22,7 +22,7 @@ import random
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.nn import functional as F
@@ -43,6 +43,16 @@ Progress = Callable[..., Iterable]
 
 class SimulateError(RobustarError):
     """The simulation cannot run as asked; the message says what to change."""
+
+
+class Training(NamedTuple):
+    """How the simulated annotations are trained on, and where the result goes."""
+
+    paired: PairedConfig
+    train: TrainConfig
+    from_scratch: bool
+    out: str | Path | None
+    progress: Progress | None
 
 
 def check_request(order: str, budget: float) -> None:
@@ -198,8 +208,8 @@ def simulate(
     ranking = _review(ranking, budget, len(samples), review_share, seed, propagate)
     picked, annotated = pick_annotated(ranking or [], budget, samples, masks_root, status)
     spread = None if propagate is None or budget <= 0 else (data, picked, propagate)
-    how, where = (paired, train, from_scratch), (out, progress, spread)
-    result, propagation = _finetune(data_root, checkpoint, masks_root, annotated, how, *where)
+    training = Training(paired, train, from_scratch, out, progress)
+    result, propagation = _finetune(data_root, checkpoint, masks_root, annotated, training, spread)
     return {
         "propagation": propagation,
         "order": order,
@@ -244,9 +254,8 @@ def _review(ranking, budget: float, n: int, share: float | None, seed: int, prop
     return with_review_sample(ranking, int(round(budget * n)), share, seed)
 
 
-def _finetune(data_root, checkpoint, masks_root, annotated, how, out, progress, spread):
+def _finetune(data_root, checkpoint, masks_root, annotated, training: Training, spread):
     """``paired_finetune`` from the annotated masks (none: plain), never over ``checkpoint``;
-    ``how = (paired config, train config, from scratch)``;
     with ``spread = (data, picked, threshold)`` also from propagated masks. Returns
     ``(result, propagation summary or None)``."""
     with tempfile.TemporaryDirectory(prefix="robustar-simulate-") as tmp:
@@ -258,19 +267,18 @@ def _finetune(data_root, checkpoint, masks_root, annotated, how, out, progress, 
             extra, propagation = simulated_propagation(
                 data, masks_root, picked, annotated, threshold, Path(tmp) / "propagation"
             )
-        target = Path(out) if out else Path(tmp) / "simulated.pt"
-        paired, train, from_scratch = how
+        target = Path(training.out) if training.out else Path(tmp) / "simulated.pt"
         result = paired_finetune(
             data_root,
             checkpoint,
             masks_root if annotated else None,
-            paired,
-            train,
+            training.paired,
+            training.train,
             only=set(annotated) if annotated else None,
             out=target,
-            progress=progress,
+            progress=training.progress,
             extra_masks=extra,
-            from_scratch=from_scratch,
+            from_scratch=training.from_scratch,
         )
     if result is None:  # pragma: no cover - simulate does not run under torchrun
         raise SimulateError("simulate ran as a non-zero torchrun rank")
