@@ -165,10 +165,41 @@ def test_swap_without_another_donor_fills_a_flat_colour():
     assert float(top.abs().sum()) > 0  # not the image itself
 
 
-def test_donor_pool_keeps_the_last_images_with_their_masks():
+def test_swap_with_labels_takes_donors_of_another_class_only():
+    # images 0 and 1 are class 0 (content 0.1, 0.2), image 2 class 1 (0.8); donor 3 class 1
+    images = torch.tensor([0.1, 0.2, 0.8]).view(3, 1, 1, 1).expand(3, 3, 8, 8).clone()
+    masks = torch.zeros(3, 1, 8, 8, dtype=torch.bool)
+    masks[:, :, :4] = True
+    labels = torch.tensor([0, 0, 1])
+    donors, donor_masks = torch.full((1, 3, 8, 8), 0.6), torch.ones(1, 1, 8, 8)
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        out = apply_fill(images, masks, "swap", g, donors, donor_masks, labels, torch.tensor([1]))
+        tops = [round(float(out[i, 0, 0, 0]), 3) for i in range(3)]
+        assert tops[0] in (0.8, 0.6) and tops[1] in (0.8, 0.6)  # never the other class-0 image
+        assert tops[2] in (0.1, 0.2)  # never the class-1 donor
+    with pytest.raises(FillError, match="donor_labels"):
+        apply_fill(images, masks, "swap", None, donors, donor_masks, labels)
+
+
+def test_swap_with_one_class_annotated_fills_a_flat_colour_not_its_own_feature():
+    images = torch.tensor([0.1, 0.2]).view(2, 1, 1, 1).expand(2, 3, 8, 8).clone()
+    masks = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    masks[:, :, :4] = True
+    out = apply_fill(images, masks, "swap", torch.Generator().manual_seed(0), labels=torch.ones(2))
+    for i in range(2):
+        top = out[i, :, :4]
+        assert torch.equal(top, top[:, :1, :1].expand_as(top))  # a flat colour per channel...
+        assert not torch.allclose(top[:, 0, 0], torch.tensor([0.1, 0.2])[1 - i].expand(3))
+
+
+def test_donor_pool_keeps_the_last_images_with_their_masks_and_labels():
     pool = DonorPool(capacity=3)
     assert pool.images is None
     for value in range(5):
-        pool.add(torch.full((1, 3, 4, 4), float(value)), torch.ones(1, 1, 4, 4))
+        pool.add(
+            torch.full((1, 3, 4, 4), float(value)), torch.ones(1, 1, 4, 4), torch.tensor([value])
+        )
     assert [float(i[0, 0, 0]) for i in pool.images] == [2.0, 3.0, 4.0]
     assert pool.masks.dtype == torch.bool and pool.masks.shape == (3, 1, 4, 4)
+    assert pool.labels.tolist() == [2, 3, 4]

@@ -232,6 +232,30 @@ def test_make_pairs_fills_only_annotated_masked_pixels(worst_of):
     assert torch.allclose(x_tilde[0, :, 0, 0], black)
 
 
+def test_make_pairs_swaps_in_another_class_from_the_batch_or_the_pool():
+    from robustar_ls.data.folders import normalize
+    from robustar_ls.train.fills import DonorPool
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    pool = DonorPool()
+    args = (PairedConfig(fill="swap"), torch.Generator().manual_seed(0), torch.device("cpu"))
+    masks = torch.ones(2, 1, 8, 8)
+    # first batch: two class-0 images, nothing of another class yet -> flat colours, then pooled
+    first = torch.tensor([0.1, 0.2]).view(2, 1, 1, 1).expand(2, 3, 8, 8).clone()
+    _, x_tilde = make_pairs(
+        model, first, masks, torch.ones(2, dtype=torch.bool), torch.zeros(2), *args, pool
+    )
+    assert not torch.allclose(x_tilde[0], normalize(first[1:])[0])  # not its class's feature
+    assert not torch.allclose(x_tilde[1], normalize(first[:1])[0])
+    assert pool.labels.tolist() == [0, 0]
+    # second batch: a class-1 image gets a class-0 image's content from the pool
+    second = torch.full((1, 3, 8, 8), 0.8)
+    _, x_tilde = make_pairs(
+        model, second, masks[:1], torch.ones(1, dtype=torch.bool), torch.ones(1), *args, pool
+    )
+    assert any(torch.allclose(x_tilde[0], normalize(first[i : i + 1])[0]) for i in range(2))
+
+
 # -- command line ---------------------------------------------------------------------------
 
 

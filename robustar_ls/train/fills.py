@@ -22,7 +22,10 @@ Modes (``FILL_MODES``):
   counterfactual (the object on another training image's background, a patch in another
   class's colour) that never copies a piece of the donor's object: an unmasked copy pasted
   fragments of another class's object into x̃, which taught the model that object's shape
-  under the wrong label. An image with no other donor gets ``colour``.
+  under the wrong label. Given ``labels`` (and ``donor_labels``), the donor is of *another
+  class*: a same-class donor carries the very feature that correlates with the label (the
+  same patch colour, the same tinted background), so x̃ would equal x in what matters. An
+  image with no allowed donor (none annotated in another class) gets ``colour``.
 """
 
 from __future__ import annotations
@@ -92,10 +95,12 @@ def _swap_values(
     donors: torch.Tensor | None,
     donor_masks: torch.Tensor | None,
     generator: torch.Generator | None,
+    labels: torch.Tensor | None = None,
+    donor_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """For each image, the spurious content of a random other image: one of the batch or of
-    ``donors`` (see the module docstring)."""
-    pool, pool_masks = images, masks
+    ``donors``, of another class when ``labels`` are given (see the module docstring)."""
+    pool, pool_masks, pool_labels = images, masks, labels
     if donors is not None and len(donors):
         if donors.dim() != 4 or donors.shape[1:] != images.shape[1:]:
             raise FillError(
@@ -107,6 +112,10 @@ def _swap_values(
         donor_masks = as_bool_mask(donor_masks, donors).to(images.device)
         pool = torch.cat([images, donors.to(images.device, images.dtype)])
         pool_masks = torch.cat([masks, donor_masks])
+        if labels is not None:
+            if donor_labels is None or len(donor_labels) != len(donors):
+                raise FillError("swap with labels needs one donor_labels entry per donor")
+            pool_labels = torch.cat([labels, donor_labels.to(labels.device)])
     n, m = images.shape[0], pool.shape[0]
     area = pool_masks.sum((2, 3)).clamp_min(1)
     means = (pool * pool_masks).sum((2, 3)) / area  # (M, C): each donor's spurious colour
@@ -114,6 +123,10 @@ def _swap_values(
     # a donor without spurious pixels has nothing to give; an image is never its own donor
     allowed = pool_masks.flatten(1).any(1).expand(n, m).clone()
     allowed[:, :n] &= ~torch.eye(n, dtype=torch.bool, device=images.device)
+    if pool_labels is not None:  # only another class's spurious content breaks the correlation
+        if len(labels) != n:
+            raise FillError(f"labels must have one entry per image ({n}), got {len(labels)}")
+        allowed &= pool_labels.to(images.device)[None, :] != labels.to(images.device)[:, None]
     scores = _rand((n, m), generator, images)  # a random allowed donor: the top score
     fill = content[torch.where(allowed, scores, torch.full_like(scores, -1.0)).argmax(1)]
     lonely = ~allowed.any(1)  # no donor at all: a flat random colour instead
@@ -123,20 +136,24 @@ def _swap_values(
 
 
 class DonorPool:
-    """The last ``capacity`` annotated images (in [0, 1], on the CPU) with their masks:
-    ``swap``'s donors beyond the current batch, which at a small budget holds one annotated
-    image or none."""
+    """The last ``capacity`` annotated images (in [0, 1], on the CPU) with their masks and
+    labels: ``swap``'s donors beyond the current batch, which at a small budget holds one
+    annotated image or none."""
 
     def __init__(self, capacity: int = 64):
         self.capacity = capacity
         self.images: torch.Tensor | None = None
         self.masks: torch.Tensor | None = None
+        self.labels: torch.Tensor | None = None
 
-    def add(self, images: torch.Tensor, masks: torch.Tensor) -> None:
+    def add(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> None:
         images, masks = images.detach().cpu(), masks.detach().cpu().bool()
+        labels = labels.detach().cpu()
         if self.images is not None:
             images, masks = torch.cat([self.images, images]), torch.cat([self.masks, masks])
-        self.images, self.masks = images[-self.capacity :], masks[-self.capacity :]
+            labels = torch.cat([self.labels, labels])
+        keep = slice(-self.capacity, None)
+        self.images, self.masks, self.labels = images[keep], masks[keep], labels[keep]
 
 
 def as_bool_mask(masks: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -159,12 +176,15 @@ def apply_fill(
     generator: torch.Generator | None = None,
     donors: torch.Tensor | None = None,
     donor_masks: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    donor_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Replace the masked pixels of ``images01`` by ``mode``'s fill; a new tensor.
 
     Unmasked pixels are returned bit-identical. ``generator`` (CPU or the images' device)
     makes the fill reproducible. ``donors`` (M, C, H, W) and ``donor_masks`` (M, 1, H, W):
-    images ``swap`` may copy from besides the batch, and where their spurious pixels are.
+    images ``swap`` may copy from besides the batch, and where their spurious pixels are;
+    ``labels`` (N,) and ``donor_labels`` (M,): ``swap`` takes donors of another class only.
     """
     if images01.dim() != 4:
         raise FillError(f"images must be (N, C, H, W), got {tuple(images01.shape)}")
@@ -180,7 +200,7 @@ def apply_fill(
             if len(rows):
                 fill[rows] = _fill_values(images01[rows], base, generator)
     elif mode == "swap":
-        fill = _swap_values(images01, mask, donors, donor_masks, generator)
+        fill = _swap_values(images01, mask, donors, donor_masks, generator, labels, donor_labels)
     else:
         if mode not in BASE_MODES:
             raise FillError(f"unknown fill mode {mode!r}; choose one of {', '.join(FILL_MODES)}")

@@ -48,9 +48,12 @@ def make_pairs(
     if not bool(has_mask.any()):
         return x, x
     rows = has_mask.nonzero().flatten()
-    sub, sub_masks = images01[rows], masks[rows]
-    extra = (donors.images, donors.masks) if donors is not None else (None, None)
-    fill = lambda: apply_fill(sub, sub_masks, cfg.fill, generator, *extra)  # noqa: E731
+    sub, sub_masks, sub_labels = images01[rows], masks[rows], labels[rows]
+    pool = (donors.images, donors.masks) if donors is not None else (None, None)
+    pool_labels = donors.labels if donors is not None else None
+    fill = lambda: apply_fill(  # noqa: E731
+        sub, sub_masks, cfg.fill, generator, *pool, labels=sub_labels, donor_labels=pool_labels
+    )
     if cfg.worst_of > 1:
         candidates = torch.stack([normalize(fill()) for _ in range(cfg.worst_of)]).to(device)
         base = getattr(model, "module", model)  # no DDP collectives in the selection pass
@@ -60,7 +63,7 @@ def make_pairs(
     else:
         filled = normalize(fill()).to(device)
     if donors is not None:
-        donors.add(sub, sub_masks)
+        donors.add(sub, sub_masks, sub_labels)
     x_tilde = x.clone()
     x_tilde[rows.to(device)] = filled
     return x, x_tilde
