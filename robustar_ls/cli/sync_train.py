@@ -65,7 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--fill",
         choices=FILL_MODE_CHOICES,
         default=None,
-        help="what replaces the spurious pixels (default swap: another annotated image's)",
+        help="what replaces the spurious pixels (default swap: those of an annotated image of "
+        "another class)",
     )
     p.add_argument(
         "--align-weight",
