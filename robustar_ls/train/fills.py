@@ -100,6 +100,9 @@ def _swap_values(
 ) -> torch.Tensor:
     """For each image, the spurious content of a random other image: one of the batch or of
     ``donors``, of another class when ``labels`` are given (see the module docstring)."""
+    n = images.shape[0]
+    if labels is not None and len(labels) != n:
+        raise FillError(f"labels must have one entry per image ({n}), got {len(labels)}")
     pool, pool_masks, pool_labels = images, masks, labels
     if donors is not None and len(donors):
         if donors.dim() != 4 or donors.shape[1:] != images.shape[1:]:
@@ -116,7 +119,7 @@ def _swap_values(
             if donor_labels is None or len(donor_labels) != len(donors):
                 raise FillError("swap with labels needs one donor_labels entry per donor")
             pool_labels = torch.cat([labels, donor_labels.to(labels.device)])
-    n, m = images.shape[0], pool.shape[0]
+    m = pool.shape[0]
     area = pool_masks.sum((2, 3)).clamp_min(1)
     means = (pool * pool_masks).sum((2, 3)) / area  # (M, C): each donor's spurious colour
     content = torch.where(pool_masks, pool, means[:, :, None, None])
@@ -124,8 +127,6 @@ def _swap_values(
     allowed = pool_masks.flatten(1).any(1).expand(n, m).clone()
     allowed[:, :n] &= ~torch.eye(n, dtype=torch.bool, device=images.device)
     if pool_labels is not None:  # only another class's spurious content breaks the correlation
-        if len(labels) != n:
-            raise FillError(f"labels must have one entry per image ({n}), got {len(labels)}")
         allowed &= pool_labels.to(images.device)[None, :] != labels.to(images.device)[:, None]
     scores = _rand((n, m), generator, images)  # a random allowed donor: the top score
     fill = content[torch.where(allowed, scores, torch.full_like(scores, -1.0)).argmax(1)]

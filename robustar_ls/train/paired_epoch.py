@@ -49,10 +49,9 @@ def make_pairs(
         return x, x
     rows = has_mask.nonzero().flatten()
     sub, sub_masks, sub_labels = images01[rows], masks[rows], labels[rows]
-    pool = (donors.images, donors.masks) if donors is not None else (None, None)
-    pool_labels = donors.labels if donors is not None else None
+    pool = (donors.images, donors.masks, donors.labels) if donors is not None else (None,) * 3
     fill = lambda: apply_fill(  # noqa: E731
-        sub, sub_masks, cfg.fill, generator, *pool, labels=sub_labels, donor_labels=pool_labels
+        sub, sub_masks, cfg.fill, generator, pool[0], pool[1], sub_labels, pool[2]
     )
     if cfg.worst_of > 1:
         candidates = torch.stack([normalize(fill()) for _ in range(cfg.worst_of)]).to(device)
