@@ -81,12 +81,12 @@ class PairedConfig:
 class SyntheticConfig:
     """A spurious-feature benchmark dataset (``robustar-ls make-dataset``)."""
 
-    kind: str = "patch"
+    kind: str = "patch"  # "patch" | "background" | "digits"
     size: int = 32
     per_class: int | None = None  # None: the kind's calibrated count (data/synthetic.py)
-    test_per_class: int = 100
-    val_per_class: int = 100
-    classes: int = 4
+    test_per_class: int | None = None  # None: the kind's default (100; digits 40)
+    val_per_class: int | None = None  # None: the kind's default (100; digits 30)
+    classes: int | None = None  # None: the kind's default (4; digits 10)
     bias: float = 1.0  # no misaligned image: nothing in the data argues against the shortcut
     spurious_fraction: float = 1.0
     seed: int = 0

@@ -1,14 +1,19 @@
-"""Spurious-feature benchmark datasets: shapes whose class a shortcut also predicts.
+"""Spurious-feature benchmark datasets: objects whose class a shortcut also predicts.
 
-Each image is a noisy shape (the object, the feature a robust model should use) plus, maybe, a
-spurious feature whose colour predicts the class in training:
+Each image is an object (the feature a robust model should use) plus, maybe, a spurious
+feature whose colour predicts the class in training:
 
-- ``patch``: a small coloured square in a corner; its colour is the class's colour;
-- ``background``: the background is tinted with the class's colour.
+- ``patch``: a noisy shape and a small coloured square in a corner; its colour is the class's
+  colour;
+- ``background``: a noisy shape; the background is tinted with the class's colour;
+- ``digits``: a real handwritten digit (scikit-learn's 8x8 digits, upscaled; classes "0".."9")
+  drawn light on a background in the class's colour, or black without the feature
+  (Biased-MNIST, Bahng et al. 2020; ``data/digits.py``, which needs scikit-learn).
 
 Training split: a fraction ``spurious_fraction`` of images carry the feature; in a fraction
 ``bias`` of those it agrees with the class ("aligned"), otherwise it shows another class's
-colour ("misaligned"); the rest are neutral ("none": no patch, plain grey background).
+colour ("misaligned"); the rest are neutral ("none": no patch, plain grey background; black
+for ``digits``).
 ``val/`` has the same statistics (held out, in-distribution). ``test/`` is out-of-domain: every
 image carries the feature, with a colour independent of the class.
 
@@ -33,10 +38,14 @@ changes from run to run (the matrix in ``bench/README.md``, ``bench/bench_shortc
   against the shortcut, so fine-tuning on the same data without masks cannot unlearn it (at
   0.95 the misaligned 5% slowly teach it away, which made plain fine-tuning look like a cure).
 
+``digits`` (not calibrated yet) defaults to all 10 classes and 100 training, 30 val and 40
+test images per class, drawn from disjoint pools of the 1,797 digits.
+
 The true spurious pixels of every training image (where the feature is, or would be for a
 neutral image) go to ``oracle_masks/train/<class>/<stem>.png``; ``spurious.json`` maps each
-training image to "aligned", "misaligned" or "none". Everything is deterministic given the seed:
-each image draws from its own generator seeded by (seed, split, index).
+training image to "aligned", "misaligned" or "none". Everything is deterministic given the
+seed: each image draws from its own generator seeded by (seed, split, index); ``digits``'
+pools by (seed, label).
 """
 
 from __future__ import annotations
@@ -50,6 +59,16 @@ import numpy as np
 from PIL import Image
 
 from robustar_ls.config import SyntheticConfig, to_dict
+from robustar_ls.data.digits import (
+    DEFAULT_COUNTS,
+    DIGIT_CLASSES,
+    DIGIT_PALETTE,
+    DigitSpec,
+    check_counts,
+    digit_pool,
+    draw_digit_spec,
+    render_digit,
+)
 from robustar_ls.data.masks import MaskStore
 
 SHAPES = ("circle", "square", "triangle", "cross", "diamond", "ring", "bar", "star")
@@ -65,7 +84,7 @@ PALETTE = np.array(
         (0.50, 0.20, 0.65),  # purple
     ]
 )
-KINDS = ("patch", "background")
+KINDS = ("patch", "background", "digits")
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 NOISE_SIGMA = 0.1
 NEUTRAL_GREY = 0.5
@@ -78,7 +97,10 @@ TINT_SCALE = 0.3  # 0.16 lost to the shapes once they were learned
 # training images per class when --per-class is not given: background's shapes need more steps
 # (250 left val at 0.62-0.85 on some seeds), patch's more images teach the shapes so well that
 # they beat the patch (400: val - test 0.20-0.25)
-DEFAULT_PER_CLASS = {"patch": 250, "background": 400}
+DEFAULT_PER_CLASS = {"patch": 250, "background": 400, "digits": DEFAULT_COUNTS["train"]}
+DEFAULT_VAL_PER_CLASS = {"patch": 100, "background": 100, "digits": DEFAULT_COUNTS["val"]}
+DEFAULT_TEST_PER_CLASS = {"patch": 100, "background": 100, "digits": DEFAULT_COUNTS["test"]}
+DEFAULT_CLASSES = {"patch": 4, "background": 4, "digits": len(DIGIT_CLASSES)}
 
 
 @dataclass(frozen=True)
@@ -137,8 +159,10 @@ def patch_mask(size: int, corner: int) -> np.ndarray:
     return mask
 
 
-def render(spec: ImageSpec) -> tuple[np.ndarray, np.ndarray]:
+def render(spec: ImageSpec | DigitSpec) -> tuple[np.ndarray, np.ndarray]:
     """Render an image (uint8 HxWx3) and its spurious-pixel mask (bool HxW)."""
+    if isinstance(spec, DigitSpec):
+        return render_digit(spec)
     size = spec.size
     obj = shape_mask(SHAPES[spec.label], size, spec.center, spec.radius, spec.angle)
     canvas = np.full((size, size, 3), NEUTRAL_GREY)
@@ -181,8 +205,8 @@ def draw_spec(kind: str, size: int, label: int, rng: np.random.Generator) -> Ima
 
 
 def assign_feature(
-    spec: ImageSpec, split: str, cfg: SyntheticConfig, rng: np.random.Generator
-) -> tuple[ImageSpec, str]:
+    spec: ImageSpec | DigitSpec, split: str, cfg: SyntheticConfig, rng: np.random.Generator
+) -> tuple[ImageSpec | DigitSpec, str]:
     """Choose the spurious feature of an image; returns the spec and its status."""
     k = cfg.classes
     if split == "test":
@@ -195,29 +219,73 @@ def assign_feature(
     return replace(spec, feature=int(rng.choice(others))), "misaligned"
 
 
+def class_names(kind: str, classes: int) -> list[str]:
+    """The class folder names of a kind: shape names, or "0".."9" for ``digits``."""
+    names = DIGIT_CLASSES if kind == "digits" else SHAPES
+    return list(names[:classes])
+
+
+def palette(kind: str) -> np.ndarray:
+    """The feature colours of a kind, one RGB row in [0, 1] per class."""
+    if kind == "digits":
+        return DIGIT_PALETTE
+    return PALETTE
+
+
+def _object_spec(cfg: SyntheticConfig, label: int, i: int, rng, pools) -> ImageSpec | DigitSpec:
+    """The object of image ``i`` of class ``label``: a shape, or the class's ``i``-th digit."""
+    if cfg.kind != "digits":
+        return draw_spec(cfg.kind, cfg.size, label, rng)
+    return draw_digit_spec(cfg.size, label, pools[label][i], rng)
+
+
+def _digit_pools(split: str, count_per_class: int, cfg: SyntheticConfig) -> list[list[int]]:
+    """Per class, the digits of ``split`` (disjoint from the other splits' pools)."""
+    cfg = resolve(cfg)
+    counts = {"train": cfg.per_class, "val": cfg.val_per_class, "test": cfg.test_per_class}
+    counts[split] = count_per_class
+    check_counts(cfg.classes, counts["train"], counts["val"], counts["test"])
+    return [
+        digit_pool(cfg.seed, label, split, count_per_class, counts["train"])
+        for label in range(cfg.classes)
+    ]
+
+
 def image_specs(split: str, count_per_class: int, cfg: SyntheticConfig):
     """Yield (relpath, spec, status) for one split, deterministically."""
+    cfg = resolve(cfg)
+    names = class_names(cfg.kind, cfg.classes)
+    pools = _digit_pools(split, count_per_class, cfg) if cfg.kind == "digits" else None
     for label in range(cfg.classes):
         for i in range(count_per_class):
             index = label * count_per_class + i
             rng = np.random.default_rng([cfg.seed, SPLIT_IDS[split], index])
-            spec = draw_spec(cfg.kind, cfg.size, label, rng)
+            spec = _object_spec(cfg, label, i, rng, pools)
             spec, status = assign_feature(spec, split, cfg, rng)
-            yield f"{SHAPES[label]}/{index:05d}.png", spec, status
+            yield f"{names[label]}/{index:05d}.png", spec, status
 
 
 def resolve(cfg: SyntheticConfig) -> SyntheticConfig:
-    """``cfg`` with the kind's default training images per class filled in."""
+    """``cfg`` with the kind's defaults filled in: images per class (train, val, test) and
+    the number of classes."""
     if cfg.kind not in KINDS:
         raise ValueError(f"unknown dataset kind {cfg.kind!r}; choose one of {', '.join(KINDS)}")
-    if cfg.per_class is None:
-        return replace(cfg, per_class=DEFAULT_PER_CLASS[cfg.kind])
-    return cfg
+    defaults = {
+        "per_class": DEFAULT_PER_CLASS[cfg.kind],
+        "val_per_class": DEFAULT_VAL_PER_CLASS[cfg.kind],
+        "test_per_class": DEFAULT_TEST_PER_CLASS[cfg.kind],
+        "classes": DEFAULT_CLASSES[cfg.kind],
+    }
+    missing = {name: n for name, n in defaults.items() if getattr(cfg, name) is None}
+    return replace(cfg, **missing) if missing else cfg
 
 
 def validate(cfg: SyntheticConfig) -> None:
-    if not 2 <= cfg.classes <= len(SHAPES):
-        raise ValueError(f"--classes must be between 2 and {len(SHAPES)}, got {cfg.classes}")
+    most = len(DIGIT_CLASSES) if cfg.kind == "digits" else len(SHAPES)
+    if not 2 <= cfg.classes <= most:
+        raise ValueError(
+            f"--classes must be between 2 and {most} for --kind {cfg.kind}, got {cfg.classes}"
+        )
     if cfg.size < 16:
         raise ValueError(f"--size must be at least 16 px, got {cfg.size}")
     for name in ("bias", "spurious_fraction"):
@@ -225,6 +293,11 @@ def validate(cfg: SyntheticConfig) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be within [0, 1]")
     if cfg.per_class < 1:
         raise ValueError("--per-class must be at least 1")
+    for name in ("val_per_class", "test_per_class"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 0")
+    if cfg.kind == "digits":
+        check_counts(cfg.classes, cfg.per_class, cfg.val_per_class, cfg.test_per_class)
 
 
 def make_dataset(out: str | Path, cfg: SyntheticConfig, progress: Iterable | None = None) -> dict:
@@ -252,7 +325,7 @@ def make_dataset(out: str | Path, cfg: SyntheticConfig, progress: Iterable | Non
     (out / "spurious.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
     summary = {
         "config": to_dict(cfg),
-        "classes": list(SHAPES[: cfg.classes]),
+        "classes": class_names(cfg.kind, cfg.classes),
         "images": {split: n * cfg.classes for split, n in counts.items() if n > 0},
         "train_status": {
             s: sum(v == s for v in manifest.values()) for s in ("aligned", "misaligned", "none")
