@@ -1,4 +1,5 @@
-"""``robustar-ls eval``: accuracy of a checkpoint on every split."""
+"""``robustar-ls eval``: accuracy of a checkpoint on every split, and where the dataset has
+``groups.json`` (``make-dataset``'s datasets) worst-group and bias-conflicting accuracy."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import argparse
 from robustar_ls.cli.options import print_json
 
 NAME = "eval"
-HELP = "accuracy of a checkpoint on every split"
+HELP = "accuracy of a checkpoint on every split (and worst-group accuracy where known)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from robustar_ls.data.folders import ImageFolderSplits
+    from robustar_ls.data.groups import group_text
     from robustar_ls.models.checkpoint import load_checkpoint
     from robustar_ls.models.zoo import default_device
     from robustar_ls.train.run import evaluate_splits
@@ -31,5 +33,6 @@ def run(args: argparse.Namespace) -> int:
         print_json({"model_version": ckpt.version, "splits": splits})
     else:
         for split, m in splits.items():
-            print(f"{split:6s} accuracy {m['accuracy']:.4f}  (n={m['n']})")
+            line, groups = f"{split:6s} accuracy {m['accuracy']:.4f}  (n={m['n']})", group_text(m)
+            print(f"{line}  {groups}" if groups else line)
     return 0

@@ -44,6 +44,28 @@ def _accuracy(entry: dict[str, Any], split: str) -> str:
     return f"{before:.3f}→{after:.3f}" if before is not None else f"{after:.3f}"
 
 
+def _group(entry: dict[str, Any], split: str, key: str) -> str:
+    """A group metric of ``split`` (``before→after`` when the run evaluated before), or "-"."""
+    groups = entry.get("groups") or {}
+    before = ((groups.get("before") or {}).get(split) or {}).get(key)
+    after = ((groups.get("after") or {}).get(split) or {}).get(key)
+    if after is None:
+        return "-"
+    return f"{before:.3f}→{after:.3f}" if before is not None else f"{after:.3f}"
+
+
+GROUP_COLUMNS = (("worst_group", "worst-group"), ("bias_conflicting", "bias-conflicting"))
+
+
+def group_columns(entries: list[dict[str, Any]], split: str = "test") -> list[tuple[str, str]]:
+    """``(key, header)`` of the group metrics some entry has on ``split`` (``data/groups.py``)."""
+    return [
+        (key, f"{split} {name}")
+        for key, name in GROUP_COLUMNS
+        if any(_group(e, split, key) != "-" for e in entries)
+    ]
+
+
 def _sync(entry: dict[str, Any]) -> str:
     sync = entry.get("sync")
     if not sync:
@@ -66,10 +88,12 @@ def split_order(entries: list[dict[str, Any]]) -> list[str]:
 
 def format_table(entries: list[dict[str, Any]]) -> str:
     """One row per entry: version, parent, created, kind, epochs, annotated, sync, last loss,
-    then each split's accuracy (``before→after`` when the run evaluated before)."""
+    then each split's accuracy (``before→after`` when the run evaluated before), then test's
+    worst-group and bias-conflicting accuracy where the dataset knows each image's cue."""
     splits = split_order(entries)
+    groups = group_columns(entries)
     header = ["version", "parent", "created", "kind", "epochs", "annotated", "sync", "loss"]
-    rows = [header + splits]
+    rows = [header + splits + [name for _, name in groups]]
     for e in entries:
         annotated = e.get("annotated")
         rows.append(
@@ -83,9 +107,10 @@ def format_table(entries: list[dict[str, Any]]) -> str:
                 _sync(e),
                 _loss(e),
                 *(_accuracy(e, s) for s in splits),
+                *(_group(e, "test", key) for key, _ in groups),
             ]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header + splits))]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
     )

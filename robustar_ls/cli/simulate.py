@@ -114,9 +114,18 @@ def run(args: argparse.Namespace) -> int:
         f"{summary['picked']} picked images annotated ({summary['spurious_annotated']} spurious)"
         f", {how}"
         f"\n  before: {_accs(summary['before'])}\n  after:  {_accs(summary['after'])}"
+        f"{_group_lines(summary.get('groups'), summary['after'])}"
         f"\n  gap recovered: {'n/a (no gap)' if gap is None else f'{gap:.3f}'}"
     )
     return 0
+
+
+def _group_lines(groups: dict | None, splits) -> str:
+    """``\n  test: worst group 0.100→0.400, bias-conflicting ...`` per split that has them."""
+    from robustar_ls.data.groups import change_text
+
+    lines = [(split, change_text(groups, split)) for split in splits]
+    return "".join(f"\n  {split}: {text}" for split, text in lines if text)
 
 
 def _accs(accs: dict[str, float]) -> str:

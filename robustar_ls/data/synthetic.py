@@ -43,9 +43,11 @@ test images per class, drawn from disjoint pools of the 1,797 digits.
 
 The true spurious pixels of every training image (where the feature is, or would be for a
 neutral image) go to ``oracle_masks/train/<class>/<stem>.png``; ``spurious.json`` maps each
-training image to "aligned", "misaligned" or "none". Everything is deterministic given the
-seed: each image draws from its own generator seeded by (seed, split, index); ``digits``'
-pools by (seed, label).
+training image to "aligned", "misaligned" or "none"; ``groups.json`` gives every image of every
+split its cue (``{split: {relpath: cue}}``: the class folder name whose colour the feature
+shows, null without a feature), from which evaluation scores worst-group and bias-conflicting
+accuracy (``data/groups.py``). Everything is deterministic given the seed: each image draws
+from its own generator seeded by (seed, split, index); ``digits``' pools by (seed, label).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ from robustar_ls.data.digits import (
     draw_digit_spec,
     render_digit,
 )
+from robustar_ls.data.groups import GROUPS_FILE
 from robustar_ls.data.masks import MaskStore
 
 SHAPES = ("circle", "square", "triangle", "cross", "diamond", "ring", "bar", "star")
@@ -308,6 +311,8 @@ def make_dataset(out: str | Path, cfg: SyntheticConfig, progress: Iterable | Non
     oracle = MaskStore(out / "oracle_masks")
     manifest: dict[str, str] = {}
     counts = {"train": cfg.per_class, "val": cfg.val_per_class, "test": cfg.test_per_class}
+    names = class_names(cfg.kind, cfg.classes)
+    groups: dict[str, dict[str, str | None]] = {split: {} for split, n in counts.items() if n}
     jobs = [
         (split, rel, spec, status)
         for split, n in counts.items()
@@ -319,13 +324,15 @@ def make_dataset(out: str | Path, cfg: SyntheticConfig, progress: Iterable | Non
         path = out / split / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(path)
+        groups[split][rel] = None if spec.feature is None else names[spec.feature]
         if split == "train":
             oracle.write(rel, spurious)
             manifest[rel] = status
     (out / "spurious.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    (out / GROUPS_FILE).write_text(json.dumps(groups, indent=1, sort_keys=True))
     summary = {
         "config": to_dict(cfg),
-        "classes": class_names(cfg.kind, cfg.classes),
+        "classes": names,
         "images": {split: n * cfg.classes for split, n in counts.items() if n > 0},
         "train_status": {
             s: sum(v == s for v in manifest.values()) for s in ("aligned", "misaligned", "none")

@@ -5,8 +5,13 @@ checkpoint is saved there, so the lineage survives the checkpoint being overwrit
 
     {version, parent_version, created_at, checkpoint, kind: train|paired,
      before: {split: accuracy} | null, after: {split: accuracy}, counts: {split: n},
+     groups: {before: {split: {worst_group, bias_conflicting, ...}} | null,
+              after: {split: {...}} | null} | null,
      epochs: [{epoch, loss, ...per-epoch terms}], annotated, sync: {added, updated, ...} | null,
      seconds}
+
+``groups`` holds the group metrics (``data/groups.py``) of the splits that have them: a dataset
+with ``groups.json`` (``make-dataset``'s); null otherwise.
 
 Each line is written with one ``write`` under an exclusive ``flock`` and fsynced; a torn last
 line (a power cut mid-write) is ended before the next entry, and a reader skips a line it
@@ -23,6 +28,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from robustar_ls.data.groups import groups_before_after
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,7 @@ def history_entry(payload: Mapping[str, Any], extra: Mapping[str, Any] | None = 
         "counts": {
             s: int(m["n"]) for s, m in splits.items() if isinstance(m, Mapping) and "n" in m
         },
+        "groups": groups_before_after(metrics.get("before"), splits),
         "epochs": [dict(row) for row in metrics.get("history") or []],
         "annotated": config.get("annotated"),
         "sync": None,

@@ -137,14 +137,19 @@ def evaluate(
     loader: DataLoader,
     device: torch.device,
     on_batch: Callable[[], None] | None = None,
+    predictions: list[int] | None = None,
 ) -> dict[str, float]:
-    """Accuracy and count over ``loader``; ``on_batch()`` after each batch."""
+    """Accuracy and count over ``loader``; ``on_batch()`` after each batch; ``predictions``, when
+    given, is extended with every image's predicted class index, in the loader's order."""
     model.eval()
     correct, seen = 0, 0
     for images, labels in loader:
         logits = model(images.to(device))
-        correct += (logits.argmax(1).cpu() == labels).sum().item()
+        predicted = logits.argmax(1).cpu()
+        correct += (predicted == labels).sum().item()
         seen += len(labels)
+        if predictions is not None:
+            predictions.extend(predicted.tolist())
         if on_batch is not None:
             on_batch()
     return {"accuracy": correct / seen if seen else float("nan"), "n": seen}

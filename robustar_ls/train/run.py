@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from robustar_ls.config import ModelConfig, TrainConfig, to_dict
 from robustar_ls.data.folders import ImageDataset, ImageFolderSplits, Sample
+from robustar_ls.data.groups import load_groups, split_group_metrics
 from robustar_ls.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from robustar_ls.models.zoo import create_classifier, default_device
 from robustar_ls.train.loop import (
@@ -53,16 +54,37 @@ def evaluate_splits(
     device: torch.device,
     batch_size: int = 256,
     tracker: ProgressTracker | None = None,
-) -> dict[str, dict[str, float]]:
-    """``{split: {accuracy, n}}`` for every split present; ``tracker`` follows the batches."""
+) -> dict[str, dict[str, Any]]:
+    """``{split: {accuracy, n}}`` for every split present; ``tracker`` follows the batches.
+
+    Where the dataset has ``groups.json`` (``make-dataset``'s datasets), the splits it covers
+    also get ``worst_group`` and ``bias_conflicting`` (and ``bias_aligned``, with their counts:
+    ``data/groups.py``), from the same pass's predictions.
+    """
     loaders = {
         split: make_loader(samples, image_size, batch_size)
         for split, samples in data.splits.items()
     }
+    groups = load_groups(data.root) or {}
     if tracker is not None:
         tracker.start("eval", sum(len(loader) for loader in loaders.values()))
     on_batch = tracker.step if tracker is not None else None
-    return {split: evaluate(model, loader, device, on_batch) for split, loader in loaders.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for split, loader in loaders.items():
+        predictions: list[int] | None = [] if split in groups else None
+        out[split] = evaluate(model, loader, device, on_batch, predictions)
+        if predictions is not None:
+            samples = data.splits[split]
+            out[split].update(
+                split_group_metrics(
+                    [s.relpath for s in samples],
+                    [s.label for s in samples],
+                    predictions,
+                    data.classes,
+                    groups[split],
+                )
+            )
+    return out
 
 
 def _initial_model(

@@ -12,6 +12,9 @@ those masks only. ``budget = 0`` is the control: plain fine-tuning, no mask.
 The checkpoint is never modified: the result goes to ``out`` (or to a temporary file that is
 removed). The summary's ``gap_recovered`` is ``(OOD_after - OOD_before) / (ID_before -
 OOD_before)`` with ID = ``val`` accuracy (``train`` without a val split) and OOD = ``test``.
+Where the dataset has ``groups.json`` (``make-dataset``'s), ``groups`` holds each split's
+worst-group and bias-conflicting accuracy before and after (``data/groups.py``); ``before`` and
+``after`` stay ``{split: accuracy}``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from robustar_ls.config import InfluenceConfig, PairedConfig, TrainConfig
 from robustar_ls.data.folders import ImageFolderSplits, Sample, classes_among, in_class_turns
 from robustar_ls.errors import RobustarError
 from robustar_ls.models.checkpoint import Checkpoint, load_checkpoint
+from robustar_ls.models.history import read_history
 from robustar_ls.train.finetune import paired_finetune
 from robustar_ls.train.paired_data import find_masks
 from robustar_ls.train.run import make_loader
@@ -194,7 +198,7 @@ def simulate(
     ``review_share``: its review sample); ``balance_classes``: the classes take turns
     (``folders.in_class_turns``); ``from_scratch``: as ``sync-train --from-scratch``. Returns
     ``{order, budget, picked, picked_classes, annotated, spurious_annotated (by spurious.json),
-    before, after, gap_recovered, model_version, out, propagation}``."""
+    before, after, groups (or None), gap_recovered, model_version, out, propagation}``."""
     check_request(order, budget)
     data_root = Path(data_root)
     data = ImageFolderSplits.open(data_root, required=("train",))
@@ -222,6 +226,7 @@ def simulate(
         "spurious_annotated": _count_spurious(status, annotated),
         "before": result["before"],
         "after": result["after"],
+        "groups": result.get("groups"),
         "gap_recovered": gap_recovered(result["before"], result["after"]),
         "model_version": result["model_version"],
         "out": str(out) if out else None,
@@ -280,6 +285,19 @@ def _finetune(data_root, checkpoint, masks_root, annotated, training: Training, 
             extra_masks=extra,
             from_scratch=training.from_scratch,
         )
+        if result is not None and "groups" not in result:
+            result = {**result, "groups": saved_groups(target, result["model_version"])}
     if result is None:  # pragma: no cover - simulate does not run under torchrun
         raise SimulateError("simulate ran as a non-zero torchrun rank")
     return result, propagation
+
+
+def saved_groups(checkpoint: Path, version: str) -> dict[str, Any] | None:
+    """The group metrics (before and after) that the history line of ``version`` written
+    beside ``checkpoint`` holds (``models/history.py``); None when it has none.
+
+    ``paired_finetune``'s result keeps accuracy only; its checkpoint keeps every metric."""
+    for entry in reversed(read_history(checkpoint)):
+        if entry.get("version") == version:
+            return entry.get("groups")
+    return None
