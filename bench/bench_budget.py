@@ -39,6 +39,7 @@ from robustar_ls.config import (
 from robustar_ls.data.folders import ImageFolderSplits, classes_among, in_class_turns
 from robustar_ls.data.synthetic import make_dataset
 from robustar_ls.models.checkpoint import load_checkpoint
+from robustar_ls.train.recipe import Recipe
 from robustar_ls.train.run import train_classifier
 from robustar_ls.workflows.simulate import (
     pick_annotated,
@@ -159,8 +160,11 @@ def run_grid(args, results: Path) -> None:
             budget=budget,
             seed=seed,
             paired=PairedConfig(fill=args.fill),
-            train=TrainConfig(
-                **{**FINETUNE_DEFAULTS, "epochs": args.epochs}, seed=seed, device=args.device
+            recipe=Recipe.only(  # the budget grid measures Robustar's fine-tuning
+                "finetune",
+                TrainConfig(
+                    **{**FINETUNE_DEFAULTS, "epochs": args.epochs}, seed=seed, device=args.device
+                ),
             ),
             ranking=rankings.get((kind, seed, order)),
         )

@@ -23,13 +23,13 @@ from bench_budget import shortcut_model  # bench/ is on sys.path when run as a s
 
 from robustar_ls.config import (
     FINETUNE_DEFAULTS,
-    SCRATCH_DEFAULTS,
     InfluenceConfig,
     PairedConfig,
     TrainConfig,
 )
 from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.models.checkpoint import load_checkpoint
+from robustar_ls.train.recipe import REBUILD_DEFAULTS, Recipe
 from robustar_ls.workflows.simulate import rank_images, simulate
 
 
@@ -80,7 +80,7 @@ def _done(results: str) -> set[tuple]:
 
 def main(args) -> None:
     done = _done(args.results)
-    schedule = SCRATCH_DEFAULTS if args.from_scratch else FINETUNE_DEFAULTS
+    schedule = REBUILD_DEFAULTS if args.from_scratch else FINETUNE_DEFAULTS
     for kind in args.kinds:
         for seed in args.seeds:
             root = shortcut_model(args, kind, seed, Path(args.results))
@@ -108,11 +108,13 @@ def main(args) -> None:
                     budget=args.budget,
                     seed=seed,
                     paired=PairedConfig(fill=args.fill),
-                    train=TrainConfig(**schedule, seed=seed, device=args.device),
+                    recipe=Recipe.only(
+                        "rebuild" if args.from_scratch else "finetune",
+                        TrainConfig(**schedule, seed=seed, device=args.device),
+                    ),
                     ranking=ranking,
                     propagate=propagate,
                     review_share=review,
-                    from_scratch=args.from_scratch,
                 )
                 row = {**row, "kind": kind, "seed": seed, "propagate": propagate}
                 row.update(

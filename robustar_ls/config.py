@@ -64,8 +64,6 @@ class TrainConfig:
 # from scratch: at lr 0.05 / batch 64 paired fine-tuning on a few hundred images collapsed in
 # its first epoch; lr 0.02 / batch 16 did not (bench/README.md, "paired training").
 FINETUNE_DEFAULTS = {"epochs": 12, "lr": 0.02, "batch_size": 16}
-# --from-scratch learns the objects anew: more steps, train's pace (bench/README.md, fraction 1.0)
-SCRATCH_DEFAULTS = {"epochs": 30, "lr": 0.05, "batch_size": 16}
 
 
 @dataclass(frozen=True)

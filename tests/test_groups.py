@@ -24,6 +24,7 @@ from robustar_ls.data.groups import (
 from robustar_ls.data.synthetic import make_dataset
 from robustar_ls.models.history import history_entry, read_history
 from robustar_ls.models.zoo import create_classifier
+from robustar_ls.train.recipe import Recipe
 from robustar_ls.train.run import evaluate_splits, make_loader, train_classifier
 from robustar_ls.workflows.simulate import simulate
 
@@ -266,7 +267,9 @@ def test_groups_before_after_and_its_text():
 
 def test_simulate_json_and_text_carry_them_before_and_after(dataset, capsys):
     root, ckpt = dataset
-    result = simulate(root, ckpt, order="random", budget=0.25, train=TRAIN)
+    result = simulate(
+        root, ckpt, order="random", budget=0.25, recipe=Recipe.only("finetune", TRAIN)
+    )
     groups = result["groups"]
     for when in ("before", "after"):
         test = groups[when]["test"]
@@ -289,5 +292,7 @@ def test_simulate_without_groups_json_has_none(dataset, tmp_path):
     copy = tmp_path / "ds"
     shutil.copytree(root, copy)
     (copy / GROUPS_FILE).unlink()
-    result = simulate(copy, copy / "model.pt", order="random", budget=0.0, train=TRAIN)
+    result = simulate(
+        copy, copy / "model.pt", order="random", budget=0.0, recipe=Recipe.only("finetune", TRAIN)
+    )
     assert result["groups"] is None

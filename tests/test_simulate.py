@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from robustar_ls.cli import main
@@ -12,6 +13,7 @@ from robustar_ls.config import ModelConfig, PairedConfig, SyntheticConfig, Train
 from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.synthetic import make_dataset
 from robustar_ls.models.checkpoint import load_checkpoint
+from robustar_ls.train.recipe import Recipe
 from robustar_ls.train.run import train_classifier
 from robustar_ls.workflows.simulate import (
     SimulateError,
@@ -47,7 +49,8 @@ def tiny(tmp_path_factory):
 
 def run(tiny, **kwargs):
     root, ckpt = tiny
-    return simulate(root, ckpt, train=TRAIN, **kwargs)
+    kwargs.setdefault("recipe", Recipe.only("finetune", TRAIN))  # the recipe has its own tests
+    return simulate(root, ckpt, **kwargs)
 
 
 def test_budget_zero_is_plain_finetuning_and_leaves_the_checkpoint(tiny, tmp_path):
@@ -217,10 +220,23 @@ def test_balance_classes_flag_reaches_simulate_and_its_json(tiny, capsys):
     root, ckpt = tiny
     code = main(
         ["simulate", "--data", str(root), "--checkpoint", str(ckpt), "--order", "random",
-         "--budget", "0.25", "--balance-classes", "--epochs", "1", "--json", "--quiet"]
+         "--budget", "0.25", "--balance-classes", "--epochs", "1", "--json", "--quiet",
+         "--recipe", "finetune"]  # no review sample among the picks
     )  # fmt: skip
     summary = json.loads(capsys.readouterr().out)
     assert code == 0 and summary["balance_classes"] is True and summary["picked"] == 6
     # class name -> picked images; with the classes taking turns, 3 of each of the 2 classes
     assert summary["picked_classes"] == dict.fromkeys(ImageFolderSplits.open(root).classes, 3)
     assert run(tiny, order="random", budget=0.0)["balance_classes"] is False
+
+
+def test_false_positive_area_counts_marks_on_unpicked_images_without_the_feature():
+    from robustar_ls.workflows.simulate_propagate import false_positive_area
+
+    half = np.zeros((4, 4), bool)
+    half[:2] = True
+    masks = {"a/0.png": half, "a/1.png": np.ones((4, 4), bool), "a/2.png": half}
+    status = {"a/0.png": "none", "a/1.png": "aligned", "a/2.png": "none", "a/3.png": "none"}
+    # a/0 half marked, a/3 no mask (0); a/1 carries the feature; a/2 was picked (the expert's)
+    assert false_positive_area(masks, status, picked={"a/2.png"}) == 0.25
+    assert false_positive_area(masks, {"a/1.png": "aligned"}, set()) is None

@@ -33,6 +33,7 @@ def fake_finetune(monkeypatch):
 
     def paired_finetune(data_root, checkpoint, masks_root, paired_cfg, train_cfg, **kwargs):
         calls.append({"masks_root": masks_root, "masks": sorted(MaskStore(masks_root).relpaths())})
+        calls[-1].update(train=train_cfg, from_scratch=kwargs.get("from_scratch", False))
         if "extra_masks" in kwargs:
             calls[-1]["extra_masks"] = kwargs["extra_masks"]
         if kwargs.get("on_progress"):
@@ -70,7 +71,9 @@ def test_syncs_into_data_masks_then_trains(data, client, fake_finetune):
     summary = sync_and_train(data, data / "m.pt", label_studio=LS, client=client)
     assert summary["model_version"] == "v2-new" and summary["trained"]
     assert summary["sync"]["added"] == ["a/0.png"]
-    assert fake_finetune == [{"masks_root": data / "masks", "masks": ["a/0.png"]}]
+    (call,) = fake_finetune
+    assert (call["masks_root"], call["masks"]) == (data / "masks", ["a/0.png"])
+    assert call["from_scratch"] is False  # one painted image: too few to rebuild from
 
 
 def test_dry_run_previews_and_does_not_train(data, client, fake_finetune):
@@ -190,7 +193,7 @@ def test_sync_train_fine_tunes_with_gentler_defaults_than_train(monkeypatch, tmp
     seen = []
 
     def fake_sync_and_train(data, checkpoint, **kwargs):
-        seen.append(kwargs["train"])
+        seen.append(kwargs["recipe"].finetune)
         keys = ("model_version", "parent_version", "annotated", "loss_terms", "out")
         return {**dict.fromkeys(keys, ""), "before": {}, "after": {}, "sync": None, "trained": 1}
 
@@ -227,11 +230,18 @@ def test_a_sync_that_changed_masks_retrains_the_segmenter(data, client, fake_fin
 
 
 def test_segmenter_retrain_can_be_switched_off(data, client, fake_finetune):
+    from robustar_ls.config import TrainConfig
     from robustar_ls.models.spurious_segmenter import default_segmenter_path
+    from robustar_ls.train.recipe import Recipe
     from robustar_ls.workflows.segmenter_step import SegmenterStep
 
     summary = sync_and_train(
-        data, data / "m.pt", label_studio=LS, client=client, segmenter=SegmenterStep(False)
+        data,
+        data / "m.pt",
+        label_studio=LS,
+        client=client,
+        segmenter=SegmenterStep(False),
+        recipe=Recipe.only("finetune", TrainConfig()),  # auto would train one to propagate
     )
     assert summary["segmenter"]["retrained"] is False and summary["segmenter"]["version"] is None
     assert not default_segmenter_path(data).exists()
@@ -277,3 +287,99 @@ def test_cli_segmenter_flags(monkeypatch):
     args = ["--no-segmenter-retrain", "--propagate", "--propagate-threshold", "0.8"]
     step = cli_sync_train.segmenter_step(p.parse_args(args))
     assert not step.retrain and step.propagate and step.threshold == 0.8
+
+
+# -- the recipe (train/recipe.py): rebuild when the masks spread, else fine-tune --------------
+
+
+def _constant_segmenter(root, logit: float) -> None:
+    """A learned segmenter file that calls every pixel spurious (logit > 0) or none (< 0)."""
+    import torch
+
+    from robustar_ls.models.spurious_segmenter import (
+        SpuriousSegmenter,
+        SpuriousSegmenterConfig,
+        default_segmenter_path,
+    )
+
+    seg = SpuriousSegmenter.create(SpuriousSegmenterConfig(size=16))
+    last = [m for m in seg.net.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(logit)
+    seg.save(default_segmenter_path(root))
+
+
+@pytest.fixture
+def eight(tmp_path):
+    """Two classes of four 16 px images, three of them painted in ``<root>/oracle``."""
+    from PIL import Image
+
+    root = tmp_path / "eight"
+    for cls in ("a", "b"):
+        for i in range(4):
+            path = root / "train" / cls / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(path)
+    for rel in ("a/0.png", "a/1.png", "b/0.png"):
+        MaskStore(root / "oracle").write(rel, box(0, 8, 0, 8, h=16, w=16))
+    return root
+
+
+def test_auto_rebuilds_from_scratch_when_the_masks_spread(eight, fake_finetune):
+    from robustar_ls.train.recipe import REBUILD_DEFAULTS
+
+    _constant_segmenter(eight, 6.0)  # finds the cue on every other image
+    summary = sync_and_train(eight, eight / "m.pt", masks=eight / "oracle")
+    call = fake_finetune[0]
+    assert call["from_scratch"] is True and call["train"].epochs == REBUILD_DEFAULTS["epochs"]
+    assert len(call["extra_masks"]) == 5  # every unpainted image is paired
+    assert summary["recipe"]["name"] == "rebuild" and summary["recipe"]["asked"] == "auto"
+    assert "3 painted, 5 propagated" in summary["recipe"]["reason"]
+
+
+def test_auto_fine_tunes_on_the_painted_masks_when_they_do_not_spread(eight, fake_finetune):
+    from robustar_ls.config import FINETUNE_DEFAULTS
+
+    _constant_segmenter(eight, -6.0)  # finds nothing anywhere
+    summary = sync_and_train(eight, eight / "m.pt", masks=eight / "oracle")
+    call = fake_finetune[0]
+    assert call["from_scratch"] is False and call["train"].epochs == FINETUNE_DEFAULTS["epochs"]
+    assert "extra_masks" not in call and call["masks"] == ["a/0.png", "a/1.png", "b/0.png"]
+    assert summary["recipe"]["name"] == "finetune"
+
+
+def test_finetune_recipe_keeps_propagated_masks_only_when_asked(eight, fake_finetune):
+    from robustar_ls.config import TrainConfig
+    from robustar_ls.train.recipe import Recipe
+    from robustar_ls.workflows.segmenter_step import SegmenterStep
+
+    _constant_segmenter(eight, 6.0)
+    finetune = Recipe.only("finetune", TrainConfig(epochs=2))
+    sync_and_train(eight, eight / "m.pt", masks=eight / "oracle", recipe=finetune)
+    asked = SegmenterStep(propagate=True)
+    sync_and_train(eight, eight / "m.pt", masks=eight / "oracle", recipe=finetune, segmenter=asked)
+    plain, propagated = fake_finetune
+    assert "extra_masks" not in plain and len(propagated["extra_masks"]) == 5
+    assert not plain["from_scratch"] and not propagated["from_scratch"]
+    assert plain["train"].epochs == 2
+
+
+def test_cli_recipe_flag_reaches_the_job(monkeypatch, tmp_path, capsys):
+    seen = []
+
+    def fake_sync_and_train(data, checkpoint, **kwargs):
+        seen.append(kwargs["recipe"])
+        keys = ("model_version", "parent_version", "annotated", "loss_terms", "out")
+        return {**dict.fromkeys(keys, ""), "before": {}, "after": {}, "sync": None, "trained": 1}
+
+    monkeypatch.setattr(sync_train, "sync_and_train", fake_sync_and_train)
+    argv = ["sync-train", "--data", str(tmp_path), "--checkpoint", "m.pt", "-q", "--json"]
+    for flags in ([], ["--recipe", "finetune"], ["--from-scratch"], ["--epochs", "4"]):
+        assert main([*argv, *flags]) == 0
+    capsys.readouterr()
+    assert [r.name for r in seen] == ["auto", "finetune", "rebuild", "auto"]
+    assert seen[3].finetune.epochs == seen[3].rebuild.epochs == 4
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--recipe", "bogus"])
+    assert exit_info.value.code == 2 and "invalid choice: 'bogus'" in capsys.readouterr().err

@@ -205,6 +205,7 @@ def serve_training_jobs(args: argparse.Namespace, cfg: ServeConfig):
     """
     if not cfg.data:
         return None
+    from robustar_ls.train.recipe import REBUILD_DEFAULTS, Recipe
     from robustar_ls.workflows.jobs import TrainingJobs
     from robustar_ls.workflows.segmenter_step import SegmenterStep
     from robustar_ls.workflows.sync_train import training_job
@@ -221,7 +222,10 @@ def serve_training_jobs(args: argparse.Namespace, cfg: ServeConfig):
         cfg.checkpoint,
         label_studio=label_studio,
         paired=build(PairedConfig, settings_section(args, "paired")),
-        train=build(TrainConfig, FINETUNE_DEFAULTS, settings_section(args, "train")),
+        recipe=Recipe(  # the default recipe; the [train] settings override both schedules
+            finetune=build(TrainConfig, FINETUNE_DEFAULTS, settings_section(args, "train")),
+            rebuild=build(TrainConfig, REBUILD_DEFAULTS, settings_section(args, "train")),
+        ),
         sync=build(SyncConfig, settings_section(args, "sync")),
         masks=cfg.masks or None,
         segmenter=SegmenterStep(path=cfg.spurious_segmenter),  # the file this backend serves

@@ -12,22 +12,15 @@ from robustar_ls.cli.options import (
     print_json,
     settings_section,
     tqdm_progress,
-    train_config,
 )
 from robustar_ls.cli.sync_train import (
     FILL_MODE_CHOICES,
-    add_from_scratch_flag,
     add_propagate_threshold_flag,
+    add_recipe_flags,
+    recipe_config,
 )
 from robustar_ls.cli.validators import fraction, prepare_output_file
-from robustar_ls.config import (
-    FINETUNE_DEFAULTS,
-    SCRATCH_DEFAULTS,
-    InfluenceConfig,
-    PairedConfig,
-    build,
-    pick,
-)
+from robustar_ls.config import InfluenceConfig, PairedConfig, build, pick
 
 NAME = "simulate"
 HELP = (
@@ -67,14 +60,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "images with its confident masks",
     )
     add_propagate_threshold_flag(p)
-    add_from_scratch_flag(p)
+    add_recipe_flags(p)
     p.add_argument(
         "--propagate-review",
         dest="propagate_review",
         type=fraction,
         default=0.25,
-        help="with --propagate: share of the budget spent on a random review sample, whose "
-        "featureless images teach the segmenter what is not spurious (default 0.25)",
+        help="when propagating (--propagate, or the auto and rebuild recipes): share of the "
+        "budget spent on a random review sample, whose featureless images teach the segmenter "
+        "what is not spurious (default 0.25)",
     )
     add_train_flags(p)
 
@@ -84,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out:
         prepare_output_file(args.out)
-    train = train_config(args, SCRATCH_DEFAULTS if args.from_scratch else FINETUNE_DEFAULTS)
+    recipe = recipe_config(args)
     influence = build(InfluenceConfig, settings_section(args, "influence"), {"device": args.device})
     paired = build(PairedConfig, settings_section(args, "paired"), pick(args, PairedConfig))
     summary = simulate(
@@ -93,22 +87,23 @@ def run(args: argparse.Namespace) -> int:
         order=args.order,
         budget=args.budget,
         masks=args.masks,
-        seed=train.seed,
+        seed=recipe.finetune.seed,
         paired=paired,
-        train=train,
+        recipe=recipe,
         influence=influence,
         out=args.out,
         progress=tqdm_progress(not args.quiet),
         propagate=args.propagate_threshold if args.propagate else None,
         review_share=args.propagate_review,
         balance_classes=args.balance_classes,
-        from_scratch=args.from_scratch,
     )
     if args.json:
         print_json(summary)
         return 0
     gap = summary["gap_recovered"]
     how = "paired training from scratch" if summary.get("from_scratch") else "paired fine-tuning"
+    if summary.get("recipe"):
+        how += f"\n  recipe: {summary['recipe']['reason']}"
     print(
         f"{summary['order']} order, budget {summary['budget']:g}: {summary['annotated']} of "
         f"{summary['picked']} picked images annotated ({summary['spurious_annotated']} spurious)"

@@ -23,21 +23,17 @@ from robustar_ls.cli.validators import (
     positive_int,
     prepare_output_file,
 )
-from robustar_ls.config import (
-    FINETUNE_DEFAULTS,
-    SCRATCH_DEFAULTS,
-    PairedConfig,
-    SyncConfig,
-    build,
-    pick,
-)
+from robustar_ls.config import FINETUNE_DEFAULTS, PairedConfig, SyncConfig, build, pick
+from robustar_ls.train.recipe import REBUILD_DEFAULTS, RECIPES, Recipe
 
 NAME = "sync-train"
-HELP = "sync masks from Label Studio, then paired fine-tuning of a checkpoint"
+HELP = "sync masks from Label Studio, then paired training of a checkpoint"
 DESCRIPTION = (
     "With --label-studio-url, first pull the finished 'Spurious' brush annotations of project "
-    "TITLE into DIR (default <data>/masks; API key from LABEL_STUDIO_API_KEY). Then fine-tune "
-    "CKPT with paired training from the masks in DIR, evaluate before and after on every split "
+    "TITLE into DIR (default <data>/masks; API key from LABEL_STUDIO_API_KEY). Then train CKPT "
+    "with paired training from the masks in DIR (--recipe: rebuilt around the objects when the "
+    "learned segmenter finds the painted cue on many other images, else fine-tuned), evaluate "
+    "before and after on every split "
     "and write the new checkpoint atomically (over CKPT unless --out). Under `torchrun "
     "--nproc-per-node N --no-python robustar-ls sync-train ...` it trains with "
     "DistributedDataParallel."
@@ -99,19 +95,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --label-studio-url: report what the sync would change; write and train nothing",
     )
     add_segmenter_flags(p)
-    add_from_scratch_flag(p)
+    add_recipe_flags(p)
     add_train_flags(p)
 
 
-def add_from_scratch_flag(p: argparse.ArgumentParser) -> None:
-    """``--from-scratch``, shared by sync-train and simulate."""
+def add_recipe_flags(p: argparse.ArgumentParser) -> None:
+    """``--recipe`` (and ``--from-scratch``, its older spelling), shared with simulate."""
+    p.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        default="auto",
+        help="rebuild: spread the masks with the learned segmenter, then paired training from "
+        f"the initial weights (default {REBUILD_DEFAULTS['epochs']} epochs, lr "
+        f"{REBUILD_DEFAULTS['lr']}); finetune: paired fine-tuning on the painted masks (default "
+        f"{FINETUNE_DEFAULTS['epochs']} epochs, lr {FINETUNE_DEFAULTS['lr']}); auto (default): "
+        "rebuild when the masks spread to at least as many images as were painted (a common "
+        "cue, which fine-tuning does not unlearn), else finetune",
+    )
     p.add_argument(
         "--from-scratch",
-        dest="from_scratch",
-        action="store_true",
-        help="paired training of the checkpoint's architecture from its initial weights, not "
-        "fine-tuning (default 30 epochs, lr 0.05): for a shortcut that every training image "
-        "carries, which fine-tuning does not unlearn",
+        dest="recipe",
+        action="store_const",
+        const="rebuild",
+        help="the same as --recipe rebuild (kept for older scripts)",
+    )
+
+
+def recipe_config(args: argparse.Namespace) -> Recipe:
+    """``--recipe`` with each recipe's schedule: its defaults < settings [train] < flags."""
+    return Recipe(
+        args.recipe,
+        finetune=train_config(args, FINETUNE_DEFAULTS),
+        rebuild=train_config(args, REBUILD_DEFAULTS),
     )
 
 
@@ -187,7 +202,7 @@ def _sync_and_train(args: argparse.Namespace, bar: JobBar | None) -> dict | None
         args.checkpoint,
         label_studio=label_studio_config(args) if args.label_studio_url else None,
         paired=build(PairedConfig, settings_section(args, "paired"), pick(args, PairedConfig)),
-        train=train_config(args, SCRATCH_DEFAULTS if args.from_scratch else FINETUNE_DEFAULTS),
+        recipe=recipe_config(args),
         sync=build(SyncConfig, settings_section(args, "sync")),
         masks=Path(args.masks) if args.masks else Path(args.data) / "masks",
         out=args.out,
@@ -195,7 +210,6 @@ def _sync_and_train(args: argparse.Namespace, bar: JobBar | None) -> dict | None
         progress=tqdm_progress(not args.quiet),
         segmenter=None if args.dry_run else segmenter_step(args),  # a dry run trains nothing
         on_progress=bar,
-        from_scratch=args.from_scratch,
     )
 
 
@@ -209,6 +223,8 @@ def _json_summary(summary: dict) -> dict:
         "out": summary["out"],
         "sync": summary["sync"],
         "segmenter": summary.get("segmenter"),
+        "recipe": summary.get("recipe"),
+        "groups": summary.get("groups"),
     }
 
 
@@ -222,6 +238,7 @@ def _text_summary(summary: dict) -> str:
     lines.append(
         f"saved {summary['out']} ({summary['model_version']}, parent "
         f"{summary['parent_version']}); {summary['annotated']} annotated images\n"
+        f"  recipe: {summary['recipe']['reason']}\n"
         f"  before: {before}\n  after:  {after}"
     )
     return "\n".join(lines)

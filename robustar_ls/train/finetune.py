@@ -31,6 +31,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from robustar_ls.config import ConfigError, PairedConfig, TrainConfig, to_dict
 from robustar_ls.data.folders import ImageFolderSplits, Sample
+from robustar_ls.data.groups import groups_before_after
 from robustar_ls.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from robustar_ls.models.zoo import create_classifier
 from robustar_ls.train.checkpoint_guard import check_unchanged
@@ -187,6 +188,7 @@ def _run(run: FinetuneRun) -> dict[str, Any] | None:
         "parent_version": run.parent.version,
         "before": _accuracies(before),
         "after": _accuracies(after),
+        "groups": groups_before_after(before, after),
         "counts": {split: int(m["n"]) for split, m in after.items()},
         "annotated": len(run.masks),
         "train_images": len(run.samples),

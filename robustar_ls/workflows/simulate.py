@@ -30,13 +30,14 @@ from typing import Any, NamedTuple
 import torch
 from torch.nn import functional as F
 
-from robustar_ls.config import InfluenceConfig, PairedConfig, TrainConfig
+from robustar_ls.config import InfluenceConfig, PairedConfig
 from robustar_ls.data.folders import ImageFolderSplits, Sample, classes_among, in_class_turns
 from robustar_ls.errors import RobustarError
 from robustar_ls.models.checkpoint import Checkpoint, load_checkpoint
 from robustar_ls.models.history import read_history
 from robustar_ls.train.finetune import paired_finetune
 from robustar_ls.train.paired_data import find_masks
+from robustar_ls.train.recipe import Recipe, choose
 from robustar_ls.train.run import make_loader
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,10 @@ class Training(NamedTuple):
     """How the simulated annotations are trained on, and where the result goes."""
 
     paired: PairedConfig
-    train: TrainConfig
-    from_scratch: bool
+    recipe: Recipe
     out: str | Path | None
     progress: Progress | None
+    propagate_asked: bool  # keep propagated masks even when the recipe fine-tunes
 
 
 def check_request(order: str, budget: float) -> None:
@@ -180,7 +181,7 @@ def simulate(
     masks: str | Path | None = None,
     seed: int = 0,
     paired: PairedConfig = PairedConfig(),
-    train: TrainConfig = TrainConfig(),
+    recipe: Recipe = Recipe(),
     influence: InfluenceConfig | None = None,
     out: str | Path | None = None,
     ranking: Sequence[str] | None = None,
@@ -188,17 +189,18 @@ def simulate(
     propagate: float | None = None,
     review_share: float | None = None,
     balance_classes: bool = False,
-    from_scratch: bool = False,
 ) -> dict[str, Any]:
-    """Annotate the first ``budget x N`` images in ``order``, fine-tune, and measure.
+    """Annotate the first ``budget x N`` images in ``order``, train by ``recipe``, measure.
 
     ``masks``: the reference masks (default ``<data>/oracle_masks``); ``ranking``: a
     precomputed order (else from ``order``); ``propagate`` (a confidence threshold): the learned
     segmenter trained on the picked masks pairs the others (``simulate_propagate``;
-    ``review_share``: its review sample); ``balance_classes``: the classes take turns
-    (``folders.in_class_turns``); ``from_scratch``: as ``sync-train --from-scratch``. Returns
-    ``{order, budget, picked, picked_classes, annotated, spurious_annotated (by spurious.json),
-    before, after, groups (or None), gap_recovered, model_version, out, propagation}``."""
+    ``review_share``: its review sample); a recipe other than ``finetune`` propagates anyway
+    (at the default threshold unless given) and chooses as sync-train's does
+    (:mod:`robustar_ls.train.recipe`); ``balance_classes``: the classes take turns
+    (``folders.in_class_turns``). Returns ``{order, budget, picked, picked_classes, annotated,
+    spurious_annotated (by spurious.json), before, after, groups (or None), gap_recovered,
+    model_version, out, propagation, recipe: {name, reason, asked}, from_scratch}``."""
     check_request(order, budget)
     data_root = Path(data_root)
     data = ImageFolderSplits.open(data_root, required=("train",))
@@ -209,16 +211,21 @@ def simulate(
     if balance_classes and ranking:
         ranking = in_class_turns(ranking)
     status = spurious_status(data_root)
+    training = Training(paired, recipe, out, progress, propagate is not None)
+    if propagate is None and recipe.propagates:
+        from robustar_ls.train.propagate import DEFAULT_THRESHOLD
+
+        propagate = DEFAULT_THRESHOLD
     ranking = _review(ranking, budget, len(samples), review_share, seed, propagate)
     picked, annotated = pick_annotated(ranking or [], budget, samples, masks_root, status)
-    spread = None if propagate is None or budget <= 0 else (data, picked, propagate)
-    training = Training(paired, train, from_scratch, out, progress)
+    spread = None if propagate is None or budget <= 0 else (data, picked, propagate, status)
     result, propagation = _finetune(data_root, checkpoint, masks_root, annotated, training, spread)
     return {
         "propagation": propagation,
+        "recipe": result["recipe"],
         "order": order,
         "balance_classes": balance_classes,
-        "from_scratch": from_scratch,
+        "from_scratch": result["recipe"]["name"] == "rebuild",
         "budget": budget,
         "picked": len(picked),
         "picked_classes": classes_among(picked),
@@ -261,30 +268,38 @@ def _review(ranking, budget: float, n: int, share: float | None, seed: int, prop
 
 def _finetune(data_root, checkpoint, masks_root, annotated, training: Training, spread):
     """``paired_finetune`` from the annotated masks (none: plain), never over ``checkpoint``;
-    with ``spread = (data, picked, threshold)`` also from propagated masks. Returns
+    with ``spread = (data, picked, threshold, status)`` also from propagated masks. Returns
     ``(result, propagation summary or None)``."""
     with tempfile.TemporaryDirectory(prefix="robustar-simulate-") as tmp:
         extra, propagation = {}, None
         if spread is not None:
             from robustar_ls.workflows.simulate_propagate import simulated_propagation
 
-            data, picked, threshold = spread
+            data, picked, threshold, status = spread
             extra, propagation = simulated_propagation(
-                data, masks_root, picked, annotated, threshold, Path(tmp) / "propagation"
+                data, masks_root, picked, annotated, threshold, Path(tmp) / "propagation", status
             )
+        choice = choose(training.recipe, len(annotated), len(extra))
+        log.info("recipe: %s", choice.reason)
+        if choice.name == "finetune" and not training.propagate_asked:
+            extra = {}  # as sync-train: a fine-tuning pairs the painted masks only
         target = Path(training.out) if training.out else Path(tmp) / "simulated.pt"
         result = paired_finetune(
             data_root,
             checkpoint,
             masks_root if annotated else None,
             training.paired,
-            training.train,
+            choice.train,
             only=set(annotated) if annotated else None,
             out=target,
             progress=training.progress,
             extra_masks=extra,
-            from_scratch=training.from_scratch,
+            history={"recipe": choice.name},
+            from_scratch=choice.from_scratch,
         )
+        if result is not None:
+            recipe = {"name": choice.name, "reason": choice.reason, "asked": training.recipe.name}
+            result = {**result, "recipe": recipe}
         if result is not None and "groups" not in result:
             result = {**result, "groups": saved_groups(target, result["model_version"])}
     if result is None:  # pragma: no cover - simulate does not run under torchrun

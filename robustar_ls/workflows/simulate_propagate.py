@@ -51,8 +51,12 @@ def simulated_propagation(
     annotated: set[str],
     threshold: float,
     folder: Path,
+    status: dict[str, str] | None = None,
 ) -> tuple[dict[str, Path], dict[str, Any]]:
-    """(relpath → propagated mask file under ``folder``, the propagation summary)."""
+    """(relpath → propagated mask file under ``folder``, the propagation summary).
+
+    With ``status`` (``spurious.json``) the summary also says how much the segmenter marks
+    where there is nothing to mark (:func:`false_positive_area`)."""
     from robustar_ls.train.propagate import propagate_dataset, write_propagated
     from robustar_ls.train.segmenter import train_segmenter
 
@@ -71,4 +75,18 @@ def simulated_propagation(
     result = propagate_dataset(seg, data, expert, threshold=threshold)
     written = write_propagated(result, MaskStore(folder / "propagated"))
     # the segmenter lives in memory only: no file, no version
-    return written, {**result.summary(), "segmenter_version": None, "trained_on": len(picked)}
+    summary = {**result.summary(), "segmenter_version": None, "trained_on": len(picked)}
+    if status is not None:
+        summary["false_positive_area"] = false_positive_area(result.masks, status, set(picked))
+    return written, summary
+
+
+def false_positive_area(
+    masks: dict[str, np.ndarray], status: dict[str, str], picked: set[str]
+) -> float | None:
+    """Mean share of the pixels marked spurious on the unpicked images without the feature
+    (``status`` "none"; an image left without a mask counts 0); None without such images."""
+    clean = [rel for rel, s in status.items() if s == "none" and rel not in picked]
+    if not clean:
+        return None
+    return round(sum(float(masks[r].mean()) if r in masks else 0.0 for r in clean) / len(clean), 4)

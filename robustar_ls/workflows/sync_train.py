@@ -18,16 +18,17 @@ import logging
 import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from robustar_ls.config import LabelStudioConfig, PairedConfig, SyncConfig, TrainConfig
+from robustar_ls.config import LabelStudioConfig, PairedConfig, SyncConfig
 from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.masks import MaskStore
 from robustar_ls.errors import RobustarError
 from robustar_ls.files import exclusive_lock
 from robustar_ls.train.progress import OnProgress, progress_record
+from robustar_ls.train.recipe import Recipe, choose
 
 if TYPE_CHECKING:  # imported where used: a dry run (sync only) must not load torch
     from robustar_ls.workflows.segmenter_step import SegmenterStep
@@ -105,12 +106,11 @@ class TrainPlan:
     checkpoint: Path
     masks_root: Path
     paired: PairedConfig
-    train: TrainConfig
+    recipe: Recipe
     out: str | Path | None = None
     progress: Callable | None = None
     segmenter: SegmenterStep | None = None  # None = SegmenterStep()
     on_progress: OnProgress | None = None
-    from_scratch: bool = False  # train from the architecture's initial weights
 
 
 def sync_and_train(
@@ -119,7 +119,7 @@ def sync_and_train(
     *,
     label_studio: LabelStudioConfig | None = None,
     paired: PairedConfig = PairedConfig(),
-    train: TrainConfig = TrainConfig(),
+    recipe: Recipe = Recipe(),
     sync: SyncConfig = SyncConfig(),
     masks: str | Path | None = None,
     out: str | Path | None = None,
@@ -128,15 +128,16 @@ def sync_and_train(
     client: Any = None,
     segmenter: SegmenterStep | None = None,
     on_progress: OnProgress | None = None,
-    from_scratch: bool = False,
 ) -> dict[str, Any] | None:
-    """Sync (when ``label_studio`` is given), then paired fine-tuning of ``checkpoint``
-    (``from_scratch``: paired training of its architecture from the initial weights).
+    """Sync (when ``label_studio`` is given), then paired training of ``checkpoint`` by
+    ``recipe`` (:mod:`robustar_ls.train.recipe`: fine-tuning, or a rebuild from the initial
+    weights with the masks propagated; ``auto`` chooses from how far the masks spread).
     ``on_progress`` gets the job's progress records (``train/progress.py``), sync included.
 
-    Between the two, the learned segmenter is retrained when the sync changed masks, and with
-    ``segmenter.propagate`` its confident masks join the training
-    (:mod:`robustar_ls.workflows.segmenter_step`); ``"segmenter"`` in the summary says how.
+    Between the two, the learned segmenter is retrained when the sync changed masks, and when
+    the recipe needs it (or ``segmenter.propagate``) its confident masks join the training
+    (:mod:`robustar_ls.workflows.segmenter_step`); ``"segmenter"`` and ``"recipe"`` in the
+    summary say how.
 
     Returns ``paired_finetune``'s summary (``model_version``, ``parent_version``, ``before``,
     ``after``, …) plus ``"sync"``: the sync report as a dict (None without Label Studio) and
@@ -152,12 +153,11 @@ def sync_and_train(
         Path(checkpoint),
         Path(masks or default_masks),
         paired,
-        train,
+        recipe,
         out,
         progress,
         segmenter,
         on_progress,
-        from_scratch,
     )
     # One training per checkpoint at a time, CLI and server alike (a dry run trains nothing).
     if dry_run:
@@ -177,7 +177,7 @@ def _sync_then_train(plan: TrainPlan, label_studio, sync, dry_run, client):
 
     if not launched_by_torchrun():
         return _run(plan, label_studio, sync, dry_run, client, _here)
-    ctx = init_distributed(plan.train.device)
+    ctx = init_distributed(plan.recipe.finetune.device)
     try:
         share = lambda compute, what: _on_rank0_then_share(ctx, compute, what)  # noqa: E731
         result = _run(plan, label_studio, sync, dry_run, client, share)
@@ -215,29 +215,37 @@ def _train(
     plan: TrainPlan, report: dict[str, Any] | None, changed: bool, share=_here
 ) -> dict[str, Any] | None:
     from robustar_ls.train.finetune import paired_finetune
+    from robustar_ls.train.paired_data import training_masks
     from robustar_ls.workflows.segmenter_step import SegmenterStep, run_segmenter_step
 
-    step = plan.segmenter if plan.segmenter is not None else SegmenterStep()
+    asked = plan.segmenter if plan.segmenter is not None else SegmenterStep()
+    step = replace(asked, propagate=asked.propagate or plan.recipe.propagates)
     seg_summary, extra = share(
         lambda: run_segmenter_step(step, plan.data, plan.masks_root, changed),
         "run the learned segmenter",
     )
+    expert = len(training_masks(plan.data, plan.masks_root, None, None))
+    choice = choose(plan.recipe, expert, len(extra))
+    log.info("recipe: %s", choice.reason)
+    if choice.name == "finetune" and not asked.propagate:
+        extra = {}  # a fine-tuning pairs the expert's masks only, unless asked to propagate
     result = paired_finetune(
         plan.data,
         plan.checkpoint,
         plan.masks_root,
         plan.paired,
-        plan.train,
+        choice.train,
         out=plan.out,
         progress=None if plan.on_progress else plan.progress,  # one bar, not two
         on_progress=plan.on_progress,
-        history={"sync": _sync_counts(report)},
+        history={"sync": _sync_counts(report), "recipe": choice.name},
         **({"extra_masks": extra} if extra else {}),
-        **({"from_scratch": True} if plan.from_scratch else {}),
+        **({"from_scratch": True} if choice.from_scratch else {}),
     )
     if result is None:
         return None
-    return {**result, "sync": report, "trained": True, "segmenter": seg_summary}
+    recipe = {"name": choice.name, "reason": choice.reason, "asked": plan.recipe.name}
+    return {**result, "sync": report, "trained": True, "segmenter": seg_summary, "recipe": recipe}
 
 
 def _sync_counts(report: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -282,7 +290,7 @@ def training_job(
     *,
     label_studio: LabelStudioConfig | None,
     paired: PairedConfig = PairedConfig(),
-    train: TrainConfig = TrainConfig(),
+    recipe: Recipe = Recipe(),
     sync: SyncConfig = SyncConfig(),
     masks: str | Path | None = None,
     segmenter: SegmenterStep | None = None,
@@ -301,7 +309,7 @@ def training_job(
             checkpoint,
             label_studio=label_studio,
             paired=paired,
-            train=train,
+            recipe=recipe,
             sync=sync,
             masks=masks,
             segmenter=segmenter,

@@ -25,6 +25,7 @@ from robustar_ls.config import ModelConfig, ServeConfig, SyntheticConfig, TrainC
 from robustar_ls.data.synthetic import make_dataset
 from robustar_ls.models.checkpoint import read_version
 from robustar_ls.models.history import read_history
+from robustar_ls.train.recipe import Recipe
 from robustar_ls.train.run import train_classifier
 from robustar_ls.workflows.jobs import TrainingJobs
 from robustar_ls.workflows.sync_train import training_job
@@ -69,7 +70,10 @@ def centre(tmp_path):
         secret="task-centre-secret",
         device="cpu",
     )
-    run = training_job(data, checkpoint, label_studio=None, train=TINY, masks=data / "oracle_masks")
+    recipe = Recipe.only("finetune", TINY)
+    run = training_job(
+        data, checkpoint, label_studio=None, recipe=recipe, masks=data / "oracle_masks"
+    )
     gate = Gate(run)
     jobs = TrainingJobs(gate, state_dir=tmp_path / "cache" / "training", progress_interval=0.2)
     predictor = Predictor(
