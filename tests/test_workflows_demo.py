@@ -52,7 +52,13 @@ def test_run_demo_passes_opened_servers_and_sets_no_environment(tmp_path, monkey
     binary.write_text("#!/bin/sh\n")
     binary.chmod(0o755)
     calls = {}
-    server = SimpleNamespace(url="http://ls.test:1", username="u", password="p", legacy_token="tok")
+    server = SimpleNamespace(
+        url="http://ls.test:1",
+        username="u",
+        password="p",
+        legacy_token="tok",
+        log_path=tmp_path / "w" / "label-studio" / "label-studio.log",
+    )
 
     @contextmanager
     def fake_label_studio(bin_, workdir, **kwargs):
@@ -81,3 +87,23 @@ def test_run_demo_passes_opened_servers_and_sets_no_environment(tmp_path, monkey
     assert calls["backend"][1] is server
     assert calls["label_studio"][1] == (tmp_path / "w" / "documents").resolve()
     assert "http://ls.test:1/projects/1" in capsys.readouterr().out
+
+
+def test_next_steps_name_real_files_a_runnable_command_and_where_start_training_is(tmp_path):
+    import shlex
+    import subprocess
+
+    log_path = tmp_path / "label-studio" / "label-studio.log"
+    server = SimpleNamespace(
+        url="http://ls.test:1", username="u", password="p", legacy_token="tok", log_path=log_path
+    )
+    text = demo.next_steps(server, {}, "http://backend.test:2", tmp_path)
+    assert f"Logs: {log_path}, {tmp_path / 'backend.log'}." in text
+    assert '"Start Training" in the "..." menu of the model card' in text
+    history = next(line for line in text.splitlines() if " history --checkpoint " in line)
+    argv = shlex.split(history)
+    assert argv[1:] == ["history", "--checkpoint", str(tmp_path / "model.pt")]
+    # the printed command runs as printed, from a shell whose PATH lacks the virtualenv
+    run = subprocess.run([argv[0], "history", "--help"], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert run.returncode == 0 and "history" in run.stdout
