@@ -33,6 +33,9 @@ def _history(checkpoint, version):
                 {"epoch": 2, "loss": 0.6, "ce": 0.3, "ce_paired": 0.2, "align": 0.05},
             ],
             "annotated": 4,
+            "recipe": "rebuild",
+            "groups": {"before": None, "after": {"test": {"worst_group": 0.62}}},
+            "saliency_in_masks": {"before": 0.71, "after": 0.12},
             "sync": {"added": 4, "updated": 0, "removed": 1, "unchanged": 2},
             "created_at": "2026-11-29T18:00:00+00:00",
         },
@@ -66,6 +69,14 @@ def test_page_shows_version_plots_and_sync(tmp_path):
     assert _series(plots["accuracy"]) == {"test": 2, "val": 2}
     assert _series(plots["loss"]) == {"loss": 2, "ce": 2, "ce_paired": 2, "align": 2}
     assert 'id="sync-counts"' in html and "<td>4</td>" in html
+    versions = re.search(r'<table id="versions">.*?</table>', html, flags=re.S).group(0)
+    rows = re.findall(r"<tr>(.*?)</tr>", versions)
+    assert len(rows) == 3  # the header, the served version, its parent (newest first)
+    cells = re.findall(r"<td>(.*?)</td>", rows[1])
+    assert cells == [backend.version, "rebuild, 4 masks", "0.300 → 0.810", "0.950 → 0.960",
+                     "0.620", "0.710 → 0.120"]  # fmt: skip
+    root = re.findall(r"<td>(.*?)</td>", rows[2])
+    assert root[0] == "v1-root" and root[2:] == ["0.300", "0.950", "", ""]  # no placeholders
     assert 'http-equiv="refresh"' not in html  # nothing running: no refresh
     assert 'href="http://127.0.0.1:9/projects/"' in html  # no project id seen yet
 

@@ -538,3 +538,6 @@ def test_progress_and_history_of_a_paired_run(dataset, checkpoint, tmp_path):
     assert entry["annotated"] == summary["annotated"] and entry["sync"] == {"added": 3}
     assert [e["epoch"] for e in entry["epochs"]] == [1, 2]
     assert set(entry["epochs"][0]) >= {"loss", "ce", "ce_paired", "align"}
+    attention = summary["saliency_in_masks"]  # measured on the paired images, both models
+    assert entry["saliency_in_masks"] == attention
+    assert 0.0 <= attention["before"] <= 1.0 and 0.0 <= attention["after"] <= 1.0

@@ -34,6 +34,7 @@ REFRESH_SECONDS = 3
 PROJECT_FILE = "label-studio-project.json"
 PROJECT_ENDPOINTS = ("setup", "predict", "webhook")
 LOSS_TERMS = ("loss", "ce", "ce_paired", "align")
+VERSION_ROWS = 10  # the newest versions listed as text
 STYLE = """
 body{font-family:sans-serif;margin:24px;max-width:1260px;color:#222}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:16px;margin:22px 0 8px}
@@ -194,6 +195,50 @@ def _plots_html(chain: list[dict[str, Any]]) -> str:
     return f'<div class="plots">{accuracy}{loss}</div>'
 
 
+def _versions_html(chain: list[dict[str, Any]]) -> str:
+    """The lineage as text, newest first: accuracies before → after, the worst group, and
+    how much of the model's saliency fell on the masked (spurious) pixels."""
+    if not chain:
+        return ""
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("version", "how", "test", "val", "test worst group", "saliency in masks")
+    )
+    rows = [
+        "<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in _version_cells(entry)) + "</tr>"
+        for entry in reversed(chain[-VERSION_ROWS:])
+    ]
+    return f'<table id="versions"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
+def _version_cells(entry: dict[str, Any]) -> list[str]:
+    before, after = entry.get("before") or {}, entry.get("after") or {}
+    test_groups = ((entry.get("groups") or {}).get("after") or {}).get("test") or {}
+    attention = entry.get("saliency_in_masks") or {}
+    how = entry.get("recipe") or entry.get("kind") or ""
+    if entry.get("annotated"):
+        how += f", {entry['annotated']} masks"
+    return [
+        str(entry.get("version")),
+        how,
+        _change(before.get("test"), after.get("test")),
+        _change(before.get("val"), after.get("val")),
+        _number(test_groups.get("worst_group")),
+        _change(attention.get("before"), attention.get("after")),
+    ]
+
+
+def _number(value: Any) -> str:
+    return "" if value is None else f"{float(value):.3f}"
+
+
+def _change(before: Any, after: Any) -> str:
+    """``0.250 → 0.910``, or the one value there is ("" for none: nothing to show)."""
+    if before is None or after is None:
+        return _number(after if before is None else before)
+    return f"{_number(before)} → {_number(after)}"
+
+
 def _sync_html(chain: list[dict[str, Any]]) -> str:
     last = next((e for e in reversed(chain) if e.get("sync")), None)
     if last is None:
@@ -245,6 +290,7 @@ def render_page(data: dict[str, Any]) -> str:
         f'<div class="card">{_progress_html(training)}{_prefetch_html(data.get("prefetch"))}'
         "</div>"
         f"<h2>Accuracy and loss</h2>{_plots_html(data['chain'])}"
+        f"<h2>Model versions</h2>{_versions_html(data['chain'])}"
         f"<h2>Last sync</h2>{_sync_html(data['chain'])}"
         "</body></html>"
     )

@@ -7,11 +7,15 @@ checkpoint is saved there, so the lineage survives the checkpoint being overwrit
      before: {split: accuracy} | null, after: {split: accuracy}, counts: {split: n},
      groups: {before: {split: {worst_group, bias_conflicting, ...}} | null,
               after: {split: {...}} | null} | null,
+     saliency_in_masks: {before, after} | null, recipe: rebuild|finetune | null,
      epochs: [{epoch, loss, ...per-epoch terms}], annotated, sync: {added, updated, ...} | null,
      seconds}
 
 ``groups`` holds the group metrics (``data/groups.py``) of the splits that have them: a dataset
-with ``groups.json`` (``make-dataset``'s); null otherwise.
+with ``groups.json`` (``make-dataset``'s); null otherwise. ``saliency_in_masks`` is the share of
+the model's saliency on the spurious pixels of the masks it trained with, before and after
+(``explain/mask_attention.py``); ``recipe`` the recipe of a paired training
+(``train/recipe.py``).
 
 Each line is written with one ``write`` under an exclusive ``flock`` and fsynced; a torn last
 line (a power cut mid-write) is ended before the next entry, and a reader skips a line it
@@ -67,6 +71,8 @@ def history_entry(payload: Mapping[str, Any], extra: Mapping[str, Any] | None = 
             s: int(m["n"]) for s, m in splits.items() if isinstance(m, Mapping) and "n" in m
         },
         "groups": groups_before_after(metrics.get("before"), splits),
+        "saliency_in_masks": metrics.get("saliency_in_masks"),
+        "recipe": config.get("recipe"),
         "epochs": [dict(row) for row in metrics.get("history") or []],
         "annotated": config.get("annotated"),
         "sync": None,

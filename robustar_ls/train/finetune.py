@@ -50,6 +50,8 @@ from robustar_ls.train.run import evaluate_splits
 
 log = logging.getLogger(__name__)
 
+ATTENTION_IMAGES = 256  # paired images whose saliency is measured before and after
+
 
 def _check_paired_config(cfg: PairedConfig) -> None:
     if cfg.fill not in FILL_MODES:
@@ -170,6 +172,7 @@ def _run(run: FinetuneRun) -> dict[str, Any] | None:
     )
     size = run.parent.image_size
     before = evaluate_splits(model, run.data, size, device, tracker=tracker) if ctx.is_main else {}
+    attention = {"before": _attention(model, loader.dataset) if ctx.is_main else None}
     if run.from_scratch:  # the same seed on every rank: DDP starts from identical weights
         torch.manual_seed(run.train.seed)
         model = initial_model(run.parent).to(device)
@@ -179,8 +182,9 @@ def _run(run: FinetuneRun) -> dict[str, Any] | None:
         barrier(ctx)
         return None
     after = evaluate_splits(model, run.data, size, device, tracker=tracker)
+    attention["after"] = _attention(model, loader.dataset)
     tracker.start("write")
-    version = _save(run, model, before, after, history, seconds)
+    version = _save(run, model, (before, after, attention), history, seconds)
     barrier(ctx)
     log.info("wrote %s (%s, parent %s)", run.out, version, run.parent.version)
     return {
@@ -189,6 +193,7 @@ def _run(run: FinetuneRun) -> dict[str, Any] | None:
         "before": _accuracies(before),
         "after": _accuracies(after),
         "groups": groups_before_after(before, after),
+        "saliency_in_masks": attention,
         "counts": {split: int(m["n"]) for split, m in after.items()},
         "annotated": len(run.masks),
         "train_images": len(run.samples),
@@ -281,18 +286,34 @@ def _train_epochs(
     return history, time.perf_counter() - started
 
 
+def _attention(model: nn.Module, dataset: PairedDataset) -> float | None:
+    """The share of the model's saliency inside the masks of (up to
+    :data:`ATTENTION_IMAGES` of) the paired images (``explain/mask_attention.py``)."""
+    from robustar_ls.explain.mask_attention import share_in_masks
+
+    rows = [dataset[i] for i, s in enumerate(dataset.samples) if s.relpath in dataset.masks]
+    if not rows:
+        return None
+    rows = rows[:ATTENTION_IMAGES]
+    images, masks = torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+    labels = torch.tensor([r[3] for r in rows])
+    device = next(model.parameters()).device
+    return share_in_masks(model, images.to(device), masks, labels.to(device))
+
+
 def _save(
     run: FinetuneRun,
     model: nn.Module,
-    before: dict[str, dict[str, float]],
-    after: dict[str, dict[str, float]],
+    metrics: tuple[dict, dict, dict],
     history: list[dict[str, float]],
     seconds: float,
 ) -> str:
     """Write the fine-tuned checkpoint atomically (the parent as its parent); its version.
+    ``metrics``: the splits before and after, and the saliency share in the masks.
 
     Compare-and-swap: refused when the source checkpoint no longer holds the parent version.
     """
+    before, after, attention = metrics
     if run.source is not None:
         check_unchanged(run.source, run.parent.version)
     return save_checkpoint(
@@ -303,7 +324,12 @@ def _save(
         image_size=run.parent.image_size,
         width=run.parent.width,
         parent_version=run.parent.version,
-        metrics={"splits": after, "before": before, "history": history},
+        metrics={
+            "splits": after,
+            "before": before,
+            "history": history,
+            "saliency_in_masks": attention,
+        },
         config={
             "paired": to_dict(run.paired),
             "train": to_dict(run.train),
