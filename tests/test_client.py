@@ -75,6 +75,7 @@ class FakeClient:
         self.tasks_store = {i + 1: dict(d) for i, d in enumerate(tasks)}
         self.import_calls: list[int] = []
         self.patched: list[int] = []
+        self.pages: list[int] = []
         self.projects = SimpleNamespace(import_tasks=self._import)
         self.tasks = SimpleNamespace(list=self._list, update=self._update)
 
@@ -87,8 +88,14 @@ class FakeClient:
             ids.append(task_id)
         return SimpleNamespace(task_ids=ids)
 
-    def _list(self, project, **kwargs):
-        return [SimpleNamespace(id=i, data=dict(d)) for i, d in self.tasks_store.items()]
+    def _list(self, project, page=1, page_size=100, **kwargs):
+        """One page, as Label Studio answers it: a page past the end is a 404 there."""
+        self.pages.append(page)
+        rows = [SimpleNamespace(id=i, data=dict(d)) for i, d in self.tasks_store.items()]
+        if page > 1 and (page - 1) * page_size >= len(rows):
+            raise AssertionError(f"page {page} is past the last page: Label Studio logs a 404")
+        items = rows[(page - 1) * page_size : page * page_size]
+        return SimpleNamespace(items=items, response=SimpleNamespace(total=len(rows)))
 
     def _update(self, task_id, data, project):
         self.patched.append(int(task_id))
@@ -214,3 +221,52 @@ def test_ensure_views_creates_then_repairs_then_leaves_alone():
     assert client.views.store[2].data["ordering"] == ["-tasks:data.confidence"]
     ls.ensure_views(client, 1)
     assert client.views.calls == ["create"] * 4 + ["update"]
+
+
+@pytest.mark.parametrize(("n", "pages"), [(0, [1]), (3, [1, 2]), (4, [1, 2]), (5, [1, 2, 3])])
+def test_listing_tasks_stops_at_the_last_page(n, pages):
+    client = FakeClient(_tasks(n))
+    found = ls.tasks_by_split(client, 1, page_size=2)
+    assert sorted(found.get("train", {})) == sorted(t["relpath"] for t in _tasks(n))
+    assert client.pages == pages  # never one past the end (Label Studio's "Invalid page")
+
+
+def _projects_client(titles: list[str], page_size_seen: list[int]):
+    """A client whose projects.list pages like Label Studio's (``count``; 404 past the end)."""
+
+    def list_(title, page, page_size):
+        page_size_seen.append(page)
+        rows = [SimpleNamespace(id=i + 1, title=t) for i, t in enumerate(titles) if title in t]
+        if page > 1 and (page - 1) * page_size >= len(rows):
+            raise AssertionError(f"page {page} is past the last page: Label Studio logs a 404")
+        items = rows[(page - 1) * page_size : page * page_size]
+        return SimpleNamespace(items=items, response=SimpleNamespace(count=len(rows)))
+
+    get = lambda project_id: SimpleNamespace(id=project_id, title=titles[project_id - 1])  # noqa: E731
+    return SimpleNamespace(projects=SimpleNamespace(list=list_, get=get))
+
+
+def test_find_project_reads_only_the_pages_there_are(monkeypatch):
+    from robustar_ls.labelstudio.client import projects
+
+    monkeypatch.setattr(projects, "PAGE_SIZE", 2)
+    pages: list[int] = []
+    titles = ["shapes copy", "shapes", "digits", "shapes 2", "shapes 3"]
+    found = projects.find_project(_projects_client(titles, pages), "shapes")
+    assert (found.id, found.title) == (2, "shapes") and pages == [1, 2]  # 4 matches, 2 pages
+    pages.clear()
+    assert projects.find_project(_projects_client(titles, pages), "none") is None
+    assert pages == [1]
+
+
+def test_every_item_without_a_total_stops_at_a_short_page():
+    from robustar_ls.labelstudio.client.sdk import every_item
+
+    rows = list(range(5))
+    calls: list[int] = []
+
+    def page(number):
+        calls.append(number)
+        return SimpleNamespace(items=rows[(number - 1) * 2 : number * 2], response=None)
+
+    assert list(every_item(page, 2)) == rows and calls == [1, 2, 3]

@@ -69,6 +69,23 @@ def label_studio(
         yield server
 
 
+@pytest.fixture(autouse=True)
+def no_page_past_the_end(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that talks to Label Studio leaves no ``Invalid page`` in its log: a listing that
+    asks for one page past the last (Label Studio logs a NotFound traceback each time)."""
+    if "label_studio" not in request.fixturenames:
+        yield
+        return
+    log_path = request.getfixturevalue("label_studio").log_path
+    start = log_path.stat().st_size if log_path.is_file() else 0
+    yield
+    with log_path.open("rb") as log:
+        log.seek(start)
+        written = log.read().decode("utf-8", errors="replace")
+    pages = [line for line in written.splitlines() if "404" in line and "page=" in line]
+    assert "Invalid page" not in written, f"a listing asked past the last page: {pages[:3]}"
+
+
 @pytest.fixture
 def local_files_dir(label_studio: LabelStudioServer, request: pytest.FixtureRequest) -> Path:
     """A fresh folder under the server's local-files document root, one per test."""

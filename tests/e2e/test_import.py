@@ -24,6 +24,8 @@ from robustar_ls.labelstudio import client as ls
 from robustar_ls.labelstudio.config import default_label_config
 from robustar_ls.labelstudio.project_import import import_project
 
+from .listing import listed_projects, listed_tasks
+
 pytestmark = pytest.mark.e2e
 
 BACKEND_AUTH = ("robustar", "backend-secret")
@@ -97,7 +99,7 @@ def _images(data: Path) -> dict[str, set[str]]:
 
 
 def _count_tasks(client, project_id: int) -> int:
-    return sum(1 for _ in client.tasks.list(project=project_id, include="id"))
+    return sum(1 for _ in listed_tasks(client, project=project_id, include="id"))
 
 
 def _run_import(argv: list[str], capsys) -> tuple[int, dict | None, str]:
@@ -167,7 +169,7 @@ def test_import_creates_everything_and_reruns_add_only_new_images(
     assert views[ls.TEST_ERRORS_VIEW_TITLE].data["ordering"] == ["-tasks:data.confidence"]
 
     def in_view(tab: str) -> set[tuple[str, str]]:
-        found = client.tasks.list(project=pid, view=views[tab].id, fields="task_only")
+        found = listed_tasks(client, project=pid, view=views[tab].id, fields="task_only")
         return {(t.data["split"], t.data["relpath"]) for t in found}
 
     assert in_view(ls.INFLUENCE_VIEW_TITLE) == {("train", r) for r in relpaths}
@@ -190,7 +192,7 @@ def test_import_creates_everything_and_reruns_add_only_new_images(
         assert again[key] == summary[key]
     assert _count_tasks(client, pid) == total
     assert len(list(client.views.list(project=pid))) == len(views)
-    assert [p.id for p in client.projects.list(title=title) if p.title == title] == [pid]
+    assert [p.id for p in listed_projects(client, title=title) if p.title == title] == [pid]
     assert len(list(client.ml.list(project=pid))) == 1
     hooks = [h.url for h in client.webhooks.list(project=str(pid))]
     assert hooks.count(backend_stub.url + "/webhook") == 1
@@ -240,7 +242,7 @@ def test_update_round_trip_and_numeric_view_order_with_pat(label_studio, dataset
     assert ls.update_task_data(client, pid, updates).updated == 0
 
     def view_order() -> list:
-        tasks = client.tasks.list(project=pid, view=view_id, fields="task_only")
+        tasks = listed_tasks(client, project=pid, view=view_id, fields="task_only")
         return [t.data["influence"] for t in tasks]
 
     assert view_order() == sorted(values, reverse=True)

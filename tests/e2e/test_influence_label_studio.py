@@ -18,6 +18,8 @@ from robustar_ls.labelstudio.project_import import import_project
 from robustar_ls.models.checkpoint import save_checkpoint
 from robustar_ls.models.zoo import create_classifier
 
+from .listing import listed_tasks
+
 pytestmark = pytest.mark.e2e
 
 
@@ -78,7 +80,9 @@ def test_scores_are_written_into_tasks_and_a_rerun_replaces_them(
         for linked in re.findall(r"task=(\d+)", task.data["related_html"]):
             assert int(linked) in first_errors  # a link opens a misclassified test task
     views = {v.data.get("title"): v for v in client.views.list(project=pid)}
-    shown = client.tasks.list(project=pid, view=views[ls.TEST_ERRORS_VIEW_TITLE].id, fields="all")
+    shown = listed_tasks(
+        client, project=pid, view=views[ls.TEST_ERRORS_VIEW_TITLE].id, fields="all"
+    )
     confidences = [t.data["confidence"] for t in shown]
     assert len(confidences) == len(first_errors)
     assert confidences == sorted(confidences, reverse=True)  # most confident errors first

@@ -15,6 +15,8 @@ from robustar_ls.labelstudio.client import create_local_storage
 from robustar_ls.labelstudio.config import default_label_config
 from robustar_ls.workflows.label_studio import LabelStudioServer
 
+from .listing import listed_projects, listed_tasks
+
 pytestmark = pytest.mark.e2e
 
 BROKEN_CONFIG = """
@@ -57,7 +59,7 @@ def test_client_creates_and_lists_project_with_default_config(
     title = _title(f"default-config-{kind}")
     project = client.projects.create(title=title, label_config=default_label_config())
     assert project.id is not None
-    assert title in {p.title for p in client.projects.list()}
+    assert title in {p.title for p in listed_projects(client)}
     stored = client.projects.get(id=project.id)
     assert "BrushLabels" in stored.label_config
 
@@ -123,7 +125,7 @@ def test_local_files_served_once_storage_exists(
         return_task_ids=True,
     )
     assert imported.task_count == 1
-    (task,) = client.tasks.list(project=project.id)
+    (task,) = listed_tasks(client, project=project.id)
     assert task.id == imported.task_ids[0]
     assert task.data["image"] == url
 

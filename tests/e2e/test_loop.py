@@ -33,6 +33,8 @@ from robustar_ls.models.checkpoint import read_version, save_checkpoint
 from robustar_ls.models.zoo import create_classifier
 from robustar_ls.workflows.label_studio import free_port, log_tail, stop_process
 
+from .listing import listed_tasks
+
 pytestmark = pytest.mark.e2e
 
 SIZE = 16
@@ -335,7 +337,7 @@ def test_the_whole_loop(label_studio, loop, capsys):
     assert main(argv) == 0
     capsys.readouterr()
     view = ls.ensure_influence_view(client, pid)
-    ordered = list(client.tasks.list(project=pid, view=view.id, fields="all"))
+    ordered = listed_tasks(client, project=pid, view=view.id, fields="all")
     scores = [t.data["influence"] for t in ordered]
     assert len(scores) == 8 and scores == sorted(scores, reverse=True)
     ranks = [t.data["influence_rank"] for t in ordered]

@@ -21,6 +21,8 @@ from robustar_ls.labelstudio.results import BrushRegion
 from robustar_ls.models.checkpoint import read_version
 from tests.backend_support import dataset_copy_with_checkpoint
 
+from .listing import listed_tasks
+
 pytestmark = pytest.mark.e2e
 
 
@@ -50,7 +52,7 @@ def annotated(label_studio, tiny_dataset, tmp_path) -> SimpleNamespace:
             for s in samples
         ],
     )
-    task_of = {t.data["relpath"]: t.id for t in client.tasks.list(project=project.id)}
+    task_of = {t.data["relpath"]: t.id for t in listed_tasks(client, project=project.id)}
     mask = np.zeros((16, 16), np.uint8)
     mask[:, :5] = 255
     annotated = [samples[0].relpath, samples[-1].relpath]

@@ -5,17 +5,22 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from robustar_ls.labelstudio.client.sdk import LabelStudio, LabelStudioError, errors
+from robustar_ls.labelstudio.client.sdk import LabelStudio, LabelStudioError, errors, every_item
 
 log = logging.getLogger(__name__)
 
 ML_BACKEND_TITLE = "robustar-ls"
+PAGE_SIZE = 100  # projects per page when looking one up by title
 
 
 def find_project(client: LabelStudio, title: str) -> Any | None:
     """The project titled exactly ``title``, or None; an error if several have that title."""
     with errors(client, "list projects"):
-        matches = [p for p in client.projects.list(title=title) if p.title == title]
+        listed = every_item(
+            lambda number: client.projects.list(title=title, page=number, page_size=PAGE_SIZE),
+            PAGE_SIZE,
+        )
+        matches = [p for p in listed if p.title == title]
     if len(matches) > 1:
         ids = ", ".join(str(p.id) for p in matches)
         raise LabelStudioError(

@@ -275,3 +275,26 @@ def http_get(client: LabelStudio, url: str) -> httpx.Response:
     headers = auth_headers(client)
     with errors(client, f"serve {url}"):
         return client._client_wrapper.httpx_client.httpx_client.get(full, headers=headers)
+
+
+def every_item(list_page: Callable[[int], Any], page_size: int) -> Iterator[Any]:
+    """The items of a paged SDK list, ``list_page(number)`` page by page, up to the last page
+    by the reported total (``total`` for tasks, ``count`` for projects) or a short page.
+
+    The SDK's own pager asks for one page past the end (it has a next page whenever the last
+    one held items), which Label Studio answers with a 404 and logs as a ``NotFound: Invalid
+    page`` traceback.
+    """
+    number = 1
+    while True:
+        pager = list_page(number)
+        items = list(pager.items or [])
+        yield from items
+        response = getattr(pager, "response", None)
+        total = getattr(response, "total", None)
+        if total is None:
+            total = getattr(response, "count", None)
+        more = number * page_size < int(total) if total is not None else len(items) >= page_size
+        if not items or not more:
+            return
+        number += 1

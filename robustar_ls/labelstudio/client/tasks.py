@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +17,7 @@ from robustar_ls.labelstudio.client.sdk import (
     RetryPolicy,
     base_url,
     errors,
+    every_item,
     with_retries,
 )
 
@@ -64,10 +65,7 @@ def tasks_by_split(
     """
     found: dict[str, dict[str, Any]] = {}
     with errors(client, f"list the tasks of project {project_id}"):
-        pager = client.tasks.list(
-            project=project_id, fields="task_only", include="id,data", page_size=page_size
-        )
-        for task in pager:
+        for task in _every_page(client, project_id, page_size):
             relpath = (task.data or {}).get("relpath")
             if not relpath:
                 continue
@@ -80,6 +78,20 @@ def tasks_by_split(
                     continue
             split[relpath] = task
     return found
+
+
+def _every_page(client: LabelStudio, project_id: int, page_size: int) -> Iterator[Any]:
+    """Every task of the project (id and data), up to the last page (:func:`every_item`)."""
+    return every_item(
+        lambda number: client.tasks.list(
+            project=project_id,
+            fields="task_only",
+            include="id,data",
+            page=number,
+            page_size=page_size,
+        ),
+        page_size,
+    )
 
 
 def tasks_by_image(
