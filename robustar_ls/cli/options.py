@@ -124,9 +124,16 @@ def backend_basic_auth() -> tuple[str, str] | None:
     return secrets["basic_auth_user"], secrets["basic_auth_pass"]
 
 
+def on_terminal() -> bool:
+    """Whether stderr is a terminal: progress bars redraw with carriage returns, which a log
+    file keeps as thousands of lines; there the log's one line per epoch is the progress."""
+    return sys.stderr.isatty()
+
+
 def tqdm_progress(enabled: bool) -> Callable | None:
-    """A tqdm wrapper for progress bars on stderr, or None when disabled."""
-    if not enabled:
+    """A tqdm wrapper for progress bars on stderr, or None when disabled or when stderr is
+    not a terminal (:func:`on_terminal`)."""
+    if not enabled or not on_terminal():
         return None
     from tqdm.auto import tqdm
 

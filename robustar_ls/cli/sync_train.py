@@ -12,6 +12,7 @@ from robustar_ls.cli.options import (
     add_label_studio_url,
     add_train_flags,
     label_studio_config,
+    on_terminal,
     print_json,
     settings_section,
     tqdm_progress,
@@ -179,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
         prepare_output_file(args.out)  # a bad --out fails now, not after the training
     # one bar, on the process that reports (rank 0 under torchrun)
     show = not (args.quiet or args.dry_run) and os.environ.get("RANK", "0") == "0"
+    show = show and on_terminal()  # in a log file, the log's line per epoch is the progress
     bar = JobBar() if show else None
     try:
         summary = _sync_and_train(args, bar)
