@@ -1,12 +1,12 @@
-"""The share of a model's saliency inside the masks (robustar_ls/explain/mask_attention.py)."""
+"""The share of a model's saliency inside the masks (robustar_ls/train/mask_attention.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from robustar_ls.explain.mask_attention import share_in_masks
 from robustar_ls.models.zoo import create_classifier
+from robustar_ls.train.mask_attention import share_in_masks
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ checkpoint is saved there, so the lineage survives the checkpoint being overwrit
 ``groups`` holds the group metrics (``data/groups.py``) of the splits that have them: a dataset
 with ``groups.json`` (``make-dataset``'s); null otherwise. ``saliency_in_masks`` is the share of
 the model's saliency on the spurious pixels of the masks it trained with, before and after
-(``explain/mask_attention.py``); ``recipe`` the recipe of a paired training
+(``train/mask_attention.py``); ``recipe`` the recipe of a paired training
 (``train/recipe.py``).
 
 Each line is written with one ``write`` under an exclusive ``flock`` and fsynced; a torn last

@@ -288,8 +288,8 @@ def _train_epochs(
 
 def _attention(model: nn.Module, dataset: PairedDataset) -> float | None:
     """The share of the model's saliency inside the masks of (up to
-    :data:`ATTENTION_IMAGES` of) the paired images (``explain/mask_attention.py``)."""
-    from robustar_ls.explain.mask_attention import share_in_masks
+    :data:`ATTENTION_IMAGES` of) the paired images (``train/mask_attention.py``)."""
+    from robustar_ls.train.mask_attention import share_in_masks
 
     rows = [dataset[i] for i, s in enumerate(dataset.samples) if s.relpath in dataset.masks]
     if not rows:

@@ -192,15 +192,12 @@ def simulate(
 ) -> dict[str, Any]:
     """Annotate the first ``budget x N`` images in ``order``, train by ``recipe``, measure.
 
-    ``masks``: the reference masks (default ``<data>/oracle_masks``); ``ranking``: a
-    precomputed order (else from ``order``); ``propagate`` (a confidence threshold): the learned
-    segmenter trained on the picked masks pairs the others (``simulate_propagate``;
-    ``review_share``: its review sample); a recipe other than ``finetune`` propagates anyway
-    (at the default threshold unless given) and chooses as sync-train's does
-    (:mod:`robustar_ls.train.recipe`); ``balance_classes``: the classes take turns
-    (``folders.in_class_turns``). Returns ``{order, budget, picked, picked_classes, annotated,
-    spurious_annotated (by spurious.json), before, after, groups (or None), gap_recovered,
-    model_version, out, propagation, recipe: {name, reason, asked}, from_scratch}``."""
+    ``masks``: reference masks (default ``<data>/oracle_masks``); ``ranking``: a precomputed
+    order; ``propagate`` (a threshold): the segmenter learned from the picks pairs the others
+    (``simulate_propagate``, ``review_share`` its review sample; the auto and rebuild recipes
+    propagate anyway, :mod:`robustar_ls.train.recipe`); ``balance_classes``: class turns.
+    Returns ``{order, budget, picked, picked_classes, annotated, spurious_annotated, before,
+    after, groups, gap_recovered, model_version, out, propagation, recipe, from_scratch}``."""
     check_request(order, budget)
     data_root = Path(data_root)
     data = ImageFolderSplits.open(data_root, required=("train",))
@@ -212,10 +209,7 @@ def simulate(
         ranking = in_class_turns(ranking)
     status = spurious_status(data_root)
     training = Training(paired, recipe, out, progress, propagate is not None)
-    if propagate is None and recipe.propagates:
-        from robustar_ls.train.propagate import DEFAULT_THRESHOLD
-
-        propagate = DEFAULT_THRESHOLD
+    propagate = _threshold(propagate, recipe)
     ranking = _review(ranking, budget, len(samples), review_share, seed, propagate)
     picked, annotated = pick_annotated(ranking or [], budget, samples, masks_root, status)
     spread = None if propagate is None or budget <= 0 else (data, picked, propagate, status)
@@ -238,6 +232,16 @@ def simulate(
         "model_version": result["model_version"],
         "out": str(out) if out else None,
     }
+
+
+def _threshold(asked: float | None, recipe: Recipe) -> float | None:
+    """The propagation threshold: the one asked, else the default where the recipe needs
+    propagated masks, else None (no propagation)."""
+    if asked is not None or not recipe.propagates:
+        return asked
+    from robustar_ls.train.propagate import DEFAULT_THRESHOLD
+
+    return DEFAULT_THRESHOLD
 
 
 def _count_spurious(status: dict[str, str] | None, annotated: Iterable[str]) -> int | None:
