@@ -1,0 +1,197 @@
+"""Few masks on data we did not tune for: the default recipe against Robustar's fine-tuning.
+
+For each kind (``patch``, ``background``, ``digits``: real handwriting), regime (the cue on
+30 % of the training images, always agreeing; on every image, 99 % agreeing) and seed, a
+shortcut model is trained once (``train``'s 10 epochs, width 16, cached under ``--work``), the
+training images are ranked once by influence, then each method runs ``robustar-ls simulate``'s
+job on the same ranking:
+
+- ``none``: no mask, plain fine-tuning (the control);
+- ``robustar``: the top 5 % painted, Robustar's paired fine-tuning (``--recipe finetune``, the
+  default before this bench);
+- ``default``: the top 5 % painted, the default recipe (``auto``);
+- ``default-random``, ``default-1%``, ``robustar-1%``: the order's and the budget's share.
+
+Each row goes to ``--results`` (JSON lines; a rerun skips what is there) with the gap
+recovered, accuracies, group metrics where the dataset has them, the recipe chosen and the
+seconds; ``--report`` prints the markdown tables of bench/README.md, including the time of the
+default recipe over Robustar's fine-tuning on the same model in the same process.
+
+    python bench/bench_recipe.py --kinds digits --seeds 0 1 2
+    python bench/bench_recipe.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from robustar_ls.config import InfluenceConfig, ModelConfig, SyntheticConfig, TrainConfig
+from robustar_ls.data.folders import ImageFolderSplits
+from robustar_ls.data.synthetic import make_dataset
+from robustar_ls.models.checkpoint import load_checkpoint
+from robustar_ls.train.recipe import Recipe
+from robustar_ls.train.run import train_classifier
+from robustar_ls.workflows.simulate import rank_images, simulate
+
+REGIMES = {"0.3": (0.3, 1.0), "1.0": (1.0, 0.99)}  # name -> (spurious fraction, bias)
+METHODS = {  # name -> (recipe, order, budget)
+    "none": ("finetune", "influence", 0.0),
+    "robustar": ("finetune", "influence", 0.05),
+    "default": ("auto", "influence", 0.05),
+    "default-random": ("auto", "random", 0.05),
+    "robustar-1%": ("finetune", "influence", 0.01),
+    "default-1%": ("auto", "influence", 0.01),
+}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--work", default="/tmp/bench_recipe", help="datasets and shortcut models")
+    p.add_argument("--results", default="/tmp/bench_recipe.jsonl")
+    p.add_argument("--kinds", nargs="+", default=["patch", "background", "digits"])
+    p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--shortcut-epochs", type=int, default=10)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--report", action="store_true", help="print the tables of --results")
+    return p
+
+
+def shortcut_model(args, kind: str, regime: str, seed: int) -> Path:
+    """The dataset (the kind's default sizes) and its shortcut model, made once."""
+    root = Path(args.work) / f"{kind}-{regime}-s{seed}"
+    if (root / "shortcut.pt").is_file():
+        return root
+    fraction, bias = REGIMES[regime]
+    cfg = SyntheticConfig(kind=kind, spurious_fraction=fraction, bias=bias, seed=seed)
+    make_dataset(root, cfg)
+    train = TrainConfig(epochs=args.shortcut_epochs, seed=seed, device=args.device)
+    train_classifier(root, root / "shortcut.tmp", ModelConfig(), train)
+    (root / "shortcut.tmp").replace(root / "shortcut.pt")
+    return root
+
+
+def done(results: Path) -> set[tuple]:
+    if not results.is_file():
+        return set()
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    return {(r["kind"], r["regime"], r["seed"], r["method"]) for r in rows}
+
+
+def run_grid(args) -> None:
+    results = Path(args.results)
+    finished = done(results)
+    for kind in args.kinds:
+        for regime in args.regimes:
+            for seed in args.seeds:
+                todo = [m for m in args.methods if (kind, regime, seed, m) not in finished]
+                if todo:
+                    run_model(args, kind, regime, seed, todo, results)
+
+
+def run_model(args, kind: str, regime: str, seed: int, methods: list[str], results: Path):
+    root = shortcut_model(args, kind, regime, seed)
+    data = ImageFolderSplits.open(root)
+    ckpt = load_checkpoint(root / "shortcut.pt", classes=data.classes)
+    influence = InfluenceConfig(device=args.device)
+    rankings = {
+        order: rank_images(order, data, ckpt, seed=seed, influence=influence)
+        for order in {METHODS[m][1] for m in methods}
+    }
+    for method in methods:
+        name, order, budget = METHODS[method]
+        default = Recipe()
+        recipe = Recipe(
+            name,
+            finetune=replace(default.finetune, seed=seed, device=args.device),
+            rebuild=replace(default.rebuild, seed=seed, device=args.device),
+        )
+        started = time.perf_counter()
+        row = simulate(
+            root,
+            root / "shortcut.pt",
+            order=order,
+            budget=budget,
+            seed=seed,
+            recipe=recipe,
+            ranking=rankings[order],
+        )
+        row.update(kind=kind, regime=regime, seed=seed, method=method)
+        row["seconds"] = round(time.perf_counter() - started, 1)
+        with results.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{kind} {regime} s{seed} {method}: gap {row['gap_recovered']}", flush=True)
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "–"
+    each = " / ".join(f"{v:.2f}" for v in values)
+    return f"**{statistics.mean(values):.2f}** ({each})" if len(values) > 1 else f"{values[0]:.2f}"
+
+
+def report(args) -> None:
+    rows = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line]
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    print("| kind | regime | " + " | ".join(methods) + " |")
+    print("|---|---|" + "---|" * len(methods))
+    for kind in args.kinds:
+        for regime in args.regimes:
+            cells = []
+            for method in methods:
+                picked = _rows(rows, kind, regime, method)
+                cells.append(cell([r["gap_recovered"] for r in picked]))
+            print(f"| {kind} | {regime} | " + " | ".join(cells) + " |")
+    print("\nID (val) drop, worst group and time of the default recipe (5 %, influence):\n")
+    print("| kind | regime | val drop | worst group before → after | time ÷ robustar |")
+    print("|---|---|---|---|---|")
+    for kind in args.kinds:
+        for regime in args.regimes:
+            default = _rows(rows, kind, regime, "default")
+            robustar = {r["seed"]: r for r in _rows(rows, kind, regime, "robustar")}
+            drops = [r["before"]["val"] - r["after"]["val"] for r in default]
+            groups = [_worst(r) for r in default if _worst(r) is not None]
+            ratios = [r["seconds"] / robustar[r["seed"]]["seconds"] for r in default
+                      if r["seed"] in robustar]  # fmt: skip
+            worst = (
+                f"{statistics.mean(g[0] for g in groups):.2f} → "
+                f"{statistics.mean(g[1] for g in groups):.2f}"
+                if groups
+                else "–"
+            )
+            print(f"| {kind} | {regime} | {cell(drops)} | {worst} | {cell(ratios)} |")
+
+
+def _rows(rows: list[dict], kind: str, regime: str, method: str) -> list[dict]:
+    picked = [r for r in rows if (r["kind"], r["regime"], r["method"]) == (kind, regime, method)]
+    return sorted(picked, key=lambda r: r["seed"])
+
+
+def _worst(row: dict) -> tuple[float, float] | None:
+    groups = row.get("groups") or {}
+    before = (groups.get("before") or {}).get("test") or {}
+    after = (groups.get("after") or {}).get("test") or {}
+    if "worst_group" not in before or "worst_group" not in after:
+        return None
+    return before["worst_group"], after["worst_group"]
+
+
+def main() -> None:
+    args = get_args_parser().parse_args()
+    if args.report:
+        report(args)
+    else:
+        run_grid(args)
+
+
+if __name__ == "__main__":
+    main()
