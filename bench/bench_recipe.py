@@ -14,7 +14,9 @@ job on the same ranking:
 - ``dfr-groups``: an upper bound that needs labels the tool does not ask for: the shortcut
   model's last layer retrained (deep feature reweighting, Kirichenko et al. 2023) on half of
   the out-of-domain test split with its true (class, cue) groups balanced, evaluated on the
-  other half (its gap is measured on that half).
+  other half (its gap is measured on that half);
+- ``jtt``: just train twice (Liu et al. 2021), no masks: the shortcut model's misclassified
+  training images copied ``JTT_UPWEIGHT`` times, then ``train``'s 10 epochs from scratch.
 
 Each row goes to ``--results`` (JSON lines; a rerun skips what is there) with the gap
 recovered, accuracies, group metrics where the dataset has them, the recipe chosen and the
@@ -52,7 +54,9 @@ METHODS = {  # name -> (recipe, order, budget)
     "robustar-1%": ("finetune", "influence", 0.01),
     "default-1%": ("auto", "influence", 0.01),
     "dfr-groups": ("", "", 0.0),  # last-layer retraining with true group labels (no masks)
+    "jtt": ("", "", 0.0),  # the shortcut model's training errors upweighted, trained again
 }
+JTT_UPWEIGHT = 20  # each training error seen this many times (Liu et al. 2021 use 20-100)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -112,9 +116,10 @@ def run_model(args, kind: str, regime: str, seed: int, methods: list[str], resul
     }
     for method in methods:
         name, order, budget = METHODS[method]
-        if method == "dfr-groups":
+        if method in ("dfr-groups", "jtt"):
             started = time.perf_counter()
-            row = dfr_groups(root, data, ckpt, seed)
+            baseline = dfr_groups if method == "dfr-groups" else jtt
+            row = baseline(root, data, ckpt, seed)
             row.update(kind=kind, regime=regime, seed=seed, method=method)
             row["seconds"] = round(time.perf_counter() - started, 1)
             with results.open("a") as f:
@@ -187,6 +192,47 @@ def dfr_groups(root: Path, data: ImageFolderSplits, ckpt, seed: int) -> dict:
             "test": _acc(new(test_feats), test_labels),
         }
     return {"before": before, "after": after, "gap_recovered": gap_recovered(before, after)}
+
+
+def jtt(root: Path, data: ImageFolderSplits, ckpt, seed: int) -> dict:
+    """Just train twice: the errors of the shortcut model upweighted by copies, from scratch."""
+    import shutil
+
+    import torch
+
+    from robustar_ls.train.run import make_loader
+
+    train = data.splits["train"]
+    _, logits, labels = _features(
+        ckpt.model.eval(), ckpt.model.fc, train, ckpt.image_size, make_loader
+    )
+    errors = [
+        s for s, wrong in zip(train, (logits.argmax(1) != labels).tolist(), strict=True) if wrong
+    ]
+    copy = root / "jtt"
+    shutil.rmtree(copy, ignore_errors=True)
+    for split, samples in data.splits.items():
+        for sample in samples:
+            target = copy / split / sample.relpath
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(sample.path)
+    for sample in errors:
+        for k in range(1, JTT_UPWEIGHT):
+            target = copy / "train" / sample.relpath
+            target.with_name(f"{target.stem}-jtt{k}{target.suffix}").symlink_to(sample.path)
+    torch.manual_seed(seed)
+    cfg = TrainConfig(epochs=10, seed=seed, device="cpu")
+    summary = train_classifier(copy, copy / "jtt.pt", ModelConfig(), cfg)
+    before = _saved_accuracies(ckpt)
+    after = {split: m["accuracy"] for split, m in summary["splits"].items() if split != "train"}
+    shutil.rmtree(copy, ignore_errors=True)
+    row = {"before": before, "after": after, "gap_recovered": gap_recovered(before, after)}
+    return {**row, "errors": len(errors)}
+
+
+def _saved_accuracies(ckpt) -> dict[str, float]:
+    splits = (ckpt.metrics or {}).get("splits") or {}
+    return {s: m["accuracy"] for s, m in splits.items() if s in ("val", "test")}
 
 
 def _features(model, head, samples, size, make_loader):
