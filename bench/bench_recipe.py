@@ -279,8 +279,9 @@ def report(args) -> None:
                 cells.append(cell([r["gap_recovered"] for r in picked]))
             print(f"| {kind} | {regime} | " + " | ".join(cells) + " |")
     print("\nID (val) drop, worst group and time of the default recipe (5 %, influence):\n")
-    print("| kind | regime | val drop | worst group before → after | time ÷ robustar |")
-    print("|---|---|---|---|---|")
+    head = ("kind", "regime", "val drop", "worst group before → after", "time ÷ robustar")
+    print("| " + " | ".join([*head, "recipe", "FP area"]) + " |")
+    print("|---|---|---|---|---|---|---|")
     for kind in args.kinds:
         for regime in args.regimes:
             default = _rows(rows, kind, regime, "default")
@@ -295,7 +296,16 @@ def report(args) -> None:
                 if groups
                 else "–"
             )
-            print(f"| {kind} | {regime} | {cell(drops)} | {worst} | {cell(ratios)} |")
+            recipes = sorted({r["recipe"]["name"] for r in default if r.get("recipe")})
+            areas = [
+                r["propagation"]["false_positive_area"]
+                for r in rows
+                if (r["kind"], r["regime"]) == (kind, regime)
+                and (r.get("propagation") or {}).get("false_positive_area") is not None
+            ]
+            fp = f"{max(areas):.3f} (max of {len(areas)})" if areas else "–"
+            line = f"| {kind} | {regime} | {cell(drops)} | {worst} | {cell(ratios)} |"
+            print(f"{line} {', '.join(recipes) or '–'} | {fp} |")
 
 
 def _rows(rows: list[dict], kind: str, regime: str, method: str) -> list[dict]:
