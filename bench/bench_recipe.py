@@ -53,6 +53,7 @@ METHODS = {  # name -> (recipe, order, budget)
     "default-random": ("auto", "random", 0.05),
     "robustar-1%": ("finetune", "influence", 0.01),
     "default-1%": ("auto", "influence", 0.01),
+    "default-random-1%": ("auto", "random", 0.01),
     "dfr-groups": ("", "", 0.0),  # last-layer retraining with true group labels (no masks)
     "jtt": ("", "", 0.0),  # the shortcut model's training errors upweighted, trained again
 }
