@@ -383,3 +383,24 @@ def test_cli_recipe_flag_reaches_the_job(monkeypatch, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--recipe", "bogus"])
     assert exit_info.value.code == 2 and "invalid choice: 'bogus'" in capsys.readouterr().err
+
+
+REASON = "rebuild: the masks spread (40 painted, 500 propagated)"
+
+
+def test_text_summary_says_the_recipe_and_the_group_metrics():
+    from robustar_ls.cli.sync_train import _text_summary
+
+    summary = {
+        "trained": True, "sync": None, "out": "m.pt", "model_version": "v2-b", "annotated": 40,
+        "parent_version": "v1-a", "before": {"val": 0.9, "test": 0.2},
+        "after": {"val": 0.95, "test": 0.9},
+        "recipe": {"name": "rebuild", "reason": REASON},
+        "groups": {"before": {"test": {"worst_group": 0.0}},
+                   "after": {"test": {"worst_group": 0.8}}},
+    }  # fmt: skip
+    lines = _text_summary(summary).splitlines()
+    assert lines[1] == f"  recipe: {REASON}"
+    assert lines[-1] == "  test: worst group 0.000→0.800"
+    del summary["recipe"], summary["groups"]  # an older summary: no such lines
+    assert len(_text_summary(summary).splitlines()) == 3

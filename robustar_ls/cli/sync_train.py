@@ -25,6 +25,7 @@ from robustar_ls.cli.validators import (
     prepare_output_file,
 )
 from robustar_ls.config import FINETUNE_DEFAULTS, PairedConfig, SyncConfig, build, pick
+from robustar_ls.data.groups import change_text
 from robustar_ls.train.recipe import REBUILD_DEFAULTS, RECIPES, Recipe
 
 NAME = "sync-train"
@@ -237,12 +238,16 @@ def _text_summary(summary: dict) -> str:
     before = ", ".join(f"{s} {a:.3f}" for s, a in summary["before"].items())
     after = ", ".join(f"{s} {a:.3f}" for s, a in summary["after"].items())
     lines = [f"Label Studio sync: {sync_summary(sync)}"] if sync is not None else []
+    recipe = summary.get("recipe") or {}
     lines.append(
         f"saved {summary['out']} ({summary['model_version']}, parent "
         f"{summary['parent_version']}); {summary['annotated']} annotated images\n"
-        f"  recipe: {summary['recipe']['reason']}\n"
-        f"  before: {before}\n  after:  {after}"
+        + (f"  recipe: {recipe['reason']}\n" if recipe else "")
+        + f"  before: {before}\n  after:  {after}"
     )
+    for split in summary["after"]:  # worst group, bias-conflicting: where the data has groups
+        if text := change_text(summary.get("groups"), split):
+            lines.append(f"  {split}: {text}")
     return "\n".join(lines)
 
 
