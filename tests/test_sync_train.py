@@ -335,7 +335,7 @@ def test_auto_rebuilds_from_scratch_when_the_masks_spread(eight, fake_finetune):
     assert call["from_scratch"] is True and call["train"].epochs == REBUILD_DEFAULTS["epochs"]
     assert len(call["extra_masks"]) == 5  # every unpainted image is paired
     assert summary["recipe"]["name"] == "rebuild" and summary["recipe"]["asked"] == "auto"
-    assert "3 painted, 5 propagated" in summary["recipe"]["reason"]
+    assert "3 painted, 5 propagated, of 8 images" in summary["recipe"]["reason"]
 
 
 def test_auto_fine_tunes_on_the_painted_masks_when_they_do_not_spread(eight, fake_finetune):

@@ -111,8 +111,8 @@ def add_recipe_flags(p: argparse.ArgumentParser) -> None:
         f"the initial weights (default {REBUILD_DEFAULTS['epochs']} epochs, lr "
         f"{REBUILD_DEFAULTS['lr']}); finetune: paired fine-tuning on the painted masks (default "
         f"{FINETUNE_DEFAULTS['epochs']} epochs, lr {FINETUNE_DEFAULTS['lr']}); auto (default): "
-        "rebuild when the masks spread to at least as many images as were painted (a common "
-        "cue, which fine-tuning does not unlearn), else finetune",
+        "rebuild when the masks spread to at least as many images as were painted or cover half "
+        "the images (a common cue, which fine-tuning does not unlearn), else finetune",
     )
     p.add_argument(
         "--from-scratch",

@@ -12,11 +12,12 @@ image rewards the cue.
 - ``rebuild``: propagate, then paired training from the initial weights (``REBUILD_DEFAULTS``);
 - ``finetune``: paired fine-tuning of the served model on the expert's masks
   (``FINETUNE_DEFAULTS``; the original Robustar recipe);
-- ``auto`` (the default): ``rebuild`` when the masks *spread*: the segmenter, trained on the
-  expert's masks and negatives, confidently finds the cue on at least as many other images as the
-  expert painted, so the cue is common and the model has likely learned it in place of the
-  object; otherwise ``finetune`` (the cue is rare or the segmenter is unsure: rebuilding would
-  relearn it from the unpaired images).
+- ``auto`` (the default): ``rebuild`` when the cue is common: the masks *spread* (the
+  segmenter, trained on the expert's masks and negatives, confidently finds the cue on at least
+  as many other images as the expert painted) or the masks already cover at least half of the
+  training images (say every image was painted); the model has then likely learned the cue in
+  place of the object. Otherwise ``finetune`` (the cue is rare or the segmenter is unsure:
+  rebuilding would relearn it from the unpaired images).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ RECIPES = ("auto", "rebuild", "finetune")
 # spurious fraction 1.0 (30: 0.99) at two thirds of the time (bench/README.md, "few masks").
 REBUILD_DEFAULTS = {"epochs": 20, "lr": 0.05, "batch_size": 16}
 MIN_EXPERT_MASKS = 3  # fewer painted images teach the segmenter too little to spread
+COMMON_SHARE = 0.5  # masks (painted + propagated) on this share of the images: a common cue
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,10 @@ class Choice(NamedTuple):
         return self.name == "rebuild"
 
 
-def choose(recipe: Recipe, expert: int, propagated: int) -> Choice:
-    """The recipe for ``expert`` painted images whose masks spread to ``propagated`` others."""
-    counts = f"{expert} painted, {propagated} propagated"
+def choose(recipe: Recipe, expert: int, propagated: int, images: int) -> Choice:
+    """The recipe for ``expert`` painted images whose masks spread to ``propagated`` others,
+    of ``images`` training images."""
+    counts = f"{expert} painted, {propagated} propagated, of {images} images"
     if recipe.name == "rebuild":
         return Choice("rebuild", recipe.rebuild, f"rebuild as asked ({counts})")
     if recipe.name == "finetune":
@@ -80,8 +83,9 @@ def choose(recipe: Recipe, expert: int, propagated: int) -> Choice:
     if expert < MIN_EXPERT_MASKS:
         why = f"fewer than {MIN_EXPERT_MASKS} painted images to learn the cue from"
         return Choice("finetune", recipe.finetune, f"fine-tune: {why} ({counts})")
-    if propagated >= expert:
-        why = "the masks spread: the cue is common, so the model is rebuilt around the object"
+    if propagated >= expert or expert + propagated >= COMMON_SHARE * images:
+        spread = "the masks spread" if propagated >= expert else "the masks cover most images"
+        why = f"{spread}: the cue is common, so the model is rebuilt around the object"
         return Choice("rebuild", recipe.rebuild, f"rebuild: {why} ({counts})")
     why = "the masks do not spread: the cue is rare, so the model is fine-tuned"
     return Choice("finetune", recipe.finetune, f"fine-tune: {why} ({counts})")

@@ -192,12 +192,10 @@ def simulate(
 ) -> dict[str, Any]:
     """Annotate the first ``budget x N`` images in ``order``, train by ``recipe``, measure.
 
-    ``masks``: reference masks (default ``<data>/oracle_masks``); ``ranking``: a precomputed
-    order; ``propagate`` (a threshold): the segmenter learned from the picks pairs the others
-    (``simulate_propagate``, ``review_share`` its review sample; the auto and rebuild recipes
-    propagate anyway, :mod:`robustar_ls.train.recipe`); ``balance_classes``: class turns.
-    Returns ``{order, budget, picked, picked_classes, annotated, spurious_annotated, before,
-    after, groups, gap_recovered, model_version, out, propagation, recipe, from_scratch}``."""
+    ``masks``: default ``<data>/oracle_masks``; ``ranking``: a precomputed order; ``propagate``
+    (a threshold; implied by the auto and rebuild recipes, :mod:`robustar_ls.train.recipe`):
+    the segmenter learned from the picks pairs the others (``simulate_propagate``). Returns
+    ``{order, budget, picked, annotated, before, after, groups, gap_recovered, recipe, ...}``."""
     check_request(order, budget)
     data_root = Path(data_root)
     data = ImageFolderSplits.open(data_root, required=("train",))
@@ -213,7 +211,9 @@ def simulate(
     ranking = _review(ranking, budget, len(samples), review_share, seed, propagate)
     picked, annotated = pick_annotated(ranking or [], budget, samples, masks_root, status)
     spread = None if propagate is None or budget <= 0 else (data, picked, propagate, status)
-    result, propagation = _finetune(data_root, checkpoint, masks_root, annotated, training, spread)
+    result, propagation = _finetune(
+        data_root, checkpoint, masks_root, annotated, len(samples), training, spread
+    )
     return {
         "propagation": propagation,
         "recipe": result["recipe"],
@@ -270,8 +270,9 @@ def _review(ranking, budget: float, n: int, share: float | None, seed: int, prop
     return with_review_sample(ranking, int(round(budget * n)), share, seed)
 
 
-def _finetune(data_root, checkpoint, masks_root, annotated, training: Training, spread):
-    """``paired_finetune`` from the annotated masks (none: plain), never over ``checkpoint``;
+def _finetune(data_root, checkpoint, masks_root, annotated, images, training: Training, spread):
+    """``paired_finetune`` from the annotated masks (none: plain), never over ``checkpoint``
+    (``images``: how many training images, for the recipe's choice);
     with ``spread = (data, picked, threshold, status)`` also from propagated masks. Returns
     ``(result, propagation summary or None)``."""
     with tempfile.TemporaryDirectory(prefix="robustar-simulate-") as tmp:
@@ -283,7 +284,7 @@ def _finetune(data_root, checkpoint, masks_root, annotated, training: Training, 
             extra, propagation = simulated_propagation(
                 data, masks_root, picked, annotated, threshold, Path(tmp) / "propagation", status
             )
-        choice = choose(training.recipe, len(annotated), len(extra))
+        choice = choose(training.recipe, len(annotated), len(extra), images)
         log.info("recipe: %s", choice.reason)
         if choice.name == "finetune" and not training.propagate_asked:
             extra = {}  # as sync-train: a fine-tuning pairs the painted masks only

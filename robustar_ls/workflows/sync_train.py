@@ -225,7 +225,7 @@ def _train(
         "run the learned segmenter",
     )
     expert = len(training_masks(plan.data, plan.masks_root, None, None))
-    choice = choose(plan.recipe, expert, len(extra))
+    choice = choose(plan.recipe, expert, len(extra), len(plan.data.splits["train"]))
     log.info("recipe: %s", choice.reason)
     if choice.name == "finetune" and not asked.propagate:
         extra = {}  # a fine-tuning pairs the expert's masks only, unless asked to propagate
