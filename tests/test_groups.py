@@ -10,7 +10,7 @@ import torch
 
 from robustar_ls.cli import main
 from robustar_ls.cli.history import format_table
-from robustar_ls.config import ModelConfig, SyntheticConfig, TrainConfig
+from robustar_ls.config import SyntheticConfig, TrainConfig
 from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.groups import (
     GROUPS_FILE,
@@ -25,8 +25,9 @@ from robustar_ls.data.synthetic import make_dataset
 from robustar_ls.models.history import history_entry, read_history
 from robustar_ls.models.zoo import create_classifier
 from robustar_ls.train.recipe import Recipe
-from robustar_ls.train.run import evaluate_splits, make_loader, train_classifier
+from robustar_ls.train.run import evaluate_splits, make_loader
 from robustar_ls.workflows.simulate import simulate
+from tests.data_support import dataset_with_model
 
 TRAIN = TrainConfig(epochs=1, batch_size=8, lr=0.02, device="cpu", augment=False)
 
@@ -167,10 +168,7 @@ def dataset(tmp_path_factory):
         bias=0.8,
         seed=3,
     )
-    make_dataset(root, cfg)
-    ckpt = root / "model.pt"
-    train_classifier(root, ckpt, ModelConfig(width=4, image_size=16), TRAIN)
-    return root, ckpt
+    return dataset_with_model(root, cfg, TRAIN)
 
 
 def _predictions(model, samples):

@@ -9,12 +9,10 @@ import numpy as np
 import pytest
 
 from robustar_ls.cli import main
-from robustar_ls.config import ModelConfig, PairedConfig, SyntheticConfig, TrainConfig
+from robustar_ls.config import PairedConfig, SyntheticConfig, TrainConfig
 from robustar_ls.data.folders import ImageFolderSplits
-from robustar_ls.data.synthetic import make_dataset
 from robustar_ls.models.checkpoint import load_checkpoint
 from robustar_ls.train.recipe import Recipe
-from robustar_ls.train.run import train_classifier
 from robustar_ls.workflows.simulate import (
     SimulateError,
     gap_recovered,
@@ -24,6 +22,7 @@ from robustar_ls.workflows.simulate import (
     simulate,
 )
 from robustar_ls.workflows.simulate_propagate import DEFAULT_REVIEW_SHARE, with_review_sample
+from tests.data_support import dataset_with_model
 
 TRAIN = TrainConfig(epochs=1, batch_size=8, lr=0.02, device="cpu", augment=False)
 
@@ -41,10 +40,7 @@ def tiny(tmp_path_factory):
         classes=2,
         spurious_fraction=0.5,
     )
-    make_dataset(root, cfg)
-    ckpt = root / "model.pt"
-    train_classifier(root, ckpt, ModelConfig(width=4, image_size=16), TRAIN)
-    return root, ckpt
+    return dataset_with_model(root, cfg, TRAIN)
 
 
 def run(tiny, **kwargs):
