@@ -404,3 +404,18 @@ def test_text_summary_says_the_recipe_and_the_group_metrics():
     assert lines[-1] == "  test: worst group 0.000→0.800"
     del summary["recipe"], summary["groups"]  # an older summary: no such lines
     assert len(_text_summary(summary).splitlines()) == 3
+
+
+def test_json_summary_carries_the_recipe_groups_and_saliency_share():
+    from robustar_ls.cli.sync_train import _json_summary
+
+    keys = ("model_version", "parent_version", "before", "after", "annotated", "loss_terms")
+    summary = {**dict.fromkeys(keys, ""), "out": "m.pt", "sync": None, "trained": True}
+    summary.update(
+        recipe={"name": "rebuild", "reason": REASON, "asked": "auto"},
+        groups={"before": None, "after": {"test": {"worst_group": 0.8}}},
+        saliency_in_masks={"before": 0.6, "after": 0.1},
+    )
+    out = _json_summary(summary)
+    assert out["recipe"]["name"] == "rebuild" and out["saliency_in_masks"]["after"] == 0.1
+    assert out["groups"]["after"]["test"]["worst_group"] == 0.8

@@ -228,6 +228,7 @@ def _json_summary(summary: dict) -> dict:
         "segmenter": summary.get("segmenter"),
         "recipe": summary.get("recipe"),
         "groups": summary.get("groups"),
+        "saliency_in_masks": summary.get("saliency_in_masks"),
     }
 
 
