@@ -24,16 +24,16 @@ from robustar_ls.config import InfluenceConfig, PairedConfig, build, pick
 
 NAME = "simulate"
 HELP = (
-    "simulated annotator: fine-tune from the reference masks of the first BUDGET x N training "
-    "images in an order, and report the gap recovered"
+    "simulated annotator: train as sync-train does from the reference masks of the first "
+    "BUDGET x N training images in an order, and report the gap recovered"
 )
 DESCRIPTION = (
     "Order the training images (influence scores of CKPT, highest training loss, or a seeded "
-    "shuffle), annotate the first BUDGET x N of them that have a reference mask in --masks, run "
-    "sync-train's paired fine-tuning from those masks and report accuracy before/after and "
+    "shuffle), annotate the first BUDGET x N of them that have a reference mask in --masks, "
+    "train from those masks as sync-train does (--recipe) and report accuracy before/after and "
     "gap_recovered = (OOD_after - OOD_before) / (ID_before - OOD_before) (ID = val, or train "
     "without val; OOD = test). --budget 0 = plain fine-tuning (the control). CKPT is never "
-    "modified; --out writes the fine-tuned model."
+    "modified; --out writes the trained model."
 )
 
 

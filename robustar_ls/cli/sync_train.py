@@ -1,4 +1,4 @@
-"""``robustar-ls sync-train``: sync masks from Label Studio, then paired fine-tuning."""
+"""``robustar-ls sync-train``: sync masks from Label Studio, then paired training (the recipe)."""
 
 from __future__ import annotations
 
