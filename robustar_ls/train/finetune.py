@@ -291,10 +291,10 @@ def _attention(model: nn.Module, dataset: PairedDataset) -> float | None:
     :data:`ATTENTION_IMAGES` of) the paired images (``train/mask_attention.py``)."""
     from robustar_ls.train.mask_attention import share_in_masks
 
-    rows = [dataset[i] for i, s in enumerate(dataset.samples) if s.relpath in dataset.masks]
+    paired = [i for i, s in enumerate(dataset.samples) if s.relpath in dataset.masks]
+    rows = [dataset[i] for i in paired[:ATTENTION_IMAGES]]  # only those images are decoded
     if not rows:
         return None
-    rows = rows[:ATTENTION_IMAGES]
     images, masks = torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
     labels = torch.tensor([r[3] for r in rows])
     device = next(model.parameters()).device
