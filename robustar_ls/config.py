@@ -135,6 +135,7 @@ class InfluenceConfig:
     device: str = "auto"
     test_split: str = "test"
     keep_versions: int = 2  # cached model versions kept on disk
+    balance_classes: bool = False  # ranks in class turns (workflows/influence.take_class_turns)
 
 
 @dataclass(frozen=True)

@@ -32,17 +32,22 @@ class FakeSdkTasks:
         return SimpleNamespace(items=items, response=SimpleNamespace(total=len(rows)))
 
 
+OPERATORS = {
+    ("Number", "greater_or_equal"): lambda value, wanted: value >= wanted,
+    ("Number", "less_or_equal"): lambda value, wanted: value <= wanted,
+    ("String", "equal"): lambda value, wanted: value == wanted,
+}
+
+
 def _selected(row: dict, query: dict) -> bool:
+    """The Data Manager filters the prefetch sends (task data fields, "and")."""
     if "selectedItems" in query:
         return row["id"] in query["selectedItems"]["included"]
-    rank = row["data"].get("influence_rank")
     for item in query["filters"]["items"]:
-        assert item["filter"] == "filter:tasks:data.influence_rank" and item["type"] == "Number"
-        if rank is None:
-            return False
-        if item["operator"] == "greater_or_equal" and not rank >= item["value"]:
-            return False
-        if item["operator"] == "less_or_equal" and not rank <= item["value"]:
+        prefix = "filter:tasks:data."
+        assert item["filter"].startswith(prefix) and query["filters"]["conjunction"] == "and"
+        value = row["data"].get(item["filter"][len(prefix) :])
+        if value is None or not OPERATORS[item["type"], item["operator"]](value, item["value"]):
             return False
     return True
 

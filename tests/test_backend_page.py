@@ -136,3 +136,27 @@ def test_plot_of_non_negative_values_starts_at_zero():
     svg = line_plot("p", "t", ["1", "2"], {"loss": [0.2, 0.1]})
     ticks = [t.text for t in ET.fromstring(svg).iter(f"{SVG}text")]
     assert "0.00" in ticks and not any(t.startswith("-") for t in ticks if t)
+
+
+def _page_with_prefetch(influence: dict) -> str:
+    from robustar_ls.backend.page import render_page
+
+    prefetch = {"state": "idle", "top": 100, "influence": influence}
+    data = {"training": None, "version": "v2-b", "checkpoint": "m.pt", "project_link": None,
+            "project_title": None, "prefetch": prefetch, "chain": []}  # fmt: skip
+    return render_page(data)
+
+
+def test_page_shows_the_influence_rerun_and_refreshes_while_it_runs():
+    running = {"state": "running", "model_version": "v2-b", "phase": "gradients (train)",
+               "done": 3, "total": 12}  # fmt: skip
+    html = _page_with_prefetch(running)
+    assert '<b id="influence-state" class="running">running</b>' in html
+    assert '<span id="influence-progress">gradients (train) 3/12</span>' in html
+    assert "Influence for v2-b" in html and 'http-equiv="refresh"' in html
+    done = {"state": "done", "model_version": "v2-b", "scored": 800, "test_errors": 57}
+    html = _page_with_prefetch(done)
+    assert "800 training tasks ranked, 57 test errors" in html
+    assert 'http-equiv="refresh"' not in html
+    failed = {"state": "failed", "error": "DatasetError: <no test split>"}
+    assert "DatasetError: &lt;no test split&gt;" in _page_with_prefetch(failed)

@@ -258,7 +258,8 @@ def _prefetch_html(status: dict[str, Any] | None) -> str:
     state = escape(str((status or {}).get("state", "disabled")))
     if state == "disabled":
         return '<p class="muted">Prefetch is off (<code>serve --prefetch N</code>).</p>'
-    line = f"<p>Prefetch (top {escape(str(status.get('top')))} tasks by influence): "
+    top = escape(str(status.get("top")))
+    line = f"<p>Prefetch (test errors and the top {top} tasks by influence): "
     line += f'<b id="prefetch-state" class="{state}">{state}</b>'
     if status.get("total"):
         done = int(status.get("done") or 0) + int(status.get("skipped") or 0)
@@ -271,10 +272,44 @@ def _prefetch_html(status: dict[str, Any] | None) -> str:
     return line + "</p>"
 
 
+def _influence_html(status: dict[str, Any] | None) -> str:
+    """One line: the influence rerun for the served classifier version (``serve --data``)."""
+    influence = (status or {}).get("influence")
+    if not isinstance(influence, dict):
+        return ""
+    state = escape(str(influence.get("state")))
+    version = escape(str(influence.get("model_version")))
+    line = f'<p>Influence for {version}: <b id="influence-state" class="{state}">{state}</b>'
+    if state == "running":
+        step = f"{influence.get('phase')}"
+        if influence.get("total"):
+            step += f" {influence.get('done') or 0}/{influence['total']}"
+        line += f' <span id="influence-progress">{escape(step)}</span>'
+    elif state == "current":
+        line += ' <span class="muted">(the tasks already hold this version\'s ranks)</span>'
+    elif state == "done":
+        line += (
+            f" · {escape(str(influence.get('scored')))} training tasks ranked, "
+            f"{escape(str(influence.get('test_errors')))} test errors"
+        )
+    if influence.get("error"):
+        line += f' <span class="failed">{escape(str(influence["error"]))}</span>'
+    return line + "</p>"
+
+
+def _busy(data: dict[str, Any]) -> bool:
+    """A job, an influence run or a prefetch runs: the page refreshes itself."""
+    prefetch = data.get("prefetch") or {}
+    return any(
+        isinstance(part, dict) and part.get("state") == "running"
+        for part in (data["training"], prefetch, prefetch.get("influence"))
+    )
+
+
 def render_page(data: dict[str, Any]) -> str:
     """The whole HTML document."""
     training = data["training"]
-    running = training is not None and training.get("state") == "running"
+    running = _busy(data)
     refresh = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if running else ""
     link = ""
     if data["project_link"]:
@@ -287,8 +322,8 @@ def render_page(data: dict[str, Any]) -> str:
         f'<p>Serving <b id="model-version">{escape(str(data["version"]))}</b> '
         f'<span class="muted">{escape(data["checkpoint"])}</span>'
         f"{' · Label Studio project ' + link if link else ''}</p>"
-        f'<div class="card">{_progress_html(training)}{_prefetch_html(data.get("prefetch"))}'
-        "</div>"
+        f'<div class="card">{_progress_html(training)}{_influence_html(data.get("prefetch"))}'
+        f"{_prefetch_html(data.get('prefetch'))}</div>"
         f"<h2>Accuracy and loss</h2>{_plots_html(data['chain'])}"
         f"<h2>Model versions</h2>{_versions_html(data['chain'])}"
         f"<h2>Last sync</h2>{_sync_html(data['chain'])}"

@@ -1,19 +1,24 @@
-"""Prefetch: predictions for the most influential tasks, stored in Label Studio before the
-expert opens them.
+"""Prefetch: after every new model version, influence for it and predictions for the tasks the
+expert looks at, stored in Label Studio before the expert opens them.
 
 One background thread per worker; the worker holding the prefetch lock
 (:mod:`robustar_ls.backend.prefetch_state`) checks every ``poll`` seconds for a new model
 version (the checkpoint or the learned segmenter changed: sync-train, Start Training) and for
 requests (``POST /prefetch`` after ``robustar-ls influence``; tasks a ``/predict`` deferred at
-its deadline). Then it runs: the deferred tasks first, then the tasks ranked 1..N by influence,
-skipping those that already hold a prediction of the served model version, ``chunk`` tasks per
-model call through the same :class:`~robustar_ls.backend.predictor.Predictor` as ``/predict``
-(so its cache fills too), each chunk's predictions stored in one request. Label Studio skips
-tasks holding a prediction of the current version, so those opens need no model call.
+its deadline). Then it runs: with ``serve --data``, influence for the served classifier first
+when the project's fields come from another version (:mod:`robustar_ls.backend.influence_refresh`:
+new ranks, test-error fields and links); then predictions for the deferred tasks, the test
+errors (most confident first) and the tasks ranked 1..N by influence, skipping those that
+already hold a prediction of the served model version, ``chunk`` tasks per model call through
+the same :class:`~robustar_ls.backend.predictor.Predictor` as ``/predict`` (so its cache fills
+too), each chunk's predictions stored in one request. Label Studio 1.23 asks a backend for a
+task only when the task holds no prediction at all: the stored predictions are what the expert
+sees.
 
-A new model version or a new request supersedes the running prefetch (checked between
-chunks). Nothing here can break ``/predict`` or ``/health``: the thread catches everything, a
-failed run is logged once per message and retried a bounded number of times.
+A new model version supersedes the running influence and prefetch; a new request supersedes the
+prefetch (checked between chunks). Nothing here can break ``/predict`` or ``/health``: the
+thread catches everything, a failed run is logged once per message and retried a bounded number
+of times; a failed influence run is reported and the prefetch goes on with the ranks there are.
 """
 
 from __future__ import annotations
@@ -27,10 +32,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from robustar_ls.backend.influence_refresh import Cancelled, InfluenceRefresh, RefreshRun
 from robustar_ls.backend.page import PROJECT_FILE, read_project
 from robustar_ls.backend.predictor import Predictor, chunks
 from robustar_ls.backend.prefetch_state import IDLE, PrefetchConfig, PrefetchFiles
-from robustar_ls.config import ServeConfig
+from robustar_ls.config import InfluenceConfig, ServeConfig
 from robustar_ls.errors import RobustarError
 from robustar_ls.labelstudio import client as ls
 
@@ -50,9 +56,11 @@ class Superseded(RobustarError):
 class Prefetcher:
     """Runs the prefetch in a background thread (see the module doc).
 
-    ``predictor``: ``model_version`` and ``predict(tasks, label_config=)``; ``connect()``: a
-    Label Studio client; ``default_project(client)``: the project to prefetch for until a
-    request names one (or None). Tests call :meth:`step` directly instead of :meth:`start`.
+    ``predictor``: ``model_version`` and ``predict(tasks, label_config=)`` (and ``served()``
+    for ``refresh``); ``connect()``: a Label Studio client; ``default_project(client)``: the
+    project to prefetch for until a request names one (or None); ``refresh``: reruns influence
+    for a new classifier version first (``serve --data``). Tests call :meth:`step` directly
+    instead of :meth:`start`.
     """
 
     def __init__(
@@ -62,8 +70,10 @@ class Prefetcher:
         state_dir: str | Path,
         connect: Callable[[], Any],
         default_project: ProjectFinder | None = None,
+        refresh: InfluenceRefresh | None = None,
     ) -> None:
         self.predictor = predictor
+        self.refresh = refresh
         self.cfg = cfg
         self.files = PrefetchFiles(state_dir)
         self.connect = connect
@@ -75,6 +85,7 @@ class Prefetcher:
         self._deferred: dict[int, bool] = {}  # task ids, in arrival order
         self._version_done: str | None = None
         self._failures = 0
+        self._influence_written = 0.0  # monotonic time of the last influence progress write
         self._retry_at: float | None = None
         self._logged: set[str] = set()
         self._status: dict[str, Any] = dict(IDLE)
@@ -158,7 +169,7 @@ class Prefetcher:
         self._publish({**IDLE, **started, "top": self._top})
         try:
             self._prefetch(version)
-        except Superseded:
+        except (Superseded, Cancelled):
             self._publish({**self._status, "state": "superseded", "finished_at": _now()})
             log.info("prefetch for model version %s superseded", version)
             return
@@ -177,6 +188,7 @@ class Prefetcher:
                            "error": "no Label Studio project known yet: run `robustar-ls "
                            "influence --label-studio-url …` or open the project"})  # fmt: skip
             return
+        self._refresh_influence(client, project, version)
         todo, skipped = self._plan(client, project, version)
         self._publish({**self._status, "project": project, "total": len(todo) + skipped,
                        "skipped": skipped})  # fmt: skip
@@ -203,12 +215,44 @@ class Prefetcher:
         self._deferred = {}
         self._publish({**self._status, "state": "done", "finished_at": _now()})
 
+    def _refresh_influence(self, client: Any, project: int, version: str) -> None:
+        """Influence for the served classifier, unless the project has it (see the module doc);
+        its progress in the status's ``influence``. Only a newer model version stops it."""
+        if self.refresh is None:
+            return
+        run = RefreshRun(
+            client, project, self.predictor.served().checkpoint,
+            report=self._report_influence,
+            cancelled=lambda: self.predictor.model_version != version,
+        )  # fmt: skip
+        try:
+            outcome = self.refresh.ensure(run)
+        except (Cancelled, Superseded, ls.LabelStudioError):
+            raise
+        except Exception as err:  # the prefetch goes on with the ranks there are
+            outcome = {"state": "failed", "error": f"{type(err).__name__}: {err}"}
+            self._log_once(f"influence for model version {version} failed: {outcome['error']}")
+        self._publish({**self._status, "influence": {**outcome, "finished_at": _now()}})
+
+    def _report_influence(self, record: dict[str, Any]) -> None:
+        """A running influence's progress, written at most every half second per phase."""
+        phase = record.get("phase")
+        last = self._status.get("influence") or {}
+        now = time.monotonic()
+        if phase == last.get("phase") and now - self._influence_written < 0.5:
+            self._status = {**self._status, "influence": record}
+            return
+        self._influence_written = now
+        self._publish({**self._status, "influence": record})
+
     def _plan(self, client: Any, project: int, version: str) -> tuple[list[dict], int]:
-        """The tasks to predict, deferred ones first, and how many already hold ``version``."""
+        """The tasks to predict: deferred ones, the test errors, the top ranks (in that order);
+        and how many already hold ``version``."""
         ranked = ls.most_influential_tasks(client, project, self._top, self.policy)
+        errors = ls.test_error_tasks(client, project, self._top, self.policy)
         deferred = ls.tasks_with_versions(client, project, list(self._deferred), self.policy)
         todo, skipped, seen = [], 0, set()
-        for task in [*deferred.values(), *ranked]:
+        for task in [*deferred.values(), *errors, *ranked]:
             if task.id in seen:
                 continue
             seen.add(task.id)
@@ -289,10 +333,12 @@ class Prefetcher:
 
 
 def build_prefetcher(
-    cfg: ServeConfig, prefetch: PrefetchConfig
+    cfg: ServeConfig, prefetch: PrefetchConfig, influence: InfluenceConfig | None = None
 ) -> Callable[[Predictor], Prefetcher] | None:
     """What ``create_app`` calls with its predictor to start the prefetch, or None when it is
-    off (``--prefetch 0``, or no Label Studio API key: said once, here)."""
+    off (``--prefetch 0``, or no Label Studio API key: said once, here). With ``cfg.data`` (and
+    ``prefetch.influence``), influence is rerun for each new classifier version, by
+    ``influence`` (default settings when None)."""
     if prefetch.top < 1:
         log.info("prefetch is off (--prefetch 0)")
         return None
@@ -302,6 +348,11 @@ def build_prefetcher(
             "(set LABEL_STUDIO_API_KEY)"
         )
         return None
+
+    refresh = bool(cfg.data) and prefetch.influence
+    if not refresh:
+        log.info("influence is not rerun for new model versions (%s)",
+                 "--no-influence-refresh" if cfg.data else "no --data")  # fmt: skip
 
     def default_project(client: Any) -> int | None:
         project = ls.find_project(client, cfg.project) if cfg.project else None
@@ -316,6 +367,7 @@ def build_prefetcher(
             Path(cfg.resolved_cache_dir()) / "prefetch",
             connect=lambda: ls.connect(cfg.label_studio_url, cfg.label_studio_api_key),
             default_project=default_project,
+            refresh=InfluenceRefresh(cfg.data, influence) if refresh else None,
         )
         prefetcher.start()
         return prefetcher

@@ -32,7 +32,9 @@ class PrefetchConfig:
     the prefetch off); ``chunk``: tasks per model call (a user's ``/predict`` waits for at most
     one chunk); ``poll``: seconds between checks for a new model version or request;
     ``retries``/``backoff``: a failed run is tried again that many times, after ``backoff``,
-    ``2·backoff``, … seconds, then only on the next request or model version.
+    ``2·backoff``, … seconds, then only on the next request or model version; ``influence``:
+    with ``serve --data``, rerun influence for each new classifier version first
+    (:mod:`robustar_ls.backend.influence_refresh`).
     """
 
     top: int = 100
@@ -40,6 +42,7 @@ class PrefetchConfig:
     poll: float = 2.0
     retries: int = 3
     backoff: float = 30.0
+    influence: bool = True
 
 
 IDLE: dict[str, Any] = {
@@ -53,6 +56,7 @@ IDLE: dict[str, Any] = {
     "started_at": None,
     "finished_at": None,
     "error": None,
+    "influence": None,  # the influence refresh of this run: state, model_version, phase, done
 }
 
 

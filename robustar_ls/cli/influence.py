@@ -60,6 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--balance-classes",
         dest="balance_classes",
         action="store_true",
+        default=None,  # the [influence] settings' balance_classes, else off
         help="rank in class turns: the top image of every class, then the second, ... (Label "
         "Studio's influence_rank too); for a shortcut that every class carries",
     )
@@ -75,13 +76,18 @@ def influence_config(args: argparse.Namespace) -> InfluenceConfig:
     flags = pick(args, InfluenceConfig)
     if getattr(args, "layers", None):
         flags["layers"] = tuple(name.strip() for name in args.layers.split(",") if name.strip())
-    section = dict(settings_section(args, "influence"))
-    if isinstance(section.get("layers"), list):
-        section["layers"] = tuple(section["layers"])
-    cfg = build(InfluenceConfig, section, flags)
+    cfg = build(InfluenceConfig, influence_section(args), flags)
     if cfg.k < 1 or cfg.batch_size < 1 or cfg.damping < 0:
         raise ConfigError("influence: k and batch size must be positive, damping >= 0")
     return cfg
+
+
+def influence_section(args: argparse.Namespace) -> dict:
+    """The settings file's [influence] section (``layers`` as a tuple)."""
+    section = dict(settings_section(args, "influence"))
+    if isinstance(section.get("layers"), list):
+        section["layers"] = tuple(section["layers"])
+    return section
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if result is None:  # not rank 0: rank 0 writes the scores
         return 0
-    if args.balance_classes:
+    if cfg.balance_classes:
         result = influence.take_class_turns(result)
     summary = influence.summary(result, args.top)
     if label_studio is not None:

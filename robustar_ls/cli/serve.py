@@ -19,6 +19,7 @@ from robustar_ls.cli.validators import (
 )
 from robustar_ls.config import (
     FINETUNE_DEFAULTS,
+    InfluenceConfig,
     LabelStudioConfig,
     PairedConfig,
     ServeConfig,
@@ -111,8 +112,24 @@ def add_prefetch_flag(p: argparse.ArgumentParser) -> None:
         type=non_negative_int,
         default=None,
         metavar="N",
-        help="store predictions of the N most influential tasks in Label Studio in the "
-        "background, for each new model version (default 100; 0 = off)",
+        help="store predictions of the N most influential tasks (and of up to N test errors) "
+        "in Label Studio in the background, for each new model version (default 100; 0 = off)",
+    )
+    p.add_argument(
+        "--no-influence-refresh",
+        dest="influence",
+        action="store_false",
+        default=None,
+        help="with --data, do not rerun influence for each new model version (default: rerun "
+        "it, then prefetch by the new ranks; settings: prefetch.influence)",
+    )
+    p.add_argument(
+        "--balance-classes",
+        dest="balance_classes",
+        action="store_true",
+        default=None,
+        help="rerun influence ranks in class turns, as `influence --balance-classes` "
+        "(settings: influence.balance_classes)",
     )
 
 
@@ -194,8 +211,17 @@ def prefetch_config(args: argparse.Namespace):
     """Defaults < settings file [prefetch] < ``--prefetch N``."""
     from robustar_ls.backend.prefetch_state import PrefetchConfig
 
-    flags = {"top": getattr(args, "prefetch", None)}
+    flags = {"top": getattr(args, "prefetch", None), "influence": getattr(args, "influence", None)}
     return build(PrefetchConfig, settings_section(args, "prefetch"), flags)
+
+
+def refresh_influence_config(args: argparse.Namespace, cfg: ServeConfig) -> InfluenceConfig:
+    """The influence the backend reruns: defaults < settings [influence] < ``--balance-classes``
+    (on the backend's ``--device``)."""
+    from robustar_ls.cli.influence import influence_section
+
+    flags = {"balance_classes": getattr(args, "balance_classes", None), "device": cfg.device}
+    return build(InfluenceConfig, influence_section(args), flags)
 
 
 def serve_training_jobs(args: argparse.Namespace, cfg: ServeConfig):
@@ -249,13 +275,16 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--data {cfg.data} is not a folder")
 
     prefetch = prefetch_config(args)
+    influence = refresh_influence_config(args, cfg)
 
     def factory():
         from robustar_ls.backend.app import create_app
         from robustar_ls.backend.prefetch import build_prefetcher
 
         return create_app(
-            cfg, jobs=serve_training_jobs(args, cfg), prefetcher=build_prefetcher(cfg, prefetch)
+            cfg,
+            jobs=serve_training_jobs(args, cfg),
+            prefetcher=build_prefetcher(cfg, prefetch, influence),
         )
 
     serve(factory, cfg.host, cfg.port, cfg.workers, cfg.threads, cfg.timeout, debug=args.debug)

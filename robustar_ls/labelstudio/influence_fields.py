@@ -5,11 +5,14 @@ Training tasks get ``influence``, ``influence_rank``, ``influence_explains`` and
 first" tab orders them. Test tasks get the model's ``predicted`` class, ``confidence`` and
 ``outcome`` (correct | wrong); a misclassified one also gets ``top_training_tasks`` (the ids of
 its 5 most influential training tasks, most influential first) and ``related_html`` (their
-thumbnails, each opening that training task).
+thumbnails, each opening that training task). Every task written carries ``influence_version``:
+the classifier version whose errors produced its fields.
 
 :func:`influence_updates` and :func:`prediction_updates` are pure (result + current tasks → field
 updates); every task not written now is reset to the values `robustar-ls import` sets
-(:data:`CLEARED`), so nothing of an earlier model version survives a rerun.
+(:data:`CLEARED`), so nothing of an earlier model version survives a rerun. A field that does not
+apply holds no value (JSON null: an empty cell in the Data Manager, never a made-up 0): the
+test-only fields on training tasks, the training-only ones on test tasks.
 :func:`write_influence` sends the updates through :mod:`robustar_ls.labelstudio.client` (one
 PATCH per changed task; unchanged tasks are not sent).
 """
@@ -28,28 +31,36 @@ if TYPE_CHECKING:  # not at run time: `robustar-ls import` needs CLEARED, not to
 
 log = logging.getLogger(__name__)
 
-# what `robustar-ls import` gives a task before any scoring; "unscored" again after a rerun
+# what `robustar-ls import` gives a task before any scoring; "unscored" again after a rerun.
+# No value (null) where there is none: the Data Manager shows an empty cell, not a made-up 0.
 CLEARED: dict[str, Any] = {
-    "influence": 0.0,
-    "influence_rank": 0,
-    "influence_explains": "",
+    "influence": None,
+    "influence_rank": None,
+    "influence_explains": "",  # text the labeling view's Headers show: empty, never "null"
     "influence_line": "",  # the labeling view's one-line summary (Headers show text only)
-    "predicted": "",
-    "confidence": 0.0,
-    "outcome": "",
-    "top_training_tasks": [],
-    "related_html": "",
+    "influence_version": None,  # the classifier version that produced the fields
+    "predicted": None,
+    "confidence": None,
+    "outcome": None,
+    "top_training_tasks": None,
+    "related_html": "",  # a HyperText object tag reads it: always a string
 }
-FIELDS = ("influence", "influence_rank", "influence_explains")
+FIELDS = ("influence", "influence_rank", "influence_explains", "influence_version")
 TRAIN_FIELDS = (*FIELDS, "influence_line", "related_html")
 TEST_FIELDS = (
     "predicted",
     "confidence",
     "outcome",
     "influence_line",
+    "influence_version",
     "top_training_tasks",
     "related_html",
 )
+# the fields of the other split: no value on this one
+NOT_ON_TRAIN = {name: None for name in ("predicted", "confidence", "outcome", "top_training_tasks")}
+NOT_ON_TEST = {
+    name: CLEARED[name] for name in ("influence", "influence_rank", "influence_explains")
+}
 
 
 @dataclass
@@ -63,6 +74,7 @@ class InfluenceWrite:
     updated: int = 0  # tasks actually changed in Label Studio
     unchanged: int = 0
     missing: list[str] = field(default_factory=list)  # images without a task
+    error_tasks: list[int] = field(default_factory=list)  # misclassified test tasks, surest first
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -83,16 +95,25 @@ def task_id_and_data(task: Any) -> tuple[int, dict[str, Any]]:
     return int(task.id), dict(task.data or {})
 
 
-def _clear(tasks: Mapping[str, Any], names: tuple[str, ...], updates: dict, report) -> None:
-    """Reset ``names`` of every task in ``tasks`` without an update yet."""
+def _clear(
+    tasks: Mapping[str, Any], names: tuple[str, ...], updates: dict, report, other: dict
+) -> None:
+    """Reset ``names`` of every task in ``tasks`` without an update yet, and give every task no
+    value in the ``other`` split's fields."""
     cleared = {name: CLEARED[name] for name in names}
     for task in tasks.values():
         task_id, data = task_id_and_data(task)
         if task_id in updates:
+            updates[task_id] = {**other, **updates[task_id]}
             continue
-        updates[task_id] = dict(cleared)  # unchanged tasks are not sent
-        if any(data.get(name, CLEARED[name]) != CLEARED[name] for name in names):
+        updates[task_id] = {**other, **cleared}  # unchanged tasks are not sent
+        if any(_has_value(data.get(name)) for name in names):
             report.cleared += 1
+
+
+def _has_value(value: Any) -> bool:
+    """Whether a field holds more than an empty placeholder (older imports wrote 0, [])."""
+    return value not in (None, "", 0, [])
 
 
 def _thumb(task: Any, href: str, caption: str) -> Thumb:
@@ -134,6 +155,7 @@ def influence_updates(
             "influence": round(result.scores[relpath], 6),
             "influence_rank": result.ranks[relpath],
             "influence_explains": result.explain_text(relpath),
+            "influence_version": result.model_version,
         }
         if links is not None:
             updates[task_id]["influence_line"] = (
@@ -144,7 +166,7 @@ def influence_updates(
                 result, relpath, test_tasks or {}, links
             )
     report.scored = len(updates)
-    _clear(tasks, TRAIN_FIELDS if links is not None else FIELDS, updates, report)
+    _clear(tasks, TRAIN_FIELDS if links is not None else FIELDS, updates, report, NOT_ON_TRAIN)
     if report.missing:
         log.warning(
             "%d scored images have no task in the project (e.g. %s); run `robustar-ls import`",
@@ -193,7 +215,8 @@ def prediction_updates(
             "outcome": "wrong" if wrong else "correct",
             "influence_line": f"Predicted {pred['predicted']} ({pred['confidence']:.0%}): "
             + ("WRONG" if wrong else "correct"),
-            "top_training_tasks": [],
+            "influence_version": result.model_version,
+            "top_training_tasks": None,
             "related_html": "",
         }
         if wrong:
@@ -201,7 +224,10 @@ def prediction_updates(
         updates[task_id] = fields
         report.predicted += 1
         report.test_errors += int(wrong)
-    _clear(test_tasks, TEST_FIELDS, updates, report)
+        if wrong:
+            report.error_tasks.append(task_id)
+    report.error_tasks.sort(key=lambda i: -float(updates[i]["confidence"]))
+    _clear(test_tasks, TEST_FIELDS, updates, report, NOT_ON_TEST)
     return updates, report
 
 

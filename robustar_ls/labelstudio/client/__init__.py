@@ -20,6 +20,7 @@ from robustar_ls.labelstudio.client.predictions import (
     most_influential_tasks,
     store_predictions,
     tasks_with_versions,
+    test_error_tasks,
     versions_of,
 )
 from robustar_ls.labelstudio.client.projects import (
@@ -117,6 +118,7 @@ __all__ = [
     "find_project",
     "ml_backend_url",
     "most_influential_tasks",
+    "test_error_tasks",
     "store_predictions",
     "tasks_with_versions",
     "versions_of",

@@ -107,6 +107,30 @@ def most_influential_tasks(
     return sorted(tasks, key=lambda t: (float(t.data.get("influence_rank") or 0), t.id))
 
 
+def test_error_tasks(
+    client: LabelStudio, project_id: int, top: int, policy: RetryPolicy | None = None
+) -> list[StoredTask]:
+    """Up to ``top`` misclassified test tasks (``data.outcome == "wrong"``, as ``robustar-ls
+    influence`` writes it), the most confident errors first (the "Test errors" tab's order)."""
+    if top < 1:
+        return []
+    query = {
+        "filters": {
+            "conjunction": "and",
+            "items": [
+                {"filter": "filter:tasks:data.outcome", "operator": "equal", "type": "String",
+                 "value": "wrong"},
+            ],
+        }
+    }  # fmt: skip
+    tasks = _query_tasks(
+        client, project_id, query, f"the test errors of project {project_id}",
+        policy or RetryPolicy(),
+    )  # fmt: skip
+    tasks.sort(key=lambda t: (-float(t.data.get("confidence") or 0), t.id))
+    return tasks[:top]
+
+
 def tasks_with_versions(
     client: LabelStudio, project_id: int, ids: Sequence[int], policy: RetryPolicy | None = None
 ) -> dict[int, StoredTask]:
