@@ -107,3 +107,44 @@ def test_next_steps_name_real_files_a_runnable_command_and_where_start_training_
     run = subprocess.run([argv[0], "history", "--help"], capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin"})  # fmt: skip
     assert run.returncode == 0 and "history" in run.stdout
+
+
+def _health_server(answers: list[dict]):
+    """/health answering ``answers`` in turn (the last one from then on)."""
+    import json
+    from http.server import BaseHTTPRequestHandler
+
+    from http_support import local_http_server
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = json.dumps(answers.pop(0) if len(answers) > 1 else answers[0]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    return local_http_server(Health)
+
+
+def test_the_demo_waits_for_the_backends_ranks_of_its_model_version(monkeypatch, caplog):
+    from robustar_ls.workflows import demo
+
+    monkeypatch.setattr(demo.time, "sleep", lambda seconds: None)
+    answers = [
+        {"prefetch": {"state": "waiting"}},  # the request not taken yet
+        {"prefetch": {"influence": {"state": "done", "model_version": "v0-old"}}},
+        {"prefetch": {"influence": {"state": "running", "model_version": "v1", "phase": "grad"}}},
+        {"prefetch": {"influence": {"state": "done", "model_version": "v1", "scored": 8}}},
+    ]
+    caplog.set_level("INFO")
+    with _health_server(answers) as url:
+        assert demo.wait_for_ranks(url, "v1", None)["scored"] == 8
+    assert "influence: grad" in caplog.text
+    failed = [{"prefetch": {"influence": {"state": "failed", "model_version": "v1",
+                                          "error": "DatasetError: no test split"}}}]  # fmt: skip
+    with _health_server(failed) as url, pytest.raises(DemoError, match="no test split"):
+        demo.wait_for_ranks(url, "v1", None)

@@ -7,7 +7,8 @@ Steps (each reuses what an earlier run left in the work folder):
    low out-of-domain accuracy);
 3. Label Studio (own virtualenv, SQLite, local-files serving, a demo user and token);
 4. the ML backend (``robustar-ls serve``, a subprocess);
-5. the project import, then influence scores written into the tasks (function calls, no argv);
+5. the project import; the backend then ranks the tasks by influence and stores predictions of
+   the top ones (as after every new model version), and the demo waits for it;
 6. a summary of where to click; both servers run until Ctrl-C.
 
 Everything lives under the work folder (default ``./demo``): ``documents/`` is Label Studio's
@@ -36,7 +37,6 @@ import httpx
 
 from robustar_ls.config import (
     ImportConfig,
-    InfluenceConfig,
     LabelStudioConfig,
     ModelConfig,
     SyntheticConfig,
@@ -142,6 +142,7 @@ def running_backend(
         PROJECT,
         "--cache-dir",
         str(document_root.parent / "cache"),
+        "--balance-classes",  # the classes take turns: the plain order can favour one or two
     ]
     with open(log_path, "ab") as handle:
         process = subprocess.Popen(
@@ -262,13 +263,12 @@ def import_and_rank(
     secret: str,
     basic_auth: tuple[str, str] | None,
 ) -> dict:
-    """Import the project, write influence scores into its tasks, ask the backend to prefetch
-    the top 100 tasks' predictions; the import summary."""
-    from robustar_ls.data.folders import ImageFolderSplits
+    """Import the project and ask the backend to rank it: the backend scores influence for its
+    model version, writes the ranks into the tasks and prefetches the top 100 tasks'
+    predictions, as it does after every new model version. The import summary."""
     from robustar_ls.labelstudio.client import connect
     from robustar_ls.labelstudio.project_import import import_project
-    from robustar_ls.models.checkpoint import load_checkpoint
-    from robustar_ls.workflows import influence
+    from robustar_ls.models.checkpoint import read_version
     from robustar_ls.workflows.prefetch_request import request_prefetch
     from robustar_ls.workflows.project import saliency_links
 
@@ -286,14 +286,35 @@ def import_and_rank(
         basic_auth=basic_auth,
         saliency=links,
     )
-    log.info("demo: score influence and order the tasks")
-    splits = ImageFolderSplits.open(data, required=("train", "test"))
-    ckpt = load_checkpoint(work / "model.pt", classes=splits.classes)
-    # the classes take turns: the plain order can hand the expert one or two classes
-    result = influence.take_class_turns(influence.score(splits, ckpt, InfluenceConfig()))
-    influence.write_to_label_studio(client, label_studio, result)
+    log.info("demo: the backend scores influence and orders the tasks")
     request_prefetch(client, summary["project_id"], 100, backend_url, basic_auth)
+    wait_for_ranks(backend_url, read_version(work / "model.pt"), basic_auth)
     return summary
+
+
+def wait_for_ranks(
+    backend_url: str, version: str, basic_auth: tuple[str, str] | None, timeout: float = 3600.0
+) -> dict:
+    """Block until the backend's influence for ``version`` is in the tasks (its ``/health``
+    says so), logging each phase; its status."""
+    deadline, said = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        try:
+            health = httpx.get(f"{backend_url}/health", auth=basic_auth, timeout=10).json()
+        except (httpx.HTTPError, ValueError) as err:
+            raise DemoError(f"the backend at {backend_url} stopped answering: {err}") from err
+        influence = (health.get("prefetch") or {}).get("influence") or {}
+        if influence.get("model_version") == version:
+            if influence.get("state") in ("done", "current"):
+                return influence
+            if influence.get("state") == "failed":
+                raise DemoError(f"the backend could not rank the tasks: {influence.get('error')}")
+            phase = str(influence.get("phase"))
+            if phase != said:
+                log.info("demo: influence: %s", phase)
+                said = phase
+        time.sleep(1.0)
+    raise DemoError(f"the backend did not rank the tasks within {timeout:.0f} s")
 
 
 def wait_for_interrupt() -> None:

@@ -77,7 +77,9 @@ def loop(label_studio, local_files_dir, tmp_path, monkeypatch) -> Iterator[Simpl
         width=4,
     )
     settings = tmp_path / "settings.yaml"
-    settings.write_text("train:\n  epochs: 2\n  batch_size: 8\n  device: cpu\n")
+    settings.write_text(
+        "train:\n  epochs: 2\n  batch_size: 8\n  device: cpu\ninfluence:\n  k: 64\n"
+    )
     project = f"loop-{local_files_dir.name[-20:]}"
     port = free_port()
     backend_url = f"http://127.0.0.1:{port}"
@@ -196,6 +198,47 @@ def _check_history_and_page(loop, capsys, versions: list[str]) -> None:
     assert 'data-plot="accuracy"' in page.text and 'data-plot="loss"' in page.text
     assert page.text.count('<g class="series" data-series="test">') == 1
     assert 'id="sync-counts"' in page.text and "/projects/" in page.text
+
+
+def _wait_for_influence(loop, version: str, timeout: float = 300) -> dict:
+    """/health once the backend's own influence run for ``version`` and the prefetch after it
+    are done; every influence state seen on the way."""
+    deadline, seen, health = time.monotonic() + timeout, [], {}
+    while time.monotonic() < deadline:
+        health = requests.get(f"{loop.backend_url}/health", timeout=10).json()
+        prefetch = health.get("prefetch") or {}
+        influence = prefetch.get("influence") or {}
+        seen.append(influence.get("state"))
+        if (
+            influence.get("model_version") == version
+            and influence.get("state") in ("done", "current")
+            and prefetch.get("model_version") == health["model_version"]
+            and prefetch.get("state") == "done"
+        ):
+            return {**health, "seen": seen}
+        time.sleep(0.5)
+    raise AssertionError(f"no influence for {version}: {health}\n{_errors_in_log(loop.log_path)}")
+
+
+def _check_the_project_catches_up(client, pid: int, loop, version: str) -> None:
+    """After Start Training, with no command run: every training and test task holds fields of
+    the new classifier version, and the top tasks (and the test errors) hold a prediction of
+    the new served version, stored by the backend (Label Studio does not ask again)."""
+    health = _wait_for_influence(loop, version)
+    served = health["model_version"]
+    assert served.startswith(version)
+    tasks = listed_tasks(client, project=pid, fields="all")
+    train = [t for t in tasks if t.data["split"] == "train"]
+    test = [t for t in tasks if t.data["split"] == "test"]
+    assert {t.data.get("influence_version") for t in train + test} == {version}
+    assert sorted(t.data["influence_rank"] for t in train) == list(range(1, len(train) + 1))
+    assert all(t.data["confidence"] is None and t.data["outcome"] is None for t in train)
+    assert all(t.data["influence"] is None and t.data["outcome"] for t in test)
+    top = sorted(train, key=lambda t: t.data["influence_rank"])[: min(100, len(train))]
+    errors = [t for t in test if t.data["outcome"] == "wrong"]
+    versions = _versions_of_predictions(client, [t.id for t in top + errors])
+    missing = {task_id: found for task_id, found in versions.items() if served not in found}
+    assert not missing, f"no prediction of {served}: {missing}"
 
 
 def test_the_whole_loop(label_studio, loop, capsys):
@@ -317,6 +360,7 @@ def test_the_whole_loop(label_studio, loop, capsys):
     versions = requests.get(f"{loop.backend_url}/versions", auth=AUTH, timeout=10).json()
     assert versions["training"]["progress"]["phase"] == "write"
     _check_history_and_page(loop, capsys, [v1, v2, v3])
+    _check_the_project_catches_up(client, pid, loop, v3)
 
     # 6. Influence ranks the tasks; the view reads them back in that order.
     argv = [
