@@ -148,7 +148,9 @@ def test_import_creates_everything_and_reruns_add_only_new_images(
     relpath, task = sorted(tasks.items())[0]
     assert task.data["true_class"] == relpath.split("/")[0]
     assert task.data["summary"] == f"True class: {relpath.split('/')[0]} (training image {relpath})"
-    assert task.data["influence"] == 0.0 and task.data["influence_rank"] == 0
+    # no score yet: no value (an empty Data Manager cell), not a made-up 0
+    assert task.data["influence"] is None and task.data["influence_rank"] is None
+    assert task.data["confidence"] is None and task.data["influence_version"] is None
     assert task.data["saliency"].startswith(backend_stub.url + "/saliency/")
     image = requests.get(
         label_studio.url + task.data["image"], headers=label_studio.auth_headers(), timeout=30

@@ -101,8 +101,10 @@ def test_scores_are_written_into_tasks_and_a_rerun_replaces_them(
         if relpath in top:
             assert task.data["influence"] == pytest.approx(printed["scores"][relpath], abs=1e-5)
             assert task.data["influence_rank"] in (1, 2)
+            assert task.data["influence_version"] == second_version
         else:
-            assert (task.data["influence"], task.data["influence_rank"]) == (0.0, 0)
+            assert (task.data["influence"], task.data["influence_rank"]) == (None, None)
+            assert task.data["influence_version"] is None
             assert task.data["influence_explains"] == ""
             assert task.data["related_html"] == ""
     _check_test_tasks(client, pid, printed)  # the new model's predictions replaced the old
@@ -121,7 +123,7 @@ def _check_test_tasks(client, pid: int, printed: dict) -> set[int]:
         data, pred = task.data, printed["predictions"][relpath]
         assert (data["predicted"], data["confidence"]) == (pred["predicted"], pred["confidence"])
         if relpath not in errors:
-            assert data["outcome"] == "correct" and data["top_training_tasks"] == []
+            assert data["outcome"] == "correct" and data["top_training_tasks"] is None
             continue
         error_ids.add(task.id)
         assert data["outcome"] == "wrong"

@@ -151,11 +151,15 @@ def test_after_influence_the_top_tasks_hold_a_prediction_of_the_served_version(
     assert _wait_until(lambda: _holding(client, pid, top, version) == TOP), (
         f"{_holding(client, pid, top, version)} of the top {TOP} tasks hold {version}"
     )
+    # the test errors (up to N, surest first) get one too: the expert opens them from their tab
+    errors = ls.test_error_tasks(client, pid, TOP)
+    assert errors and all(t.data["outcome"] == "wrong" for t in errors)
+    expected = {t.id for t in top} | {t.id for t in errors}
     stored = list(client.predictions.list(project=pid))
-    assert len([p for p in stored if p.model_version == version]) == TOP  # once each
-    assert {p.task for p in stored} == {t.id for t in top}  # only the top N
+    assert len([p for p in stored if p.model_version == version]) == len(expected)  # once each
+    assert {p.task for p in stored} == expected  # only the top N and the test errors
     status = requests.get(f"{url}/health", timeout=30).json()["prefetch"]
-    assert status["state"] == "done" and status["done"] + status["skipped"] == TOP
+    assert status["state"] == "done" and status["done"] + status["skipped"] == len(expected)
     assert status["model_version"] == version and status["project"] == pid
 
 
