@@ -188,6 +188,7 @@ class Prefetcher:
                            "error": "no Label Studio project known yet: run `robustar-ls "
                            "influence --label-studio-url …` or open the project"})  # fmt: skip
             return
+        self._publish({**self._status, "project": project})
         self._refresh_influence(client, project, version)
         todo, skipped = self._plan(client, project, version)
         self._publish({**self._status, "project": project, "total": len(todo) + skipped,
