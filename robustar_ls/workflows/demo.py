@@ -206,7 +206,9 @@ What to do next:
      on a CPU). Expect the out-of-domain (test) accuracy to rise close to the in-distribution
      (val) one; each version's accuracies:
        {command} history --checkpoint {work / "model.pt"}
-     The backend serves the new model version on its next request.
+     The backend serves the new model version at once, then reruns influence for it by
+     itself (progress on its page, {backend_url}/): the "Most influential first" ranks,
+     the "Test errors" tab and the predictions of the top tasks follow the new model.
 
 Logs: {ls.log_path}, {work / "backend.log"}.   Ctrl-C stops both servers.
 """
