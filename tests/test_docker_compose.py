@@ -93,3 +93,14 @@ def test_gpu_trainer_is_a_profile_with_a_gpu_reserved():
     assert trainer["profiles"] == ["gpu"]
     devices = trainer["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
+
+
+def test_the_backend_reaches_label_studio_and_the_dataset():
+    """Start Training, the influence rerun and the prefetch need Label Studio's URL on the
+    compose network, the dataset folder and the project title (env alone is not read)."""
+    command = COMPOSE["services"]["backend"]["command"]
+    flags = {command[i]: command[i + 1] for i in range(len(command) - 1)}
+    assert flags["--label-studio-url"] == "http://label-studio:8080"
+    assert flags["--data"] == "/data/${DATASET}" and flags["--project"] == "${PROJECT}"
+    trainer = COMPOSE["services"]["trainer"]["command"]
+    assert trainer[trainer.index("--data") + 1] == flags["--data"]
