@@ -19,7 +19,7 @@ from robustar_ls.cli.sync_train import (
     add_recipe_flags,
     recipe_config,
 )
-from robustar_ls.cli.validators import fraction, prepare_output_file
+from robustar_ls.cli.validators import fraction, positive_int, prepare_output_file
 from robustar_ls.config import InfluenceConfig, PairedConfig, build, pick
 
 NAME = "simulate"
@@ -33,7 +33,9 @@ DESCRIPTION = (
     "train from those masks as sync-train does (--recipe) and report accuracy before/after and "
     "gap_recovered = (OOD_after - OOD_before) / (ID_before - OOD_before) (ID = val, or train "
     "without val; OOD = test). --budget 0 = plain fine-tuning (the control). CKPT is never "
-    "modified; --out writes the trained model."
+    "modified; --out writes the trained model. --rounds R paints the budget in R rounds: "
+    "each round trains on every mask painted so far (from CKPT, as one shot would) and its "
+    "model ranks the unpicked images for the next round."
 )
 
 
@@ -62,6 +64,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_propagate_threshold_flag(p)
     add_recipe_flags(p)
     p.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=1,
+        help="split the budget's images into this many rounds (default 1: one shot); after "
+        "each round, the model trained on every mask so far (from CKPT) re-ranks the images "
+        "not picked yet by --order, and the next share is painted from the top; --json lists "
+        "each round",
+    )
+    p.add_argument(
         "--propagate-review",
         dest="propagate_review",
         type=fraction,
@@ -74,16 +85,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustar_ls.workflows.simulate import simulate
+    from robustar_ls.workflows.simulate_rounds import simulate_rounds
 
     if args.out:
         prepare_output_file(args.out)
     recipe = recipe_config(args)
     influence = build(InfluenceConfig, settings_section(args, "influence"), {"device": args.device})
     paired = build(PairedConfig, settings_section(args, "paired"), pick(args, PairedConfig))
-    summary = simulate(
+    summary = simulate_rounds(
         args.data,
         args.checkpoint,
+        rounds=args.rounds,
         order=args.order,
         budget=args.budget,
         masks=args.masks,
@@ -105,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if summary.get("recipe"):
         how += f"\n  recipe: {summary['recipe']['reason']}"
     print(
+        f"{_round_lines(summary.get('rounds'))}"
         f"{summary['order']} order, budget {summary['budget']:g}: {summary['annotated']} of "
         f"{summary['picked']} picked images annotated ({summary['spurious_annotated']} spurious)"
         f", {how}"
@@ -113,6 +126,13 @@ def run(args: argparse.Namespace) -> int:
         f"\n  gap recovered: {'n/a (no gap)' if gap is None else f'{gap:.3f}'}"
     )
     return 0
+
+
+def _round_lines(rounds: list[dict] | None) -> str:
+    """One line per round (``--rounds``), before the final summary; nothing for one shot."""
+    from robustar_ls.workflows.simulate_rounds import round_text
+
+    return "".join(f"round {e['round']}: {round_text(e)}\n" for e in rounds or [])
 
 
 def _group_lines(groups: dict | None, splits) -> str:
