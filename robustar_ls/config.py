@@ -31,8 +31,9 @@ class ModelConfig:
 
     arch: str = "resnet18_small"
     width: int = 16  # channels of the first stage, for the small-image ResNet only (64 = full)
-    image_size: int = 32
-    pretrained: bool = False  # torchvision ImageNet weights (from the torch cache; no download)
+    image_size: int = 0  # input side, px; 0 = 32, or the pretrained weights' crop size (224)
+    pretrained: bool = False  # start from torchvision's ImageNet weights (models/pretrained.py)
+    offline: bool = False  # never download them (also ROBUSTAR_LS_OFFLINE=1, HF_HUB_OFFLINE=1)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from robustar_ls.config import (
     secrets_from_env,
 )
 from robustar_ls.errors import RobustarError
+from robustar_ls.models.weights_download import offline_from_env
 
 API_KEY_MESSAGE = (
     "set LABEL_STUDIO_API_KEY (or LABEL_STUDIO_USER_TOKEN) to a Label Studio access token "
@@ -62,7 +63,10 @@ def settings_section(args: argparse.Namespace, name: str) -> dict[str, Any]:
 
 
 def model_config(args: argparse.Namespace) -> ModelConfig:
-    return build(ModelConfig, settings_section(args, "model"), pick(args, ModelConfig))
+    """Defaults < settings file [model] < flags; offline also from the environment (which
+    only ever forbids downloads, as for ``serve``)."""
+    offline = {"offline": True} if offline_from_env() else None
+    return build(ModelConfig, settings_section(args, "model"), pick(args, ModelConfig), offline)
 
 
 def train_config(args: argparse.Namespace, defaults: dict | None = None) -> TrainConfig:
@@ -75,7 +79,27 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--width", type=positive_int, default=None, help="small-ResNet width (64 = full)"
     )
-    p.add_argument("--image-size", dest="image_size", type=positive_int, default=None)
+    p.add_argument(
+        "--image-size",
+        dest="image_size",
+        type=positive_int,
+        default=None,
+        help="input side in px (default 32; with --pretrained the weights' crop size, 224)",
+    )
+    p.add_argument(
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="start from torchvision's ImageNet weights (torchvision architectures; downloaded "
+        "once into the torch hub cache, $TORCH_HOME/hub/checkpoints; settings: model.pretrained)",
+    )
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        default=None,
+        help="never download the --pretrained weights (also ROBUSTAR_LS_OFFLINE=1 or "
+        "HF_HUB_OFFLINE=1; settings: model.offline)",
+    )
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
-from collections.abc import Mapping
 from pathlib import Path
 
 from robustar_ls.cli.options import UserError, add_label_studio_url, settings_section
@@ -29,6 +27,7 @@ from robustar_ls.config import (
     pick,
     secrets_from_env,
 )
+from robustar_ls.models.weights_download import offline_from_env
 
 log = logging.getLogger(__name__)
 
@@ -173,18 +172,6 @@ def add_hardening_flags(p: argparse.ArgumentParser) -> None:
     )
     for flag, kind, text in LIMIT_FLAGS:
         p.add_argument(flag, dest=flag[2:].replace("-", "_"), type=kind, default=None, help=text)
-
-
-OFFLINE_ENV = ("ROBUSTAR_LS_OFFLINE", "HF_HUB_OFFLINE")  # set to 1 / true: no downloads
-
-
-def offline_from_env(env: Mapping[str, str] | None = None) -> bool:
-    """True when ``ROBUSTAR_LS_OFFLINE`` or Hugging Face's ``HF_HUB_OFFLINE`` is set (not 0)."""
-    env = os.environ if env is None else env
-    return any(env.get(name, "").strip().lower() not in _NO for name in OFFLINE_ENV)
-
-
-_NO = ("", "0", "false", "no", "off")
 
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:

@@ -3,7 +3,10 @@
 Format (``torch.save``)::
 
     {model: state_dict, arch, width, num_classes, classes, image_size, version,
-     parent_version, created_at, metrics, config}
+     parent_version, created_at, metrics, config, normalization: {mean, std, weights}}
+
+``normalization`` is the input normalisation the model expects (``models/pretrained.py``: an
+ImageNet-pretrained model's weights' mean and std; absent in older files = the pipeline's).
 
 A bare ``state_dict`` trained elsewhere is accepted too (arch and classes then come from the
 caller), including keys prefixed ``module.`` by DataParallel / DistributedDataParallel.
@@ -27,6 +30,7 @@ from torch import nn
 from robustar_ls.errors import RobustarError
 from robustar_ls.files import atomic_write_bytes
 from robustar_ls.models.history import append_entry, history_entry
+from robustar_ls.models.pretrained import InputNormalization, normalization_of, set_normalization
 from robustar_ls.models.zoo import UnknownArchError, create_classifier
 
 log = logging.getLogger(__name__)
@@ -54,6 +58,11 @@ class Checkpoint:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def normalization(self) -> InputNormalization:
+        """The input normalisation the model expects (and applies, ``models/pretrained.py``)."""
+        return normalization_of(self.model)
 
 
 def weights_hash(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -112,6 +121,7 @@ def save_checkpoint(
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "metrics": dict(metrics or {}),
         "config": dict(config or {}),
+        "normalization": normalization_of(model).to_dict(),
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -188,6 +198,7 @@ def load_checkpoint(
     except UnknownArchError as err:
         raise CheckpointError(f"{path}: {err}") from err
     _load_weights(model, state, path, arch, len(classes))
+    set_normalization(model, InputNormalization.from_dict(meta.get("normalization")))
     model.eval()
     version = meta.get("version") or f"v0-{weights_hash(state)[:8]}"
     return Checkpoint(

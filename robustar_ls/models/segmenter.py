@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from robustar_ls.config import SegmenterConfig
 from robustar_ls.data.regions import pixel_box, remove_specks
 from robustar_ls.errors import RobustarError
 from robustar_ls.models.fuse_bn import fuse_conv_bn
+from robustar_ls.models.weights_download import hub_checkpoint_path
 from robustar_ls.models.zoo import default_device
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,7 @@ def coco_weights_url() -> str:
 
 def hub_cache_weights_path() -> Path:
     """The file torchvision itself would load the COCO weights from (``torch.hub`` cache)."""
-    filename = os.path.basename(coco_weights_url())
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+    return hub_checkpoint_path(coco_weights_url())
 
 
 def _how_to_provide() -> str:

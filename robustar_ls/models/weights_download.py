@@ -7,6 +7,10 @@ name, then an atomic rename: an interrupted or corrupt download never leaves a f
 ``dest``), with a socket timeout (so an unreachable host fails in seconds, not minutes),
 progress as log lines, and an exclusive file lock beside ``dest``: several processes (gunicorn
 workers) asking at once make one download; the others wait for the lock and find the file.
+
+Shared by every weights file fetched the torch.hub way (Mask R-CNN's COCO weights for ``serve``,
+the ImageNet backbones of ``train --pretrained``): where it lives (:func:`hub_checkpoint_path`)
+and when nothing may be downloaded (:func:`offline_from_env`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from http.client import HTTPException
 from pathlib import Path
@@ -31,6 +35,8 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 HASH_PREFIX = re.compile(r"-([a-f0-9]*)\.")  # torch.hub's convention: name-<sha256 prefix>.pth
+OFFLINE_ENV = ("ROBUSTAR_LS_OFFLINE", "HF_HUB_OFFLINE")  # set to 1 / true: no downloads
+_NO = ("", "0", "false", "no", "off")
 
 
 class DownloadFailed(RobustarError, RuntimeError):
@@ -41,6 +47,20 @@ def expected_hash_prefix(url: str) -> str | None:
     """The SHA-256 prefix torch.hub reads from a file name like ``x-73cbd019.pth`` (or None)."""
     match = HASH_PREFIX.search(os.path.basename(urlparse(url).path))
     return match.group(1) if match and match.group(1) else None
+
+
+def offline_from_env(env: Mapping[str, str] | None = None) -> bool:
+    """True when ``ROBUSTAR_LS_OFFLINE`` or Hugging Face's ``HF_HUB_OFFLINE`` is set (not 0)."""
+    env = os.environ if env is None else env
+    return any(env.get(name, "").strip().lower() not in _NO for name in OFFLINE_ENV)
+
+
+def hub_checkpoint_path(url: str) -> Path:
+    """Where torch.hub keeps the file of ``url``: ``<torch.hub.get_dir()>/checkpoints/<name>``
+    (``$TORCH_HOME/hub/checkpoints``; torchvision's own loaders read it there too)."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
 
 @contextmanager

@@ -1,4 +1,8 @@
-"""Classifier factory: one name, one builder (timm's ``create_model`` habit)."""
+"""Classifier factory: one name, one builder (timm's ``create_model`` habit).
+
+The torchvision architectures can start from torchvision's ImageNet weights
+(:func:`imagenet_weights`; read from the torch hub cache by :mod:`robustar_ls.models.pretrained`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from robustar_ls.errors import RobustarError
+from robustar_ls.models.pretrained import PretrainedUnavailable, load_pretrained
 
 
 class UnknownArchError(RobustarError, ValueError):
@@ -38,12 +43,14 @@ def _small_resnet18(num_classes: int, width: int = 16, **_: object) -> nn.Module
     return model
 
 
-def _torchvision(name: str, weights_enum: str, head: Callable[[nn.Module], tuple[str, nn.Module]]):
-    """Builder for a torchvision classifier with its head replaced to ``num_classes``."""
+def _torchvision(name: str, head: Callable[[nn.Module], tuple[str, nn.Module]]):
+    """Builder for a torchvision classifier with its head replaced to ``num_classes``;
+    ``pretrained``: with torchvision's default ImageNet weights (from the torch hub cache)."""
 
     def build(num_classes: int, pretrained: bool = False, **_: object) -> nn.Module:
-        weights = getattr(torchvision.models, weights_enum).DEFAULT if pretrained else None
-        model = getattr(torchvision.models, name)(weights=weights)
+        model = getattr(torchvision.models, name)(weights=None)
+        if pretrained:
+            load_pretrained(model, torchvision.models.get_model_weights(name).DEFAULT)
         attr, old = head(model)
         parent, _, leaf = attr.rpartition(".")
         owner = model.get_submodule(parent) if parent else model
@@ -64,18 +71,50 @@ def _last_classifier(model: nn.Module) -> tuple[str, nn.Module]:
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "resnet18_small": _small_resnet18,
-    "resnet18": _torchvision("resnet18", "ResNet18_Weights", _fc),
-    "resnet34": _torchvision("resnet34", "ResNet34_Weights", _fc),
-    "resnet50": _torchvision("resnet50", "ResNet50_Weights", _fc),
-    "mobilenet_v3_small": _torchvision(
-        "mobilenet_v3_small", "MobileNet_V3_Small_Weights", _last_classifier
-    ),
-    "mobilenet_v3_large": _torchvision(
-        "mobilenet_v3_large", "MobileNet_V3_Large_Weights", _last_classifier
-    ),
-    "efficientnet_b0": _torchvision("efficientnet_b0", "EfficientNet_B0_Weights", _last_classifier),
-    "convnext_tiny": _torchvision("convnext_tiny", "ConvNeXt_Tiny_Weights", _last_classifier),
+    "resnet18": _torchvision("resnet18", _fc),
+    "resnet34": _torchvision("resnet34", _fc),
+    "resnet50": _torchvision("resnet50", _fc),
+    "mobilenet_v3_small": _torchvision("mobilenet_v3_small", _last_classifier),
+    "mobilenet_v3_large": _torchvision("mobilenet_v3_large", _last_classifier),
+    "efficientnet_b0": _torchvision("efficientnet_b0", _last_classifier),
+    "convnext_tiny": _torchvision("convnext_tiny", _last_classifier),
 }
+_TORCHVISION = {name for name, build in ARCHITECTURES.items() if build is not _small_resnet18}
+
+
+def imagenet_weights(arch: str):
+    """torchvision's default ImageNet weights of ``arch`` (a ``WeightsEnum`` member, e.g.
+    ``ResNet18_Weights.IMAGENET1K_V1``), or None where torchvision has none."""
+    if arch not in _TORCHVISION:
+        return None
+    try:
+        return torchvision.models.get_model_weights(arch).DEFAULT
+    except ValueError:  # torchvision has the architecture but no weights for it
+        return None
+
+
+def pretrained_architectures() -> list[str]:
+    """The architectures ``--pretrained`` works with."""
+    return [arch for arch in sorted(ARCHITECTURES) if imagenet_weights(arch) is not None]
+
+
+def require_imagenet_weights(arch: str):
+    """:func:`imagenet_weights` of ``arch``; one clear error where there are none."""
+    _check_arch(arch)
+    weights = imagenet_weights(arch)
+    if weights is None:
+        raise PretrainedUnavailable(
+            f"architecture {arch!r} has no pretrained ImageNet weights in torchvision; "
+            f"--pretrained works with: {', '.join(pretrained_architectures())}"
+        )
+    return weights
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in ARCHITECTURES:
+        raise UnknownArchError(
+            f"unknown architecture {arch!r}; choose one of: {', '.join(sorted(ARCHITECTURES))}"
+        )
 
 
 def create_classifier(
@@ -83,17 +122,15 @@ def create_classifier(
 ) -> nn.Module:
     """Build classifier ``arch`` with a ``num_classes``-way head.
 
-    ``pretrained`` loads torchvision's ImageNet weights from the torch cache (the head is new).
+    ``pretrained`` loads torchvision's ImageNet weights from the torch hub cache, never
+    downloading (``models/pretrained.fetch_pretrained`` does); the head is new.
     """
-    try:
-        builder = ARCHITECTURES[arch]
-    except KeyError:
-        raise UnknownArchError(
-            f"unknown architecture {arch!r}; choose one of: {', '.join(sorted(ARCHITECTURES))}"
-        ) from None
+    _check_arch(arch)
     if num_classes < 2:
         raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
-    return builder(num_classes, width=width, pretrained=pretrained)
+    if pretrained:
+        require_imagenet_weights(arch)
+    return ARCHITECTURES[arch](num_classes, width=width, pretrained=pretrained)
 
 
 def head_and_last_block(model: nn.Module) -> list[str]:

@@ -134,6 +134,7 @@ def initial_model(parent: Checkpoint) -> nn.Module:
     image carries it), which fine-tuning cannot unlearn and paired training from the start
     can (bench/README.md, "fraction 1.0"). The result's parent is still ``parent``."""
     pretrained = bool(parent.config.get("model", {}).get("pretrained", False))
+    pretrained = pretrained or parent.normalization.weights is not None  # its ancestor's
     return create_classifier(
         parent.arch, len(parent.classes), width=parent.width, pretrained=pretrained
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -15,7 +16,8 @@ from robustar_ls.config import ModelConfig, TrainConfig, to_dict
 from robustar_ls.data.folders import ImageDataset, ImageFolderSplits, Sample
 from robustar_ls.data.groups import load_groups, split_group_metrics
 from robustar_ls.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from robustar_ls.models.zoo import create_classifier, default_device
+from robustar_ls.models.pretrained import crop_size, fetch_pretrained
+from robustar_ls.models.zoo import create_classifier, default_device, require_imagenet_weights
 from robustar_ls.train.loop import (
     epoch_progress,
     evaluate,
@@ -26,6 +28,8 @@ from robustar_ls.train.loop import (
 from robustar_ls.train.progress import OnProgress, ProgressTracker
 
 log = logging.getLogger(__name__)
+
+SCRATCH_IMAGE_SIZE = 32  # ModelConfig.image_size 0, from scratch (pretrained: the weights' crop)
 
 
 def make_loader(
@@ -90,11 +94,22 @@ def evaluate_splits(
 def _initial_model(
     parent: Checkpoint | None, cfg: ModelConfig, num_classes: int
 ) -> tuple[torch.nn.Module, str, int, int]:
-    """(model, arch, width, image size): the parent checkpoint's, or a new model from ``cfg``."""
+    """(model, arch, width, image size): the parent checkpoint's, or a new model from ``cfg``.
+
+    ``cfg.pretrained``: torchvision's ImageNet weights, downloaded into the torch hub cache
+    first unless they are there or ``cfg.offline``; the image size defaults to their crop size.
+    """
     if parent is not None:
+        if cfg.pretrained:
+            log.info("--init given: training starts from %s, not from ImageNet", parent.version)
         return parent.model, parent.arch, parent.width, parent.image_size
+    size = cfg.image_size or SCRATCH_IMAGE_SIZE
+    if cfg.pretrained:
+        weights = require_imagenet_weights(cfg.arch)
+        fetch_pretrained(weights, offline=cfg.offline)
+        size = cfg.image_size or crop_size(weights)
     model = create_classifier(cfg.arch, num_classes, width=cfg.width, pretrained=cfg.pretrained)
-    return model, cfg.arch, cfg.width, cfg.image_size
+    return model, cfg.arch, cfg.width, size
 
 
 def _train_epochs(
@@ -171,7 +186,11 @@ def train_classifier(
         width=width,
         parent_version=parent.version if parent else None,
         metrics={"splits": metrics, "history": history},
-        config={"model": to_dict(model_cfg), "train": to_dict(train_cfg), "data": str(data.root)},
+        config={
+            "model": to_dict(dataclasses.replace(model_cfg, image_size=image_size)),
+            "train": to_dict(train_cfg),
+            "data": str(data.root),
+        },
         history={"seconds": round(time.perf_counter() - started, 3)},
     )
     return {
