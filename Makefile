@@ -7,13 +7,17 @@ VENV_LS := .venv-ls
 LABEL_STUDIO_VERSION := 1.23.2
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint format bench venv venv-ls browser clean
+.PHONY: demo test test-postgres lint format bench venv venv-ls browser clean
 
 demo: venv venv-ls  ## set everything up and run the built-in demo
 	$(VENV)/bin/robustar-ls demo --label-studio-bin $(CURDIR)/$(VENV_LS)/bin/label-studio
 
 test: venv venv-ls  ## run the whole test suite (unit + end-to-end against a real Label Studio)
 	OMP_NUM_THREADS=1 ROBUSTAR_LS_LABEL_STUDIO_BIN=$(CURDIR)/$(VENV_LS)/bin/label-studio $(PY) -m pytest -q
+
+test-postgres: venv venv-ls  ## the e2e tests that store data, on SQLite and on a throwaway PostgreSQL
+	OMP_NUM_THREADS=1 ROBUSTAR_LS_LABEL_STUDIO_BIN=$(CURDIR)/$(VENV_LS)/bin/label-studio \
+	  scripts/postgres.sh run -- $(PY) -m pytest -q -m postgresql tests/e2e
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -37,9 +41,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 venv-ls: $(VENV_LS)/.installed
-$(VENV_LS)/.installed:
+# constraints/label-studio.txt: pins that keep this Label Studio starting (sentry-sdk<3).
+$(VENV_LS)/.installed: constraints/label-studio.txt
 	$(PYTHON) -m venv $(VENV_LS)
-	$(VENV_LS)/bin/pip install -q "label-studio==$(LABEL_STUDIO_VERSION)"
+	$(VENV_LS)/bin/pip install -q "label-studio==$(LABEL_STUDIO_VERSION)" -c constraints/label-studio.txt
 	touch $@
 
 browser:  ## Debian's headless Chromium + driver, for the browser check

@@ -1,20 +1,27 @@
 """Test-only helpers around the Label Studio launcher (``robustar_ls.workflows.label_studio``):
 finding the executable, the startup timeout and database cache switches read from the
-environment, a migrated-database template, and a local-files storage for a project."""
+environment, a migrated-database template, and a local-files storage for a project; and, for
+the PostgreSQL runs, the server named by ``$ROBUSTAR_LS_POSTGRES`` (``scripts/postgres.sh``
+starts a throwaway one) and a fresh database in it per test session."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
+from packaging.requirements import Requirement
+
 from robustar_ls.workflows.label_studio import (
     DB_FILE,
     DEFAULT_STARTUP_TIMEOUT,
     LabelStudioStartError,
+    PostgresDatabase,
     base_env,
     log_tail,
     spawn,
@@ -24,16 +31,35 @@ from robustar_ls.workflows.label_studio import (
 BIN_ENV = "ROBUSTAR_LS_LABEL_STUDIO_BIN"
 
 
+CONSTRAINTS = Path(__file__).resolve().parents[1] / "constraints" / "label-studio.txt"
+
+
 TIMEOUT_ENV = "ROBUSTAR_LS_E2E_STARTUP_TIMEOUT"
 
 
 DB_CACHE_ENV = "ROBUSTAR_LS_E2E_DB_CACHE"
 
 
+POSTGRES_ENV = "ROBUSTAR_LS_POSTGRES"
+
+
+POSTGRES_HINT = (
+    f"{POSTGRES_ENV} is not set: the PostgreSQL variants need a server "
+    f"({POSTGRES_ENV}=postgresql://USER:PASSWORD@HOST:PORT/postgres); `make test-postgres` "
+    "starts a throwaway one (scripts/postgres.sh)"
+)
+
+
 INSTALL_HINT = (
     "Label Studio is not installed: run `make venv-ls` (creates .venv-ls "
     "with label-studio==1.23.2) or set ROBUSTAR_LS_LABEL_STUDIO_BIN=/path/to/label-studio"
 )
+
+
+def constraints() -> list[Requirement]:
+    """The pins of constraints/label-studio.txt (comments and blank lines dropped)."""
+    lines = (line.split("#", 1)[0].strip() for line in CONSTRAINTS.read_text().splitlines())
+    return [Requirement(line) for line in lines if line]
 
 
 def find_label_studio_bin(repo_root: Path) -> str | None:
@@ -100,3 +126,71 @@ def migrated_database(binary: str, cache_dir: Path, timeout: float) -> Path:
         shutil.copyfile(data_dir / DB_FILE, partial)
         os.replace(partial, cached)
     return cached
+
+
+def in_ci() -> bool:
+    """Whether this is a CI run (``CI=true``, as CI services set it): missing servers fail."""
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def postgres_server() -> PostgresDatabase | None:
+    """The PostgreSQL server of ``$ROBUSTAR_LS_POSTGRES`` (a ``postgresql://`` URL), if set."""
+    url = os.environ.get(POSTGRES_ENV, "").strip()
+    return PostgresDatabase.from_url(url) if url else None
+
+
+def required_postgres_server() -> PostgresDatabase:
+    """`postgres_server`, or skip the calling test without one (fail it under ``CI=true``)."""
+    server = postgres_server()
+    if server is None:
+        if in_ci():
+            pytest.fail(f"CI=true and {POSTGRES_HINT}", pytrace=False)
+        pytest.skip(POSTGRES_HINT)
+    return server
+
+
+def label_studio_python(binary: str) -> str:
+    """The interpreter of the ``label-studio`` install (its virtualenv has ``psycopg``)."""
+    sibling = Path(binary).parent / "python"
+    if os.access(sibling, os.X_OK):
+        return str(sibling)
+    first = Path(binary).read_text(encoding="utf-8", errors="replace").splitlines()[0]
+    if not first.startswith("#!"):
+        raise FileNotFoundError(f"no Python interpreter found for {binary}")
+    return first[2:].split()[0]
+
+
+_SQL = """
+import sys
+import psycopg
+with psycopg.connect(sys.argv[1], autocommit=True, connect_timeout=30) as connection:
+    connection.execute(sys.argv[2])
+"""
+
+
+def run_sql(binary: str, server: PostgresDatabase, statement: str) -> None:
+    """Run one SQL statement on ``server`` with ``psycopg`` from the Label Studio install."""
+    result = subprocess.run(
+        [label_studio_python(binary), "-c", _SQL, server.url(), statement],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise LabelStudioStartError(
+            f"PostgreSQL at {server.host}:{server.port} refused {statement!r}:\n"
+            f"{result.stderr[-2000:]}"
+        )
+
+
+def create_database(binary: str, server: PostgresDatabase) -> PostgresDatabase:
+    """A new, empty database on ``server`` (Label Studio migrates it at its first start)."""
+    name = f"robustar_e2e_{secrets.token_hex(4)}"
+    run_sql(binary, server, f'CREATE DATABASE "{name}"')
+    return PostgresDatabase(server.host, server.port, name, server.user, server.password)
+
+
+def drop_database(binary: str, server: PostgresDatabase, database: PostgresDatabase) -> None:
+    """Drop a database made by `create_database` (Label Studio must have stopped)."""
+    run_sql(binary, server, f'DROP DATABASE IF EXISTS "{database.name}" WITH (FORCE)')

@@ -1,7 +1,8 @@
 """Start and stop a real Label Studio server (the demo and the end-to-end tests).
 
 Label Studio lives in its own virtualenv (it pins Django and friends), so it is driven through
-its ``label-studio`` executable only. SQLite, a data dir of our own:
+its ``label-studio`` executable only. SQLite (or a given PostgreSQL database), a data dir of
+our own:
 
     label-studio start --no-browser --enable-legacy-api-token \
         --internal-host 127.0.0.1 --port <free port>
@@ -29,7 +30,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
@@ -60,6 +61,7 @@ class LabelStudioServer:
     data_dir: Path
     log_path: Path
     startup_seconds: float
+    database: str = "sqlite"
     _clients: dict[str, LabelStudio] = field(default_factory=dict, repr=False, compare=False)
 
     def token(self, kind: TokenKind = "legacy") -> str:
@@ -85,6 +87,48 @@ class LabelStudioServer:
         return f"/data/local-files/?d={quote(relative.as_posix(), safe='/')}"
 
 
+@dataclass(frozen=True)
+class PostgresDatabase:
+    """A PostgreSQL database for Label Studio: ``DJANGO_DB=default`` and ``POSTGRE_*``."""
+
+    host: str
+    port: int
+    name: str
+    user: str
+    password: str = field(repr=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresDatabase:
+        """``postgresql://USER:PASSWORD@HOST:PORT/NAME`` (port 5432 and name ``postgres``
+        when left out)."""
+        parts = urlsplit(url)
+        if parts.scheme not in {"postgresql", "postgres"} or not parts.hostname:
+            raise ValueError(f"not a postgresql://user:password@host:port/name URL: {url!r}")
+        return cls(
+            host=parts.hostname,
+            port=parts.port or 5432,
+            name=unquote(parts.path.lstrip("/")) or "postgres",
+            user=unquote(parts.username or "postgres"),
+            password=unquote(parts.password or ""),
+        )
+
+    def url(self) -> str:
+        """The ``postgresql://`` URL of this database (with the password)."""
+        user, password = quote(self.user, safe=""), quote(self.password, safe="")
+        return f"postgresql://{user}:{password}@{self.host}:{self.port}/{quote(self.name)}"
+
+    def env(self) -> dict[str, str]:
+        """The variables that make ``label-studio`` use this database."""
+        return {
+            "DJANGO_DB": "default",
+            "POSTGRE_NAME": self.name,
+            "POSTGRE_USER": self.user,
+            "POSTGRE_PASSWORD": self.password,
+            "POSTGRE_HOST": self.host,
+            "POSTGRE_PORT": str(self.port),
+        }
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port the OS reports free right now (bind to port 0)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -101,6 +145,7 @@ def base_env(data_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
+        DJANGO_DB="sqlite",  # Label Studio's default; `PostgresDatabase.env` overrides it
         LATEST_VERSION_CHECK="false",
         COLLECT_ANALYTICS="false",
         SENTRY_DSN="",
@@ -241,6 +286,16 @@ def create_personal_access_token(url: str, username: str, password: str) -> str:
         return str(response.json()["token"])
 
 
+def database_env(data_dir: Path, db_template: Path | PostgresDatabase | None) -> dict[str, str]:
+    """Environment for the database: a `PostgresDatabase`'s variables; for SQLite, nothing
+    (``db_template`` is copied into ``data_dir`` first when no database is there yet)."""
+    if isinstance(db_template, PostgresDatabase):
+        return db_template.env()
+    if db_template is not None and not (data_dir / DB_FILE).exists():
+        shutil.copyfile(db_template, data_dir / DB_FILE)
+    return {}
+
+
 @dataclass(frozen=True)
 class Credentials:
     """The first user of a Label Studio server and its legacy API token."""
@@ -258,7 +313,7 @@ class Credentials:
 def running_label_studio(
     binary: str,
     workdir: Path,
-    db_template: Path | None = None,
+    db_template: Path | PostgresDatabase | None = None,
     timeout: float = DEFAULT_STARTUP_TIMEOUT,
     *,
     credentials: Credentials | None = None,
@@ -271,8 +326,9 @@ def running_label_studio(
 
     ``workdir`` receives ``data/`` (database, media; kept, so a rerun finds its projects),
     ``documents/`` (the local-files document root, unless ``document_root`` is given) and
-    ``label-studio.log``. ``db_template``, when given and no database exists yet, is copied in
-    so that no migration runs. ``port`` defaults to a free one. With
+    ``label-studio.log``. ``db_template``: a migrated SQLite database, copied in when none
+    exists yet so that no migration runs, or a `PostgresDatabase` to run on instead of SQLite
+    (migrated at start when new). ``port`` defaults to a free one. With
     ``personal_access_token`` a PAT is created for the user (Label Studio keeps one per user:
     a second server on the same data dir answers 409, so reruns pass False).
     """
@@ -281,8 +337,6 @@ def running_label_studio(
     data_dir.mkdir(parents=True, exist_ok=True)
     document_root.mkdir(parents=True, exist_ok=True)
     document_root = document_root.resolve()
-    if db_template is not None and not (data_dir / DB_FILE).exists():
-        shutil.copyfile(db_template, data_dir / DB_FILE)
     creds = credentials or Credentials.random()
     port = port or free_port(host)
     url = f"http://{host}:{port}"
@@ -290,6 +344,7 @@ def running_label_studio(
         raise LabelStudioStartError(f"something already answers on {url}; choose another port")
     log_path = workdir / "label-studio.log"
     env = server_env(data_dir, document_root, creds.username, creds.password, creds.legacy_token)
+    env.update(database_env(data_dir, db_template))
     started = time.monotonic()
     process = spawn(start_command(binary, port, host), env, log_path)
     try:
@@ -309,6 +364,7 @@ def running_label_studio(
             data_dir=data_dir,
             log_path=log_path,
             startup_seconds=startup_seconds,
+            database="sqlite" if env["DJANGO_DB"] == "sqlite" else "postgresql",
         )
     finally:
         stop_process(process)

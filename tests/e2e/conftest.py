@@ -1,6 +1,12 @@
 """Fixtures that run a real Label Studio server.
 
 See robustar_ls/workflows/label_studio.py (the launcher) and tests/label_studio_launcher.py.
+
+``label_studio`` is the SQLite server (``label_studio_sqlite``). A test marked
+``@pytest.mark.postgresql`` (one that stores data: import, sync, score write-back, prefetch,
+Start Training) runs twice, ``[sqlite]`` and ``[postgresql]``; the second gets
+``label_studio_postgresql``, a server on a fresh database in ``$ROBUSTAR_LS_POSTGRES``.
+Without that variable the ``[postgresql]`` runs skip, and fail under ``CI=true``.
 """
 
 from __future__ import annotations
@@ -14,9 +20,12 @@ import pytest
 from robustar_ls.workflows.label_studio import LabelStudioServer, running_label_studio
 from tests.label_studio_launcher import (
     INSTALL_HINT,
+    create_database,
     db_cache_enabled,
+    drop_database,
     find_label_studio_bin,
     migrated_database,
+    required_postgres_server,
     startup_timeout,
 )
 
@@ -24,6 +33,20 @@ from .backend_fixtures import backend, dataset  # noqa: F401  (shared e2e fixtur
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_NAME = "robustar-ls-label-studio"
+DATABASES = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "postgresql: also runs against Label Studio on PostgreSQL ([postgresql])"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``postgresql`` run once per database: ``[sqlite]`` and ``[postgresql]``."""
+    marked = metafunc.definition.get_closest_marker("postgresql") is not None
+    if marked and "label_studio" in metafunc.fixturenames:
+        metafunc.parametrize("label_studio", DATABASES, indirect=True)
 
 
 def _db_cache_dir(config: pytest.Config) -> Path:
@@ -47,26 +70,54 @@ def label_studio_bin() -> str:
 
 
 @pytest.fixture(scope="session")
-def label_studio(
-    request: pytest.FixtureRequest,
+def label_studio_db_template(request: pytest.FixtureRequest, label_studio_bin: str) -> Path | None:
+    """The migrated SQLite database of this install (None with ROBUSTAR_LS_E2E_DB_CACHE=0)."""
+    if not db_cache_enabled():
+        return None
+    return migrated_database(label_studio_bin, _db_cache_dir(request.config), startup_timeout())
+
+
+@pytest.fixture(scope="session")
+def label_studio_sqlite(
     label_studio_bin: str,
+    label_studio_db_template: Path | None,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[LabelStudioServer]:
-    """A real Label Studio server for the whole session, stopped at the end.
+    """A real Label Studio server on SQLite for the whole session, stopped at the end.
 
     Yields a `LabelStudioServer`: ``url``, ``username``/``password``, ``legacy_token``,
     ``pat``, ``document_root`` (served under ``/data/local-files``) and ``client(kind)``.
     """
-    template = None
-    if db_cache_enabled():
-        template = migrated_database(
-            label_studio_bin, _db_cache_dir(request.config), startup_timeout()
-        )
     workdir = tmp_path_factory.mktemp("label-studio")
     with running_label_studio(
-        label_studio_bin, workdir, db_template=template, timeout=startup_timeout()
+        label_studio_bin, workdir, db_template=label_studio_db_template, timeout=startup_timeout()
     ) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def label_studio_postgresql(
+    label_studio_bin: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LabelStudioServer]:
+    """Like ``label_studio_sqlite``, on a new database in ``$ROBUSTAR_LS_POSTGRES`` (migrated
+    at start, dropped at the end). Skips without the variable; fails under ``CI=true``."""
+    server = required_postgres_server()
+    database = create_database(label_studio_bin, server)
+    try:
+        workdir = tmp_path_factory.mktemp("label-studio-postgresql")
+        with running_label_studio(
+            label_studio_bin, workdir, db_template=database, timeout=startup_timeout()
+        ) as running:
+            yield running
+    finally:
+        drop_database(label_studio_bin, server, database)
+
+
+@pytest.fixture
+def label_studio(request: pytest.FixtureRequest) -> LabelStudioServer:
+    """The Label Studio server of this test: SQLite, or the ``[postgresql]`` run's server."""
+    database = getattr(request, "param", "sqlite")
+    return request.getfixturevalue(f"label_studio_{database}")
 
 
 @pytest.fixture(autouse=True)

@@ -108,6 +108,7 @@ def _run_import(argv: list[str], capsys) -> tuple[int, dict | None, str]:
     return code, (json.loads(captured.out) if code == 0 else None), captured.err
 
 
+@pytest.mark.postgresql
 def test_import_creates_everything_and_reruns_add_only_new_images(
     label_studio, dataset, backend_stub, monkeypatch, capsys
 ):
@@ -217,6 +218,7 @@ def test_import_creates_everything_and_reruns_add_only_new_images(
     assert set(ls.tasks_by_image(client, pid)) == relpaths | {f"{relpath.split('/')[0]}/{new.name}"}
 
 
+@pytest.mark.postgresql
 def test_update_round_trip_and_numeric_view_order_with_pat(label_studio, dataset):
     client = ls.connect(label_studio.url, label_studio.pat)  # a personal access token
     ls_cfg = LabelStudioConfig(
@@ -252,6 +254,40 @@ def test_update_round_trip_and_numeric_view_order_with_pat(label_studio, dataset
     as_text = {tid: {"influence": str(f["influence"])} for tid, f in updates.items()}
     ls.update_task_data(client, pid, as_text)
     assert view_order() == [str(v) for v in sorted(values, reverse=True)]
+
+
+@pytest.mark.postgresql
+def test_influence_view_order_of_unscored_tasks(label_studio, dataset):
+    """Where "Most influential first" lists tasks without a score: ``influence`` null (as
+    import and a ``--top`` rerun write it) or no such key at all (a task imported by hand).
+
+    Label Studio 1.23 orders ``-tasks:data.influence`` DESC NULLS LAST, so on PostgreSQL every
+    unscored task follows the scored ones. On SQLite a missing key is NULL (last) but a JSON
+    null sorts as 0: Django's SQLite key transform reads it as the text 'null', which the
+    Number column's CAST turns into 0.0, so null tasks land between positive and negative
+    scores."""
+    client = label_studio.client("legacy")
+    ls_cfg = LabelStudioConfig(
+        url=label_studio.url,
+        project=_title("unscored"),
+        document_root=str(label_studio.document_root),
+    )
+    summary = import_project(client, ls_cfg, ImportConfig(data=str(dataset)))
+    pid, view_id = summary["project_id"], summary["view_id"]
+    tasks = sorted(ls.tasks_by_image(client, pid).values(), key=lambda t: t.id)
+    assert len(tasks) == 6
+    scores = {task.id: {"influence": v} for task, v in zip(tasks, [0.5, 2.0, -1.0], strict=False)}
+    ls.update_task_data(client, pid, scores)  # three tasks keep influence null
+    keyless = {k: v for k, v in tasks[-1].data.items() if not k.startswith("influence")}
+    client.projects.import_tasks(id=pid, request=[{**keyless, "relpath": "keyless.png"}])
+
+    ordered = listed_tasks(client, project=pid, view=view_id, fields="task_only")
+    values = [t.data.get("influence") for t in ordered]
+    keyless_at = [t.data["relpath"] for t in ordered].index("keyless.png")
+    if label_studio.database == "postgresql":
+        assert values == [2.0, 0.5, -1.0, None, None, None, None] and keyless_at >= 3
+    else:
+        assert values == [2.0, 0.5, None, None, None, -1.0, None] and keyless_at == 6
 
 
 def test_legacy_token_and_pat_reach_the_same_user(label_studio):

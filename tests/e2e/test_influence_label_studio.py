@@ -37,6 +37,7 @@ def _checkpoint(path: Path, classes: list[str], seed: int, parent: str | None = 
     )
 
 
+@pytest.mark.postgresql
 def test_scores_are_written_into_tasks_and_a_rerun_replaces_them(
     label_studio, local_files_dir, tmp_path, monkeypatch, capsys
 ):

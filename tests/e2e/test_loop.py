@@ -241,6 +241,7 @@ def _check_the_project_catches_up(client, pid: int, loop, version: str) -> None:
     assert not missing, f"no prediction of {served}: {missing}"
 
 
+@pytest.mark.postgresql
 def test_the_whole_loop(label_studio, loop, capsys):
     client = label_studio.client("pat")
     summary = _import(label_studio, loop, capsys)

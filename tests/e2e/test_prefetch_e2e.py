@@ -131,6 +131,7 @@ def _wait_until(predicate, timeout: float = WAIT_S) -> bool:
     return predicate()
 
 
+@pytest.mark.postgresql
 def test_after_influence_the_top_tasks_hold_a_prediction_of_the_served_version(
     label_studio, data, served, tmp_path, monkeypatch, capsys
 ):
@@ -163,6 +164,7 @@ def test_after_influence_the_top_tasks_hold_a_prediction_of_the_served_version(
     assert status["model_version"] == version and status["project"] == pid
 
 
+@pytest.mark.postgresql
 def test_retrieve_predictions_past_the_deadline_is_completed_by_the_prefetch(
     label_studio, data, served
 ):

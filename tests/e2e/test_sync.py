@@ -91,6 +91,7 @@ def project(label_studio, tmp_path) -> Project:
     return Project(label_studio.client("legacy"), tmp_path / f"ds{uuid.uuid4().hex[:6]}")
 
 
+@pytest.mark.postgresql
 def test_sync_pulls_spurious_masks_and_a_second_run_writes_nothing(project):
     a, b, attention = box(0, 4, 0, 6), box(6, 12, 10, 16), box(0, 12, 0, 16)
     project.annotate("cat/0.png", [brush(a), brush(b), brush(attention, "Model attention")])
@@ -117,6 +118,7 @@ def test_sync_pulls_spurious_masks_and_a_second_run_writes_nothing(project):
     assert snapshot(project.store.root) == before
 
 
+@pytest.mark.postgresql
 def test_edits_newer_annotations_and_deletions_propagate(project):
     client = project.client
     first = project.annotate("cat/0.png", [brush(box(0, 2, 0, 2))])
@@ -139,6 +141,7 @@ def test_edits_newer_annotations_and_deletions_propagate(project):
     assert set(project.store.read_manifest()) == {"cat/0.png", "dog/0.png"}
 
 
+@pytest.mark.postgresql
 def test_an_annotation_without_spurious_region_is_a_negative(project):
     project.annotate("cat/0.png", [brush(box(0, 4, 0, 6), "Model attention")])
     project.annotate("cat/1.png", [])  # submitted with nothing painted
@@ -207,6 +210,7 @@ def test_sync_with_a_personal_access_token(label_studio, tmp_path):
     np.testing.assert_array_equal(project.store.read("dog/0.png"), mask > 0)
 
 
+@pytest.mark.postgresql
 def test_annotations_on_test_images_are_ignored(project):
     """A test-split task (same relpath as a training image) is shown, never synced."""
     client = project.client
@@ -231,6 +235,7 @@ def test_annotations_on_test_images_are_ignored(project):
     np.testing.assert_array_equal(project.store.read("cat/1.png"), train_mask > 0)
 
 
+@pytest.mark.postgresql
 def test_only_annotated_tasks_are_fetched_without_predictions_or_drafts(project):
     from robustar_ls.labelstudio.client import RetryPolicy, fetch_annotated_tasks
 
