@@ -117,3 +117,39 @@ def test_every_exception_derives_from_the_one_base():
             if exception and not issubclass(cls, RobustarError):
                 stray.append(f"{rel}: {name}")
     assert not stray
+
+
+def _backend_imports(path: Path) -> set[str]:
+    """The ``robustar_ls.backend.*`` modules ``path`` imports (function-level imports too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "robustar_ls.backend":
+                found |= {f"robustar_ls.backend.{alias.name}" for alias in node.names}
+            elif node.module.startswith("robustar_ls.backend."):
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("robustar_ls.backend.")}
+    return found
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "backend").glob("prefetch*.py")), ids=_rel)
+def test_the_prefetch_does_not_import_the_page(path):
+    assert "robustar_ls.backend.page" not in _backend_imports(path)
+
+
+def test_the_page_only_renders():
+    """The task-centre page registers no request hook and writes no file."""
+    text = (PACKAGE / "backend" / "page.py").read_text()
+    for hook in ("before_request", "after_request", "teardown_request", "atomic_write", "open("):
+        assert hook not in text, hook
+
+
+TORCHRUN_VARIABLES = {"WORLD_SIZE", "RANK", "LOCAL_RANK"}
+
+
+def test_the_torchrun_environment_is_read_in_one_module():
+    """The torchrun variables, quoted, appear in train/torchrun.py only: read there alone."""
+    quoted = [f"{q}{name}{q}" for name in TORCHRUN_VARIABLES for q in "\"'"]
+    reading = [_rel(p) for p in _modules() if any(name in p.read_text() for name in quoted)]
+    assert reading == ["train/torchrun.py"]

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 from backend_support import FakeJobs, make_backend
 
 from robustar_ls.backend.app import create_app
-from robustar_ls.backend.page import accuracy_series, project_id_of
+from robustar_ls.backend.page import accuracy_series
 from robustar_ls.backend.plots import line_plot
 from robustar_ls.models.history import append_entry
 
@@ -110,14 +110,6 @@ def test_page_links_to_the_project_label_studio_named(tmp_path):
     # another worker (another app on the same cache dir) links to it too
     other = create_app(backend.cfg, predictor=backend.predictor).test_client()
     assert 'href="http://127.0.0.1:9/projects/7/data"' in other.get("/").get_data(as_text=True)
-
-
-def test_project_ids_in_label_studio_requests():
-    assert project_id_of("12.1700000000") == 12
-    assert project_id_of({"id": 3, "title": "x"}) == 3
-    assert project_id_of(5) == 5
-    assert project_id_of(None) is None and project_id_of("abc") is None
-    assert project_id_of(True) is None
 
 
 def test_accuracy_series_without_a_before():

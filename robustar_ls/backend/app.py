@@ -20,6 +20,9 @@ Routes (JSON unless noted):
   authorisation (an ``<img>`` in the annotator's browser cannot send the
   backend's basic-auth credentials), so it is exempt from basic auth and needs a valid ``sig``.
 
+``/setup``, ``/predict`` and ``/webhook`` note the Label Studio project their body names
+(:mod:`robustar_ls.backend.project_memory`): the page links to it, the prefetch works for it.
+
 Every other route needs HTTP basic auth when ``basic_auth_user``/``basic_auth_pass`` are set
 (one without the other is refused when the app is built).
 Errors are JSON ``{"error": …}`` with a 4xx/5xx status; no traceback ever reaches a client.
@@ -42,6 +45,7 @@ from robustar_ls.backend.page import register_page
 from robustar_ls.backend.predictor import Predictor
 from robustar_ls.backend.prefetch_routes import answer_deferred, register_prefetch
 from robustar_ls.backend.prefetch_state import prefetch_status
+from robustar_ls.backend.project_memory import ProjectMemory
 from robustar_ls.config import ServeConfig, check_basic_auth
 from robustar_ls.errors import RobustarError
 from robustar_ls.labelstudio.config import LabelConfigError
@@ -80,6 +84,7 @@ class BackendState:
     secret: str
     annotation_hook: AnnotationHook | None
     renewals: Renewals
+    project: ProjectMemory  # the Label Studio project named last
     prefetcher: Any | None = None
 
 
@@ -110,6 +115,7 @@ def create_app(
         renewals=Renewals(
             cfg.resolved_cache_dir() / "saliency-renewals", cfg.saliency_url_lifetime
         ),
+        project=ProjectMemory(cfg.resolved_cache_dir()),
     )
     if callable(prefetcher):
         prefetcher = prefetcher(state.predictor)
@@ -232,12 +238,14 @@ def _register_model_routes(app: Flask, state: BackendState) -> None:
     @app.post("/setup")
     def setup():
         body = _json_body()
+        state.project.note(body.get("project"))
         log.debug("setup for project %s", body.get("project"))
         return jsonify(model_version=predictor.model_version)
 
     @app.post("/predict")
     def predict():
         body = _json_body()
+        state.project.note(body.get("project"))
         tasks = body.get("tasks")
         if not isinstance(tasks, list) or not tasks:
             raise ApiError("'tasks' must be a non-empty list of Label Studio tasks", 400)
@@ -260,6 +268,7 @@ def _register_training_routes(app: Flask, state: BackendState) -> None:
     @app.post("/webhook")
     def webhook():
         body = _json_body()
+        state.project.note(body.get("project"))
         event = body.get("action")
         if event in TRAIN_EVENTS:
             if state.jobs is None:

@@ -7,32 +7,25 @@ accuracy of every split per model version along the served checkpoint's lineage 
 the last training per epoch, both inline SVG (``plots.py``); the last sync's counts; a link to
 the Label Studio project.
 
-The project's id comes from Label Studio itself: its ``/setup``, ``/predict`` and ``/webhook``
-requests name the project; the id seen last is kept in ``<cache_dir>/label-studio-project.json``
-so every worker links to it. Until one was seen the page links to Label Studio's project list.
+The page only renders: it reads what others keep and writes nothing. The project's id is the
+one Label Studio named last (:mod:`robustar_ls.backend.project_memory`, noted by the app's
+views); until one was seen the page links to Label Studio's project list.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 from html import escape
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, Response
 
 from robustar_ls.backend.plots import SPLIT_COLOURS, line_plot
 from robustar_ls.backend.prefetch_state import prefetch_status
-from robustar_ls.files import atomic_write_bytes
 from robustar_ls.models.history import lineage, read_history
 from robustar_ls.train.progress import progress_text
 
-log = logging.getLogger(__name__)
-
 REFRESH_SECONDS = 3
-PROJECT_FILE = "label-studio-project.json"
-PROJECT_ENDPOINTS = ("setup", "predict", "webhook")
 LOSS_TERMS = ("loss", "ce", "ce_paired", "align")
 VERSION_ROWS = 10  # the newest versions listed as text
 STYLE = """
@@ -47,54 +40,14 @@ table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 10px;text
 
 
 def register_page(app: Flask, state: Any) -> None:
-    """``GET /`` (endpoint ``page``), and the hook that notes Label Studio's project id."""
-    project_file = Path(state.cfg.resolved_cache_dir()) / PROJECT_FILE
-    seen: dict[str, int | None] = {"id": None}
-
-    @app.before_request
-    def note_project() -> None:
-        if request.endpoint not in PROJECT_ENDPOINTS:
-            return
-        try:  # parsed once: Flask keeps the result for the view
-            body = request.get_json(silent=True, force=True)
-        except RecursionError:  # the view answers that one
-            return
-        pid = project_id_of(body.get("project") if isinstance(body, dict) else None)
-        if pid is not None and pid != seen["id"]:
-            seen["id"] = pid
-            try:
-                atomic_write_bytes(project_file, json.dumps({"id": pid}).encode(), durable=False)
-            except OSError as err:
-                log.warning("cannot remember Label Studio project %s: %s", pid, err)
+    """``GET /`` (endpoint ``page``): the page of ``state`` (the app's ``BackendState``)."""
 
     @app.get("/")
     def page():
-        html = render_page(page_data(state, read_project(project_file)))
+        html = render_page(page_data(state, state.project.read()))
         response = Response(html, mimetype="text/html")
         response.headers["Cache-Control"] = "no-store"
         return response
-
-
-def project_id_of(value: Any) -> int | None:
-    """The project id in a Label Studio request: ``"3.1700000000"`` (ML API), ``{"id": 3}``
-    (webhooks) or ``3``."""
-    if isinstance(value, dict):
-        value = value.get("id")
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.split(".", 1)[0].isdigit():
-        return int(value.split(".", 1)[0])
-    return None
-
-
-def read_project(path: Path) -> int | None:
-    """The Label Studio project id noted in ``path`` (:data:`PROJECT_FILE`), or None."""
-    try:
-        return project_id_of(json.loads(path.read_text()))
-    except (OSError, ValueError):
-        return None
 
 
 def page_data(state: Any, project: int | None) -> dict[str, Any]:

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from robustar_ls.backend.influence_refresh import Cancelled, InfluenceRefresh, RefreshRun
-from robustar_ls.backend.page import PROJECT_FILE, read_project
 from robustar_ls.backend.predictor import Predictor, chunks
 from robustar_ls.backend.prefetch_state import IDLE, PrefetchConfig, PrefetchFiles
+from robustar_ls.backend.project_memory import ProjectMemory
 from robustar_ls.config import InfluenceConfig, ServeConfig
 from robustar_ls.errors import RobustarError
 from robustar_ls.labelstudio import client as ls
@@ -359,7 +359,7 @@ def build_prefetcher(
         project = ls.find_project(client, cfg.project) if cfg.project else None
         if project is not None:
             return int(project.id)
-        return read_project(Path(cfg.resolved_cache_dir()) / PROJECT_FILE)  # as LS named it
+        return ProjectMemory(cfg.resolved_cache_dir()).read()  # as Label Studio named it
 
     def make(predictor: Predictor) -> Prefetcher:
         prefetcher = Prefetcher(

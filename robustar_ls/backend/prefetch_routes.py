@@ -16,8 +16,8 @@ from typing import Any
 
 from flask import Flask, jsonify, request
 
-from robustar_ls.backend.page import project_id_of
 from robustar_ls.backend.prefetch_state import prefetch_status
+from robustar_ls.backend.project_memory import project_id_of
 
 log = logging.getLogger(__name__)
 
