@@ -84,7 +84,7 @@ def worker(args) -> None:
     from robustar_ls.data.folders import ImageFolderSplits
     from robustar_ls.explain.influence import InfluenceScorer
     from robustar_ls.models.checkpoint import load_checkpoint
-    from robustar_ls.workflows.influence import process_group
+    from robustar_ls.train.torchrun import process_group
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)

@@ -153,3 +153,13 @@ def test_the_torchrun_environment_is_read_in_one_module():
     quoted = [f"{q}{name}{q}" for name in TORCHRUN_VARIABLES for q in "\"'"]
     reading = [_rel(p) for p in _modules() if any(name in p.read_text() for name in quoted)]
     assert reading == ["train/torchrun.py"]
+
+
+TORCHRUN_VARIABLES = {"WORLD_SIZE", "RANK", "LOCAL_RANK"}
+
+
+def test_the_torchrun_environment_is_read_in_one_module():
+    """The torchrun variables, quoted, appear in train/torchrun.py only: read there alone."""
+    quoted = [f"{q}{name}{q}" for name in TORCHRUN_VARIABLES for q in "\"'"]
+    reading = [_rel(p) for p in _modules() if any(name in p.read_text() for name in quoted)]
+    assert reading == ["train/torchrun.py"]

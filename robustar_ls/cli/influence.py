@@ -93,6 +93,7 @@ def influence_section(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from robustar_ls.data.folders import ImageFolderSplits
     from robustar_ls.models.checkpoint import load_checkpoint
+    from robustar_ls.train.torchrun import process_group
     from robustar_ls.workflows import influence
 
     cfg = influence_config(args)
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     label_studio = label_studio_config(args) if args.project else None
     data = ImageFolderSplits.open(args.data, required=("train", cfg.test_split))
     ckpt = load_checkpoint(args.checkpoint, arch=args.arch, classes=data.classes)
-    with influence.process_group(cfg.device) as ranks:  # torchrun: every rank featurizes
+    with process_group(cfg.device) as ranks:  # torchrun: every rank featurizes
         main = ranks is None or ranks.is_main
         progress = tqdm_progress(not args.quiet and main)
         result = influence.score(

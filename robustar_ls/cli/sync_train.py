@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from robustar_ls.cli.options import (
@@ -27,6 +26,7 @@ from robustar_ls.cli.validators import (
 from robustar_ls.config import FINETUNE_DEFAULTS, PairedConfig, SyncConfig, build, pick
 from robustar_ls.data.groups import change_text
 from robustar_ls.train.recipe import REBUILD_DEFAULTS, RECIPES, Recipe
+from robustar_ls.train.torchrun import launch
 
 NAME = "sync-train"
 HELP = "sync masks from Label Studio, then paired training of a checkpoint"
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out and not args.dry_run:
         prepare_output_file(args.out)  # a bad --out fails now, not after the training
     # one bar, on the process that reports (rank 0 under torchrun)
-    show = not (args.quiet or args.dry_run) and os.environ.get("RANK", "0") == "0"
+    show = not (args.quiet or args.dry_run) and launch().is_main
     show = show and on_terminal()  # in a log file, the log's line per epoch is the progress
     bar = JobBar() if show else None
     try:

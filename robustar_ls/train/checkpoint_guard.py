@@ -13,13 +13,13 @@ the lock, e.g. ``robustar-ls train --out`` on the same path), the result is not 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from robustar_ls.errors import RobustarError
 from robustar_ls.files import try_lock, unlock
 from robustar_ls.models.checkpoint import CheckpointError, read_version
+from robustar_ls.train.torchrun import Launch, launch
 
 
 class CheckpointBusy(RobustarError):
@@ -36,12 +36,13 @@ def lock_path(checkpoint: str | Path) -> Path:
 
 
 @contextlib.contextmanager
-def training_lock(checkpoint: str | Path) -> Iterator[None]:
+def training_lock(checkpoint: str | Path, here: Launch | None = None) -> Iterator[None]:
     """Hold the checkpoint's training lock, or raise :class:`CheckpointBusy`.
 
-    Under ``torchrun`` only rank 0 takes it (every rank trains the same run).
+    Under ``torchrun`` (``here``, default: this process's :func:`launch`) only rank 0 takes it
+    (every rank trains the same run).
     """
-    if os.environ.get("RANK", "0") != "0":
+    if not (launch() if here is None else here).is_main:
         yield
         return
     path = lock_path(checkpoint)

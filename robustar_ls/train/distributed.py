@@ -1,22 +1,22 @@
 """DistributedDataParallel set-up when launched by ``torchrun`` (nothing happens at import).
 
-``torchrun --nproc-per-node N --no-python robustar-ls sync-train …`` (or ``torchrun … -m
-robustar_ls.cli sync-train …``) sets WORLD_SIZE, RANK and LOCAL_RANK; :func:`init_distributed`
-reads them, starts the process group (NCCL on GPUs, Gloo on CPU) and picks this process's
-device. Without those variables training runs in one process as usual.
+:func:`init_distributed` takes this process's :class:`~robustar_ls.train.torchrun.Launch`
+(the torchrun environment, read in :mod:`robustar_ls.train.torchrun` only), starts the process
+group (NCCL on GPUs, Gloo on CPU) and picks this process's device. A workflow starts it once,
+at its entry (:func:`robustar_ls.train.torchrun.process_group`). Without torchrun training
+runs in one process as usual.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from robustar_ls.models.zoo import default_device
+from robustar_ls.train.torchrun import Launch, launch
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +40,13 @@ class DistContext:
         return self.rank == 0
 
 
-def launched_by_torchrun(environ: Mapping[str, str] | None = None) -> bool:
-    env = os.environ if environ is None else environ
-    return int(env.get("WORLD_SIZE", "1")) > 1 and "RANK" in env
-
-
-def init_distributed(
-    requested_device: str = "auto", environ: Mapping[str, str] | None = None
-) -> DistContext:
-    """Start the process group when launched by torchrun; otherwise a one-process context."""
-    env = os.environ if environ is None else environ
-    if not launched_by_torchrun(env):
+def init_distributed(requested_device: str = "auto", here: Launch | None = None) -> DistContext:
+    """Start the process group when launched by torchrun (``here``, default: this process's
+    :func:`~robustar_ls.train.torchrun.launch`); otherwise a one-process context."""
+    here = launch() if here is None else here
+    if not here.by_torchrun:
         return DistContext(device=default_device(requested_device))
-    rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
-    local_rank = int(env.get("LOCAL_RANK", "0"))
+    rank, world, local_rank = here.rank, here.world_size, here.local_rank
     device = default_device(requested_device)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,22 +30,6 @@ CLASS_MIX_TOP = 20  # the summary counts the classes among this many top images 
 ONE_CLASS_SHARE = 0.75  # from this share of the top images in one class, the hint is shown
 
 
-@contextmanager
-def process_group(device: str = "auto") -> Iterator[DistContext | None]:
-    """Under ``torchrun``: this process's place in the started process group (Gloo on CPU,
-    NCCL on GPUs), ended on exit; in one plain process: None."""
-    from robustar_ls.train.distributed import init_distributed, launched_by_torchrun, shutdown
-
-    if not launched_by_torchrun():
-        yield None
-        return
-    ctx = init_distributed(device)
-    try:
-        yield ctx
-    finally:
-        shutdown(ctx)
-
-
 def score(
     data: ImageFolderSplits,
     ckpt: Checkpoint,
@@ -60,8 +43,9 @@ def score(
     """Scores of ``data``'s train split against ``ckpt``'s errors on ``cfg.test_split``.
 
     Train features are cached per model version under ``cache_root`` (default
-    ``<data>/.robustar/influence``). ``ranks`` (from :func:`process_group`): the processes
-    share the featurizing; rank 0 returns the scores, the other ranks None.
+    ``<data>/.robustar/influence``). ``ranks`` (from
+    :func:`robustar_ls.train.torchrun.process_group`): the processes share the featurizing;
+    rank 0 returns the scores, the other ranks None.
     """
     cache = Path(cache_root) if cache_root else data.root / ".robustar" / "influence"
     scorer = InfluenceScorer(ckpt.model, None, cfg, device=ranks.device if ranks else None)

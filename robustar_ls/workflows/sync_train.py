@@ -15,7 +15,6 @@ the lock file). Under ``torchrun`` only rank 0 syncs; the other ranks wait for i
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
@@ -171,19 +170,14 @@ def sync_and_train(
 def _sync_then_train(plan: TrainPlan, label_studio, sync, dry_run, client):
     if label_studio is None and dry_run:
         raise ValueError("dry_run needs Label Studio settings: it previews a sync")
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # one process: torch not even imported
-        return _run(plan, label_studio, sync, dry_run, client, _here)
-    from robustar_ls.train.distributed import init_distributed, launched_by_torchrun, shutdown
+    from robustar_ls.train.torchrun import process_group
 
-    if not launched_by_torchrun():
-        return _run(plan, label_studio, sync, dry_run, client, _here)
-    ctx = init_distributed(plan.recipe.finetune.device)
-    try:
+    with process_group(plan.recipe.finetune.device) as ctx:
+        if ctx is None:  # one process: torch not even imported
+            return _run(plan, label_studio, sync, dry_run, client, _here)
         share = lambda compute, what: _on_rank0_then_share(ctx, compute, what)  # noqa: E731
         result = _run(plan, label_studio, sync, dry_run, client, share)
         return result if ctx.is_main else None
-    finally:
-        shutdown(ctx)
 
 
 def _here(compute: Callable[[], Any], what: str) -> Any:
