@@ -38,7 +38,12 @@ from robustar_ls.config import InfluenceConfig, ModelConfig, SyntheticConfig, Tr
 from robustar_ls.data.folders import ImageDataset, ImageFolderSplits
 from robustar_ls.data.synthetic import SHAPES, image_specs, make_dataset
 from robustar_ls.explain.feature_cache import TrainFeatures
-from robustar_ls.explain.influence import InfluenceScorer, MisclassifiedTest, kernel_scores
+from robustar_ls.explain.influence import (
+    InfluenceScorer,
+    MisclassifiedTest,
+    ScoreRequest,
+    kernel_scores,
+)
 from robustar_ls.models.checkpoint import load_checkpoint
 from robustar_ls.train.run import train_classifier
 
@@ -199,7 +204,7 @@ def variants(model, data, ckpt_version, args) -> tuple[list[dict], dict]:
 
     def kernel(train_feats, test_feats, damping=cfg.damping, aggregate=cfg.aggregate):
         return kernel_scores(
-            train_feats, test_feats, damping=damping, aggregate=aggregate, support=cfg.support
+            train_feats, test_feats, replace(cfg, damping=damping, aggregate=aggregate)
         ).scores
 
     rng = np.random.default_rng(args.seed)
@@ -250,14 +255,8 @@ def variants(model, data, ckpt_version, args) -> tuple[list[dict], dict]:
     )
     with tempfile.TemporaryDirectory(prefix="bench-influence-cache-") as cache:
         start = time.perf_counter()
-        result = scorer.score(
-            train,
-            test,
-            image_size=size,
-            model_version=ckpt_version,
-            classes=splits.classes,
-            cache_root=cache,
-        )
+        request = ScoreRequest(train, test, size, ckpt_version, splits.classes, Path(cache))
+        result = scorer.score(request)
         info["score_end_to_end_s"] = time.perf_counter() - start
     add(
         f"OURS: InfluenceScorer.score, default config (k={cfg.k}, damping={cfg.damping:g}, "

@@ -151,7 +151,7 @@ def measure_query(
         seconds, per_image = [], []
         for _ in range(repeats):
             start = time.perf_counter()
-            result = kernel_scores(train, test, aggregate="sum")
+            result = kernel_scores(train, test, InfluenceConfig(aggregate="sum"))
             seconds.append(time.perf_counter() - start)
             per_image.append(timer() if timer else float(per_image_featurize))
         assert result.scores.shape == (n,)

@@ -45,7 +45,7 @@ from robustar_ls.config import (
 )
 from robustar_ls.data.folders import ImageDataset, ImageFolderSplits, normalize
 from robustar_ls.data.synthetic import make_dataset
-from robustar_ls.explain.influence import InfluenceScorer
+from robustar_ls.explain.influence import InfluenceScorer, ScoreRequest
 from robustar_ls.models.checkpoint import load_checkpoint
 from robustar_ls.train.fills import apply_fill
 from robustar_ls.train.finetune import paired_finetune
@@ -110,13 +110,11 @@ def influence_ranking(data_root: Path, checkpoint: Path, seed: int) -> list[str]
     data = ImageFolderSplits.open(data_root)
     ckpt = load_checkpoint(checkpoint, classes=data.classes)
     scorer = InfluenceScorer(ckpt.model, None, InfluenceConfig(device="cpu", seed=seed))
-    result = scorer.score(
-        data.splits["train"],
-        data.splits["test"],
-        image_size=ckpt.image_size,
-        model_version=ckpt.version,
-        classes=data.classes,
+    splits = data.splits
+    request = ScoreRequest(
+        splits["train"], splits["test"], ckpt.image_size, ckpt.version, data.classes
     )
+    result = scorer.score(request)
     return result.ranked()
 
 

@@ -17,6 +17,7 @@ from robustar_ls.explain.influence import (
     InfluenceError,
     InfluenceResult,
     InfluenceScorer,
+    ScoreRequest,
     kernel_scores,
     parameter_names,
 )
@@ -158,9 +159,8 @@ def test_kernel_scores_stream_in_chunks_like_the_dense_formula():
     psi = rng.standard_normal((6, 8)).astype(np.float32)
     dense = dense_reference(phi.astype(np.float64), psi.astype(np.float64), 0.1)
     train = TrainFeatures.from_array(phi)
-    result = kernel_scores(
-        train, psi, damping=0.1, aggregate="sum", support=5, explain_top=2, rows_per_chunk=7
-    )
+    cfg = InfluenceConfig(damping=0.1, aggregate="sum", support=5, explain_top=2)
+    result = kernel_scores(train, psi, cfg, rows_per_chunk=7)
     np.testing.assert_allclose(result.scores, dense.sum(1), rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(result.top_index, np.argsort(-dense, axis=1)[:, :2])
     drives = np.zeros(50, dtype=int)
@@ -170,7 +170,7 @@ def test_kernel_scores_stream_in_chunks_like_the_dense_formula():
     np.testing.assert_array_equal(result.drives, drives)
     # per test error, its most influential training rows, highest first (support caps it)
     np.testing.assert_array_equal(result.error_top, np.argsort(-dense, axis=0)[:5].T)
-    normalized = kernel_scores(train, psi, damping=0.1, aggregate="normalized", rows_per_chunk=7)
+    normalized = kernel_scores(train, psi, InfluenceConfig(damping=0.1), rows_per_chunk=7)
     z = (dense - dense.mean(0)) / dense.std(0)
     np.testing.assert_allclose(normalized.scores, z.sum(1), rtol=1e-3, atol=1e-3)
 
@@ -181,13 +181,7 @@ def test_scores_rank_like_brute_force_exact_gradients(dataset, checkpoint):
     cfg = InfluenceConfig(k=4096, device="cpu")
     scorer = InfluenceScorer(ckpt.model, None, cfg)
     train, test = dataset.splits["train"], dataset.splits["test"]
-    result = scorer.score(
-        train,
-        test,
-        image_size=SIZE,
-        model_version=checkpoint[1],
-        classes=dataset.classes,
-    )
+    result = scorer.score(ScoreRequest(train, test, SIZE, checkpoint[1], dataset.classes))
     assert result.test_errors, "the random model should make test errors"
     assert set(result.predictions) == {s.relpath for s in test}  # right and wrong ones
     for error in result.test_errors:
@@ -222,11 +216,11 @@ def test_cache_is_reused_and_invalidated(dataset, checkpoint, tmp_path):
     ckpt = load_checkpoint(checkpoint[0])
     train, test = dataset.splits["train"], dataset.splits["test"]
     cache = tmp_path / "cache"
-    kwargs = dict(image_size=SIZE, classes=dataset.classes, cache_root=cache)
 
     def run(version, cfg=InfluenceConfig(k=32, device="cpu")):
         scorer = InfluenceScorer(ckpt.model, None, cfg)
-        result = scorer.score(train, test, model_version=version, **kwargs)
+        request = ScoreRequest(train, test, SIZE, version, dataset.classes, cache_root=cache)
+        result = scorer.score(request)
         return scorer.featurized, result
 
     errors = None
@@ -282,14 +276,8 @@ def test_result_explains_and_ranks(dataset, checkpoint):
     ckpt = load_checkpoint(checkpoint[0])
     scorer = InfluenceScorer(ckpt.model, None, InfluenceConfig(k=64, support=3, device="cpu"))
     train = dataset.splits["train"]
-    result = scorer.score(
-        train,
-        dataset.splits["test"],
-        image_size=SIZE,
-        model_version=checkpoint[1],
-        classes=dataset.classes,
-        top=5,
-    )
+    test = dataset.splits["test"]
+    result = scorer.score(ScoreRequest(train, test, SIZE, checkpoint[1], dataset.classes, top=5))
     assert isinstance(result, InfluenceResult)
     order = result.ranked()
     assert [result.ranks[r] for r in order] == list(range(1, len(train) + 1))
@@ -356,14 +344,15 @@ def test_cli_label_studio_needs_a_project(dataset, checkpoint, capsys):
 
 
 def test_kernel_scores_defaults_are_the_influence_settings():
-    import inspect
-
-    from robustar_ls.config import InfluenceConfig
-
-    params = inspect.signature(kernel_scores).parameters
-    cfg = InfluenceConfig()
-    for name in ("damping", "aggregate", "support", "explain_top"):
-        assert params[name].default == getattr(cfg, name), name
+    rng = np.random.default_rng(2)
+    train = TrainFeatures.from_array(rng.standard_normal((30, 8)).astype(np.float32))
+    psi = rng.standard_normal((4, 8)).astype(np.float32)
+    default, settings = kernel_scores(train, psi), kernel_scores(train, psi, InfluenceConfig())
+    np.testing.assert_array_equal(default.scores, settings.scores)
+    np.testing.assert_array_equal(default.top_index, settings.top_index)
+    assert default.top_index.shape[1] == min(InfluenceConfig().explain_top, 4)
+    with pytest.raises(InfluenceError, match="unknown aggregate"):
+        kernel_scores(train, psi, InfluenceConfig(aggregate="mean"))
 
 
 def test_cli_balance_classes_ranks_in_class_turns_and_keeps_the_scores(

@@ -141,18 +141,18 @@ def sharded_features(
     version: str,
     meta: dict[str, Any],
     *,
-    k: int,
-    dtype: str,
     batch_size: int,
     ranks: Ranks,
     progress: Progress | None = None,
 ) -> TrainFeatures | None:
     """The cached train features, computed over ``ranks`` where missing; rank 0 gets them,
     the other ranks None. ``featurize(start, stop)`` yields the features of rows
-    ``[start, stop)`` in blocks. Every rank must call this (it holds collectives)."""
-    n, main = int(meta["n"]), ranks.rank == 0
+    ``[start, stop)`` in blocks. ``meta``: the cache description, with the rows ``n``, the
+    dimension ``k`` and the stored ``dtype``. Every rank must call this (it holds
+    collectives)."""
+    n, k, main = int(meta["n"]), int(meta["k"]), ranks.rank == 0
     bounds = shard_bounds(n, batch_size)
-    store = ShardStore(cache.folder(version), meta_digest(meta), dtype)
+    store = ShardStore(cache.folder(version), meta_digest(meta), str(meta["dtype"]))
     cached = cache.load(version, meta) if main else None
     plan = {"cached": cached is not None, "done": []}
     if main and cached is None:

@@ -69,6 +69,7 @@ from robustar_ls.explain.influence_types import (
     KernelScores,
     MisclassifiedTest,
     Progress,
+    ScoreRequest,
     build_result,
     empty_kernel_scores,
     with_progress,
@@ -87,6 +88,7 @@ __all__ = [
     "InfluenceScorer",
     "KernelScores",
     "MisclassifiedTest",
+    "ScoreRequest",
     "damping_value",
     "images_fingerprint",
     "kernel_scores",
@@ -211,8 +213,6 @@ class InfluenceScorer:
                 cache,
                 model_version,
                 meta,
-                k=self.cfg.k,
-                dtype=self.cfg.dtype,
                 batch_size=self.cfg.batch_size,
                 ranks=ranks,
                 progress=progress,
@@ -269,41 +269,47 @@ class InfluenceScorer:
 
     def score(
         self,
-        train: Sequence[Sample],
-        test: Sequence[Sample],
-        *,
-        image_size: int,
-        model_version: str,
-        classes: Sequence[str],
-        cache_root: str | Path | None = None,
-        top: int | None = None,
+        request: ScoreRequest,
         progress: Progress | None = None,
         ranks: Ranks | None = None,
     ) -> InfluenceResult | None:
-        """Score every training image against the misclassified images of ``test``.
+        """Score every training image of ``request`` against its misclassified test images.
 
-        ``cache_root``: where train features are cached per model version (None = a temporary
-        folder, discarded). ``top``: record explanations for the ``top`` highest only.
+        Without ``request.cache_root`` the train features go to a temporary folder, discarded.
         ``ranks`` (under ``torchrun``): the train features are computed by every process; rank
         0 scores and returns the result, the other ranks return None.
         """
+        train, test, size = request.train, request.test, request.image_size
         if not train:
             raise InfluenceError("no training images to score")
-        if ranks is not None and cache_root is None:
+        if ranks is not None and request.cache_root is None:
             raise InfluenceError("featurizing over several processes needs a cache folder")
         with tempfile.TemporaryDirectory(prefix="robustar-influence-") as tmp:
-            root = Path(cache_root) if cache_root is not None else Path(tmp)
-            features = self.train_features(train, image_size, model_version, root, progress, ranks)
+            root = Path(request.cache_root or tmp)
+            features = self.train_features(
+                train, size, request.model_version, root, progress, ranks
+            )
             if features is None:  # not rank 0: rank 0 scores
                 return None
-            predicted = self.predictions(test, image_size)
+            predicted = self.predictions(test, size)
             errors = [p for p in predicted if p.predicted != p.true]
             log.info("%d of %d test images are misclassified", len(errors), len(test))
-            kernel = self._kernel(features, errors, test, image_size, progress)
+            kernel = self._kernel(features, errors, test, size, progress)
             del features  # release the memmap before a temporary folder goes
+        return self._result(request, errors, kernel, predicted)
+
+    def _result(
+        self,
+        request: ScoreRequest,
+        errors: list[MisclassifiedTest],
+        kernel: KernelScores,
+        predicted: list[MisclassifiedTest],
+    ) -> InfluenceResult:
         config = {**asdict(self.cfg), "layers": self.layers}
-        relpaths = [s.relpath for s in train]
-        result = build_result(relpaths, errors, kernel, classes, model_version, top, config)
+        relpaths, classes = [s.relpath for s in request.train], request.classes
+        result = build_result(
+            relpaths, errors, kernel, classes, request.model_version, request.top, config
+        )
         result.predictions = {
             p.relpath: {
                 "true": classes[p.true],
@@ -328,13 +334,4 @@ class InfluenceScorer:
         by_rel = {s.relpath: s for s in test}
         wrong = [by_rel[e.relpath] for e in errors]
         test_feats = self.featurize(self.loader(wrong, image_size), "error", progress)
-        return kernel_scores(
-            features,
-            test_feats,
-            damping=self.cfg.damping,
-            aggregate=self.cfg.aggregate,
-            support=self.cfg.support,
-            explain_top=self.cfg.explain_top,
-            progress=progress,
-            device=self.device,
-        )
+        return kernel_scores(features, test_feats, self.cfg, progress=progress, device=self.device)

@@ -44,20 +44,20 @@ def _solve(
 def kernel_scores(
     train: TrainFeatures,
     test: np.ndarray,
+    cfg: InfluenceConfig = InfluenceConfig(),
     *,
-    damping: float = InfluenceConfig.damping,
-    aggregate: str = InfluenceConfig.aggregate,
-    support: int = InfluenceConfig.support,
-    explain_top: int = InfluenceConfig.explain_top,
     rows_per_chunk: int = 8192,
     progress: Progress | None = None,
     device: torch.device | str = "cpu",
 ) -> KernelScores:
     """Stream ``S = Phi (Phi^T Phi + lambda I)^-1 Psi^T`` over the train rows and aggregate.
 
-    ``test``: ``(T, k)`` test-side features. Memory: one ``(rows_per_chunk, T)`` block. The
-    k x k solve runs in float64 on the CPU; the streamed products on ``device``.
+    ``test``: ``(T, k)`` test-side features. ``cfg``: the influence settings the kernel reads
+    (``damping``, ``aggregate``, ``support``, ``explain_top``). Memory: one
+    ``(rows_per_chunk, T)`` block. The k x k solve runs in float64 on the CPU; the streamed
+    products on ``device``.
     """
+    aggregate = cfg.aggregate
     if aggregate not in AGGREGATES:
         raise InfluenceError(f"unknown aggregate {aggregate!r}; choose one of {AGGREGATES}")
     n, k = train.n, train.k
@@ -65,13 +65,13 @@ def kernel_scores(
     if test.ndim != 2 or test.shape[1] != k:
         raise InfluenceError(f"test features have shape {test.shape}, expected (T, {k})")
     t_count = test.shape[0]
-    weights, mean, std = _solve(train, test, damping)
+    weights, mean, std = _solve(train, test, cfg.damping)
     device = torch.device(device)
     weights32 = weights.float().to(device)
     mean32, std32 = mean.float().to(device), std.float().to(device)
     normalise = aggregate == "normalized"
-    m = min(explain_top, t_count)
-    keep = min(support, n)
+    m = min(cfg.explain_top, t_count)
+    keep = min(cfg.support, n)
     scores = np.zeros(n, dtype=np.float64)
     top_index = np.zeros((n, m), dtype=np.int64)
     top_value = np.zeros((n, m), dtype=np.float32)

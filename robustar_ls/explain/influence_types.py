@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from robustar_ls.data.folders import Sample
 from robustar_ls.errors import RobustarError
 
 Progress = Callable[..., Iterable]
@@ -15,6 +17,20 @@ Progress = Callable[..., Iterable]
 
 class InfluenceError(RobustarError, ValueError):
     """Influence cannot be computed as asked; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One scoring: every ``train`` image against the misclassified images of ``test``, for
+    the model ``model_version`` (its input ``image_size``, its ``classes``)."""
+
+    train: Sequence[Sample]
+    test: Sequence[Sample]
+    image_size: int
+    model_version: str
+    classes: Sequence[str]
+    cache_root: Path | None = None  # train features per model version; None = a discarded one
+    top: int | None = None  # explanations recorded for the ``top`` highest images only
 
 
 @dataclass(frozen=True)

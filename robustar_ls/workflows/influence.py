@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from robustar_ls.config import InfluenceConfig, LabelStudioConfig
 from robustar_ls.data.folders import ImageFolderSplits, classes_among, in_class_turns
-from robustar_ls.explain.influence import InfluenceResult, InfluenceScorer
+from robustar_ls.explain.influence import InfluenceResult, InfluenceScorer, ScoreRequest
 from robustar_ls.files import atomic_write_bytes
 from robustar_ls.models.checkpoint import Checkpoint
 
@@ -47,19 +47,17 @@ def score(
     :func:`robustar_ls.train.torchrun.process_group`): the processes share the featurizing;
     rank 0 returns the scores, the other ranks None.
     """
-    cache = Path(cache_root) if cache_root else data.root / ".robustar" / "influence"
-    scorer = InfluenceScorer(ckpt.model, None, cfg, device=ranks.device if ranks else None)
-    return scorer.score(
-        data.splits["train"],
-        data.splits[cfg.test_split],
+    request = ScoreRequest(
+        train=data.splits["train"],
+        test=data.splits[cfg.test_split],
         image_size=ckpt.image_size,
         model_version=ckpt.version,
         classes=data.classes,
-        cache_root=cache,
+        cache_root=Path(cache_root) if cache_root else data.root / ".robustar" / "influence",
         top=top,
-        progress=progress,
-        ranks=ranks,
     )
+    scorer = InfluenceScorer(ckpt.model, None, cfg, device=ranks.device if ranks else None)
+    return scorer.score(request, progress, ranks)
 
 
 def take_class_turns(result: InfluenceResult) -> InfluenceResult:
