@@ -107,6 +107,16 @@ def test_next_steps_name_real_files_a_runnable_command_and_where_start_training_
     run = subprocess.run([argv[0], "history", "--help"], capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin"})  # fmt: skip
     assert run.returncode == 0 and "history" in run.stdout
+    # the printed sync-train command (continued over two lines) parses with the real CLI
+    joined = text.replace("\\\n", " ")
+    line = next(line for line in joined.splitlines() if " sync-train " in line)
+    env, binary, *rest = shlex.split(line)
+    assert env == "LABEL_STUDIO_API_KEY=tok" and binary == argv[0]
+    from robustar_ls.cli.main import get_args_parser
+
+    parsed = get_args_parser().parse_args(rest)
+    assert parsed.command == "sync-train" and parsed.project == demo.PROJECT
+    assert parsed.checkpoint == str(tmp_path / "model.pt")
 
 
 def _health_server(answers: list[dict]):
