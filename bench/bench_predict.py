@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from robustar_ls.backend.app import create_app  # noqa: E402
 from robustar_ls.backend.images import ImageFetcher  # noqa: E402
 from robustar_ls.backend.model_holder import ModelHolder  # noqa: E402
-from robustar_ls.backend.predictor import STAGES, Predictor  # noqa: E402
+from robustar_ls.backend.predictor import STAGES, Predictor, PredictorSettings  # noqa: E402
 from robustar_ls.config import SaliencyConfig, SegmenterConfig, ServeConfig  # noqa: E402
 from robustar_ls.data.folders import image_to_tensor  # noqa: E402
 from robustar_ls.models.checkpoint import save_checkpoint  # noqa: E402
@@ -146,7 +146,7 @@ def model_calls_alone(
     (``segmenter`` instead of the predictor's when given)."""
     segmenter = segmenter or predictor.segmenter
     served = predictor.holder.current()
-    explainer = predictor._explainer(served)
+    heatmaps = predictor.heatmaps  # Grad-CAM
     tensors = [image_to_tensor(image, served.image_size) for image in images]
     total = 0.0
     for start in range(0, len(images), batch):
@@ -154,7 +154,7 @@ def model_calls_alone(
         t0 = time.perf_counter()
         with torch.no_grad():
             predicted = served.model(x).argmax(dim=1)
-        explainer.maps(x, predicted)
+        heatmaps.maps(served, x, predicted)
         if segmenter is not None:
             segmenter.spurious_masks(images[start : start + batch])
         total += time.perf_counter() - t0
@@ -195,9 +195,11 @@ def main(args: argparse.Namespace) -> dict:
             ModelHolder(checkpoint, device="cpu"),
             ImageFetcher.from_config(cfg),
             segmenter,
-            saliency=SaliencyConfig(),
-            batch_size=args.batch_size,
-            cache_size=0,  # measure the work, not the cache
+            PredictorSettings(
+                saliency=SaliencyConfig(),
+                batch_size=args.batch_size,
+                cache_size=0,  # measure the work, not the cache
+            ),
             timing=None,
         )
         client = create_app(cfg, predictor=predictor).test_client()
@@ -226,10 +228,10 @@ def main(args: argparse.Namespace) -> dict:
                 coco.append(model_calls_alone(predictor, decoded, args.batch_size, baseline))
             alone.append(model_calls_alone(predictor, decoded, args.batch_size))
             timing.clear()
-            predictor.timing = timing
+            predictor.timer.seconds = timing
             batched.append(post(tasks))
             batched_cpu.append(cpu[-1])
-            predictor.timing = None
+            predictor.timer.seconds = None
             timing["rest (Flask, JSON)"] = batched[-1] - sum(timing.values())
             splits.append(dict(timing))
             single.append(sum(post([task]) for task in tasks))

@@ -26,7 +26,7 @@ import torch
 from robustar_ls.backend.app import create_app
 from robustar_ls.backend.images import ImageFetcher
 from robustar_ls.backend.model_holder import ModelHolder
-from robustar_ls.backend.predictor import Predictor
+from robustar_ls.backend.predictor import Predictor, PredictorSettings
 from robustar_ls.backend.prefetch import Prefetcher
 from robustar_ls.backend.prefetch_state import PrefetchConfig
 from robustar_ls.config import ImportConfig, LabelStudioConfig, ServeConfig, SyntheticConfig
@@ -62,7 +62,7 @@ def _predictor(args, checkpoint: Path) -> tuple[Predictor, ServeConfig]:
                       label_studio_url=args.url, cache_dir=str(checkpoint.parent / "cache"),
                       device="cpu", prediction_cache_size=0)  # fmt: skip
     predictor = Predictor(ModelHolder(checkpoint, device="cpu"), ImageFetcher.from_config(cfg),
-                          None, batch_size=args.chunk, cache_size=0)  # fmt: skip
+                          None, PredictorSettings(batch_size=args.chunk, cache_size=0))  # fmt: skip
     return predictor, cfg
 
 

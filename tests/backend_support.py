@@ -218,6 +218,13 @@ class Backend:
     detector: BrightObjects | None
 
 
+def use_settings(backend: Backend, **changes: Any) -> None:
+    """The backend's predictor runs with ``changes`` to its settings from now on."""
+    from dataclasses import replace
+
+    backend.predictor.settings = replace(backend.predictor.settings, **changes)
+
+
 def local_ref(relpath: str) -> str:
     return f"/data/local-files/?d={relpath}"
 
@@ -241,7 +248,7 @@ def make_backend(
     from robustar_ls.backend.app import create_app
     from robustar_ls.backend.images import ImageFetcher
     from robustar_ls.backend.model_holder import ModelHolder
-    from robustar_ls.backend.predictor import Predictor
+    from robustar_ls.backend.predictor import Predictor, PredictorSettings
     from robustar_ls.config import SegmenterConfig, ServeConfig
     from robustar_ls.models.segmenter import Segmenter
 
@@ -276,10 +283,12 @@ def make_backend(
         ModelHolder(checkpoint, device="cpu"),
         ImageFetcher.from_config(cfg),
         seg,
-        saliency=cfg.saliency_config(),
-        batch_size=batch_size,
-        cache_size=cache_size,
-        cache_dir=cfg.resolved_cache_dir(),
+        PredictorSettings(
+            saliency=cfg.saliency_config(),
+            batch_size=batch_size,
+            cache_size=cache_size,
+            cache_dir=cfg.resolved_cache_dir(),
+        ),
         timing=timing,
     )
     app = create_app(cfg, predictor=predictor, jobs=jobs, annotation_hook=annotation_hook)

@@ -32,3 +32,31 @@ def test_heatmaps_are_named_by_identity_and_old_versions_pruned(tmp_path):
     heatmaps.put(second, b"png3")
     assert [p.name for p in (tmp_path / "saliency").iterdir()] == [second.parent.name]
     assert second.read_bytes() == b"png3"
+
+
+def test_outputs_are_computed_once_per_version_and_identity():
+    from types import SimpleNamespace
+
+    from robustar_ls.backend.cache import OutputCache
+
+    cache, computed, failing = OutputCache(8), [], {"b"}
+    a, b = SimpleNamespace(identity="a"), SimpleNamespace(identity="b")
+
+    def outputs(version, images):
+        def compute(todo):
+            computed.append([images[i].identity for i in todo])
+            return [None if images[i].identity in failing else images[i].identity for i in todo]
+
+        return cache.outputs(version, images, compute)
+
+    assert outputs("v1", [a, None, b]) == ["a", None, None]  # None: the image failed to fetch
+    assert computed == [["a", "b"]]  # one call for the missing ones
+    failing.clear()
+    assert outputs("v1", [b, a, a]) == ["b", "a", "a"]  # a failed output is not kept
+    assert computed[-1] == ["b"]
+    assert outputs("v1", [a, b]) == ["a", "b"] and len(computed) == 2  # all cached
+    outputs("v2", [a])  # a new model version computes again
+    assert computed[-1] == ["a"]
+    cache.clear()
+    outputs("v2", [a])
+    assert len(computed) == 4

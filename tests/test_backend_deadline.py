@@ -8,7 +8,7 @@ import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from backend_support import make_backend, png_bytes, task, two_tone
+from backend_support import make_backend, png_bytes, task, two_tone, use_settings
 
 from robustar_ls.backend.url_policy import UrlPolicy
 
@@ -58,7 +58,7 @@ def test_a_slow_image_gets_a_deadline_error_and_its_neighbours_their_predictions
     backend = make_backend(tmp_path, segmenter=False)
     with slow_server(3.0) as (host, _):
         allow(backend, host)
-        backend.predictor.request_deadline = 0.5
+        use_settings(backend, request_deadline=0.5)
         tasks = [
             {"id": 1, "data": {"image": f"http://{host}/slow.png"}},
             task("ds/train/circle/c0.png", task_id=2),
@@ -76,7 +76,7 @@ def test_images_are_fetched_in_parallel_but_bounded(tmp_path):
     backend = make_backend(tmp_path, segmenter=False, batch_size=8)
     with slow_server(0.3) as (host, state):
         allow(backend, host)
-        backend.predictor.fetch_parallelism = 3
+        use_settings(backend, fetch_parallelism=3)
         tasks = [{"id": i, "data": {"image": f"http://{host}/{i}.png"}} for i in range(7)]
         response = backend.client.post("/predict", json={"tasks": tasks})
     results = response.get_json()["results"]

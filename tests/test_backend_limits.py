@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 import pytest
-from backend_support import make_backend, task, two_tone, write_png
+from backend_support import make_backend, task, two_tone, use_settings, write_png
 from PIL import Image
 
 from robustar_ls.backend.decoding import ImageLimits
@@ -69,19 +69,19 @@ def test_request_pixel_budget_task_count_and_answer_size(tmp_path):
     names = ["ds/train/circle/c0.png", "ds/train/square/s0.png", "ds/test/triangle/t0.png"]
     tasks = [task(name, task_id=i) for i, name in enumerate(names)]
     pixels = 24 * 16 + 20 * 12 + 16 * 16
-    backend.predictor.limits = RequestLimits(max_pixels=pixels - 1)
+    use_settings(backend, limits=RequestLimits(max_pixels=pixels - 1))
     results = predict(backend, tasks)
     refused = [r for r in results if "budget" in r.get("error", "")]
     assert len(refused) == 1 and refused[0]["result"] == []
     assert sum(bool(r["result"]) for r in results) == 2
 
-    backend.predictor.limits = RequestLimits(max_tasks=2)
+    use_settings(backend, limits=RequestLimits(max_tasks=2))
     results = predict(backend, tasks)
     assert [bool(r["result"]) for r in results] == [True, True, False]
     assert "over the limit of 2 tasks per request" in results[2]["error"]
 
     one = len(json.dumps(predict(backend, tasks[:1])[0]))
-    backend.predictor.limits = RequestLimits(max_response_bytes=int(one * 1.5))
+    use_settings(backend, limits=RequestLimits(max_response_bytes=int(one * 1.5)))
     results = predict(backend, tasks)
     assert results[0]["result"] and "error" not in results[0]
     assert all("would exceed" in r["error"] and not r["result"] for r in results[1:])

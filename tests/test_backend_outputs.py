@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 from backend_support import CLASSES
 
-from robustar_ls.backend.outputs import image_outputs, summary_text, to_prediction, true_class
+from robustar_ls.backend.outputs import (
+    image_outputs,
+    summary_text,
+    to_prediction,
+    true_class,
+    upscale_mask,
+)
 from robustar_ls.labelstudio.brush import rle_to_mask
 from robustar_ls.labelstudio.config import LabelConfigTags
 
@@ -62,3 +68,13 @@ def test_outputs_keep_the_image_size_and_the_regions_the_config_asks_for():
     assert no_segmenter.spurious_rle is None
     labels = [r.label for r in to_prediction(no_segmenter, _tags(("Spurious",)), "v", None).result]
     assert labels == []
+
+
+def test_a_mask_of_a_reduced_image_comes_back_at_the_displayed_size():
+    mask = np.zeros((4, 6), dtype=bool)
+    mask[1:3, 0:3] = True
+    big = upscale_mask(mask, (12, 8))
+    assert big.shape == (8, 12) and big.dtype == bool
+    assert big[2:6, 0:6].all() and not big[:, 6:].any() and not big[:2].any()
+    assert upscale_mask(mask, (6, 4)) is not None and (upscale_mask(mask, (6, 4)) == mask).all()
+    assert upscale_mask(None, (12, 8)) is None

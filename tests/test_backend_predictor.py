@@ -10,7 +10,8 @@ from backend_support import CLASSES, make_backend, task, two_tone, write_png
 from label_studio_sdk.label_interface import LabelInterface
 
 from robustar_ls.backend.build import build_predictor
-from robustar_ls.backend.predictor import STAGES
+from robustar_ls.backend.limits import RequestLimits
+from robustar_ls.backend.predictor import STAGES, PredictorSettings
 from robustar_ls.config import SegmenterConfig, ServeConfig
 from robustar_ls.labelstudio.brush import rle_to_mask
 from robustar_ls.labelstudio.config import default_label_config
@@ -107,7 +108,7 @@ def test_duplicate_tasks_in_one_call(tmp_path):
 
 def test_timing_is_off_by_default_and_splits_stages_when_on(tmp_path):
     backend = make_backend(tmp_path / "a")
-    assert backend.predictor.timing is None
+    assert backend.predictor.timer.seconds is None
     timing: dict[str, float] = {}
     timed = make_backend(tmp_path / "b", timing=timing)
     timed.predictor.predict([task("ds/train/circle/c0.png")])
@@ -169,3 +170,15 @@ def test_one_image_failing_in_the_models_does_not_fail_its_batch(tmp_path, monke
         ]
     )
     assert [bool(p["result"]) for p in preds] == [True, False, True]
+
+
+def test_settings_are_built_once_from_the_serve_settings(tmp_path):
+    cfg = ServeConfig(checkpoint="m.pt", cache_dir=str(tmp_path), batch_size=3,
+                      prediction_cache_size=7, request_deadline=9.5, fetch_parallelism=2,
+                      max_tasks_per_request=5, max_request_pixels=1000,
+                      max_response_bytes=2000)  # fmt: skip
+    settings = PredictorSettings.from_config(cfg)
+    assert (settings.batch_size, settings.cache_size, settings.request_deadline) == (3, 7, 9.5)
+    assert settings.fetch_parallelism == 2 and settings.cache_dir == tmp_path
+    assert settings.limits == RequestLimits(5, 1000, 2000)
+    assert settings.saliency == cfg.saliency_config()

@@ -7,10 +7,9 @@ import base64
 import time
 
 import pytest
-from backend_support import make_backend, task
+from backend_support import make_backend, task, use_settings
 from prefetch_support import FakePredictor, FakeSdk, ranked_tasks
 
-from robustar_ls.backend.limits import ChunkPace
 from robustar_ls.backend.prefetch import Prefetcher
 from robustar_ls.backend.prefetch_state import PrefetchConfig
 
@@ -102,7 +101,7 @@ def test_predict_defers_what_its_deadline_leaves_no_time_for(tmp_path):
     backend = make_backend(tmp_path, segmenter=False, batch_size=1)
     prefetcher = _with(backend, RecordingPrefetcher()).app.extensions["robustar_ls"].prefetcher
     predictor = backend.predictor
-    predictor.request_deadline = 1.0
+    use_settings(backend, request_deadline=1.0)
     slow_chunk = predictor._predict_chunk
 
     def slow(*args, **kwargs):
@@ -125,7 +124,7 @@ def test_predict_defers_what_its_deadline_leaves_no_time_for(tmp_path):
 
 def test_predict_without_a_prefetcher_still_defers(tmp_path):
     backend = make_backend(tmp_path, segmenter=False, batch_size=1)
-    backend.predictor.request_deadline = 1e-9  # nothing fits
+    use_settings(backend, request_deadline=1e-9)  # nothing fits
     tasks = [task("ds/train/circle/c0.png", 1), task("ds/train/square/s0.png", 2)]
     answer = backend.client.post("/predict", json={"tasks": tasks})
     assert answer.status_code == 200 and answer.get_json()["results"] == [[], []]
@@ -136,15 +135,3 @@ def test_predict_within_its_deadline_answers_every_task(tmp_path):
     tasks = [task("ds/train/circle/c0.png", i) for i in range(1, 6)]
     results = backend.client.post("/predict", json={"tasks": tasks}).get_json()["results"]
     assert len(results) == 5 and all(isinstance(r, dict) and r["result"] for r in results)
-
-
-def test_chunk_pace_measures_first_then_fits_the_time_left():
-    pace = ChunkPace(16, first=4)
-    assert pace.next_size(60.0) == 4  # nothing measured yet: a small first chunk
-    pace.record(4, 8.0)  # 2 s per task
-    assert pace.next_size(60.0) == 16  # at most the batch size
-    assert pace.next_size(10.0) == 4  # 10 s / (2 s x 1.25)
-    assert pace.next_size(2.0) == 0  # not even one task fits
-    assert pace.next_size(-1.0) == 0
-    pace.record(2, 10.0)  # slower now: 5 s per task counts
-    assert pace.next_size(25.0) == 4

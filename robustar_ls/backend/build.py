@@ -1,16 +1,15 @@
-"""The predictor ``robustar-ls serve`` uses, built from its settings (checkpoint, segmenter,
-image fetcher, limits)."""
+"""The predictor ``robustar-ls serve`` uses, built once from its settings: the checkpoint's
+holder, the image fetcher (:meth:`ImageFetcher.from_config`), the predictor's settings
+(:meth:`PredictorSettings.from_config`), Mask R-CNN and the learned segmenter."""
 
 from __future__ import annotations
 
 import logging
 
-from robustar_ls.backend.cache import LRUCache
 from robustar_ls.backend.images import ImageFetcher
-from robustar_ls.backend.limits import RequestLimits
 from robustar_ls.backend.maskrcnn_source import WITHOUT_MASKRCNN, start_maskrcnn
 from robustar_ls.backend.model_holder import ModelHolder
-from robustar_ls.backend.predictor import Predictor
+from robustar_ls.backend.predictor import Predictor, PredictorSettings
 from robustar_ls.backend.spurious_source import LearnedSegmenterHolder
 from robustar_ls.config import ServeConfig
 from robustar_ls.files import remove_stale_temp_files
@@ -33,7 +32,7 @@ def load_segmenter(cfg: ServeConfig, predictor: Predictor | None = None) -> Segm
 def use_segmenter(predictor: Predictor | None, segmenter: Segmenter) -> None:
     """Serve ``segmenter`` from now on; predictions cached without it are made again."""
     if predictor is not None:
-        predictor.cache = LRUCache(predictor.cache.capacity)
+        predictor.cache.clear()
         predictor.segmenter = segmenter
 
 
@@ -56,16 +55,8 @@ def build_predictor(cfg: ServeConfig, timing: dict[str, float] | None = None) ->
         holder,
         ImageFetcher.from_config(cfg),
         None,
-        saliency=cfg.saliency_config(),
-        batch_size=cfg.batch_size,
-        cache_size=cfg.prediction_cache_size,
-        cache_dir=cfg.resolved_cache_dir(),
+        PredictorSettings.from_config(cfg),
         timing=timing,
-        request_deadline=cfg.request_deadline,
-        fetch_parallelism=cfg.fetch_parallelism,
-        limits=RequestLimits(
-            cfg.max_tasks_per_request, cfg.max_request_pixels, cfg.max_response_bytes
-        ),
         learned=learned_segmenter(cfg),
     )
     segmenter = load_segmenter(cfg, predictor)  # None while downloading: the thread sets it

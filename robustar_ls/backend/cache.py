@@ -1,4 +1,5 @@
-"""Caches of the ML backend: a bounded in-memory LRU and the saliency heatmaps on disk."""
+"""Caches of the ML backend: the model outputs per (model version, image content) in a bounded
+in-memory LRU, so re-asking for a task costs no model call; the saliency heatmaps on disk."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import shutil
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +41,49 @@ class LRUCache:
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
     def __len__(self) -> int:
         return len(self._items)
+
+
+class OutputCache:
+    """Model outputs per (model version, image identity), the ``capacity`` most recent kept.
+
+    An image is anything with an ``identity`` (a
+    :class:`~robustar_ls.backend.images.FetchedImage`: a file's path, mtime and size, or the
+    hash of the downloaded bytes), so a changed file is computed again.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.lru = LRUCache(capacity)
+
+    def outputs(
+        self,
+        version: str,
+        images: Sequence[Any | None],
+        compute: Callable[[list[int]], Sequence[Any | None]],
+    ) -> list[Any | None]:
+        """Each image's outputs, None where the image is None: from the cache, the others
+        from one ``compute(indices of the missing images)`` call (None where it failed); what
+        it computed is kept."""
+        found = [
+            None if image is None else self.lru.get((version, image.identity)) for image in images
+        ]
+        todo = [i for i, image in enumerate(images) if image is not None and found[i] is None]
+        if not todo:
+            return found
+        for i, result in zip(todo, compute(todo), strict=True):
+            found[i] = result
+            if result is not None:
+                self.lru.put((version, images[i].identity), result)
+        return found
+
+    def clear(self) -> None:
+        """Forget every output (e.g. a segmenter now serves that did not before)."""
+        self.lru.clear()
 
 
 class HeatmapCache:

@@ -9,7 +9,6 @@ request's deadline.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 
 from robustar_ls.backend.decoding import PixelBudget
 from robustar_ls.backend.images import FetchedImage, ImageFetcher, ImageFetchError
+from robustar_ls.backend.pacing import Deadline
 from robustar_ls.errors import RobustarError
 
 log = logging.getLogger(__name__)
@@ -61,23 +61,22 @@ def fetch_images(
     fetcher: ImageFetcher,
     tasks: Sequence[Any],
     image_value: str,
-    deadline: float,
-    deadline_s: float,
+    deadline: Deadline,
     parallelism: int,
     budget: PixelBudget | None = None,
 ) -> list[FetchedImage | TaskFailure]:
-    """Each task's image, at most ``parallelism`` at a time, giving up at ``deadline``
-    (a ``time.monotonic()`` value; ``deadline_s`` is its length, for the message), all of
-    them within the request's pixel ``budget``."""
-    results: list[FetchedImage | TaskFailure] = [deadline_failure(deadline_s)] * len(tasks)
+    """Each task's image, at most ``parallelism`` at a time, giving up at the request's
+    ``deadline``, all of them within the request's pixel ``budget``."""
+    results: list[FetchedImage | TaskFailure] = [deadline_failure(deadline.seconds)] * len(tasks)
     pool = ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(tasks))))
     futures = {}
     for i, task in enumerate(tasks):
         try:
-            futures[pool.submit(fetcher.fetch, image_ref(task, image_value), deadline, budget)] = i
+            ref = image_ref(task, image_value)
+            futures[pool.submit(fetcher.fetch, ref, deadline.at, budget)] = i
         except TaskError as err:
             results[i] = TaskFailure(str(err), 400)
-    done, _ = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+    done, _ = wait(futures, timeout=max(0.0, deadline.left()))
     pool.shutdown(wait=False, cancel_futures=True)  # stragglers stop at their own deadline
     for future in done:
         i = futures[future]

@@ -1,8 +1,11 @@
-"""Label Studio's smart tools: the regions of a ``context`` turned into one brush mask.
+"""Label Studio's smart tools: a ``/predict`` with a ``context`` gets, per task, the context's
+regions turned into one brush region.
 
 A key point gives the pixels within a colour range of the clicked one, a rectangle the object
 inside it (Mask R-CNN when a segmenter is loaded, else a colour-based fallback). Positive
-regions add to the mask, negative ones (``is_positive`` false) cut it out.
+regions add to the mask, negative ones (``is_positive`` false) cut it out. The mask comes back
+at the image's displayed size as one brush region (:func:`interactive_prediction`); a task whose
+image cannot be fetched, or whose regions select nothing, gets an empty result.
 """
 
 from __future__ import annotations
@@ -14,11 +17,50 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from robustar_ls.backend.fetching import TaskError, image_ref, task_id
+from robustar_ls.backend.images import ImageFetcher, ImageFetchError
+from robustar_ls.backend.outputs import upscale_mask
+from robustar_ls.backend.pacing import StageTimer
 from robustar_ls.explain.interactive import box_object_mask, colour_range_mask
 from robustar_ls.labels import SPURIOUS_LABEL
+from robustar_ls.labelstudio.brush import mask_to_rle
+from robustar_ls.labelstudio.config import LabelConfigTags
+from robustar_ls.labelstudio.results import BrushRegion, Prediction
 from robustar_ls.models.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
+
+
+def interactive_prediction(
+    task: dict[str, Any],
+    regions: list[dict[str, Any]],
+    tags: LabelConfigTags,
+    version: str,
+    *,
+    fetcher: ImageFetcher,
+    segmenter: Segmenter | None,
+    timer: StageTimer,
+) -> Prediction:
+    """A key point → colour-range mask; a rectangle → object mask; as one brush region."""
+    empty = Prediction(model_version=version, score=None, result=[])
+    if not tags.brush:
+        log.warning("interactive request, but the label config has no <BrushLabels> tag")
+        return empty
+    try:
+        item = fetcher.fetch(image_ref(task, tags.image_value))
+    except (ImageFetchError, TaskError) as err:
+        log.warning("task %s: no interactive result: %s", task_id(task), err)
+        return empty
+    mask, chosen = context_mask(item.image, regions, segmenter, task_id(task))
+    if not mask.any():
+        return empty
+    label = brush_label(chosen, list(tags.brush_labels or ()))
+    with timer("encoding"):
+        mask = upscale_mask(mask, item.original_size)
+        rle = mask_to_rle(mask.astype(np.uint8) * 255)
+    width, height = item.original_size
+    region = BrushRegion(tags.brush, tags.image, rle, label, width, height)
+    return Prediction(model_version=version, score=1.0, result=[region])
 
 
 def context_mask(

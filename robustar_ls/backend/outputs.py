@@ -3,6 +3,8 @@
 :class:`ImageOutputs` holds the model outputs independent of the labeling config, so they can be
 cached per (model version, image); :func:`to_prediction` turns them into the regions a given
 config asks for: the summary text, the "Spurious" and the "Model attention" brush regions.
+Masks are computed on a reduced image and brought to the displayed size (:func:`upscale_mask`)
+before they are encoded as Label Studio brush RLE.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from robustar_ls.data.folders import SPLITS
 from robustar_ls.explain.saliency import attention_mask
@@ -33,6 +36,18 @@ class ImageOutputs:
     spurious_rle: list[int] | None  # None: no segmenter
     spurious_score: float | None = None  # the learned segmenter's confidence in its mask
     spurious_source: str = ""  # "learned segmenter v3-…" or "Mask R-CNN"
+
+
+def upscale_mask(mask: np.ndarray | None, size: tuple[int, int]) -> np.ndarray | None:
+    """A bool mask computed on a reduced image, brought to the displayed ``(width, height)``."""
+    if mask is None:
+        return None
+    mask = np.asarray(mask, dtype=bool)
+    width, height = size
+    if mask.shape == (height, width):
+        return mask
+    image = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(image.resize((width, height), Image.Resampling.NEAREST)) > 127
 
 
 def image_outputs(

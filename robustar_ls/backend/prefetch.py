@@ -26,14 +26,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from robustar_ls.backend.influence_refresh import Cancelled, InfluenceRefresh, RefreshRun
-from robustar_ls.backend.predictor import Predictor, chunks
+from robustar_ls.backend.predictor import Predictor
 from robustar_ls.backend.prefetch_state import IDLE, PrefetchConfig, PrefetchFiles
 from robustar_ls.backend.project_memory import ProjectMemory
 from robustar_ls.config import InfluenceConfig, ServeConfig
@@ -374,6 +374,12 @@ def build_prefetcher(
         return prefetcher
 
     return make
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    size = max(1, size)
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _task_id(task: Any) -> int | None:

@@ -17,7 +17,7 @@ from werkzeug.serving import make_server
 from robustar_ls.backend.app import create_app
 from robustar_ls.backend.images import ImageFetcher
 from robustar_ls.backend.model_holder import ModelHolder
-from robustar_ls.backend.predictor import Predictor
+from robustar_ls.backend.predictor import Predictor, PredictorSettings
 from robustar_ls.config import (
     ImportConfig,
     LabelStudioConfig,
@@ -94,8 +94,7 @@ def backend(label_studio, dataset, tmp_path, request) -> Iterator[RunningBackend
         ModelHolder(checkpoint, device="cpu"),
         ImageFetcher.from_config(cfg),
         Segmenter(BrightObjects(), SegmenterConfig(device="cpu")),  # fake Mask R-CNN
-        batch_size=4,
-        cache_dir=cfg.resolved_cache_dir(),
+        PredictorSettings(batch_size=4, cache_dir=cfg.resolved_cache_dir()),
     )
     app = create_app(cfg, predictor=predictor)
     port = _free_port()

@@ -8,6 +8,7 @@ prefetch stores the deferred rest.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
@@ -24,7 +25,7 @@ from werkzeug.serving import make_server
 from robustar_ls.backend.app import create_app
 from robustar_ls.backend.images import ImageFetcher
 from robustar_ls.backend.model_holder import ModelHolder
-from robustar_ls.backend.predictor import Predictor
+from robustar_ls.backend.predictor import Predictor, PredictorSettings
 from robustar_ls.backend.prefetch import build_prefetcher
 from robustar_ls.backend.prefetch_state import PrefetchConfig
 from robustar_ls.cli import main
@@ -86,8 +87,7 @@ def served(label_studio, data, tmp_path) -> Iterator[tuple[str, str, Predictor, 
         ModelHolder(checkpoint, device="cpu"),
         ImageFetcher.from_config(cfg),
         Segmenter(BrightObjects(), SegmenterConfig(device="cpu")),
-        batch_size=2,
-        cache_dir=cfg.resolved_cache_dir(),
+        PredictorSettings(batch_size=2, cache_dir=cfg.resolved_cache_dir()),
     )
     make_prefetcher = build_prefetcher(cfg, PrefetchConfig(top=TOP, chunk=2, poll=0.2))
     app = create_app(cfg, predictor=predictor, prefetcher=make_prefetcher)
@@ -171,7 +171,7 @@ def test_retrieve_predictions_past_the_deadline_is_completed_by_the_prefetch(
     url, version, predictor, _ = served
     client = label_studio.client("legacy")
     pid, _ = _import(label_studio, data, url)
-    predictor.request_deadline = 1.5
+    predictor.settings = dataclasses.replace(predictor.settings, request_deadline=1.5)
     slow_chunk = predictor._predict_chunk
 
     def slow(*args, **kwargs):  # a slow model: a chunk of 2 takes about a second

@@ -20,7 +20,7 @@ from werkzeug.serving import make_server
 from robustar_ls.backend.app import create_app
 from robustar_ls.backend.images import ImageFetcher
 from robustar_ls.backend.model_holder import ModelHolder
-from robustar_ls.backend.predictor import Predictor
+from robustar_ls.backend.predictor import Predictor, PredictorSettings
 from robustar_ls.config import ModelConfig, ServeConfig, SyntheticConfig, TrainConfig
 from robustar_ls.data.synthetic import make_dataset
 from robustar_ls.models.checkpoint import read_version
@@ -28,7 +28,7 @@ from robustar_ls.models.history import read_history
 from robustar_ls.train.recipe import Recipe
 from robustar_ls.train.run import train_classifier
 from robustar_ls.workflows.jobs import TrainingJobs
-from robustar_ls.workflows.sync_train import training_job
+from robustar_ls.workflows.sync_train import SyncTrainRequest, training_job
 
 from .backend_fixtures import _free_port
 from .test_browser import _wait_for, browser  # noqa: F401  (the Chromium fixture)
@@ -72,7 +72,7 @@ def centre(tmp_path):
     )
     recipe = Recipe.only("finetune", TINY)
     run = training_job(
-        data, checkpoint, label_studio=None, recipe=recipe, masks=data / "oracle_masks"
+        lambda: SyncTrainRequest.open(data, checkpoint, data / "oracle_masks", recipe=recipe)
     )
     gate = Gate(run)
     jobs = TrainingJobs(gate, state_dir=tmp_path / "cache" / "training", progress_interval=0.2)
@@ -80,7 +80,7 @@ def centre(tmp_path):
         ModelHolder(checkpoint, device="cpu"),
         ImageFetcher.from_config(cfg),
         None,
-        cache_dir=cfg.resolved_cache_dir(),
+        PredictorSettings(cache_dir=cfg.resolved_cache_dir()),
     )
     app = create_app(cfg, predictor=predictor, jobs=jobs)
     port = _free_port()
