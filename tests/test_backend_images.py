@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from backend_support import FakeLabelStudio, make_jwt, png_bytes, two_tone, write_png
 
+from robustar_ls.backend.decoding import ImageLimits
 from robustar_ls.backend.images import ImageFetcher, ImageFetchError, LabelStudioAuth
 from robustar_ls.backend.url_policy import UrlPolicy
 
@@ -104,10 +105,11 @@ def test_relative_path_without_document_root_says_what_to_configure():
 def test_size_limits_bytes_and_pixels(root):
     big = write_png(root / "big.png", np.zeros((300, 300, 3), dtype=np.uint8))
     with pytest.raises(ImageFetchError, match="over the limit") as info:
-        ImageFetcher(document_root=root, max_bytes=big.stat().st_size - 1).fetch("big.png")
+        limits = ImageLimits(max_bytes=big.stat().st_size - 1)
+        ImageFetcher(document_root=root, limits=limits).fetch("big.png")
     assert info.value.status == 413
     with pytest.raises(ImageFetchError, match="over the limit of 1000") as info:
-        ImageFetcher(document_root=root, max_pixels=1000).fetch("big.png")
+        ImageFetcher(document_root=root, limits=ImageLimits(max_pixels=1000)).fetch("big.png")
     assert info.value.status == 413  # over a limit, like the byte limit
 
 
@@ -179,3 +181,14 @@ def test_unreachable_label_studio_is_a_502():
     with pytest.raises(ImageFetchError, match="cannot fetch") as info:
         fetcher.fetch("/data/upload/1/x.png")
     assert info.value.status == 502
+
+
+def test_the_limits_are_built_once_from_the_serve_settings(root):
+    from robustar_ls.config import ServeConfig
+
+    cfg = ServeConfig(checkpoint="m.pt", document_root=str(root), max_image_bytes=1234,
+                      max_image_pixels=5678, max_image_side=90, max_aspect_ratio=3.0,
+                      working_side=64, fetch_timeout=7.0)  # fmt: skip
+    fetcher = ImageFetcher.from_config(cfg)
+    assert fetcher.limits == ImageLimits(1234, 5678, 90, 3.0, 64)
+    assert fetcher.timeout == 7.0 and fetcher.document_root == root.resolve()

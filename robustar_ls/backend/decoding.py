@@ -1,6 +1,8 @@
 """Decoding task images within limits, at reduced size when the models need less.
 
-The limits are checked on the image header, before any pixel is decoded: both sides, the
+:class:`ImageLimits` are one image's limits. Its bytes are counted while the fetcher reads or
+downloads it (:mod:`robustar_ls.backend.images`); the others are checked on the image header,
+before any pixel is decoded: both sides, the
 aspect ratio, the pixel count, and (for one ``/predict`` request) a total pixel budget shared
 by its images. Large images are decoded at reduced size: JPEG through ``Image.draft`` (the
 decoder's own 1/2, 1/4, 1/8 scaling), others with ``Image.reduce`` right after decoding, so
@@ -29,6 +31,7 @@ class ImageTooLarge(ImageLoadError):
 
 @dataclass(frozen=True)
 class ImageLimits:
+    max_bytes: int = 64 * 1024 * 1024  # the file or download
     max_pixels: int = 40_000_000  # per image
     max_side: int = 12_000  # pixels, either side
     max_aspect: float = 20.0  # long side / short side

@@ -16,7 +16,9 @@ Image references, as they appear in task data:
 - anything else (``s3://``, ``data:`` …): refused as an unknown URL scheme.
 
 Every failure is an :class:`ImageFetchError` with an HTTP-like status and a message that says
-what to fix; sizes are limited in bytes and pixels (decompression bombs).
+what to fix; sizes are limited in bytes and pixels (decompression bombs) by the fetcher's
+:class:`~robustar_ls.backend.decoding.ImageLimits`, built once from the serve settings
+(:meth:`ImageFetcher.from_config`).
 """
 
 from __future__ import annotations
@@ -106,20 +108,15 @@ class ImageFetcher:
         document_root: str | Path | None = None,
         label_studio_url: str = "",
         auth: LabelStudioAuth | None = None,
-        max_bytes: int = 64 * 1024 * 1024,
-        max_pixels: int | None = None,
+        limits: ImageLimits | None = None,
         timeout: float = 30.0,
         session: httpx.Client | None = None,
         policy: UrlPolicy | None = None,
-        limits: ImageLimits | None = None,
     ) -> None:
         self.document_root = Path(document_root).resolve() if document_root else None
         self.label_studio_url = label_studio_url.rstrip("/")
         self.auth = auth
-        self.max_bytes = max_bytes
-        self.limits = limits or (
-            ImageLimits(max_pixels=max_pixels) if max_pixels else ImageLimits()
-        )
+        self.limits = limits or ImageLimits()
         self.timeout = timeout
         self.session = session or httpx.Client(follow_redirects=False)
         self.policy = policy or UrlPolicy(self.label_studio_url)
@@ -132,8 +129,8 @@ class ImageFetcher:
             document_root=cfg.document_root or None,
             label_studio_url=cfg.label_studio_url,
             auth=auth,
-            max_bytes=cfg.max_image_bytes,
             limits=ImageLimits(
+                max_bytes=cfg.max_image_bytes,
                 max_pixels=cfg.max_image_pixels,
                 max_side=cfg.max_image_side,
                 max_aspect=cfg.max_aspect_ratio,
@@ -256,9 +253,10 @@ class ImageFetcher:
             raise ImageFetchError(f"cannot read image {ref!r}: {err.strerror}", 403) from err
         if not path.is_file():
             raise ImageFetchError(f"image {ref!r} is not a file", 404)
-        if stat.st_size > self.max_bytes:
+        max_bytes = self.limits.max_bytes
+        if stat.st_size > max_bytes:
             raise ImageFetchError(
-                f"image {ref!r} is {stat.st_size} bytes, over the limit of {self.max_bytes}", 413
+                f"image {ref!r} is {stat.st_size} bytes, over the limit of {max_bytes}", 413
             )
         try:
             data = path.read_bytes()
@@ -324,19 +322,19 @@ class ImageFetcher:
                         f"fetching image {ref!r} from {url} failed with HTTP {resp.status_code}",
                         502,
                     )
+                max_bytes = self.limits.max_bytes
                 declared = resp.headers.get("Content-Length")
-                if declared and declared.isdigit() and int(declared) > self.max_bytes:
+                if declared and declared.isdigit() and int(declared) > max_bytes:
                     raise ImageFetchError(
-                        f"image {ref!r} is {declared} bytes, over the limit of {self.max_bytes}",
-                        413,
+                        f"image {ref!r} is {declared} bytes, over the limit of {max_bytes}", 413
                     )
                 chunks, size = [], 0
                 for chunk in resp.iter_bytes(chunk_size=1 << 16):
                     self._remaining(deadline, ref)
                     size += len(chunk)
-                    if size > self.max_bytes:
+                    if size > max_bytes:
                         raise ImageFetchError(
-                            f"image {ref!r} is over the limit of {self.max_bytes} bytes", 413
+                            f"image {ref!r} is over the limit of {max_bytes} bytes", 413
                         )
                     chunks.append(chunk)
                 return b"".join(chunks), None
