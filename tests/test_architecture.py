@@ -119,6 +119,38 @@ def test_every_exception_derives_from_the_one_base():
     assert not stray
 
 
+MAX_PARAMETERS = 8  # self/cls not counted; *args and **kwargs count as one each
+
+
+def _too_many_parameters(paths: list[Path]) -> list[str]:
+    over = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            args = node.args
+            positional = [*args.posonlyargs, *args.args]
+            count = len(positional) + len(args.kwonlyargs)
+            count += (args.vararg is not None) + (args.kwarg is not None)
+            count -= bool(positional) and positional[0].arg in ("self", "cls")
+            if count > MAX_PARAMETERS:
+                over.append(f"{_rel(path)}:{node.lineno} {node.name}() {count} parameters")
+    return over
+
+
+CUTTING = "issue 26: parameter lists outside backend/ still being cut"
+
+
+@pytest.mark.xfail(strict=False, reason=CUTTING)
+def test_no_function_has_more_than_eight_parameters():
+    assert not _too_many_parameters(_modules())
+
+
+def test_no_backend_function_has_more_than_eight_parameters():
+    """Settings and request objects (frozen dataclasses) are built once at the entry."""
+    assert not _too_many_parameters(sorted((PACKAGE / "backend").rglob("*.py")))
+
+
 def _backend_imports(path: Path) -> set[str]:
     """The ``robustar_ls.backend.*`` modules ``path`` imports (function-level imports too)."""
     found = set()
