@@ -35,8 +35,9 @@ import torch
 from bench_influence_cost import measure_cost, measure_query  # bench/ is on sys.path
 
 from robustar_ls.config import InfluenceConfig, ModelConfig, SyntheticConfig, TrainConfig
-from robustar_ls.data.folders import ImageDataset, ImageFolderSplits
+from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.synthetic import SHAPES, image_specs, make_dataset
+from robustar_ls.data.tensors import ImageDataset
 from robustar_ls.explain.feature_cache import TrainFeatures
 from robustar_ls.explain.influence import (
     InfluenceScorer,

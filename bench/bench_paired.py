@@ -43,8 +43,9 @@ from robustar_ls.config import (
     SyntheticConfig,
     TrainConfig,
 )
-from robustar_ls.data.folders import ImageDataset, ImageFolderSplits, normalize
+from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.synthetic import make_dataset
+from robustar_ls.data.tensors import ImageDataset, normalize
 from robustar_ls.explain.influence import InfluenceScorer, ScoreRequest
 from robustar_ls.models.checkpoint import load_checkpoint
 from robustar_ls.train.fills import apply_fill

@@ -57,7 +57,7 @@ from robustar_ls.backend.images import ImageFetcher  # noqa: E402
 from robustar_ls.backend.model_holder import ModelHolder  # noqa: E402
 from robustar_ls.backend.predictor import STAGES, Predictor, PredictorSettings  # noqa: E402
 from robustar_ls.config import SaliencyConfig, SegmenterConfig, ServeConfig  # noqa: E402
-from robustar_ls.data.folders import image_to_tensor  # noqa: E402
+from robustar_ls.data.tensors import image_to_tensor  # noqa: E402
 from robustar_ls.models.checkpoint import save_checkpoint  # noqa: E402
 from robustar_ls.models.fuse_bn import fuse_conv_bn  # noqa: E402
 from robustar_ls.models.segmenter import (  # noqa: E402

@@ -233,7 +233,7 @@ def test_make_pairs_fills_only_annotated_masked_pixels(worst_of):
 
 
 def test_make_pairs_swaps_in_another_class_from_the_batch_or_the_pool():
-    from robustar_ls.data.folders import normalize
+    from robustar_ls.data.tensors import normalize
     from robustar_ls.train.fills import DonorPool
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))

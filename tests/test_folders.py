@@ -4,7 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from robustar_ls.data.folders import DatasetError, ImageDataset, ImageFolderSplits
+from robustar_ls.data.folders import DatasetError, ImageFolderSplits
+from robustar_ls.data.tensors import ImageDataset
 
 
 def _img(path, colour="red"):
@@ -56,13 +57,8 @@ def test_dataset_resizes_and_normalises(tmp_path):
 def test_one_image_to_tensor_conversion_for_training_and_serving():
     import numpy as np
 
-    from robustar_ls.data.folders import (
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        image_to_tensor,
-        images_to_batch,
-        images_to_unit_batch,
-    )
+    from robustar_ls.data.folders import IMAGENET_MEAN, IMAGENET_STD
+    from robustar_ls.data.tensors import image_to_tensor, images_to_batch, images_to_unit_batch
 
     rng = np.random.default_rng(0)
     images = [

@@ -5,11 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from segmenter_support import expert_store, make_stripe_dataset
 
 from robustar_ls.cli import main
 from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.masks import MaskStore
+from robustar_ls.data.tensors import images_to_batch, normalize
 from robustar_ls.models.checkpoint import save_checkpoint
 from robustar_ls.models.spurious_segmenter import (
     SegmenterFileError,
@@ -17,6 +19,8 @@ from robustar_ls.models.spurious_segmenter import (
     choose_size,
     load_spurious_segmenter,
     mask_confidence,
+    to_input,
+    to_inputs,
 )
 from robustar_ls.models.zoo import create_classifier
 from robustar_ls.train.propagate import propagate_dataset
@@ -83,6 +87,40 @@ def test_predict_proba_returns_each_images_own_size(trained):
     probs = seg.predict_proba(images)
     assert [p.shape for p in probs] == [(20, 30), (50, 40)]
     assert all(p.dtype == np.float32 and p.min() >= 0 and p.max() <= 1 for p in probs)
+
+
+def _input_as_before(image: Image.Image | np.ndarray, size: int) -> torch.Tensor:
+    """The segmenter's own conversion before it shared the classifier's (kept as the reference)."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), resample=Image.Resampling.BILINEAR)
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def test_the_segmenter_input_is_the_classifiers_conversion_bit_for_bit():
+    """One image-to-tensor conversion: the segmenter's input is the classifier's batch before its
+    normalisation, and equals, bit for bit, what the segmenter computed on its own before."""
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(16, 16), (20, 12)]]
+    arrays[0].reshape(-1)[:256] = np.arange(256)  # every byte value once
+    images = [
+        *arrays,
+        Image.fromarray(rng.integers(0, 256, (33, 40, 3), dtype=np.uint8)),
+        Image.fromarray(rng.integers(0, 256, (24, 24), dtype=np.uint8), mode="L"),
+        Image.fromarray(rng.integers(0, 256, (9, 31, 4), dtype=np.uint8), mode="RGBA"),
+    ]
+    for size in (16, 32):
+        batch = to_inputs(images, size)
+        assert batch.is_contiguous() and batch.dtype == torch.float32
+        for image, row in zip(images, batch, strict=True):
+            assert torch.equal(row, _input_as_before(image, size))
+            assert torch.equal(to_input(image, size), row)
+        rgb = [Image.fromarray(im) if isinstance(im, np.ndarray) else im for im in images]
+        rgb = [im.convert("RGB") for im in rgb]
+        assert torch.equal(normalize(batch), images_to_batch(rgb, size))
 
 
 def test_save_load_round_trip_keeps_predictions_config_and_counts_versions(trained, tmp_path):

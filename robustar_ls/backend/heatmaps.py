@@ -20,7 +20,7 @@ from robustar_ls.backend.cache import HeatmapCache
 from robustar_ls.backend.images import ImageFetcher
 from robustar_ls.backend.model_holder import ServedModel
 from robustar_ls.config import SaliencyConfig
-from robustar_ls.data.folders import images_to_batch
+from robustar_ls.data.tensors import images_to_batch
 from robustar_ls.explain.saliency import SaliencyExplainer, heatmap_png, resize_map
 
 

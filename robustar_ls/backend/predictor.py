@@ -64,7 +64,7 @@ from robustar_ls.backend.outputs import (
 from robustar_ls.backend.pacing import STAGES, Deadline, StageTimer, deferred, run_paced
 from robustar_ls.backend.spurious_source import LearnedSegmenterHolder
 from robustar_ls.config import SaliencyConfig, ServeConfig
-from robustar_ls.data.folders import images_to_batch
+from robustar_ls.data.tensors import images_to_batch
 from robustar_ls.explain.saliency import resize_map
 from robustar_ls.labelstudio.config import (
     LabelConfigError,

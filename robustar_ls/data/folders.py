@@ -2,8 +2,8 @@
 
 No torch here: listing a dataset (``robustar-ls import``, a sync dry run) must not pay torch's
 start-up. The tensor side (:class:`ImageDataset`, ``images_to_batch``, ``normalize``, ...) lives
-in :mod:`robustar_ls.data.tensors` and is still importable from this module (loaded on first
-use).
+in :mod:`robustar_ls.data.tensors` and is imported from there (it imports this module, never
+the reverse).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from robustar_ls.data.images import IMAGE_EXTENSIONS, is_image_file
 from robustar_ls.errors import RobustarError
@@ -211,17 +210,3 @@ class ImageFolderSplits:
         if not isinstance(self.splits, ListedOnUse):
             listed = list(self.splits.get(split, []))
         return SplitImages(self.split_dir(split), self.classes, listed)
-
-
-_TENSOR_NAMES = frozenset(
-    ("ImageDataset", "image_to_tensor", "images_to_batch", "images_to_unit_batch", "normalize")
-)
-
-
-def __getattr__(name: str) -> Any:
-    """The tensor helpers of :mod:`robustar_ls.data.tensors`, imported (with torch) on use."""
-    if name in _TENSOR_NAMES:
-        from robustar_ls.data import tensors
-
-        return getattr(tensors, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -47,7 +47,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from robustar_ls.config import InfluenceConfig
-from robustar_ls.data.folders import ImageDataset, Sample
+from robustar_ls.data.folders import Sample
+from robustar_ls.data.tensors import ImageDataset
 from robustar_ls.explain.feature_cache import FeatureCache, TrainFeatures
 from robustar_ls.explain.feature_shards import Ranks, sharded_features
 from robustar_ls.explain.influence_gradients import (

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from robustar_ls.data.tensors import images_to_unit_batch
 from robustar_ls.errors import RobustarError
 from robustar_ls.models.checkpoint import atomic_write_bytes, next_version
 
@@ -110,15 +111,22 @@ def choose_size(sides: Sequence[int], max_size: int) -> int:
     return max(8, side // 4 * 4)
 
 
-def to_input(image: Image.Image | np.ndarray, size: int) -> torch.Tensor:
-    """An RGB image (PIL or uint8 HxWx3) → float tensor (3, size, size) in [0, 1]."""
+def _as_rgb(image: Image.Image | np.ndarray) -> Image.Image:
     if isinstance(image, np.ndarray):
         image = Image.fromarray(np.asarray(image, dtype=np.uint8))
-    image = image.convert("RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), resample=Image.Resampling.BILINEAR)
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    return image.convert("RGB")
+
+
+def to_inputs(images: Sequence[Image.Image | np.ndarray], size: int) -> torch.Tensor:
+    """RGB images (PIL or uint8 HxWx3) → float batch (N, 3, size, size) in [0, 1]: the
+    classifier's own conversion (:func:`robustar_ls.data.tensors.images_to_unit_batch`, bilinear
+    resize), without its normalisation."""
+    return images_to_unit_batch([_as_rgb(im) for im in images], size).contiguous()
+
+
+def to_input(image: Image.Image | np.ndarray, size: int) -> torch.Tensor:
+    """An RGB image (PIL or uint8 HxWx3) → float tensor (3, size, size) in [0, 1]."""
+    return to_inputs([image], size)[0]
 
 
 def image_hw(image: Image.Image | np.ndarray) -> tuple[int, int]:
@@ -172,7 +180,7 @@ class SpuriousSegmenter:
         out: list[np.ndarray] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            batch = torch.stack([to_input(im, self.config.size) for im in chunk])
+            batch = to_inputs(chunk, self.config.size)
             probs = torch.sigmoid(self.net(batch))[:, None]
             for im, prob in zip(chunk, probs, strict=True):
                 h, w = image_hw(im)

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from robustar_ls.data.folders import ImageFolderSplits, Sample, images_to_unit_batch
+from robustar_ls.data.folders import ImageFolderSplits, Sample
 from robustar_ls.data.images import displayed_size, load_rgb
 from robustar_ls.data.masks import MaskError, MaskStore, read_mask_png
+from robustar_ls.data.tensors import images_to_unit_batch
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class PairedDataset(Dataset):
     """Training images in [0, 1] with their masks: (image (3,S,S), mask (1,S,S), has_mask, y).
 
     Images without a mask get an all-zero mask and ``has_mask`` False. Decoded once and kept
-    in memory, like :class:`robustar_ls.data.folders.ImageDataset`.
+    in memory, like :class:`robustar_ls.data.tensors.ImageDataset`.
     """
 
     def __init__(self, samples: list[Sample], image_size: int, masks: dict[str, Path]) -> None:

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from robustar_ls.config import PairedConfig
-from robustar_ls.data.folders import normalize
+from robustar_ls.data.tensors import normalize
 from robustar_ls.train.augment import random_crop_flip
 from robustar_ls.train.distributed import DistContext, all_reduce_sum
 from robustar_ls.train.fills import DonorPool, apply_fill

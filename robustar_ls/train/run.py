@@ -13,8 +13,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from robustar_ls.config import ModelConfig, TrainConfig, to_dict
-from robustar_ls.data.folders import ImageDataset, ImageFolderSplits, Sample
+from robustar_ls.data.folders import ImageFolderSplits, Sample
 from robustar_ls.data.groups import load_groups, split_group_metrics
+from robustar_ls.data.tensors import ImageDataset
 from robustar_ls.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from robustar_ls.models.pretrained import crop_size, fetch_pretrained
 from robustar_ls.models.zoo import create_classifier, default_device, require_imagenet_weights
