@@ -412,16 +412,13 @@ def test_masks_of_exif_rotated_images_are_checked_against_the_displayed_size(tmp
 def test_a_second_training_of_the_same_checkpoint_is_refused(dataset, checkpoint):
     from robustar_ls.train.checkpoint_guard import CheckpointBusy, training_lock
     from robustar_ls.train.recipe import Recipe
-    from robustar_ls.workflows.sync_train import sync_and_train
+    from robustar_ls.workflows.sync_train import SyncTrainRequest, sync_and_train
 
     old_bytes = checkpoint.read_bytes()
+    recipe = Recipe.only("finetune", TINY_TRAIN)
+    request = SyncTrainRequest.open(dataset, checkpoint, dataset / "oracle_masks", recipe=recipe)
     with training_lock(checkpoint), pytest.raises(CheckpointBusy, match="another training"):
-        sync_and_train(
-            dataset,
-            checkpoint,
-            masks=dataset / "oracle_masks",
-            recipe=Recipe.only("finetune", TINY_TRAIN),
-        )
+        sync_and_train(request)
     assert checkpoint.read_bytes() == old_bytes
     with training_lock(checkpoint):  # released: free again
         pass

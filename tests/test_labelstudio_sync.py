@@ -8,6 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
+from robustar_ls.config import SyncConfig
 from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.masks import MaskStore
 from robustar_ls.labelstudio.sync import LabelStudioUnavailable, SyncError, sync_masks
@@ -54,7 +55,7 @@ def test_sync_adds_masks_then_is_idempotent(dataset, store, monkeypatch):
         task(3, "a/1.png", []),
     ]
     client = FakeClient(tasks)
-    report = sync_masks(client, 7, dataset, store, page_size=2)
+    report = sync_masks(client, 7, dataset, store, SyncConfig(page_size=2))
     assert sorted(report.added) == ["a/0.png", "b/1.png"]
     assert report.errors == [] and report.removed == [] and report.updated == []
     assert client.tasks.calls == [1, 2]
@@ -72,7 +73,7 @@ def test_sync_adds_masks_then_is_idempotent(dataset, store, monkeypatch):
     monkeypatch.setattr(MaskStore, "write", refuse)
     monkeypatch.setattr(MaskStore, "write_manifest", refuse)
     monkeypatch.setattr(MaskStore, "delete", refuse)
-    again = sync_masks(client, 7, dataset, store, page_size=2)
+    again = sync_masks(client, 7, dataset, store, SyncConfig(page_size=2))
     assert not again.changed
     assert sorted(again.unchanged) == ["a/0.png", "b/1.png"]
     assert "nothing written" in again.summary()
@@ -202,9 +203,8 @@ def test_sync_label_studio_dies_mid_fetch_leaves_store_unchanged(dataset, store,
     sleeps: list[float] = []
     stopped = r"Label Studio at http://ls.test:1234 stopped answering"
     with pytest.raises(LabelStudioUnavailable, match=stopped):
-        sync_masks(
-            client, 7, dataset, store, page_size=2, retries=3, backoff=0.25, sleep=sleeps.append
-        )
+        cfg = SyncConfig(page_size=2, retries=3, backoff=0.25)
+        sync_masks(client, 7, dataset, store, cfg, sleep=sleeps.append)
     assert sleeps == [0.25, 0.5, 1.0]  # exponential backoff
     assert client.tasks.calls == [1, 2, 2, 2, 2]
     assert snapshot(store.root) == before
@@ -223,7 +223,7 @@ def test_sync_retries_then_succeeds(dataset, store):
         return original(**kwargs)
 
     client.tasks.list = flaky
-    report = sync_masks(client, 7, dataset, store, retries=2, sleep=no_sleep)
+    report = sync_masks(client, 7, dataset, store, SyncConfig(retries=2), sleep=no_sleep)
     assert report.added == ["a/0.png"]
 
 
@@ -232,7 +232,7 @@ def test_sync_client_errors_are_not_retried(dataset, store):
     client.tasks.fail[1] = ApiError(403)
     sleeps: list[float] = []
     with pytest.raises(SyncError, match="refused page 1 .*HTTP 403"):
-        sync_masks(client, 7, dataset, store, retries=3, sleep=sleeps.append)
+        sync_masks(client, 7, dataset, store, SyncConfig(retries=3), sleep=sleeps.append)
     assert client.tasks.calls == [1] and sleeps == []
 
 
@@ -269,7 +269,7 @@ def test_annotations_on_other_splits_are_ignored_and_reported(dataset, store):
         on_val,
         unannotated,
     ]
-    report = sync_masks(FakeClient(tasks), 7, dataset, store, page_size=10)
+    report = sync_masks(FakeClient(tasks), 7, dataset, store, SyncConfig(page_size=10))
     assert report.added == ["a/0.png"] and report.errors == []
     np.testing.assert_array_equal(store.read("a/0.png"), m0 > 0)  # the train task's mask
     assert not store.has("b/0.png")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from robustar_ls.config import SyncConfig
 from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.masks import MaskStore
 from robustar_ls.labelstudio.client import fetch_annotated_tasks
@@ -42,7 +43,7 @@ def project_tasks() -> list[dict]:
 
 def test_sync_asks_only_for_annotated_tasks_and_the_fields_it_reads(dataset, tmp_path):
     client = FakeClient(project_tasks(), filtering=True)
-    sync_masks(client, 7, dataset, MaskStore(tmp_path / "masks"), page_size=2)
+    sync_masks(client, 7, dataset, MaskStore(tmp_path / "masks"), SyncConfig(page_size=2))
     first = client.tasks.queries[0]
     items = {(i["filter"], i["operator"], i["value"]) for i in first["filters"]["items"]}
     assert first["filters"]["conjunction"] == "or"
@@ -59,7 +60,7 @@ def test_filtered_sync_gives_the_result_of_a_full_fetch(dataset, tmp_path):
     for filtering in (False, True):
         store = MaskStore(tmp_path / f"masks{filtering}")
         reports[filtering] = sync_masks(
-            FakeClient(project_tasks(), filtering), 7, dataset, store, page_size=3
+            FakeClient(project_tasks(), filtering), 7, dataset, store, SyncConfig(page_size=3)
         ).to_dict()
     assert reports[True] == reports[False]
     assert reports[True]["added"] == ["a/0.png", "b/0.png", "b/2.png"]

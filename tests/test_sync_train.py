@@ -17,6 +17,7 @@ from robustar_ls.workflows import sync_train
 from robustar_ls.workflows.jobs import TrainingJobs
 from robustar_ls.workflows.sync_train import (
     NoMasksError,
+    SyncTrainRequest,
     mask_store_lock,
     sync_and_train,
     training_job,
@@ -26,6 +27,11 @@ from tests.fake_ls import FakeClient, annotation, box, region, task
 LS = LabelStudioConfig(url="http://ls.test:1234", api_key="k", project="robustar")
 
 
+def request(root, masks=None, **settings) -> SyncTrainRequest:
+    """The sync-train request for the dataset ``root`` and its checkpoint ``root/m.pt``."""
+    return SyncTrainRequest.open(root, root / "m.pt", masks, **settings)
+
+
 @pytest.fixture
 def fake_finetune(monkeypatch):
     calls: list[dict] = []
@@ -33,6 +39,7 @@ def fake_finetune(monkeypatch):
 
     def paired_finetune(data_root, checkpoint, masks_root, paired_cfg, train_cfg, **kwargs):
         calls.append({"masks_root": masks_root, "masks": sorted(MaskStore(masks_root).relpaths())})
+        calls[-1]["data"] = data_root
         calls[-1].update(train=train_cfg, from_scratch=kwargs.get("from_scratch", False))
         if "extra_masks" in kwargs:
             calls[-1]["extra_masks"] = kwargs["extra_masks"]
@@ -68,7 +75,7 @@ def data(tmp_path):
 
 
 def test_syncs_into_data_masks_then_trains(data, client, fake_finetune):
-    summary = sync_and_train(data, data / "m.pt", label_studio=LS, client=client)
+    summary = sync_and_train(request(data, label_studio=LS), client)
     assert summary["model_version"] == "v2-new" and summary["trained"]
     assert summary["sync"]["added"] == ["a/0.png"]
     (call,) = fake_finetune
@@ -77,7 +84,7 @@ def test_syncs_into_data_masks_then_trains(data, client, fake_finetune):
 
 
 def test_dry_run_previews_and_does_not_train(data, client, fake_finetune):
-    summary = sync_and_train(data, data / "m.pt", label_studio=LS, client=client, dry_run=True)
+    summary = sync_and_train(request(data, label_studio=LS, dry_run=True), client)
     assert summary == {"sync": summary["sync"], "trained": False}
     assert summary["sync"]["dry_run"] and summary["sync"]["added"] == ["a/0.png"]
     assert fake_finetune == [] and not MaskStore(data / "masks").has("a/0.png")
@@ -86,13 +93,13 @@ def test_dry_run_previews_and_does_not_train(data, client, fake_finetune):
 def test_no_masks_after_sync_is_a_clear_error(data, client, fake_finetune):
     client.tasks.tasks[0]["annotations"] = []
     with pytest.raises(NoMasksError, match="paint 'Spurious' regions"):
-        sync_and_train(data, data / "m.pt", label_studio=LS, client=client)
+        sync_and_train(request(data, label_studio=LS), client)
     assert fake_finetune == []
 
 
 def test_without_label_studio_trains_from_given_masks(data, fake_finetune):
     MaskStore(data / "oracle").write("b/0.png", box(0, 1, 0, 1, h=16, w=16))
-    summary = sync_and_train(data, data / "m.pt", masks=data / "oracle")
+    summary = sync_and_train(request(data, data / "oracle"))
     assert summary["sync"] is None and fake_finetune[0]["masks"] == ["b/0.png"]
 
 
@@ -100,14 +107,33 @@ def test_sync_settings_reach_sync_masks(data, client, fake_finetune, monkeypatch
     seen = {}
     real = sync_train.sync_from_label_studio
 
-    def spy(*args, **kwargs):
-        seen["sync"] = args[3]
-        return real(*args, **kwargs)
+    def spy(asked, client=None):
+        seen["sync"] = asked.sync
+        return real(asked, client)
 
     monkeypatch.setattr(sync_train, "sync_from_label_studio", spy)
     cfg = SyncConfig(page_size=1, retries=0)
-    sync_and_train(data, data / "m.pt", label_studio=LS, client=client, sync=cfg)
+    sync_and_train(request(data, label_studio=LS, sync=cfg), client)
     assert seen["sync"] == cfg and client.tasks.calls == [1]
+
+
+def test_one_request_opens_the_data_once_and_resolves_the_masks(
+    data, client, fake_finetune, monkeypatch
+):
+    asked = request(data, label_studio=LS)
+    assert (asked.masks_root, asked.checkpoint) == (data / "masks", data / "m.pt")
+    assert SyncTrainRequest.open(asked.data, data / "m.pt").data is asked.data  # not reopened
+    assert request(data, data / "oracle").masks_root == data / "oracle"
+    synced = []
+    real = sync_train.sync_from_label_studio
+
+    def spy(asked, client=None):
+        synced.append(asked.data)
+        return real(asked, client)
+
+    monkeypatch.setattr(sync_train, "sync_from_label_studio", spy)
+    sync_and_train(asked, client)
+    assert synced == [asked.data] and fake_finetune[0]["data"] is asked.data
 
 
 def test_mask_store_lock_serialises(tmp_path):
@@ -145,7 +171,7 @@ def test_training_job_runs_sync_and_train_in_the_background(
 ):
     monkeypatch.setattr("robustar_ls.labelstudio.client.connect", lambda url, key: client)
     jobs = TrainingJobs(
-        training_job(data, data / "m.pt", label_studio=LS), state_dir=data / "state"
+        training_job(lambda: request(data, label_studio=LS)), state_dir=data / "state"
     )
     started, _ = jobs.start({"action": "START_TRAINING"})
     # generous: the job imports torch and trains the segmenter (~30 s on a loaded machine)
@@ -158,9 +184,38 @@ def test_training_job_runs_sync_and_train_in_the_background(
     assert status["progress"]["history"]["sync"]["added"] == 1
 
 
+def test_training_job_builds_each_jobs_request(data, monkeypatch):
+    """Each job opens the dataset again (new images count) and reports to its own callback."""
+    seen = []
+    monkeypatch.setattr(sync_train, "sync_and_train", lambda asked: seen.append(asked) or {})
+    run = training_job(lambda: request(data))
+    run({}, None)
+    run({"action": "START_TRAINING"}, print)
+    assert seen[0].data is not seen[1].data and seen[1].data.root == data.resolve()
+    assert seen[0].on_progress is None and seen[1].on_progress is print
+
+
+def test_serve_training_jobs_request_from_the_backend_settings(data, tmp_path, monkeypatch):
+    from robustar_ls.cli import get_args_parser
+    from robustar_ls.cli.serve import serve_config, serve_training_jobs
+
+    monkeypatch.delenv("ROBUSTAR_LS_SECRET", raising=False)
+    argv = ["serve", "--checkpoint", str(data / "m.pt"), "--data", str(data), "--project", "P"]
+    args = get_args_parser().parse_args([*argv, "--cache-dir", str(tmp_path / "c")])
+    seen = []
+    monkeypatch.setattr(sync_train, "sync_and_train", lambda asked: seen.append(asked) or {})
+    jobs = serve_training_jobs(args, serve_config(args))
+    jobs.start({})
+    assert jobs.wait(30)["state"] == "succeeded"
+    (asked,) = seen
+    assert (asked.masks_root, asked.checkpoint) == (data / "masks", data / "m.pt")
+    assert asked.label_studio.project == "P" and not asked.dry_run
+    assert asked.on_progress is not None  # the job's progress records
+
+
 def test_sync_and_train_reports_the_sync_phase_first(data, client, fake_finetune):
     records: list[dict] = []
-    sync_and_train(data, data / "m.pt", label_studio=LS, client=client, on_progress=records.append)
+    sync_and_train(request(data, label_studio=LS, on_progress=records.append), client)
     assert [r["phase"] for r in records] == ["sync", "train"]
     assert records[0]["fraction"] == 0.0
 
@@ -169,7 +224,7 @@ def test_training_job_failure_is_reported_in_the_status(data, client, fake_finet
     monkeypatch.setattr("robustar_ls.labelstudio.client.connect", lambda url, key: client)
     client.tasks.fail[1] = httpx.ConnectError("connection refused")
     sync = SyncConfig(retries=1, backoff=0.0)
-    jobs = TrainingJobs(training_job(data, data / "m.pt", label_studio=LS, sync=sync))
+    jobs = TrainingJobs(training_job(lambda: request(data, label_studio=LS, sync=sync)))
     jobs.start({})
     status = jobs.wait(30)
     assert status["state"] == "failed" and "stopped answering" in status["error"]
@@ -186,19 +241,21 @@ def test_cli_flag_errors(data, monkeypatch, capsys):
     assert "set LABEL_STUDIO_API_KEY" in capsys.readouterr().err
 
 
-def test_sync_train_fine_tunes_with_gentler_defaults_than_train(monkeypatch, tmp_path, capsys):
+def test_sync_train_fine_tunes_with_gentler_defaults_than_train(
+    monkeypatch, data, tmp_path, capsys
+):
     """sync-train without flags uses FINETUNE_DEFAULTS; flags and settings files still win."""
     from robustar_ls.config import FINETUNE_DEFAULTS
 
     seen = []
 
-    def fake_sync_and_train(data, checkpoint, **kwargs):
-        seen.append(kwargs["recipe"].finetune)
+    def fake_sync_and_train(asked, client=None):
+        seen.append(asked.recipe.finetune)
         keys = ("model_version", "parent_version", "annotated", "loss_terms", "out")
         return {**dict.fromkeys(keys, ""), "before": {}, "after": {}, "sync": None, "trained": 1}
 
     monkeypatch.setattr(sync_train, "sync_and_train", fake_sync_and_train)
-    argv = ["sync-train", "--data", str(tmp_path), "--checkpoint", "m.pt", "-q", "--json"]
+    argv = ["sync-train", "--data", str(data), "--checkpoint", "m.pt", "-q", "--json"]
     assert main(argv) == 0
     assert main([*argv, "--lr", "0.3"]) == 0
     (tmp_path / "s.yaml").write_text("train:\n  batch_size: 4\n")
@@ -221,11 +278,11 @@ def test_a_sync_that_changed_masks_retrains_the_segmenter(data, client, fake_fin
         load_spurious_segmenter,
     )
 
-    first = sync_and_train(data, data / "m.pt", label_studio=LS, client=client)["segmenter"]
+    first = sync_and_train(request(data, label_studio=LS), client)["segmenter"]
     saved = load_spurious_segmenter(default_segmenter_path(data))
     assert first["retrained"] and first["version"] == saved.version
     assert saved.trained_on == ["a/0.png"]
-    again = sync_and_train(data, data / "m.pt", label_studio=LS, client=client)["segmenter"]
+    again = sync_and_train(request(data, label_studio=LS), client)["segmenter"]
     assert not again["retrained"] and again["version"] == saved.version  # nothing changed
 
 
@@ -235,14 +292,9 @@ def test_segmenter_retrain_can_be_switched_off(data, client, fake_finetune):
     from robustar_ls.train.recipe import Recipe
     from robustar_ls.workflows.segmenter_step import SegmenterStep
 
-    summary = sync_and_train(
-        data,
-        data / "m.pt",
-        label_studio=LS,
-        client=client,
-        segmenter=SegmenterStep(False),
-        recipe=Recipe.only("finetune", TrainConfig()),  # auto would train one to propagate
-    )
+    finetune = Recipe.only("finetune", TrainConfig())  # auto would train one to propagate
+    asked = request(data, label_studio=LS, segmenter=SegmenterStep(False), recipe=finetune)
+    summary = sync_and_train(asked, client)
     assert summary["segmenter"]["retrained"] is False and summary["segmenter"]["version"] is None
     assert not default_segmenter_path(data).exists()
 
@@ -265,7 +317,7 @@ def test_propagate_pairs_unannotated_images_and_expert_masks_win(data, fake_fine
     version = seg.save(default_segmenter_path(data))
     MaskStore(data / "oracle").write("a/0.png", box(0, 1, 0, 1, h=16, w=16))
     step = SegmenterStep(propagate=True, threshold=0.9)
-    summary = sync_and_train(data, data / "m.pt", masks=data / "oracle", segmenter=step)
+    summary = sync_and_train(request(data, data / "oracle", segmenter=step))
     extra = fake_finetune[0]["extra_masks"]
     assert set(extra) == {"b/0.png"}  # a/0.png has the expert's mask
     assert MaskStore(data / ".robustar" / "propagated_masks").read("b/0.png").all()
@@ -330,7 +382,7 @@ def test_auto_rebuilds_from_scratch_when_the_masks_spread(eight, fake_finetune):
     from robustar_ls.train.recipe import REBUILD_DEFAULTS
 
     _constant_segmenter(eight, 6.0)  # finds the cue on every other image
-    summary = sync_and_train(eight, eight / "m.pt", masks=eight / "oracle")
+    summary = sync_and_train(request(eight, eight / "oracle"))
     call = fake_finetune[0]
     assert call["from_scratch"] is True and call["train"].epochs == REBUILD_DEFAULTS["epochs"]
     assert len(call["extra_masks"]) == 5  # every unpainted image is paired
@@ -342,7 +394,7 @@ def test_auto_fine_tunes_on_the_painted_masks_when_they_do_not_spread(eight, fak
     from robustar_ls.config import FINETUNE_DEFAULTS
 
     _constant_segmenter(eight, -6.0)  # finds nothing anywhere
-    summary = sync_and_train(eight, eight / "m.pt", masks=eight / "oracle")
+    summary = sync_and_train(request(eight, eight / "oracle"))
     call = fake_finetune[0]
     assert call["from_scratch"] is False and call["train"].epochs == FINETUNE_DEFAULTS["epochs"]
     assert "extra_masks" not in call and call["masks"] == ["a/0.png", "a/1.png", "b/0.png"]
@@ -356,25 +408,25 @@ def test_finetune_recipe_keeps_propagated_masks_only_when_asked(eight, fake_fine
 
     _constant_segmenter(eight, 6.0)
     finetune = Recipe.only("finetune", TrainConfig(epochs=2))
-    sync_and_train(eight, eight / "m.pt", masks=eight / "oracle", recipe=finetune)
+    sync_and_train(request(eight, eight / "oracle", recipe=finetune))
     asked = SegmenterStep(propagate=True)
-    sync_and_train(eight, eight / "m.pt", masks=eight / "oracle", recipe=finetune, segmenter=asked)
+    sync_and_train(request(eight, eight / "oracle", recipe=finetune, segmenter=asked))
     plain, propagated = fake_finetune
     assert "extra_masks" not in plain and len(propagated["extra_masks"]) == 5
     assert not plain["from_scratch"] and not propagated["from_scratch"]
     assert plain["train"].epochs == 2
 
 
-def test_cli_recipe_flag_reaches_the_job(monkeypatch, tmp_path, capsys):
+def test_cli_recipe_flag_reaches_the_job(monkeypatch, data, capsys):
     seen = []
 
-    def fake_sync_and_train(data, checkpoint, **kwargs):
-        seen.append(kwargs["recipe"])
+    def fake_sync_and_train(asked, client=None):
+        seen.append(asked.recipe)
         keys = ("model_version", "parent_version", "annotated", "loss_terms", "out")
         return {**dict.fromkeys(keys, ""), "before": {}, "after": {}, "sync": None, "trained": 1}
 
     monkeypatch.setattr(sync_train, "sync_and_train", fake_sync_and_train)
-    argv = ["sync-train", "--data", str(tmp_path), "--checkpoint", "m.pt", "-q", "--json"]
+    argv = ["sync-train", "--data", str(data), "--checkpoint", "m.pt", "-q", "--json"]
     for flags in ([], ["--recipe", "finetune"], ["--from-scratch"], ["--epochs", "4"]):
         assert main([*argv, *flags]) == 0
     capsys.readouterr()

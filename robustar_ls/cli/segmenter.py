@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_segmenter_train(args: argparse.Namespace) -> int:
     from robustar_ls.data.folders import ImageFolderSplits
-    from robustar_ls.data.masks import MaskStore
+    from robustar_ls.data.masks import MaskStore, masks_root
     from robustar_ls.models.spurious_segmenter import (
         SpuriousSegmenterConfig,
         default_segmenter_path,
@@ -68,7 +68,7 @@ def run_segmenter_train(args: argparse.Namespace) -> int:
         pick(args, SpuriousSegmenterConfig),
     )
     data = ImageFolderSplits.open(args.data)
-    store = MaskStore(args.masks or Path(args.data) / "masks")
+    store = MaskStore(masks_root(args.data, args.masks))
     out = Path(args.out) if args.out else default_segmenter_path(args.data)
     parent = load_spurious_segmenter(out).version if out.is_file() else None
     seg = train_segmenter(data, store, cfg, tqdm_progress(not args.quiet), parent)

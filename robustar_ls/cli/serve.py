@@ -218,10 +218,12 @@ def serve_training_jobs(args: argparse.Namespace, cfg: ServeConfig):
     """
     if not cfg.data:
         return None
+    from functools import partial
+
     from robustar_ls.train.recipe import REBUILD_DEFAULTS, Recipe
     from robustar_ls.workflows.jobs import TrainingJobs
     from robustar_ls.workflows.segmenter_step import SegmenterStep
-    from robustar_ls.workflows.sync_train import training_job
+    from robustar_ls.workflows.sync_train import SyncTrainRequest, training_job
 
     # the backend's own settings name its Label Studio (the [serve] section and flags)
     label_studio = LabelStudioConfig(
@@ -230,9 +232,11 @@ def serve_training_jobs(args: argparse.Namespace, cfg: ServeConfig):
         project=cfg.project,
         document_root=cfg.document_root,
     )
-    run = training_job(
+    open_request = partial(  # each job opens the dataset again: new images count
+        SyncTrainRequest.open,
         cfg.data,
         cfg.checkpoint,
+        cfg.masks or None,  # default <data>/masks
         label_studio=label_studio,
         paired=build(PairedConfig, settings_section(args, "paired")),
         recipe=Recipe(  # the default recipe; the [train] settings override both schedules
@@ -240,10 +244,9 @@ def serve_training_jobs(args: argparse.Namespace, cfg: ServeConfig):
             rebuild=build(TrainConfig, REBUILD_DEFAULTS, settings_section(args, "train")),
         ),
         sync=build(SyncConfig, settings_section(args, "sync")),
-        masks=cfg.masks or None,
         segmenter=SegmenterStep(path=cfg.spurious_segmenter),  # the file this backend serves
     )
-    return TrainingJobs(run, state_dir=cfg.resolved_cache_dir() / "training")
+    return TrainingJobs(training_job(open_request), state_dir=cfg.resolved_cache_dir() / "training")
 
 
 def run(args: argparse.Namespace) -> int:

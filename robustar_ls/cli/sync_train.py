@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from robustar_ls.cli.options import (
     JobBar,
@@ -26,7 +25,7 @@ from robustar_ls.cli.validators import (
 from robustar_ls.config import FINETUNE_DEFAULTS, PairedConfig, SyncConfig, build, pick
 from robustar_ls.data.groups import change_text
 from robustar_ls.train.recipe import REBUILD_DEFAULTS, RECIPES, Recipe
-from robustar_ls.train.torchrun import launch
+from robustar_ls.train.torchrun import Launch, launch
 
 NAME = "sync-train"
 HELP = "sync masks from Label Studio, then paired training of a checkpoint"
@@ -179,12 +178,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--dry-run and --project need --label-studio-url")
     if args.out and not args.dry_run:
         prepare_output_file(args.out)  # a bad --out fails now, not after the training
+    here = launch()  # this process under torchrun, read once
     # one bar, on the process that reports (rank 0 under torchrun)
-    show = not (args.quiet or args.dry_run) and launch().is_main
+    show = not (args.quiet or args.dry_run) and here.is_main
     show = show and on_terminal()  # in a log file, the log's line per epoch is the progress
     bar = JobBar() if show else None
     try:
-        summary = _sync_and_train(args, bar)
+        summary = _sync_and_train(args, bar, here)
     finally:
         if bar is not None:
             bar.close()
@@ -197,23 +197,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sync_and_train(args: argparse.Namespace, bar: JobBar | None) -> dict | None:
-    from robustar_ls.workflows.sync_train import sync_and_train
+def _sync_and_train(args: argparse.Namespace, bar: JobBar | None, here: Launch) -> dict | None:
+    from robustar_ls.workflows.sync_train import SyncTrainRequest, sync_and_train
 
-    return sync_and_train(
+    request = SyncTrainRequest.open(
         args.data,
         args.checkpoint,
+        args.masks,  # default <data>/masks
         label_studio=label_studio_config(args) if args.label_studio_url else None,
         paired=build(PairedConfig, settings_section(args, "paired"), pick(args, PairedConfig)),
         recipe=recipe_config(args),
         sync=build(SyncConfig, settings_section(args, "sync")),
-        masks=Path(args.masks) if args.masks else Path(args.data) / "masks",
         out=args.out,
         dry_run=args.dry_run,
         progress=tqdm_progress(not args.quiet),
         segmenter=None if args.dry_run else segmenter_step(args),  # a dry run trains nothing
         on_progress=bar,
+        launch=here,
     )
+    return sync_and_train(request)
 
 
 def _json_summary(summary: dict) -> dict:

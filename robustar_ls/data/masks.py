@@ -20,6 +20,14 @@ from PIL import Image
 from robustar_ls.errors import RobustarError
 from robustar_ls.files import atomic_write_bytes
 
+DEFAULT_FOLDER = "masks"  # <data>/masks: where a sync writes, what training reads
+
+
+def masks_root(data_root: str | Path, masks: str | Path | None = None) -> Path:
+    """The mask store of the dataset at ``data_root``: ``masks`` when given, else
+    ``<data_root>/masks`` (the one place that default is decided)."""
+    return Path(masks) if masks else Path(data_root) / DEFAULT_FOLDER
+
 
 class MaskError(RobustarError, ValueError):
     """A mask is missing, unreadable or of the wrong size."""

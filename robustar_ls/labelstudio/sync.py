@@ -60,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from robustar_ls.config import SyncConfig
 from robustar_ls.data.folders import ImageFolderSplits, SplitImages
 from robustar_ls.data.images import displayed_size
 from robustar_ls.data.masks import MaskStore
@@ -364,28 +365,25 @@ def sync_masks(
     project_id: int,
     data: ImageFolderSplits,
     store: MaskStore,
+    sync: SyncConfig = SyncConfig(),
+    *,
     dry_run: bool = False,
     progress: Callable | None = None,
-    retries: int | None = None,
-    backoff: float | None = None,
-    page_size: int = DEFAULT_PAGE_SIZE,
-    label: str = SPURIOUS_LABEL,
     sleep: Callable[[float], None] | None = None,
 ) -> SyncReport:
     """Bring ``store`` in line with the project's finished annotations (see the module docs).
 
-    Everything is fetched before anything is written; :class:`LabelStudioUnavailable` (after
-    ``retries`` retries with ``backoff``·2^k s waits; ``None`` = :class:`RetryPolicy`'s
-    defaults) leaves the store untouched.
+    ``sync``: the settings (retries, backoff, page size, brush label). Everything is fetched
+    before anything is written; :class:`LabelStudioUnavailable` (after ``sync.retries``
+    retries with ``sync.backoff``·2^k s waits, slept by ``sleep``) leaves the store untouched.
     """
-    given = {"retries": retries, "backoff": backoff, "sleep": sleep}
-    policy = RetryPolicy(**{key: value for key, value in given.items() if value is not None})
+    policy = RetryPolicy(sync.retries, sync.backoff, **({"sleep": sleep} if sleep else {}))
     manifest = store.read_manifest()
     label_config, tasks, total = fetch_for_sync(
-        client, project_id, policy, page_size, progress, manifest
+        client, project_id, policy, sync.page_size, progress, manifest
     )
     brush_name, image_key = _brush_name(label_config)
-    plan, report = plan_sync(tasks, brush_name, image_key, data, store, manifest, label)
+    plan, report = plan_sync(tasks, brush_name, image_key, data, store, manifest, sync.label)
     report.tasks = total  # the project's tasks, not only the annotated ones fetched
     report.dry_run = dry_run
     if not dry_run and (plan.writes or plan.removals):

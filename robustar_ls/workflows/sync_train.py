@@ -4,8 +4,10 @@ and behind Label Studio's "Start Training" button (``/webhook`` → :class:`Trai
 :func:`sync_and_train` runs: connect → find the project → :func:`sync_masks` into the mask store
 (``<data>/masks`` unless told otherwise) → :func:`paired_finetune` from the served checkpoint →
 a summary with the sync report. Without Label Studio settings it trains from the masks already in
-the store (e.g. ``<data>/oracle_masks``). The dataset folder is opened once, here, and the
-opened :class:`ImageFolderSplits` is handed to the sync and to the training.
+the store (e.g. ``<data>/oracle_masks``). Its entries (the CLI, the server's job) build one
+:class:`SyncTrainRequest` (:meth:`SyncTrainRequest.open`: the dataset folder opened once, the
+mask store resolved, the torchrun launch read), and it is passed down whole: the sync, the
+learned segmenter's step and the training read the same opened dataset.
 
 Syncs into one mask store are serialised by an ``flock`` on ``<masks>/.sync.lock``: a CLI run and
 a webhook job never interleave their writes. A dry run takes no lock (it writes nothing, not even
@@ -17,17 +19,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robustar_ls.config import LabelStudioConfig, PairedConfig, SyncConfig
 from robustar_ls.data.folders import ImageFolderSplits
-from robustar_ls.data.masks import MaskStore
+from robustar_ls.data.masks import MaskStore, masks_root
 from robustar_ls.errors import RobustarError
 from robustar_ls.files import exclusive_lock
+from robustar_ls.train import torchrun
 from robustar_ls.train.progress import OnProgress, progress_record
 from robustar_ls.train.recipe import Recipe, choose
+from robustar_ls.train.torchrun import Launch
 
 if TYPE_CHECKING:  # imported where used: a dry run (sync only) must not load torch
     from robustar_ls.workflows.segmenter_step import SegmenterStep
@@ -58,80 +62,76 @@ def open_data(data: str | Path | ImageFolderSplits) -> ImageFolderSplits:
     return ImageFolderSplits.open(data, required=("train",), lazy=True)
 
 
-def sync_from_label_studio(
-    label_studio: LabelStudioConfig,
-    data: str | Path | ImageFolderSplits,
-    masks_root: str | Path,
-    sync: SyncConfig = SyncConfig(),
-    dry_run: bool = False,
-    progress: Callable | None = None,
-    client: Any = None,
-):
-    """Connect and run :func:`sync_masks` for the project titled ``label_studio.project``.
+@dataclass(frozen=True)
+class SyncTrainRequest:
+    """One sync-train, built once at its entry (:meth:`open`: the dataset opened, the mask
+    store resolved, the torchrun launch read) and passed down whole."""
+
+    data: ImageFolderSplits
+    checkpoint: Path
+    masks_root: Path
+    label_studio: LabelStudioConfig | None = None  # None: train from the masks in the store
+    paired: PairedConfig = PairedConfig()
+    recipe: Recipe = Recipe()
+    sync: SyncConfig = SyncConfig()
+    segmenter: SegmenterStep | None = None  # None = SegmenterStep()
+    out: str | Path | None = None  # the new checkpoint; default: over ``checkpoint``
+    dry_run: bool = False  # report what the sync would change; write and train nothing
+    progress: Callable | None = None  # tqdm-style bars
+    on_progress: OnProgress | None = None  # the job's progress records (train/progress.py)
+    launch: Launch = field(default_factory=torchrun.launch)
+
+    @classmethod
+    def open(
+        cls,
+        data: str | Path | ImageFolderSplits,
+        checkpoint: str | Path,
+        masks: str | Path | None = None,
+        **settings: Any,
+    ) -> SyncTrainRequest:
+        """The request for the dataset ``data`` (a folder, or already opened) and
+        ``checkpoint``; ``masks``: the mask store (default ``<data>/masks``,
+        :func:`~robustar_ls.data.masks.masks_root`); ``settings``: the other fields."""
+        root = data.root if isinstance(data, ImageFolderSplits) else data
+        return cls(open_data(data), Path(checkpoint), masks_root(root, masks), **settings)
+
+
+def sync_from_label_studio(request: SyncTrainRequest, client: Any = None):
+    """Connect and run :func:`sync_masks` for the project titled
+    ``request.label_studio.project``, into ``request.masks_root``.
 
     ``client``: an already connected label-studio-sdk client (default: ``connect`` with the
-    URL and API key of ``label_studio``). Returns the :class:`SyncReport`.
+    URL and API key of ``request.label_studio``). Returns the :class:`SyncReport`.
     """
     from robustar_ls.labelstudio import client as ls_client
     from robustar_ls.labelstudio.sync import sync_masks
     from robustar_ls.workflows.project import project_id
 
-    data = open_data(data)
+    label_studio, masks = request.label_studio, request.masks_root
+    if label_studio is None:
+        raise ValueError("a sync needs Label Studio settings")
     if client is None:
         client = ls_client.connect(label_studio.url, label_studio.api_key)
     pid = project_id(client, label_studio)
-    masks_root = Path(masks_root)
     # a dry run writes nothing, not even the lock file
-    with nullcontext() if dry_run else mask_store_lock(masks_root):
+    with nullcontext() if request.dry_run else mask_store_lock(masks):
         return sync_masks(
             client,
             pid,
-            data,
-            MaskStore(masks_root),
-            dry_run=dry_run,
-            progress=progress,
-            retries=sync.retries,
-            backoff=sync.backoff,
-            page_size=sync.page_size,
-            label=sync.label,
+            request.data,
+            MaskStore(masks),
+            request.sync,
+            dry_run=request.dry_run,
+            progress=request.progress,
         )
 
 
-@dataclass(frozen=True)
-class TrainPlan:
-    """What the paired fine-tuning after a sync trains on, and where it writes."""
-
-    data: ImageFolderSplits
-    checkpoint: Path
-    masks_root: Path
-    paired: PairedConfig
-    recipe: Recipe
-    out: str | Path | None = None
-    progress: Callable | None = None
-    segmenter: SegmenterStep | None = None  # None = SegmenterStep()
-    on_progress: OnProgress | None = None
-
-
-def sync_and_train(
-    data: str | Path | ImageFolderSplits,
-    checkpoint: str | Path,
-    *,
-    label_studio: LabelStudioConfig | None = None,
-    paired: PairedConfig = PairedConfig(),
-    recipe: Recipe = Recipe(),
-    sync: SyncConfig = SyncConfig(),
-    masks: str | Path | None = None,
-    out: str | Path | None = None,
-    dry_run: bool = False,
-    progress: Callable | None = None,
-    client: Any = None,
-    segmenter: SegmenterStep | None = None,
-    on_progress: OnProgress | None = None,
-) -> dict[str, Any] | None:
-    """Sync (when ``label_studio`` is given), then paired training of ``checkpoint`` by
-    ``recipe`` (:mod:`robustar_ls.train.recipe`: fine-tuning, or a rebuild from the initial
-    weights with the masks propagated; ``auto`` chooses from how far the masks spread).
-    ``on_progress`` gets the job's progress records (``train/progress.py``), sync included.
+def sync_and_train(request: SyncTrainRequest, client: Any = None) -> dict[str, Any] | None:
+    """Sync (when ``request.label_studio`` is given), then paired training of
+    ``request.checkpoint`` by ``request.recipe`` (:mod:`robustar_ls.train.recipe`: fine-tuning,
+    or a rebuild from the initial weights with the masks propagated; ``auto`` chooses from how
+    far the masks spread). ``request.on_progress`` gets the job's progress records
+    (``train/progress.py``), sync included; ``client``: a connected Label Studio client.
 
     Between the two, the learned segmenter is retrained when the sync changed masks, and when
     the recipe needs it (or ``segmenter.propagate``) its confident masks join the training
@@ -144,39 +144,25 @@ def sync_and_train(
     (``{"sync": …, "trained": False}``). On a ``torchrun`` rank other than 0, None.
 
     Under ``torchrun`` only rank 0 talks to Label Studio; the other ranks wait for it in the
-    process group (started here, then reused by the training) before reading the masks.
+    process group (started here, once, then reused by the training) before reading the masks.
     """
-    default_masks = (data.root if isinstance(data, ImageFolderSplits) else Path(data)) / "masks"
-    plan = TrainPlan(
-        open_data(data),
-        Path(checkpoint),
-        Path(masks or default_masks),
-        paired,
-        recipe,
-        out,
-        progress,
-        segmenter,
-        on_progress,
-    )
+    if request.label_studio is None and request.dry_run:
+        raise ValueError("dry_run needs Label Studio settings: it previews a sync")
     # One training per checkpoint at a time, CLI and server alike (a dry run trains nothing).
-    if dry_run:
-        return _sync_then_train(plan, label_studio, sync, dry_run, client)
+    if request.dry_run:
+        return _in_process_group(request, client)
     from robustar_ls.train.checkpoint_guard import training_lock
 
-    with training_lock(plan.checkpoint):
-        return _sync_then_train(plan, label_studio, sync, dry_run, client)
+    with training_lock(request.checkpoint, request.launch):
+        return _in_process_group(request, client)
 
 
-def _sync_then_train(plan: TrainPlan, label_studio, sync, dry_run, client):
-    if label_studio is None and dry_run:
-        raise ValueError("dry_run needs Label Studio settings: it previews a sync")
-    from robustar_ls.train.torchrun import process_group
-
-    with process_group(plan.recipe.finetune.device) as ctx:
+def _in_process_group(request: SyncTrainRequest, client: Any) -> dict[str, Any] | None:
+    with torchrun.process_group(request.recipe.finetune.device, request.launch) as ctx:
         if ctx is None:  # one process: torch not even imported
-            return _run(plan, label_studio, sync, dry_run, client, _here)
+            return _run(request, client, _here)
         share = lambda compute, what: _on_rank0_then_share(ctx, compute, what)  # noqa: E731
-        result = _run(plan, label_studio, sync, dry_run, client, share)
+        result = _run(request, client, share)
         return result if ctx.is_main else None
 
 
@@ -185,60 +171,58 @@ def _here(compute: Callable[[], Any], what: str) -> Any:
     return compute()
 
 
-def _run(plan: TrainPlan, label_studio, sync, dry_run, client, share) -> dict[str, Any] | None:
+def _run(request: SyncTrainRequest, client: Any, share) -> dict[str, Any] | None:
     """Sync (unless there is no Label Studio), then train; ``share(compute, what)`` runs the
     steps every rank needs the result of (the sync, the learned segmenter's) once."""
-    if label_studio is None:
-        return _train(plan, None, changed=False, share=share)
+    if request.label_studio is None:
+        return _train(request, None, changed=False, share=share)
 
     def run_sync():
-        if plan.on_progress is not None:
-            plan.on_progress(progress_record("sync"))
-        return sync_from_label_studio(
-            label_studio, plan.data, plan.masks_root, sync, dry_run, plan.progress, client
-        )
+        if request.on_progress is not None:
+            request.on_progress(progress_record("sync"))
+        return sync_from_label_studio(request, client)
 
     report = share(run_sync, "sync from Label Studio")
-    if dry_run:
+    if request.dry_run:
         return {"sync": report.to_dict(), "trained": False}
-    _check_has_masks(plan, report)
-    return _train(plan, report.to_dict(), changed=report.changed, share=share)
+    _check_has_masks(request, report)
+    return _train(request, report.to_dict(), changed=report.changed, share=share)
 
 
 def _train(
-    plan: TrainPlan, report: dict[str, Any] | None, changed: bool, share=_here
+    request: SyncTrainRequest, report: dict[str, Any] | None, changed: bool, share=_here
 ) -> dict[str, Any] | None:
     from robustar_ls.train.finetune import paired_finetune
     from robustar_ls.train.paired_data import training_masks
     from robustar_ls.workflows.segmenter_step import SegmenterStep, run_segmenter_step
 
-    asked = plan.segmenter if plan.segmenter is not None else SegmenterStep()
-    step = replace(asked, propagate=asked.propagate or plan.recipe.propagates)
+    data, masks = request.data, request.masks_root
+    asked = request.segmenter if request.segmenter is not None else SegmenterStep()
+    step = replace(asked, propagate=asked.propagate or request.recipe.propagates)
     seg_summary, extra = share(
-        lambda: run_segmenter_step(step, plan.data, plan.masks_root, changed),
-        "run the learned segmenter",
+        lambda: run_segmenter_step(step, data, masks, changed), "run the learned segmenter"
     )
-    expert = len(training_masks(plan.data, plan.masks_root, None, None))
-    choice = choose(plan.recipe, expert, len(extra), len(plan.data.splits["train"]))
+    expert = len(training_masks(data, masks, None, None))
+    choice = choose(request.recipe, expert, len(extra), len(data.splits["train"]))
     log.info("recipe: %s", choice.reason)
     if choice.name == "finetune" and not asked.propagate:
         extra = {}  # a fine-tuning pairs the expert's masks only, unless asked to propagate
     result = paired_finetune(
-        plan.data,
-        plan.checkpoint,
-        plan.masks_root,
-        plan.paired,
+        data,
+        request.checkpoint,
+        masks,
+        request.paired,
         choice.train,
-        out=plan.out,
-        progress=None if plan.on_progress else plan.progress,  # one bar, not two
-        on_progress=plan.on_progress,
+        out=request.out,
+        progress=None if request.on_progress else request.progress,  # one bar, not two
+        on_progress=request.on_progress,
         history={"sync": _sync_counts(report), "recipe": choice.name},
         **({"extra_masks": extra} if extra else {}),
         **({"from_scratch": True} if choice.from_scratch else {}),
     )
     if result is None:
         return None
-    recipe = {"name": choice.name, "reason": choice.reason, "asked": plan.recipe.name}
+    recipe = {"name": choice.name, "reason": choice.reason, "asked": request.recipe.name}
     return {**result, "sync": report, "trained": True, "segmenter": seg_summary, "recipe": recipe}
 
 
@@ -269,45 +253,29 @@ def _on_rank0_then_share(ctx, compute: Callable[[], Any], what: str) -> Any:
     return box[0]["ok"]
 
 
-def _check_has_masks(plan: TrainPlan, report) -> None:
-    samples = plan.data.splits["train"]
-    if not MaskStore(plan.masks_root).match([s.relpath for s in samples]):
+def _check_has_masks(request: SyncTrainRequest, report) -> None:
+    samples = request.data.splits["train"]
+    if not MaskStore(request.masks_root).match([s.relpath for s in samples]):
         raise NoMasksError(
-            f"no training image has a mask in {plan.masks_root} after syncing from Label Studio "
-            f"({report.summary()}); paint 'Spurious' regions and submit the annotations first"
+            f"no training image has a mask in {request.masks_root} after syncing from Label "
+            f"Studio ({report.summary()}); paint 'Spurious' regions and submit the annotations "
+            "first"
         )
 
 
 def training_job(
-    data: str | Path,
-    checkpoint: str | Path,
-    *,
-    label_studio: LabelStudioConfig | None,
-    paired: PairedConfig = PairedConfig(),
-    recipe: Recipe = Recipe(),
-    sync: SyncConfig = SyncConfig(),
-    masks: str | Path | None = None,
-    segmenter: SegmenterStep | None = None,
+    open_request: Callable[[], SyncTrainRequest],
 ) -> Callable[[dict[str, Any], OnProgress | None], dict[str, Any] | None]:
     """The ``run(payload, on_progress)`` for :class:`robustar_ls.workflows.jobs.TrainingJobs`:
     each "Start Training" webhook syncs and trains in place (the served checkpoint is replaced
-    atomically, the backend picks up the new version on its next request). The dataset is
-    opened per job, so images added between jobs are seen."""
+    atomically, the backend picks up the new version on its next request). ``open_request()``
+    builds each job's request (:meth:`SyncTrainRequest.open`): the dataset is opened per job,
+    so images added between jobs are seen."""
 
     def run(
         payload: dict[str, Any], on_progress: OnProgress | None = None
     ) -> dict[str, Any] | None:
         log.info("training job triggered by %s", payload.get("action", "a request"))
-        return sync_and_train(
-            data,
-            checkpoint,
-            label_studio=label_studio,
-            paired=paired,
-            recipe=recipe,
-            sync=sync,
-            masks=masks,
-            segmenter=segmenter,
-            on_progress=on_progress,
-        )
+        return sync_and_train(replace(open_request(), on_progress=on_progress))
 
     return run

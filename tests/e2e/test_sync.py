@@ -10,6 +10,7 @@ import pytest
 from label_studio_sdk import LabelStudio
 from PIL import Image
 
+from robustar_ls.config import SyncConfig
 from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.masks import MaskStore
 from robustar_ls.labelstudio.brush import mask_to_rle
@@ -74,8 +75,9 @@ class Project:
         )
         return created.id
 
-    def sync(self, **kwargs):
-        return sync_masks(self.client, self.id, self.data, self.store, **kwargs)
+    def sync(self, dry_run: bool = False, **settings):
+        cfg = SyncConfig(**settings)
+        return sync_masks(self.client, self.id, self.data, self.store, cfg, dry_run=dry_run)
 
 
 def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
@@ -197,7 +199,8 @@ def test_label_studio_dying_mid_sync_leaves_the_store_as_it_was(project, monkeyp
 def test_unreachable_label_studio_is_a_clear_error(project):
     dead = LabelStudio(base_url="http://127.0.0.1:9", api_key="x")
     with pytest.raises(LabelStudioUnavailable, match=r"Label Studio at http://127.0.0.1:9 stopped"):
-        sync_masks(dead, project.id, project.data, project.store, retries=1, backoff=0.01)
+        cfg = SyncConfig(retries=1, backoff=0.01)
+        sync_masks(dead, project.id, project.data, project.store, cfg)
     assert not project.store.root.exists()
 
 
