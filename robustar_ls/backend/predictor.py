@@ -122,10 +122,10 @@ class PredictRequest:
 class Predictor:
     """Turns Label Studio tasks into predictions with the served classifier.
 
-    ``segmenter``: Mask R-CNN or None (set later when its weights arrive); ``learned``: the
-    learned spurious segmenter's holder, preferred to Mask R-CNN when it holds one;
-    ``timing``: a dict to add up seconds per stage (:data:`STAGES`), None (default) measures
-    nothing.
+    ``settings``: :class:`PredictorSettings` (the defaults when None); ``segmenter``: Mask
+    R-CNN or None (set later when its weights arrive); ``learned``: the learned spurious
+    segmenter's holder, preferred to Mask R-CNN when it holds one; ``timing``: a dict to add up
+    seconds per stage (:data:`STAGES`), None (default) measures nothing.
     """
 
     def __init__(
