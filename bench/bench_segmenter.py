@@ -39,16 +39,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from robustar_ls.config import SyntheticConfig, TrainConfig
+from robustar_ls.config import SpuriousSegmenterConfig, SyntheticConfig, TrainConfig
 from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.images import load_rgb
 from robustar_ls.data.masks import MaskStore
 from robustar_ls.data.synthetic import SHAPES, make_dataset, shape_mask
-from robustar_ls.models.spurious_segmenter import (
-    MASK_THRESHOLD,
-    SpuriousSegmenterConfig,
-    mask_confidence,
-)
+from robustar_ls.models.spurious_segmenter import MASK_THRESHOLD, mask_confidence
 from robustar_ls.models.zoo import create_classifier
 from robustar_ls.train.loop import make_optimizer, train_one_epoch
 from robustar_ls.train.propagate import DEFAULT_THRESHOLD

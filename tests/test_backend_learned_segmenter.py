@@ -10,11 +10,10 @@ from backend_support import make_backend, task
 
 from robustar_ls.backend.build import build_predictor, learned_segmenter
 from robustar_ls.backend.spurious_source import LearnedSegmenterHolder
-from robustar_ls.config import ServeConfig
+from robustar_ls.config import ServeConfig, SpuriousSegmenterConfig
 from robustar_ls.labelstudio.brush import rle_to_mask
 from robustar_ls.models.spurious_segmenter import (
     SpuriousSegmenter,
-    SpuriousSegmenterConfig,
     default_segmenter_path,
     mask_confidence,
 )

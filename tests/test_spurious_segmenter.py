@@ -9,13 +9,13 @@ from PIL import Image
 from segmenter_support import expert_store, make_stripe_dataset
 
 from robustar_ls.cli import main
+from robustar_ls.config import SpuriousSegmenterConfig
 from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.masks import MaskStore
 from robustar_ls.data.tensors import images_to_batch, normalize
 from robustar_ls.models.checkpoint import save_checkpoint
 from robustar_ls.models.spurious_segmenter import (
     SegmenterFileError,
-    SpuriousSegmenterConfig,
     choose_size,
     load_spurious_segmenter,
     mask_confidence,

@@ -302,11 +302,8 @@ def test_segmenter_retrain_can_be_switched_off(data, client, fake_finetune):
 def test_propagate_pairs_unannotated_images_and_expert_masks_win(data, fake_finetune):
     import torch
 
-    from robustar_ls.models.spurious_segmenter import (
-        SpuriousSegmenter,
-        SpuriousSegmenterConfig,
-        default_segmenter_path,
-    )
+    from robustar_ls.config import SpuriousSegmenterConfig
+    from robustar_ls.models.spurious_segmenter import SpuriousSegmenter, default_segmenter_path
     from robustar_ls.workflows.segmenter_step import SegmenterStep
 
     seg = SpuriousSegmenter.create(SpuriousSegmenterConfig(size=16))
@@ -348,11 +345,8 @@ def _constant_segmenter(root, logit: float) -> None:
     """A learned segmenter file that calls every pixel spurious (logit > 0) or none (< 0)."""
     import torch
 
-    from robustar_ls.models.spurious_segmenter import (
-        SpuriousSegmenter,
-        SpuriousSegmenterConfig,
-        default_segmenter_path,
-    )
+    from robustar_ls.config import SpuriousSegmenterConfig
+    from robustar_ls.models.spurious_segmenter import SpuriousSegmenter, default_segmenter_path
 
     seg = SpuriousSegmenter.create(SpuriousSegmenterConfig(size=16))
     last = [m for m in seg.net.modules() if isinstance(m, torch.nn.Conv2d)][-1]

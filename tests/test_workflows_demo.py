@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from robustar_ls.config import DemoConfig
 from robustar_ls.models.checkpoint import read_version
 from robustar_ls.workflows import demo
 from robustar_ls.workflows.demo import (
-    DemoConfig,
     DemoError,
     demo_credentials,
     prepare_model,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from robustar_ls.cli.options import backend_basic_auth, print_json, settings_section, tqdm_progress
 from robustar_ls.cli.validators import port_number, positive_int
-from robustar_ls.config import build, pick, secrets_from_env
+from robustar_ls.config import DemoConfig, build, pick, secrets_from_env
 
 NAME = "demo"
 HELP = "the whole loop on a built-in dataset: Label Studio + backend + ranked project"
@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustar_ls.workflows.demo import DemoConfig, run_demo
+    from robustar_ls.workflows.demo import run_demo
 
     overrides = pick(args, DemoConfig)
     if not overrides["label_studio_bin"]:

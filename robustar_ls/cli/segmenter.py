@@ -12,7 +12,7 @@ from pathlib import Path
 
 from robustar_ls.cli.options import common_parser, print_json, settings_section, tqdm_progress
 from robustar_ls.cli.validators import positive_int
-from robustar_ls.config import build, pick
+from robustar_ls.config import SpuriousSegmenterConfig, build, pick
 
 NAME = "segmenter"
 HELP = "learn the expert's notion of 'spurious' from the synced masks"
@@ -56,7 +56,6 @@ def run_segmenter_train(args: argparse.Namespace) -> int:
     from robustar_ls.data.folders import ImageFolderSplits
     from robustar_ls.data.masks import MaskStore, masks_root
     from robustar_ls.models.spurious_segmenter import (
-        SpuriousSegmenterConfig,
         default_segmenter_path,
         load_spurious_segmenter,
     )

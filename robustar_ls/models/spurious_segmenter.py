@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from robustar_ls.config import SpuriousSegmenterConfig
 from robustar_ls.data.tensors import images_to_unit_batch
 from robustar_ls.errors import RobustarError
 from robustar_ls.models.checkpoint import atomic_write_bytes, next_version
@@ -46,27 +47,6 @@ def default_segmenter_path(data_root: str | Path) -> Path:
 
 class SegmenterFileError(RobustarError):
     """A spurious-segmenter file is missing, unreadable or of another kind."""
-
-
-@dataclass(frozen=True)
-class SpuriousSegmenterConfig:
-    """Settings of the learned segmenter and its training (saved in the file)."""
-
-    size: int = 0  # square input side; 0 = the images' median side, capped at max_size
-    max_size: int = 64  # larger images are downscaled to this (bench/README.md: time vs size)
-    width: int = 8  # channels of the first level; doubled at each of the two lower levels
-    steps: int = 300  # optimiser steps (not epochs: a few masks need as many steps as many)
-    batch_size: int = 16
-    lr: float = 0.01  # Adam, cosine-decayed to zero
-    weight_decay: float = 1e-4
-    dice_weight: float = 1.0  # loss = BCE + dice_weight * (1 - soft dice over the batch)
-    colour_augment: bool = True  # shuffle RGB channels in training (unseen feature colours)
-    seed: int = 0
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SpuriousSegmenterConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:

@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from robustar_ls.config import SpuriousSegmenterConfig
 from robustar_ls.data.folders import ImageFolderSplits, Sample
 from robustar_ls.data.images import displayed_size, load_rgb
 from robustar_ls.data.masks import MaskError, MaskStore
 from robustar_ls.errors import RobustarError
 from robustar_ls.models.spurious_segmenter import (
     SpuriousSegmenter,
-    SpuriousSegmenterConfig,
     TinyUNet,
     choose_size,
     to_input,

@@ -30,12 +30,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from robustar_ls.config import (
+    DemoConfig,
     ImportConfig,
     LabelStudioConfig,
     ModelConfig,
@@ -56,18 +56,6 @@ log = logging.getLogger(__name__)
 
 DEMO_USER = "demo@robustar-ls.dev"
 PROJECT = "robustar-ls demo"
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    workdir: str = "demo"
-    label_studio_bin: str = ""
-    label_studio_port: int = 8080
-    backend_port: int = 9090
-    per_class: int = 200
-    epochs: int = 10
-    spurious_fraction: float = 0.7
-    wait: bool = True  # keep serving until Ctrl-C
 
 
 class DemoError(RobustarError, RuntimeError):
