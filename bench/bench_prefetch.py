@@ -28,8 +28,13 @@ from robustar_ls.backend.images import ImageFetcher
 from robustar_ls.backend.model_holder import ModelHolder
 from robustar_ls.backend.predictor import Predictor, PredictorSettings
 from robustar_ls.backend.prefetch import Prefetcher
-from robustar_ls.backend.prefetch_state import PrefetchConfig
-from robustar_ls.config import ImportConfig, LabelStudioConfig, ServeConfig, SyntheticConfig
+from robustar_ls.config import (
+    ImportConfig,
+    LabelStudioConfig,
+    PrefetchConfig,
+    ServeConfig,
+    SyntheticConfig,
+)
 from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.data.synthetic import make_dataset
 from robustar_ls.labelstudio import client as ls

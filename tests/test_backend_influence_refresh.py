@@ -16,7 +16,7 @@ from robustar_ls.backend.influence_refresh import (
     _Progress,
 )
 from robustar_ls.backend.prefetch import Prefetcher
-from robustar_ls.backend.prefetch_state import PrefetchConfig
+from robustar_ls.config import PrefetchConfig
 
 
 class ServingPredictor(FakePredictor):

@@ -11,7 +11,8 @@ import pytest
 from prefetch_support import FakePredictor, FakeSdk, FakeStatusError, ranked_tasks
 
 from robustar_ls.backend.prefetch import Prefetcher
-from robustar_ls.backend.prefetch_state import PrefetchConfig, PrefetchFiles
+from robustar_ls.backend.prefetch_state import PrefetchFiles
+from robustar_ls.config import PrefetchConfig
 from robustar_ls.labelstudio import client as ls
 
 

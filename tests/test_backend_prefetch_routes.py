@@ -11,7 +11,7 @@ from backend_support import make_backend, task, use_settings
 from prefetch_support import FakePredictor, FakeSdk, ranked_tasks
 
 from robustar_ls.backend.prefetch import Prefetcher
-from robustar_ls.backend.prefetch_state import PrefetchConfig
+from robustar_ls.config import PrefetchConfig
 
 AUTH = ("user", "pass")
 

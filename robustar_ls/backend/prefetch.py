@@ -34,9 +34,9 @@ from typing import Any
 
 from robustar_ls.backend.influence_refresh import Cancelled, InfluenceRefresh, RefreshRun
 from robustar_ls.backend.predictor import Predictor
-from robustar_ls.backend.prefetch_state import IDLE, PrefetchConfig, PrefetchFiles
+from robustar_ls.backend.prefetch_state import IDLE, PrefetchFiles
 from robustar_ls.backend.project_memory import ProjectMemory
-from robustar_ls.config import InfluenceConfig, ServeConfig
+from robustar_ls.config import InfluenceConfig, PrefetchConfig, ServeConfig
 from robustar_ls.errors import RobustarError
 from robustar_ls.labelstudio import client as ls
 

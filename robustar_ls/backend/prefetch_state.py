@@ -1,5 +1,5 @@
-"""What the prefetch shares between gunicorn workers: its settings, a lock, a status file and
-a folder of requests.
+"""What the prefetch shares between gunicorn workers: a lock, a status file and a folder of
+requests (its settings are :class:`robustar_ls.config.PrefetchConfig`).
 
 Every worker of ``robustar-ls serve`` builds a prefetcher; the one holding the exclusive
 ``flock`` on ``<cache_dir>/prefetch/prefetch.lock`` (released by the OS when its process dies)
@@ -15,34 +15,12 @@ import json
 import logging
 import os
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from robustar_ls.files import atomic_write_bytes, try_lock
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PrefetchConfig:
-    """Prefetch settings (``serve --prefetch N``; the ``[prefetch]`` section of a settings file).
-
-    ``top``: the N most influential tasks get a prediction of each new model version (0 turns
-    the prefetch off); ``chunk``: tasks per model call (a user's ``/predict`` waits for at most
-    one chunk); ``poll``: seconds between checks for a new model version or request;
-    ``retries``/``backoff``: a failed run is tried again that many times, after ``backoff``,
-    ``2·backoff``, … seconds, then only on the next request or model version; ``influence``:
-    with ``serve --data``, rerun influence for each new classifier version first
-    (:mod:`robustar_ls.backend.influence_refresh`).
-    """
-
-    top: int = 100
-    chunk: int = 4
-    poll: float = 2.0
-    retries: int = 3
-    backoff: float = 30.0
-    influence: bool = True
 
 
 IDLE: dict[str, Any] = {

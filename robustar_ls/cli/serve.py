@@ -20,6 +20,7 @@ from robustar_ls.config import (
     InfluenceConfig,
     LabelStudioConfig,
     PairedConfig,
+    PrefetchConfig,
     ServeConfig,
     SyncConfig,
     TrainConfig,
@@ -196,8 +197,6 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
 
 def prefetch_config(args: argparse.Namespace):
     """Defaults < settings file [prefetch] < ``--prefetch N``."""
-    from robustar_ls.backend.prefetch_state import PrefetchConfig
-
     flags = {"top": getattr(args, "prefetch", None), "influence": getattr(args, "influence", None)}
     return build(PrefetchConfig, settings_section(args, "prefetch"), flags)
 

@@ -15,6 +15,7 @@ from robustar_ls.config.environment import check_basic_auth, secrets_from_env
 from robustar_ls.config.influence import InfluenceConfig
 from robustar_ls.config.labelstudio import ImportConfig, LabelStudioConfig, SyncConfig
 from robustar_ls.config.serve import (
+    PrefetchConfig,
     SaliencyConfig,
     SegmenterConfig,
     ServeConfig,
@@ -37,6 +38,7 @@ __all__ = [
     "LabelStudioConfig",
     "ModelConfig",
     "PairedConfig",
+    "PrefetchConfig",
     "SaliencyConfig",
     "SegmenterConfig",
     "ServeConfig",

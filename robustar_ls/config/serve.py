@@ -1,4 +1,5 @@
-"""The ML backend's settings (``robustar-ls serve``): limits, Mask R-CNN, saliency, cache."""
+"""The ML backend's settings (``robustar-ls serve``): limits, Mask R-CNN, saliency, cache,
+prefetch."""
 
 from __future__ import annotations
 
@@ -120,3 +121,24 @@ class ServeConfig:
 def default_cache_dir() -> Path:
     """Where the backend keeps saliency PNGs and its URL-signing key by default."""
     return Path.home() / ".cache" / "robustar-ls"
+
+
+@dataclass(frozen=True)
+class PrefetchConfig:
+    """Prefetch settings (``serve --prefetch N``; the ``[prefetch]`` section of a settings file).
+
+    ``top``: the N most influential tasks get a prediction of each new model version (0 turns
+    the prefetch off); ``chunk``: tasks per model call (a user's ``/predict`` waits for at most
+    one chunk); ``poll``: seconds between checks for a new model version or request;
+    ``retries``/``backoff``: a failed run is tried again that many times, after ``backoff``,
+    ``2·backoff``, … seconds, then only on the next request or model version; ``influence``:
+    with ``serve --data``, rerun influence for each new classifier version first
+    (:mod:`robustar_ls.backend.influence_refresh`).
+    """
+
+    top: int = 100
+    chunk: int = 4
+    poll: float = 2.0
+    retries: int = 3
+    backoff: float = 30.0
+    influence: bool = True

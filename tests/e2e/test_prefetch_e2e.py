@@ -27,11 +27,11 @@ from robustar_ls.backend.images import ImageFetcher
 from robustar_ls.backend.model_holder import ModelHolder
 from robustar_ls.backend.predictor import Predictor, PredictorSettings
 from robustar_ls.backend.prefetch import build_prefetcher
-from robustar_ls.backend.prefetch_state import PrefetchConfig
 from robustar_ls.cli import main
 from robustar_ls.config import (
     ImportConfig,
     LabelStudioConfig,
+    PrefetchConfig,
     SegmenterConfig,
     ServeConfig,
     SyntheticConfig,
