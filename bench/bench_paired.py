@@ -49,7 +49,7 @@ from robustar_ls.data.tensors import ImageDataset, normalize
 from robustar_ls.explain.influence import InfluenceScorer, ScoreRequest
 from robustar_ls.models.checkpoint import load_checkpoint
 from robustar_ls.train.fills import apply_fill
-from robustar_ls.train.finetune import paired_finetune
+from robustar_ls.train.finetune import FinetuneRequest, paired_finetune
 from robustar_ls.train.loop import make_optimizer, train_one_epoch
 from robustar_ls.train.paired_data import PairedDataset, find_masks
 from robustar_ls.train.paired_epoch import paired_train_one_epoch
@@ -287,19 +287,21 @@ def run_kind(kind: str, args, work: Path) -> dict:
         only, label = chosen[name]
         tick = time.perf_counter()
         result = paired_finetune(
-            root,
-            shortcut,
-            None if name == "plain" else root / "oracle_masks",
-            PairedConfig(fill=args.fill, align_weight=args.align_weight),
-            TrainConfig(
-                epochs=epochs,
-                lr=args.lr,
-                batch_size=args.batch_size,
-                device="cpu",
-                seed=args.finetune_seed,
-            ),
-            only=only,
-            out=work / f"{kind}-{name}-{args.fill}-s{args.finetune_seed}.pt",
+            FinetuneRequest(
+                root,
+                shortcut,
+                None if name == "plain" else root / "oracle_masks",
+                PairedConfig(fill=args.fill, align_weight=args.align_weight),
+                TrainConfig(
+                    epochs=epochs,
+                    lr=args.lr,
+                    batch_size=args.batch_size,
+                    device="cpu",
+                    seed=args.finetune_seed,
+                ),
+                only=only,
+                out=work / f"{kind}-{name}-{args.fill}-s{args.finetune_seed}.pt",
+            )
         )
         rows.append(
             {

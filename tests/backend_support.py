@@ -162,7 +162,7 @@ class BrightObjects(torch.nn.Module):
 
 
 def save_tiny_checkpoint(path: Path, seed: int = 0, parent: str | None = None) -> str:
-    from robustar_ls.models.checkpoint import save_checkpoint
+    from robustar_ls.models.checkpoint import Provenance, save_checkpoint
     from robustar_ls.models.zoo import create_classifier
 
     torch.manual_seed(seed)
@@ -174,7 +174,7 @@ def save_tiny_checkpoint(path: Path, seed: int = 0, parent: str | None = None) -
         classes=CLASSES,
         image_size=16,
         width=4,
-        parent_version=parent,
+        provenance=Provenance(parent_version=parent),
     )
 
 

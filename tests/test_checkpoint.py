@@ -6,6 +6,7 @@ import torch
 from robustar_ls import files as files_mod
 from robustar_ls.models.checkpoint import (
     CheckpointError,
+    Provenance,
     load_checkpoint,
     read_version,
     save_checkpoint,
@@ -21,10 +22,16 @@ def _model(seed=0, classes=3, width=4):
     return create_classifier("resnet18_small", classes, width=width)
 
 
-def _save(path, model, **kw):
-    kw.setdefault("arch", "resnet18_small")
-    kw.setdefault("classes", CLASSES)
-    return save_checkpoint(path, model, image_size=16, width=4, **kw)
+def _save(path, model, **provenance):
+    return save_checkpoint(
+        path,
+        model,
+        arch="resnet18_small",
+        classes=CLASSES,
+        image_size=16,
+        width=4,
+        provenance=Provenance(**provenance),
+    )
 
 
 def test_round_trip_keeps_weights_and_metadata(tmp_path):

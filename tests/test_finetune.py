@@ -22,7 +22,7 @@ from robustar_ls.models.history import history_path, read_history
 from robustar_ls.models.zoo import create_classifier
 from robustar_ls.train import finetune, paired_epoch
 from robustar_ls.train.augment import random_crop_flip
-from robustar_ls.train.finetune import paired_finetune
+from robustar_ls.train.finetune import FinetuneRequest, paired_finetune
 from robustar_ls.train.paired_data import PairedDataset, find_masks
 from robustar_ls.train.paired_epoch import make_pairs
 
@@ -60,7 +60,9 @@ def test_paired_finetune_writes_a_new_version_with_parent_and_metrics(
     old_bytes = checkpoint.read_bytes()
     out = tmp_path / "new.pt"
     result = paired_finetune(
-        dataset, checkpoint, dataset / "oracle_masks", PairedConfig(), TINY_TRAIN, out=out
+        FinetuneRequest(
+            dataset, checkpoint, dataset / "oracle_masks", PairedConfig(), TINY_TRAIN, out=out
+        )
     )
     assert checkpoint.read_bytes() == old_bytes  # --out leaves the input alone
     assert result["parent_version"] == old_version
@@ -81,11 +83,13 @@ def test_paired_finetune_writes_a_new_version_with_parent_and_metrics(
 def test_default_out_replaces_the_checkpoint(dataset, checkpoint):
     old_version = read_version(checkpoint)
     result = paired_finetune(
-        dataset,
-        checkpoint,
-        dataset / "oracle_masks",
-        PairedConfig(),
-        TrainConfig(epochs=1, batch_size=8, device="cpu"),
+        FinetuneRequest(
+            dataset,
+            checkpoint,
+            dataset / "oracle_masks",
+            PairedConfig(),
+            TrainConfig(epochs=1, batch_size=8, device="cpu"),
+        )
     )
     assert read_version(checkpoint) == result["model_version"] != old_version
     assert load_checkpoint(checkpoint).parent_version == old_version
@@ -94,18 +98,22 @@ def test_default_out_replaces_the_checkpoint(dataset, checkpoint):
 def test_only_restricts_the_masks_and_none_is_the_control(dataset, checkpoint, tmp_path):
     chosen = {"circle/00000.png", "square/00007.png"}
     result = paired_finetune(
-        dataset,
-        checkpoint,
-        dataset / "oracle_masks",
-        PairedConfig(),
-        TINY_TRAIN,
-        only=chosen,
-        out=tmp_path / "a.pt",
+        FinetuneRequest(
+            dataset,
+            checkpoint,
+            dataset / "oracle_masks",
+            PairedConfig(),
+            TINY_TRAIN,
+            only=chosen,
+            out=tmp_path / "a.pt",
+        )
     )
     assert result["annotated"] == 2
     assert result["history"][0]["annotated"] == pytest.approx(2 / 12)
     control = paired_finetune(
-        dataset, checkpoint, None, PairedConfig(), TINY_TRAIN, out=tmp_path / "b.pt"
+        FinetuneRequest(
+            dataset, checkpoint, None, PairedConfig(), TINY_TRAIN, out=tmp_path / "b.pt"
+        )
     )
     assert control["annotated"] == 0
     assert all(e["ce_paired"] == 0 and e["align"] == 0 for e in control["history"])
@@ -125,7 +133,11 @@ def test_a_crash_mid_epoch_leaves_the_old_checkpoint(dataset, checkpoint, monkey
 
     monkeypatch.setattr(paired_epoch, "paired_loss", crash_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
-        paired_finetune(dataset, checkpoint, dataset / "oracle_masks", PairedConfig(), TINY_TRAIN)
+        paired_finetune(
+            FinetuneRequest(
+                dataset, checkpoint, dataset / "oracle_masks", PairedConfig(), TINY_TRAIN
+            )
+        )
     assert calls["n"] == 2
     assert checkpoint.read_bytes() == old_bytes
     assert load_checkpoint(checkpoint).version == read_version(checkpoint)
@@ -141,7 +153,11 @@ def test_a_failed_replace_leaves_the_old_checkpoint_and_no_temp_file(
 
     monkeypatch.setattr("robustar_ls.files.os.replace", failing_replace)
     with pytest.raises(OSError, match="No space left"):
-        paired_finetune(dataset, checkpoint, dataset / "oracle_masks", PairedConfig(), TINY_TRAIN)
+        paired_finetune(
+            FinetuneRequest(
+                dataset, checkpoint, dataset / "oracle_masks", PairedConfig(), TINY_TRAIN
+            )
+        )
     assert checkpoint.read_bytes() == old_bytes
     history = history_path(checkpoint)
     assert sorted(p.name for p in checkpoint.parent.iterdir()) == [checkpoint.name, history.name]
@@ -161,17 +177,23 @@ def test_wrong_size_mask_is_named_before_training(dataset, checkpoint, tmp_path,
 
     monkeypatch.setattr(finetune, "paired_train_one_epoch", no_training)
     with pytest.raises(MaskError, match=r"00008\.png is 12x10 but its image .* is 16x16"):
-        paired_finetune(dataset, checkpoint, masks, PairedConfig(), TINY_TRAIN)
+        paired_finetune(FinetuneRequest(dataset, checkpoint, masks, PairedConfig(), TINY_TRAIN))
 
 
 def test_missing_or_empty_mask_folder_is_a_clear_error(dataset, checkpoint, tmp_path):
     with pytest.raises(MaskError, match="does not exist"):
-        paired_finetune(dataset, checkpoint, tmp_path / "nowhere", PairedConfig(), TINY_TRAIN)
+        paired_finetune(
+            FinetuneRequest(dataset, checkpoint, tmp_path / "nowhere", PairedConfig(), TINY_TRAIN)
+        )
     (tmp_path / "empty").mkdir()
     with pytest.raises(MaskError, match="no mask in"):
-        paired_finetune(dataset, checkpoint, tmp_path / "empty", PairedConfig(), TINY_TRAIN)
+        paired_finetune(
+            FinetuneRequest(dataset, checkpoint, tmp_path / "empty", PairedConfig(), TINY_TRAIN)
+        )
     with pytest.raises(ConfigError, match="unknown fill"):
-        paired_finetune(dataset, checkpoint, None, PairedConfig(fill="zebra"), TINY_TRAIN)
+        paired_finetune(
+            FinetuneRequest(dataset, checkpoint, None, PairedConfig(fill="zebra"), TINY_TRAIN)
+        )
 
 
 def test_dataset_pairs_images_with_their_masks(dataset):
@@ -447,11 +469,9 @@ def test_a_checkpoint_changed_during_training_is_not_overwritten(dataset, checkp
 
     with pytest.raises(CheckpointChanged, match="changed while training"):
         paired_finetune(
-            dataset,
-            checkpoint,
-            dataset / "oracle_masks",
-            PairedConfig(),
-            TINY_TRAIN,
+            FinetuneRequest(
+                dataset, checkpoint, dataset / "oracle_masks", PairedConfig(), TINY_TRAIN
+            ),
             progress=someone_else_writes,
         )
     assert written and read_version(checkpoint) == written[-1]  # the other writer's file stands
@@ -470,13 +490,15 @@ def test_extra_masks_pair_unannotated_images_and_the_store_wins(
     }
     extra["circle/no-such-image.png"] = tmp_path / "x.png"
     paired_finetune(
-        dataset,
-        checkpoint,
-        dataset / "oracle_masks",
-        PairedConfig(),
-        TINY_TRAIN,
-        only=expert,
-        extra_masks=extra,
+        FinetuneRequest(
+            dataset,
+            checkpoint,
+            dataset / "oracle_masks",
+            PairedConfig(),
+            TINY_TRAIN,
+            only=expert,
+            extra_masks=extra,
+        )
     )
     masks = seen["masks"]
     assert set(masks) == expert | {"circle/00001.png"}  # unknown images are dropped
@@ -502,7 +524,9 @@ def test_all_zero_masks_are_not_annotated_and_still_win_over_extra_masks(
     }
     extra["circle/00002.png"] = propagated.write("circle/00002.png", np.zeros((16, 16), bool))
     paired_finetune(
-        dataset, checkpoint, tmp_path / "masks", PairedConfig(), TINY_TRAIN, extra_masks=extra
+        FinetuneRequest(
+            dataset, checkpoint, tmp_path / "masks", PairedConfig(), TINY_TRAIN, extra_masks=extra
+        )
     )
     assert set(seen["masks"]) == {"square/00007.png", "circle/00001.png"}
 
@@ -511,13 +535,15 @@ def test_progress_and_history_of_a_paired_run(dataset, checkpoint, tmp_path):
     records: list[dict] = []
     parent = read_version(checkpoint)
     summary = paired_finetune(
-        dataset,
-        checkpoint,
-        dataset / "oracle_masks",
-        PairedConfig(),
-        TINY_TRAIN,
+        FinetuneRequest(
+            dataset,
+            checkpoint,
+            dataset / "oracle_masks",
+            PairedConfig(),
+            TINY_TRAIN,
+            history={"sync": {"added": 3}},
+        ),
         on_progress=records.append,
-        history={"sync": {"added": 3}},
     )
     phases = [r["phase"] for r in records]
     # evaluate before, train, evaluate after, write: in that order

@@ -14,7 +14,7 @@ from robustar_ls.config import PairedConfig, SyntheticConfig, TrainConfig
 from robustar_ls.data.synthetic import make_dataset
 from robustar_ls.models.checkpoint import load_checkpoint, read_version, save_checkpoint
 from robustar_ls.models.zoo import create_classifier
-from robustar_ls.train.finetune import initial_model, paired_finetune
+from robustar_ls.train.finetune import FinetuneRequest, initial_model, paired_finetune
 from robustar_ls.train.recipe import REBUILD_DEFAULTS
 
 
@@ -52,9 +52,16 @@ def test_from_scratch_starts_from_the_initial_weights_and_keeps_the_parent(
     still = TrainConfig(epochs=1, batch_size=8, lr=1e-9, weight_decay=0.0, device="cpu", seed=5)
     out = tmp_path / "scratch.pt"
     result = paired_finetune(
-        dataset, checkpoint, dataset / "oracle_masks", PairedConfig(), still, out=out,
-        from_scratch=True,
-    )  # fmt: skip
+        FinetuneRequest(
+            dataset,
+            checkpoint,
+            dataset / "oracle_masks",
+            PairedConfig(),
+            still,
+            out=out,
+            from_scratch=True,
+        )
+    )
     saved = load_checkpoint(out)
     torch.manual_seed(5)
     fresh = _conv_weights(initial_model(parent))
@@ -70,7 +77,11 @@ def test_fine_tuning_starts_from_the_checkpoint(dataset, checkpoint, tmp_path):
     parent = load_checkpoint(checkpoint)
     still = TrainConfig(epochs=1, batch_size=8, lr=1e-9, weight_decay=0.0, device="cpu", seed=5)
     out = tmp_path / "tuned.pt"
-    paired_finetune(dataset, checkpoint, dataset / "oracle_masks", PairedConfig(), still, out=out)
+    paired_finetune(
+        FinetuneRequest(
+            dataset, checkpoint, dataset / "oracle_masks", PairedConfig(), still, out=out
+        )
+    )
     saved = load_checkpoint(out)
     assert torch.allclose(_conv_weights(saved.model), _conv_weights(parent.model), atol=1e-6)
     assert saved.config["from_scratch"] is False

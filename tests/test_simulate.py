@@ -173,9 +173,9 @@ def test_propagate_pairs_the_unpicked_images_with_the_learned_segmenter(tiny, mo
     seen = {}
     real = simulate_module.paired_finetune
 
-    def spy(*args, **kwargs):
-        seen["extra"] = dict(kwargs.get("extra_masks") or {})
-        return real(*args, **kwargs)
+    def spy(request, **kwargs):
+        seen["extra"] = dict(request.extra_masks or {})
+        return real(request, **kwargs)
 
     monkeypatch.setattr(simulate_module, "paired_finetune", spy)
     result = run(tiny, order="random", budget=0.25, seed=3, propagate=0.0)

@@ -84,9 +84,9 @@ def test_each_round_ranks_the_rest_with_its_own_model_and_trains_from_the_checkp
         ranks.append((model.version, real_rank(order, data, model, **kwargs)))
         return ranks[-1][1]
 
-    def train(data_root, checkpoint, *args, **kwargs):
-        trainings.append((checkpoint, set(kwargs["only"] or ()), kwargs["from_scratch"]))
-        return real_train(data_root, checkpoint, *args, **kwargs)
+    def train(request, **kwargs):
+        trainings.append((request.checkpoint, set(request.only or ()), request.from_scratch))
+        return real_train(request, **kwargs)
 
     def simulate(data_root, checkpoint, **options):
         picks.append(options["ranking"][: int(round(options["budget"] * 24))])

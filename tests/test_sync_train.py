@@ -37,17 +37,20 @@ def fake_finetune(monkeypatch):
     calls: list[dict] = []
     module = ModuleType("robustar_ls.train.finetune")
 
-    def paired_finetune(data_root, checkpoint, masks_root, paired_cfg, train_cfg, **kwargs):
+    def paired_finetune(request, progress=None, on_progress=None):
+        masks_root = request.masks_root
         calls.append({"masks_root": masks_root, "masks": sorted(MaskStore(masks_root).relpaths())})
-        calls[-1]["data"] = data_root
-        calls[-1].update(train=train_cfg, from_scratch=kwargs.get("from_scratch", False))
-        if "extra_masks" in kwargs:
-            calls[-1]["extra_masks"] = kwargs["extra_masks"]
-        if kwargs.get("on_progress"):
-            kwargs["on_progress"]({"phase": "train", "history": kwargs.get("history")})
+        calls[-1]["data"] = request.data
+        calls[-1].update(train=request.train, from_scratch=request.from_scratch)
+        if request.extra_masks is not None:
+            calls[-1]["extra_masks"] = request.extra_masks
+        if on_progress:
+            on_progress({"phase": "train", "history": request.history})
         return {"model_version": "v2-new", "parent_version": "v1-old", "before": {}, "after": {}}
 
-    module.paired_finetune = paired_finetune
+    from robustar_ls.train.finetune import FinetuneRequest  # the real request, a fake run
+
+    module.FinetuneRequest, module.paired_finetune = FinetuneRequest, paired_finetune
     monkeypatch.setitem(sys.modules, "robustar_ls.train.finetune", module)
     return calls
 

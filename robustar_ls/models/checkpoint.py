@@ -85,6 +85,18 @@ def next_version(state_dict: Mapping[str, torch.Tensor], parent_version: str | N
     return f"v{counter + 1}-{weights_hash(state_dict)[:8]}"
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """How a checkpoint's weights came about, kept in the file and its history line: the version
+    it was trained from (``None``: from nothing), what it measured, the settings it ran with;
+    ``history``: fields of its history line only (e.g. ``sync``, ``seconds``)."""
+
+    parent_version: str | None = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)
+    history: Mapping[str, Any] = field(default_factory=dict)
+
+
 def save_checkpoint(
     path: str | Path,
     model: nn.Module,
@@ -93,22 +105,20 @@ def save_checkpoint(
     classes: Sequence[str],
     image_size: int,
     width: int = 16,
-    parent_version: str | None = None,
-    metrics: Mapping[str, Any] | None = None,
-    config: Mapping[str, Any] | None = None,
-    history: Mapping[str, Any] | None = None,
+    provenance: Provenance | None = None,
 ) -> str:
     """Write a checkpoint atomically and return its new model version.
 
     The file is written to a temporary file in the same folder, fsynced, then ``os.replace``d
     over ``path``: a crash at any moment leaves either the old file or the new one, never a
     broken one. Then one line is appended to its history file (``models/history.py``), with
-    ``history``'s fields (e.g. ``sync``, ``seconds``) added; a history that cannot be written
-    is logged, the checkpoint stays.
+    ``provenance.history``'s fields added; a history that cannot be written is logged, the
+    checkpoint stays.
     """
+    provenance = provenance or Provenance()
     model = getattr(model, "module", model)  # unwrap DDP / DataParallel
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    version = next_version(state, parent_version)
+    version = next_version(state, provenance.parent_version)
     payload = {
         "model": state,
         "arch": arch,
@@ -117,10 +127,10 @@ def save_checkpoint(
         "classes": list(classes),
         "image_size": image_size,
         "version": version,
-        "parent_version": parent_version,
+        "parent_version": provenance.parent_version,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "metrics": dict(metrics or {}),
-        "config": dict(config or {}),
+        "metrics": dict(provenance.metrics),
+        "config": dict(provenance.config),
         "normalization": normalization_of(model).to_dict(),
     }
     buffer = io.BytesIO()
@@ -128,7 +138,7 @@ def save_checkpoint(
     atomic_write_bytes(Path(path), buffer.getvalue())
     meta = {key: value for key, value in payload.items() if key != "model"}
     try:
-        append_entry(path, history_entry(meta, history))
+        append_entry(path, history_entry(meta, provenance.history))
     except OSError as err:
         log.error("checkpoint %s written, but not its history line: %s", path, err)
     return version

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,12 @@ from torch.utils.data.distributed import DistributedSampler
 from robustar_ls.config import ConfigError, PairedConfig, TrainConfig, to_dict
 from robustar_ls.data.folders import ImageFolderSplits, Sample
 from robustar_ls.data.groups import groups_before_after
-from robustar_ls.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from robustar_ls.models.checkpoint import (
+    Checkpoint,
+    Provenance,
+    load_checkpoint,
+    save_checkpoint,
+)
 from robustar_ls.models.zoo import create_classifier
 from robustar_ls.train.checkpoint_guard import check_unchanged
 from robustar_ls.train.distributed import (
@@ -66,61 +71,70 @@ def _accuracies(splits: dict[str, dict[str, float]]) -> dict[str, float]:
     return {split: metrics["accuracy"] for split, metrics in splits.items()}
 
 
-def paired_finetune(
-    data_root: str | Path | ImageFolderSplits,
-    checkpoint: str | Path,
-    masks_root: str | Path | None,
-    paired_cfg: PairedConfig,
-    train_cfg: TrainConfig,
-    only: set[str] | None = None,
-    out: str | Path | None = None,
-    progress: Progress | None = None,
-    extra_masks: Mapping[str, Path] | None = None,
-    on_progress: OnProgress | None = None,
-    history: dict[str, Any] | None = None,
-    from_scratch: bool = False,
-) -> dict[str, Any] | None:
-    """Fine-tune ``checkpoint`` with the paired loss; write the result to ``out`` (default:
-    over ``checkpoint``); ``from_scratch``: from :func:`initial_model` instead.
+@dataclass(frozen=True)
+class FinetuneRequest:
+    """One paired fine-tuning as its caller asks for it (opened into a :class:`FinetuneRun`).
 
-    ``data_root``: the dataset folder, or the dataset already opened (a sync-train opens it
-    once). ``masks_root`` is a mask-store folder (``<root>/train/<class>/<stem>.png``); ``None``
-    means plain fine-tuning (every image unannotated: the control). ``only`` restricts which masks
-    are used (image relpaths "<class>/<file>"). ``extra_masks`` (relpath → mask file, e.g.
-    propagated masks) pair the images that have no mask in ``masks_root``: those always win.
-    ``on_progress`` gets the progress records (``train/progress.py``) on rank 0; ``history``
-    adds fields to the checkpoint's history line.
+    ``data``: the dataset folder, or the dataset already opened (a sync-train opens it once).
+    ``masks_root`` is a mask-store folder (``<root>/train/<class>/<stem>.png``); ``None`` means
+    plain fine-tuning (every image unannotated: the control). ``only`` restricts which masks are
+    used (image relpaths "<class>/<file>"). ``out``: where the result is written (default: over
+    ``checkpoint``). ``extra_masks`` (relpath → mask file, e.g. propagated masks) pair the
+    images that have no mask in ``masks_root``: those always win. ``history`` adds fields to the
+    checkpoint's history line. ``from_scratch``: train from :func:`initial_model` instead.
+    """
+
+    data: str | Path | ImageFolderSplits
+    checkpoint: str | Path
+    masks_root: str | Path | None
+    paired: PairedConfig = field(default_factory=PairedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    only: set[str] | None = None
+    out: str | Path | None = None
+    extra_masks: Mapping[str, Path] | None = None
+    history: dict[str, Any] | None = None
+    from_scratch: bool = False
+
+
+def paired_finetune(
+    request: FinetuneRequest,
+    progress: Progress | None = None,
+    on_progress: OnProgress | None = None,
+) -> dict[str, Any] | None:
+    """Fine-tune ``request.checkpoint`` with the paired loss; write the result to
+    ``request.out``. ``progress`` wraps the batches of an epoch (a bar); ``on_progress`` gets
+    the progress records (``train/progress.py``) on rank 0.
 
     Returns, on rank 0: ``{model_version, parent_version, before: {split: accuracy},
     after: {split: accuracy}, counts: {split: n}, annotated, epochs, history: [per-epoch
     terms], loss_terms: last epoch's terms, seconds, out}``; other ranks return ``None``.
     """
-    _check_paired_config(paired_cfg)
+    _check_paired_config(request.paired)
     data = (
-        data_root
-        if isinstance(data_root, ImageFolderSplits)
-        else ImageFolderSplits.open(data_root, required=("train",))
+        request.data
+        if isinstance(request.data, ImageFolderSplits)
+        else ImageFolderSplits.open(request.data, required=("train",))
     )
-    masks = training_masks(data, masks_root, only, extra_masks)
-    checkpoint, out = Path(checkpoint), Path(out) if out else Path(checkpoint)
+    masks = training_masks(data, request.masks_root, request.only, request.extra_masks)
+    checkpoint = Path(request.checkpoint)
     parent = load_checkpoint(checkpoint, classes=data.classes)
-    ctx = init_distributed(train_cfg.device)
+    ctx = init_distributed(request.train.device)
     try:
         return _run(
             FinetuneRun(
                 data=data,
                 masks=masks,
-                masks_root=Path(masks_root) if masks_root is not None else None,
+                masks_root=Path(request.masks_root) if request.masks_root is not None else None,
                 parent=parent,
-                paired=paired_cfg,
-                train=train_cfg,
-                out=out,
+                paired=request.paired,
+                train=request.train,
+                out=Path(request.out) if request.out else checkpoint,
                 progress=progress,
                 ctx=ctx,
                 source=checkpoint,
                 on_progress=on_progress,
-                history=history,
-                from_scratch=from_scratch,
+                history=request.history,
+                from_scratch=request.from_scratch,
             )
         )
     finally:
@@ -142,7 +156,8 @@ def initial_model(parent: Checkpoint) -> nn.Module:
 
 @dataclass(frozen=True)
 class FinetuneRun:
-    """Everything one paired fine-tuning run works with, opened and resolved."""
+    """Everything one paired fine-tuning run works with: its :class:`FinetuneRequest` opened
+    and resolved."""
 
     data: ImageFolderSplits
     masks: dict[str, Path]  # image relpath -> mask file, for the annotated training images
@@ -324,21 +339,23 @@ def _save(
         classes=run.data.classes,
         image_size=run.parent.image_size,
         width=run.parent.width,
-        parent_version=run.parent.version,
-        metrics={
-            "splits": after,
-            "before": before,
-            "history": history,
-            "saliency_in_masks": attention,
-        },
-        config={
-            "paired": to_dict(run.paired),
-            "train": to_dict(run.train),
-            "data": str(run.data.root),
-            "masks": str(run.masks_root) if run.masks_root is not None else None,
-            "annotated": len(run.masks),
-            "from_scratch": run.from_scratch,
-            "world_size": run.ctx.world_size,
-        },
-        history={"seconds": round(seconds, 3), **(run.history or {})},
+        provenance=Provenance(
+            parent_version=run.parent.version,
+            metrics={
+                "splits": after,
+                "before": before,
+                "history": history,
+                "saliency_in_masks": attention,
+            },
+            config={
+                "paired": to_dict(run.paired),
+                "train": to_dict(run.train),
+                "data": str(run.data.root),
+                "masks": str(run.masks_root) if run.masks_root is not None else None,
+                "annotated": len(run.masks),
+                "from_scratch": run.from_scratch,
+                "world_size": run.ctx.world_size,
+            },
+            history={"seconds": round(seconds, 3), **(run.history or {})},
+        ),
     )

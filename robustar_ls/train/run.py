@@ -16,7 +16,12 @@ from robustar_ls.config import ModelConfig, TrainConfig, to_dict
 from robustar_ls.data.folders import ImageFolderSplits, Sample
 from robustar_ls.data.groups import load_groups, split_group_metrics
 from robustar_ls.data.tensors import ImageDataset
-from robustar_ls.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from robustar_ls.models.checkpoint import (
+    Checkpoint,
+    Provenance,
+    load_checkpoint,
+    save_checkpoint,
+)
 from robustar_ls.models.pretrained import crop_size, fetch_pretrained
 from robustar_ls.models.zoo import create_classifier, default_device, require_imagenet_weights
 from robustar_ls.train.loop import (
@@ -185,14 +190,16 @@ def train_classifier(
         classes=data.classes,
         image_size=image_size,
         width=width,
-        parent_version=parent.version if parent else None,
-        metrics={"splits": metrics, "history": history},
-        config={
-            "model": to_dict(dataclasses.replace(model_cfg, image_size=image_size)),
-            "train": to_dict(train_cfg),
-            "data": str(data.root),
-        },
-        history={"seconds": round(time.perf_counter() - started, 3)},
+        provenance=Provenance(
+            parent_version=parent.version if parent else None,
+            metrics={"splits": metrics, "history": history},
+            config={
+                "model": to_dict(dataclasses.replace(model_cfg, image_size=image_size)),
+                "train": to_dict(train_cfg),
+                "data": str(data.root),
+            },
+            history={"seconds": round(time.perf_counter() - started, 3)},
+        ),
     )
     return {
         "model_version": version,

@@ -35,7 +35,7 @@ from robustar_ls.data.folders import ImageFolderSplits, Sample, classes_among, i
 from robustar_ls.errors import RobustarError
 from robustar_ls.models.checkpoint import Checkpoint, load_checkpoint
 from robustar_ls.models.history import read_history
-from robustar_ls.train.finetune import paired_finetune
+from robustar_ls.train.finetune import FinetuneRequest, paired_finetune
 from robustar_ls.train.paired_data import find_masks
 from robustar_ls.train.recipe import Recipe, choose
 from robustar_ls.train.run import make_loader
@@ -289,7 +289,7 @@ def _finetune(data_root, checkpoint, masks_root, annotated, images, training: Tr
         if choice.name == "finetune" and not training.propagate_asked:
             extra = {}  # as sync-train: a fine-tuning pairs the painted masks only
         target = Path(training.out) if training.out else Path(tmp) / "simulated.pt"
-        result = paired_finetune(
+        request = FinetuneRequest(
             data_root,
             checkpoint,
             masks_root if annotated else None,
@@ -297,11 +297,11 @@ def _finetune(data_root, checkpoint, masks_root, annotated, images, training: Tr
             choice.train,
             only=set(annotated) if annotated else None,
             out=target,
-            progress=training.progress,
             extra_masks=extra,
             history={"recipe": choice.name},
             from_scratch=choice.from_scratch,
         )
+        result = paired_finetune(request, progress=training.progress)
         if result is not None:
             recipe = {"name": choice.name, "reason": choice.reason, "asked": training.recipe.name}
             result = {**result, "recipe": recipe}

@@ -192,7 +192,7 @@ def _run(request: SyncTrainRequest, client: Any, share) -> dict[str, Any] | None
 def _train(
     request: SyncTrainRequest, report: dict[str, Any] | None, changed: bool, share=_here
 ) -> dict[str, Any] | None:
-    from robustar_ls.train.finetune import paired_finetune
+    from robustar_ls.train.finetune import FinetuneRequest, paired_finetune
     from robustar_ls.train.paired_data import training_masks
     from robustar_ls.workflows.segmenter_step import SegmenterStep, run_segmenter_step
 
@@ -207,18 +207,21 @@ def _train(
     log.info("recipe: %s", choice.reason)
     if choice.name == "finetune" and not asked.propagate:
         extra = {}  # a fine-tuning pairs the expert's masks only, unless asked to propagate
-    result = paired_finetune(
+    finetune = FinetuneRequest(
         data,
         request.checkpoint,
         masks,
         request.paired,
         choice.train,
         out=request.out,
+        extra_masks=extra or None,
+        history={"sync": _sync_counts(report), "recipe": choice.name},
+        from_scratch=choice.from_scratch,
+    )
+    result = paired_finetune(
+        finetune,
         progress=None if request.on_progress else request.progress,  # one bar, not two
         on_progress=request.on_progress,
-        history={"sync": _sync_counts(report), "recipe": choice.name},
-        **({"extra_masks": extra} if extra else {}),
-        **({"from_scratch": True} if choice.from_scratch else {}),
     )
     if result is None:
         return None

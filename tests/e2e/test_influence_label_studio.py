@@ -15,7 +15,7 @@ from robustar_ls.config import ImportConfig, LabelStudioConfig, SyntheticConfig
 from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.labelstudio import client as ls
 from robustar_ls.labelstudio.project_import import import_project
-from robustar_ls.models.checkpoint import save_checkpoint
+from robustar_ls.models.checkpoint import Provenance, save_checkpoint
 from robustar_ls.models.zoo import create_classifier
 
 from .listing import listed_tasks
@@ -33,7 +33,7 @@ def _checkpoint(path: Path, classes: list[str], seed: int, parent: str | None = 
         classes=classes,
         image_size=16,
         width=4,
-        parent_version=parent,
+        provenance=Provenance(parent_version=parent),
     )
 
 
