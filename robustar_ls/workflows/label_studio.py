@@ -40,6 +40,7 @@ from robustar_ls.labelstudio.client.sdk import LabelStudio
 DEFAULT_STARTUP_TIMEOUT = 600.0
 DB_FILE = "label_studio.sqlite3"
 LOG_TAIL_CHARS = 4000
+HOST = "127.0.0.1"  # the servers started here listen on loopback only
 
 TokenKind = Literal["legacy", "pat"]
 
@@ -319,10 +320,10 @@ def running_label_studio(
     credentials: Credentials | None = None,
     port: int | None = None,
     document_root: Path | None = None,
-    host: str = "127.0.0.1",
     personal_access_token: bool = True,
 ) -> Iterator[LabelStudioServer]:
-    """Run ``label-studio start`` under ``workdir`` until the context exits.
+    """Run ``label-studio start`` under ``workdir``, on the loopback interface only
+    (:data:`HOST`), until the context exits.
 
     ``workdir`` receives ``data/`` (database, media; kept, so a rerun finds its projects),
     ``documents/`` (the local-files document root, unless ``document_root`` is given) and
@@ -338,15 +339,15 @@ def running_label_studio(
     document_root.mkdir(parents=True, exist_ok=True)
     document_root = document_root.resolve()
     creds = credentials or Credentials.random()
-    port = port or free_port(host)
-    url = f"http://{host}:{port}"
+    port = port or free_port(HOST)
+    url = f"http://{HOST}:{port}"
     if _healthy(url):
         raise LabelStudioStartError(f"something already answers on {url}; choose another port")
     log_path = workdir / "label-studio.log"
     env = server_env(data_dir, document_root, creds.username, creds.password, creds.legacy_token)
     env.update(database_env(data_dir, db_template))
     started = time.monotonic()
-    process = spawn(start_command(binary, port, host), env, log_path)
+    process = spawn(start_command(binary, port, HOST), env, log_path)
     try:
         wait_for_health(url, process, log_path, timeout)
         startup_seconds = time.monotonic() - started
