@@ -53,17 +53,23 @@ def checkpoint(dataset, tmp_path) -> Path:
     return path
 
 
+ORACLE = "oracle_masks"
+
+
+def tiny_request(dataset, checkpoint, masks=ORACLE, **options) -> FinetuneRequest:
+    """The paired fine-tuning of ``checkpoint`` with ``TINY_TRAIN`` and the default paired
+    settings, on the dataset's oracle masks unless ``masks`` is given (None: plain)."""
+    masks = dataset / ORACLE if masks == ORACLE else masks
+    return FinetuneRequest(dataset, checkpoint, masks, PairedConfig(), TINY_TRAIN, **options)
+
+
 def test_paired_finetune_writes_a_new_version_with_parent_and_metrics(
     dataset, checkpoint, tmp_path
 ):
     old_version = read_version(checkpoint)
     old_bytes = checkpoint.read_bytes()
     out = tmp_path / "new.pt"
-    result = paired_finetune(
-        FinetuneRequest(
-            dataset, checkpoint, dataset / "oracle_masks", PairedConfig(), TINY_TRAIN, out=out
-        )
-    )
+    result = paired_finetune(tiny_request(dataset, checkpoint, out=out))
     assert checkpoint.read_bytes() == old_bytes  # --out leaves the input alone
     assert result["parent_version"] == old_version
     assert result["model_version"] != old_version
@@ -97,24 +103,10 @@ def test_default_out_replaces_the_checkpoint(dataset, checkpoint):
 
 def test_only_restricts_the_masks_and_none_is_the_control(dataset, checkpoint, tmp_path):
     chosen = {"circle/00000.png", "square/00007.png"}
-    result = paired_finetune(
-        FinetuneRequest(
-            dataset,
-            checkpoint,
-            dataset / "oracle_masks",
-            PairedConfig(),
-            TINY_TRAIN,
-            only=chosen,
-            out=tmp_path / "a.pt",
-        )
-    )
+    result = paired_finetune(tiny_request(dataset, checkpoint, only=chosen, out=tmp_path / "a.pt"))
     assert result["annotated"] == 2
     assert result["history"][0]["annotated"] == pytest.approx(2 / 12)
-    control = paired_finetune(
-        FinetuneRequest(
-            dataset, checkpoint, None, PairedConfig(), TINY_TRAIN, out=tmp_path / "b.pt"
-        )
-    )
+    control = paired_finetune(tiny_request(dataset, checkpoint, None, out=tmp_path / "b.pt"))
     assert control["annotated"] == 0
     assert all(e["ce_paired"] == 0 and e["align"] == 0 for e in control["history"])
     assert control["history"][0]["loss"] == pytest.approx(control["history"][0]["ce"])
@@ -133,11 +125,7 @@ def test_a_crash_mid_epoch_leaves_the_old_checkpoint(dataset, checkpoint, monkey
 
     monkeypatch.setattr(paired_epoch, "paired_loss", crash_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
-        paired_finetune(
-            FinetuneRequest(
-                dataset, checkpoint, dataset / "oracle_masks", PairedConfig(), TINY_TRAIN
-            )
-        )
+        paired_finetune(tiny_request(dataset, checkpoint))
     assert calls["n"] == 2
     assert checkpoint.read_bytes() == old_bytes
     assert load_checkpoint(checkpoint).version == read_version(checkpoint)
@@ -153,11 +141,7 @@ def test_a_failed_replace_leaves_the_old_checkpoint_and_no_temp_file(
 
     monkeypatch.setattr("robustar_ls.files.os.replace", failing_replace)
     with pytest.raises(OSError, match="No space left"):
-        paired_finetune(
-            FinetuneRequest(
-                dataset, checkpoint, dataset / "oracle_masks", PairedConfig(), TINY_TRAIN
-            )
-        )
+        paired_finetune(tiny_request(dataset, checkpoint))
     assert checkpoint.read_bytes() == old_bytes
     history = history_path(checkpoint)
     assert sorted(p.name for p in checkpoint.parent.iterdir()) == [checkpoint.name, history.name]
@@ -177,19 +161,15 @@ def test_wrong_size_mask_is_named_before_training(dataset, checkpoint, tmp_path,
 
     monkeypatch.setattr(finetune, "paired_train_one_epoch", no_training)
     with pytest.raises(MaskError, match=r"00008\.png is 12x10 but its image .* is 16x16"):
-        paired_finetune(FinetuneRequest(dataset, checkpoint, masks, PairedConfig(), TINY_TRAIN))
+        paired_finetune(tiny_request(dataset, checkpoint, masks))
 
 
 def test_missing_or_empty_mask_folder_is_a_clear_error(dataset, checkpoint, tmp_path):
     with pytest.raises(MaskError, match="does not exist"):
-        paired_finetune(
-            FinetuneRequest(dataset, checkpoint, tmp_path / "nowhere", PairedConfig(), TINY_TRAIN)
-        )
+        paired_finetune(tiny_request(dataset, checkpoint, tmp_path / "nowhere"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(MaskError, match="no mask in"):
-        paired_finetune(
-            FinetuneRequest(dataset, checkpoint, tmp_path / "empty", PairedConfig(), TINY_TRAIN)
-        )
+        paired_finetune(tiny_request(dataset, checkpoint, tmp_path / "empty"))
     with pytest.raises(ConfigError, match="unknown fill"):
         paired_finetune(
             FinetuneRequest(dataset, checkpoint, None, PairedConfig(fill="zebra"), TINY_TRAIN)
@@ -469,9 +449,7 @@ def test_a_checkpoint_changed_during_training_is_not_overwritten(dataset, checkp
 
     with pytest.raises(CheckpointChanged, match="changed while training"):
         paired_finetune(
-            FinetuneRequest(
-                dataset, checkpoint, dataset / "oracle_masks", PairedConfig(), TINY_TRAIN
-            ),
+            tiny_request(dataset, checkpoint),
             progress=someone_else_writes,
         )
     assert written and read_version(checkpoint) == written[-1]  # the other writer's file stands
@@ -489,17 +467,7 @@ def test_extra_masks_pair_unannotated_images_and_the_store_wins(
         for rel in ("circle/00000.png", "circle/00001.png")
     }
     extra["circle/no-such-image.png"] = tmp_path / "x.png"
-    paired_finetune(
-        FinetuneRequest(
-            dataset,
-            checkpoint,
-            dataset / "oracle_masks",
-            PairedConfig(),
-            TINY_TRAIN,
-            only=expert,
-            extra_masks=extra,
-        )
-    )
+    paired_finetune(tiny_request(dataset, checkpoint, only=expert, extra_masks=extra))
     masks = seen["masks"]
     assert set(masks) == expert | {"circle/00001.png"}  # unknown images are dropped
     assert masks["circle/00000.png"] == MaskStore(dataset / "oracle_masks").path_for(
@@ -523,11 +491,7 @@ def test_all_zero_masks_are_not_annotated_and_still_win_over_extra_masks(
         for rel in ("circle/00000.png", "circle/00001.png")
     }
     extra["circle/00002.png"] = propagated.write("circle/00002.png", np.zeros((16, 16), bool))
-    paired_finetune(
-        FinetuneRequest(
-            dataset, checkpoint, tmp_path / "masks", PairedConfig(), TINY_TRAIN, extra_masks=extra
-        )
-    )
+    paired_finetune(tiny_request(dataset, checkpoint, tmp_path / "masks", extra_masks=extra))
     assert set(seen["masks"]) == {"square/00007.png", "circle/00001.png"}
 
 
@@ -535,14 +499,7 @@ def test_progress_and_history_of_a_paired_run(dataset, checkpoint, tmp_path):
     records: list[dict] = []
     parent = read_version(checkpoint)
     summary = paired_finetune(
-        FinetuneRequest(
-            dataset,
-            checkpoint,
-            dataset / "oracle_masks",
-            PairedConfig(),
-            TINY_TRAIN,
-            history={"sync": {"added": 3}},
-        ),
+        tiny_request(dataset, checkpoint, history={"sync": {"added": 3}}),
         on_progress=records.append,
     )
     phases = [r["phase"] for r in records]
