@@ -187,16 +187,6 @@ def test_the_torchrun_environment_is_read_in_one_module():
     assert reading == ["train/torchrun.py"]
 
 
-TORCHRUN_VARIABLES = {"WORLD_SIZE", "RANK", "LOCAL_RANK"}
-
-
-def test_the_torchrun_environment_is_read_in_one_module():
-    """The torchrun variables, quoted, appear in train/torchrun.py only: read there alone."""
-    quoted = [f"{q}{name}{q}" for name in TORCHRUN_VARIABLES for q in "\"'"]
-    reading = [_rel(p) for p in _modules() if any(name in p.read_text() for name in quoted)]
-    assert reading == ["train/torchrun.py"]
-
-
 def _module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -280,21 +270,10 @@ def test_the_import_graph_reads_module_and_function_level_imports():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-# issue 26: train/torchrun.process_group imports train/distributed in its body, and
-# train/distributed imports train/torchrun (Launch, launch) at module level.
-KNOWN_CYCLES = [["robustar_ls.train.distributed", "robustar_ls.train.torchrun"]]
-
-
-def test_no_new_import_cycle():
-    """No two modules import each other, directly or round a loop, function-level imports
-    included (a lazy import, or one in a module ``__getattr__``, hides a cycle, not removes it)."""
-    new = [cycle for cycle in _cycles(_import_graph()) if cycle not in KNOWN_CYCLES]
-    assert not new
-
-
-@pytest.mark.xfail(strict=True, reason="issue 26: " + " <-> ".join(KNOWN_CYCLES[0]))
 def test_no_import_cycle():
-    """Strict: once the known cycle is cut, this passes and its xfail must go."""
+    """No two modules import each other, directly or round a loop, function-level imports
+    included (a lazy import, or one in a module ``__getattr__``, hides a cycle, not removes it);
+    imports under ``if TYPE_CHECKING:`` do not run and do not count."""
     assert not _cycles(_import_graph())
 
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from robustar_ls.models.zoo import default_device
-from robustar_ls.train.torchrun import Launch, launch
+
+if TYPE_CHECKING:  # torchrun.process_group imports this module: no import back at run time
+    from robustar_ls.train.torchrun import Launch
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +43,9 @@ class DistContext:
         return self.rank == 0
 
 
-def init_distributed(requested_device: str = "auto", here: Launch | None = None) -> DistContext:
-    """Start the process group when launched by torchrun (``here``, default: this process's
+def init_distributed(requested_device: str, here: Launch) -> DistContext:
+    """Start the process group when launched by torchrun (``here``: this process's
     :func:`~robustar_ls.train.torchrun.launch`); otherwise a one-process context."""
-    here = launch() if here is None else here
     if not here.by_torchrun:
         return DistContext(device=default_device(requested_device))
     rank, world, local_rank = here.rank, here.world_size, here.local_rank

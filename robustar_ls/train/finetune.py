@@ -52,6 +52,7 @@ from robustar_ls.train.paired_data import PairedDataset, training_masks
 from robustar_ls.train.paired_epoch import TERMS, paired_train_one_epoch
 from robustar_ls.train.progress import OnProgress, ProgressTracker
 from robustar_ls.train.run import evaluate_splits
+from robustar_ls.train.torchrun import launch
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ class FinetuneRequest:
     ``checkpoint``). ``extra_masks`` (relpath → mask file, e.g. propagated masks) pair the
     images that have no mask in ``masks_root``: those always win. ``history`` adds fields to the
     checkpoint's history line. ``from_scratch``: train from :func:`initial_model` instead.
+    ``dist``: the process group a workflow started once at its entry
+    (``train/torchrun.process_group``); without it one is started (and ended) here.
     """
 
     data: str | Path | ImageFolderSplits
@@ -94,6 +97,7 @@ class FinetuneRequest:
     extra_masks: Mapping[str, Path] | None = None
     history: dict[str, Any] | None = None
     from_scratch: bool = False
+    dist: DistContext | None = None  # the workflow's process group (None: start one here)
 
 
 def paired_finetune(
@@ -118,7 +122,8 @@ def paired_finetune(
     masks = training_masks(data, request.masks_root, request.only, request.extra_masks)
     checkpoint = Path(request.checkpoint)
     parent = load_checkpoint(checkpoint, classes=data.classes)
-    ctx = init_distributed(request.train.device)
+    own = request.dist is None  # a workflow that started the group ends it, too
+    ctx = init_distributed(request.train.device, launch()) if own else request.dist
     try:
         return _run(
             FinetuneRun(
@@ -138,7 +143,8 @@ def paired_finetune(
             )
         )
     finally:
-        shutdown(ctx)
+        if own:
+            shutdown(ctx)
 
 
 def initial_model(parent: Checkpoint) -> nn.Module:

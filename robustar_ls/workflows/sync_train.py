@@ -80,6 +80,7 @@ class SyncTrainRequest:
     progress: Callable | None = None  # tqdm-style bars
     on_progress: OnProgress | None = None  # the job's progress records (train/progress.py)
     launch: Launch = field(default_factory=torchrun.launch)
+    dist: Any = None  # the process group once started (train.distributed.DistContext)
 
     @classmethod
     def open(
@@ -162,7 +163,7 @@ def _in_process_group(request: SyncTrainRequest, client: Any) -> dict[str, Any] 
         if ctx is None:  # one process: torch not even imported
             return _run(request, client, _here)
         share = lambda compute, what: _on_rank0_then_share(ctx, compute, what)  # noqa: E731
-        result = _run(request, client, share)
+        result = _run(replace(request, dist=ctx), client, share)
         return result if ctx.is_main else None
 
 
@@ -217,6 +218,7 @@ def _train(
         extra_masks=extra or None,
         history={"sync": _sync_counts(report), "recipe": choice.name},
         from_scratch=choice.from_scratch,
+        dist=request.dist,  # the process group started once, above
     )
     result = paired_finetune(
         finetune,
