@@ -134,7 +134,10 @@ def test_cli_recipe_and_its_schedules(
         seen.update(kwargs)
         return {}
 
+    import robustar_ls.workflows.simulate_rounds as rounds
+
     monkeypatch.setattr(workflow, "simulate", fake)
+    monkeypatch.setattr(rounds, "simulate", fake)  # the CLI reaches it through the rounds
     argv = ["simulate", "--data", str(dataset), "--checkpoint", str(checkpoint), "--order",
             "random", "--budget", "0.5", "--json", "-q", *flags]  # fmt: skip
     assert cli.main(argv) == 0
