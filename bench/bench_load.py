@@ -5,7 +5,7 @@ Run from the repository root::
     OMP_NUM_THREADS=1 python bench/bench_load.py [--workers 2] [--threads 4] [--concurrency 8]
         [--requests 200] [--baseline 30] [--tasks-per-request 2] [--max-seconds 180]
 
-Starts ``robustar-ls serve --no-segmenter`` on 127.0.0.1 (a small-ResNet checkpoint, synthetic
+Starts ``robustar-ls serve --no-maskrcnn`` on 127.0.0.1 (a small-ResNet checkpoint, synthetic
 PNGs under a temporary document root, prediction cache off so every request runs the model),
 then in one run:
 
@@ -141,7 +141,7 @@ def start_server(checkpoint: Path, root: Path, port: int, args, log) -> subproce
     command = [sys.executable, "-m", "robustar_ls.cli", "serve", "--config", str(settings)]
     command += ["--checkpoint", str(checkpoint), "--document-root", str(root), "--device", "cpu"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers)]
-    command += ["--no-segmenter", "--cache-dir", str(root.parent / "cache")]
+    command += ["--no-maskrcnn", "--cache-dir", str(root.parent / "cache")]
     return subprocess.Popen(command, env=env, stdout=log, stderr=log)
 
 

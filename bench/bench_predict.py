@@ -4,7 +4,7 @@ Run from the repository root::
 
     OMP_NUM_THREADS=1 python bench/bench_predict.py [--images 16] [--size 96] [--batch-size 8]
         [--repeat 3] [--seg-size N] [--rpn-pre N] [--rpn-post N] [--detections N]
-        [--baseline] [--no-segmenter] [--threads 1]
+        [--baseline] [--no-maskrcnn] [--threads 1]
 
 In one process, interleaved, ``--repeat`` times each:
 
@@ -24,7 +24,7 @@ ratio. A table and one JSON line (medians over the repeats unless said otherwise
 
 Mask R-CNN is the real ``maskrcnn_resnet50_fpn_v2`` architecture with **random weights**
 (nothing can be downloaded here): its timings are meaningful, its masks are not. It runs with
-``SegmenterConfig``'s speed settings (input size, RPN proposals, detections per image), each
+``MaskRCNNConfig``'s speed settings (input size, RPN proposals, detections per image), each
 overridable by a flag, with its batch norms folded into the convolutions as served. So that
 the mask head always works as hard as on a real photo, it keeps its top ``detections_per_img``
 boxes whatever their score.
@@ -56,12 +56,12 @@ from robustar_ls.backend.app import create_app  # noqa: E402
 from robustar_ls.backend.images import ImageFetcher  # noqa: E402
 from robustar_ls.backend.model_holder import ModelHolder  # noqa: E402
 from robustar_ls.backend.predictor import STAGES, Predictor, PredictorSettings  # noqa: E402
-from robustar_ls.config import SaliencyConfig, SegmenterConfig, ServeConfig  # noqa: E402
+from robustar_ls.config import MaskRCNNConfig, SaliencyConfig, ServeConfig  # noqa: E402
 from robustar_ls.data.tensors import image_to_tensor  # noqa: E402
 from robustar_ls.models.checkpoint import save_checkpoint  # noqa: E402
 from robustar_ls.models.fuse_bn import fuse_conv_bn  # noqa: E402
-from robustar_ls.models.segmenter import (  # noqa: E402
-    Segmenter,
+from robustar_ls.models.maskrcnn import (  # noqa: E402
+    MaskRCNNSegmenter,
     apply_speed_settings,
     build_maskrcnn,
 )
@@ -83,7 +83,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpn-post", type=int, default=None, help="RPN proposals after NMS")
     p.add_argument("--detections", type=int, default=None, help="Mask R-CNN boxes per image")
     p.add_argument("--baseline", action="store_true", help="also time the COCO settings")
-    p.add_argument("--no-segmenter", action="store_true")
+    p.add_argument("--no-maskrcnn", "--no-segmenter", dest="no_maskrcnn", action="store_true")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -115,8 +115,8 @@ COCO = {  # the settings served before: torchvision's COCO defaults, 20 detectio
 }
 
 
-def segmenter_settings(args) -> SegmenterConfig:
-    """SegmenterConfig's defaults, with the flags that were given."""
+def segmenter_settings(args) -> MaskRCNNConfig:
+    """MaskRCNNConfig's defaults, with the flags that were given."""
     given = {
         "min_size": args.seg_size,
         "max_size": args.seg_size,
@@ -124,15 +124,15 @@ def segmenter_settings(args) -> SegmenterConfig:
         "rpn_post_nms_top_n": args.rpn_post,
         "detections_per_img": args.detections,
     }
-    cfg = SegmenterConfig(device="cpu", batch_size=args.batch_size, score_threshold=0.5)
+    cfg = MaskRCNNConfig(device="cpu", batch_size=args.batch_size, score_threshold=0.5)
     return dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
 
 
-def make_segmenter(cfg: SegmenterConfig) -> Segmenter:
+def make_segmenter(cfg: MaskRCNNConfig) -> MaskRCNNSegmenter:
     model = apply_speed_settings(build_maskrcnn(None), cfg)  # random weights: timing only
     model.roi_heads.score_thresh = 0.0  # every image keeps detections_per_img boxes
-    fuse_conv_bn(model.eval())  # as Segmenter.from_config serves it
-    return Segmenter(model, cfg)
+    fuse_conv_bn(model.eval())  # as MaskRCNNSegmenter.from_config serves it
+    return MaskRCNNSegmenter(model, cfg)
 
 
 def load() -> float:
@@ -140,7 +140,10 @@ def load() -> float:
 
 
 def model_calls_alone(
-    predictor: Predictor, images: list[Image.Image], batch: int, segmenter: Segmenter | None = None
+    predictor: Predictor,
+    images: list[Image.Image],
+    batch: int,
+    segmenter: MaskRCNNSegmenter | None = None,
 ) -> float:
     """Seconds for classifier + Grad-CAM + Mask R-CNN on pre-decoded images, batched
     (``segmenter`` instead of the predictor's when given)."""
@@ -186,7 +189,7 @@ def main(args: argparse.Namespace) -> dict:
             device="cpu",
         )
         seg_cfg = segmenter_settings(args)
-        segmenter = None if args.no_segmenter else make_segmenter(seg_cfg)
+        segmenter = None if args.no_maskrcnn else make_segmenter(seg_cfg)
         coco_cfg = dataclasses.replace(seg_cfg, **COCO)
         baseline = make_segmenter(coco_cfg) if args.baseline and segmenter else None
         load_before = load()
@@ -253,7 +256,7 @@ def main(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "classifier": f"resnet18_small width {args.width}, {args.image_size} px input",
         "segmenter": "maskrcnn_resnet50_fpn_v2 (random weights, timing only)"
-        if not args.no_segmenter
+        if not args.no_maskrcnn
         else None,
         "segmenter_settings": {k: getattr(seg_cfg, k) for k in COCO} if segmenter else None,
         "speedup_vs_coco": round(med(c / a for c, a in zip(coco, alone, strict=True)), 2)

@@ -3,7 +3,7 @@
 For each dataset kind, expert-mask count N and seed: an "expert" reviews random training
 images until N of them carry the feature and paints those (the oracle mask); the featureless
 images reviewed on the way are stored as empty masks (negatives; none when F = 1.0).
-``robustar-ls segmenter train``'s function learns from them; ``segmenter eval``'s function
+``robustar-ls learned-segmenter train``'s function learns from them; its ``eval``'s function
 scores it on every other training image against the oracle masks. Kinds:
 
 - ``patch``, ``background``: ``make-dataset`` with ``--spurious-fraction F``;

@@ -5,17 +5,17 @@ Run from the repository root::
     OMP_NUM_THREADS=1 python bench/bench_segmenter_levers.py [--images 2] [--size 512]
         [--repeat 2] [--variants default,fuse_bn,channels_last,threads2,...]
 
-Times ``Segmenter.spurious_masks`` (what ``/predict`` spends on Mask R-CNN: 99 % of it) on the
-same synthetic images for each variant, round-robin ``--repeat`` times, and reports per task
-the CPU seconds of this process (``time.process_time``; with 1 thread about the wall time on an
-idle core) and the wall seconds, and each variant's CPU ratio to ``default`` (median of the
-per-round ratios, so load drifting between rounds cancels). The model is the real
+Times ``MaskRCNNSegmenter.spurious_masks`` (what ``/predict`` spends on Mask R-CNN: 99 % of
+it) on the same synthetic images for each variant, round-robin ``--repeat`` times, and reports
+per task the CPU seconds of this process (``time.process_time``; with 1 thread about the wall
+time on an idle core) and the wall seconds, and each variant's CPU ratio to ``default``
+(median of the per-round ratios, so load drifting between rounds cancels). The model is the real
 ``maskrcnn_resnet50_fpn_v2`` with random weights (nothing can be downloaded here); like
 bench_predict.py it keeps its top ``detections_per_img`` boxes whatever their score. For the
 exact levers (fuse_bn, channels_last, mkldnn off) the bench also reports the largest difference
 of their masks from the default's on the same weights. The 1-minute load average is reported.
 
-Variants: ``default`` (SegmenterConfig's settings, 1 thread), ``fuse_bn`` (batch norms folded
+Variants: ``default`` (MaskRCNNConfig's settings, 1 thread), ``fuse_bn`` (batch norms folded
 into the convolutions), ``channels_last`` (model weights and input in channels-last memory
 format), ``threads2`` (2 torch threads), ``mkldnn_off`` (``torch.backends.mkldnn`` disabled),
 ``det5`` (5 detections for the mask head), ``post50`` (50 RPN proposals to the box head,
@@ -44,15 +44,15 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from robustar_ls.config import SegmenterConfig  # noqa: E402
+from robustar_ls.config import MaskRCNNConfig  # noqa: E402
 from robustar_ls.models.fuse_bn import fuse_conv_bn  # noqa: E402
-from robustar_ls.models.segmenter import (  # noqa: E402
-    Segmenter,
+from robustar_ls.models.maskrcnn import (  # noqa: E402
+    MaskRCNNSegmenter,
     apply_speed_settings,
     build_maskrcnn,
 )
 
-VARIANTS = {  # name: (SegmenterConfig overrides, fuse_bn, channels_last, threads, mkldnn)
+VARIANTS = {  # name: (MaskRCNNConfig overrides, fuse_bn, channels_last, threads, mkldnn)
     "default": ({}, False, False, 1, True),
     "fuse_bn": ({}, True, False, 1, True),
     "channels_last": ({}, False, True, 1, True),
@@ -134,10 +134,12 @@ def compile_parts(model: torch.nn.Module, how: str, side: int) -> None:
         setattr(owner, last, part)
 
 
-def make_variant(base: torch.nn.Module, name: str, n_images: int) -> tuple[Segmenter, int, bool]:
+def make_variant(
+    base: torch.nn.Module, name: str, n_images: int
+) -> tuple[MaskRCNNSegmenter, int, bool]:
     overrides, fuse, channels_last, threads, mkldnn = VARIANTS[name]
     cfg = dataclasses.replace(
-        SegmenterConfig(device="cpu", batch_size=n_images, score_threshold=0.5), **overrides
+        MaskRCNNConfig(device="cpu", batch_size=n_images, score_threshold=0.5), **overrides
     )
     model = apply_speed_settings(copy.deepcopy(base), cfg).eval()
     if fuse:
@@ -147,10 +149,10 @@ def make_variant(base: torch.nn.Module, name: str, n_images: int) -> tuple[Segme
         model.backbone.body = ChannelsLastInput(model.backbone.body)
     if name in ("jit", "inductor"):
         compile_parts(model, name, cfg.min_size)
-    return Segmenter(model, cfg), threads, mkldnn
+    return MaskRCNNSegmenter(model, cfg), threads, mkldnn
 
 
-def run_once(segmenter: Segmenter, images, threads: int, mkldnn: bool):
+def run_once(segmenter: MaskRCNNSegmenter, images, threads: int, mkldnn: bool):
     torch.set_num_threads(threads)
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.backends.mkldnn.flags(enabled=mkldnn):

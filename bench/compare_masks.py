@@ -8,7 +8,7 @@ where ``robustar-ls serve`` downloads them)::
 
 For each image (``.png``/``.jpg``/``.jpeg`` under ``DIR``, sorted, at most ``--limit``): the
 object mask (the union of instances scoring at least 0.5, what the "Spurious" pre-annotation is
-the complement of) with ``SegmenterConfig``'s defaults (or the flags) and with COCO's settings
+the complement of) with ``MaskRCNNConfig``'s defaults (or the flags) and with COCO's settings
 (800/1333 px, 1000/1000 RPN proposals, 100 detections); their IoU, each one's object area and
 seconds. Prints a table and one JSON line (mean and worst IoU, same-run speedup). An IoU near 1
 means the reduced proposals and input size cost nothing on these images; the worst rows show
@@ -31,8 +31,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from robustar_ls.config import SegmenterConfig  # noqa: E402
-from robustar_ls.models.segmenter import Segmenter  # noqa: E402
+from robustar_ls.config import MaskRCNNConfig  # noqa: E402
+from robustar_ls.models.maskrcnn import MaskRCNNSegmenter  # noqa: E402
 
 COCO = {
     "min_size": 800,
@@ -56,7 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def settings(args) -> tuple[SegmenterConfig, SegmenterConfig]:
+def settings(args) -> tuple[MaskRCNNConfig, MaskRCNNConfig]:
     """(the settings to check, COCO's)."""
     given = {
         "min_size": args.seg_size,
@@ -65,12 +65,12 @@ def settings(args) -> tuple[SegmenterConfig, SegmenterConfig]:
         "rpn_post_nms_top_n": args.rpn_post,
         "detections_per_img": args.detections,
     }
-    base = SegmenterConfig(weights=args.weights, device=args.device, batch_size=1)
+    base = MaskRCNNConfig(weights=args.weights, device=args.device, batch_size=1)
     fast = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
     return fast, dataclasses.replace(base, **COCO)
 
 
-def timed_mask(seg: Segmenter, image: Image.Image) -> tuple[np.ndarray, float]:
+def timed_mask(seg: MaskRCNNSegmenter, image: Image.Image) -> tuple[np.ndarray, float]:
     start = time.perf_counter()
     (mask,) = seg.object_masks([image])
     return mask, time.perf_counter() - start
@@ -88,7 +88,7 @@ def main(args: argparse.Namespace) -> dict:
     if not paths:
         raise SystemExit(f"no .png/.jpg images under {args.images}")
     fast_cfg, coco_cfg = settings(args)
-    fast, coco = Segmenter.from_config(fast_cfg), Segmenter.from_config(coco_cfg)
+    fast, coco = MaskRCNNSegmenter.from_config(fast_cfg), MaskRCNNSegmenter.from_config(coco_cfg)
     rows = []
     header = ("IoU", "area fast", "area COCO", "s fast", "s COCO")
     print(f"{'image':40s} " + " ".join(f"{h:>9s}" for h in header))

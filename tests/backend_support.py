@@ -249,8 +249,8 @@ def make_backend(
     from robustar_ls.backend.images import ImageFetcher
     from robustar_ls.backend.model_holder import ModelHolder
     from robustar_ls.backend.predictor import Predictor, PredictorSettings
-    from robustar_ls.config import SegmenterConfig, ServeConfig
-    from robustar_ls.models.segmenter import Segmenter
+    from robustar_ls.config import MaskRCNNConfig, ServeConfig
+    from robustar_ls.models.maskrcnn import MaskRCNNSegmenter
 
     root = tmp_path / "docroot"
     images = images or {
@@ -275,7 +275,7 @@ def make_backend(
     )
     detector = BrightObjects() if segmenter else None
     seg = (
-        Segmenter(detector, SegmenterConfig(device="cpu", batch_size=batch_size))
+        MaskRCNNSegmenter(detector, MaskRCNNConfig(device="cpu", batch_size=batch_size))
         if detector
         else None
     )

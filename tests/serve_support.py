@@ -74,7 +74,7 @@ def gunicorn_backend(checkpoint: Path, tmp_path: Path, *extra: str, workers: int
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
     command = [sys.executable, "-m", "robustar_ls.cli", "serve", "--checkpoint", str(checkpoint)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
-    command += ["--no-segmenter", "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
+    command += ["--no-maskrcnn", "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
     process = subprocess.Popen([*command, *extra], env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -111,7 +111,7 @@ def test_build_predictor_serves_the_dataset_segmenter(tmp_path):
     cfg = ServeConfig(
         checkpoint=str(backend.checkpoint),
         document_root=str(backend.root),
-        segmenter=False,
+        use_maskrcnn=False,
         data=str(data),
         device="cpu",
         cache_dir=str(tmp_path / "c"),

@@ -14,10 +14,10 @@ from robustar_ls.backend import maskrcnn_source
 from robustar_ls.backend.build import build_predictor
 from robustar_ls.cli import get_args_parser
 from robustar_ls.cli.serve import offline_from_env, serve_config
-from robustar_ls.config import SegmenterConfig, ServeConfig
-from robustar_ls.models.segmenter import (
-    Segmenter,
-    SegmenterUnavailable,
+from robustar_ls.config import MaskRCNNConfig, ServeConfig
+from robustar_ls.models.maskrcnn import (
+    MaskRCNNSegmenter,
+    MaskRCNNUnavailable,
     hub_cache_weights_path,
     weights_path,
 )
@@ -31,11 +31,11 @@ def hub(tmp_path, monkeypatch):
     def fake_from_config(cfg):
         path = weights_path(cfg)
         if not path.is_file():
-            raise SegmenterUnavailable(f"no Mask R-CNN weights at {path}")
+            raise MaskRCNNUnavailable(f"no Mask R-CNN weights at {path}")
         assert path.read_bytes() == PAYLOAD  # loaded only once the whole file is there
-        return Segmenter(BrightObjects(), dataclasses.replace(cfg, device="cpu"))
+        return MaskRCNNSegmenter(BrightObjects(), dataclasses.replace(cfg, device="cpu"))
 
-    monkeypatch.setattr(Segmenter, "from_config", staticmethod(fake_from_config))
+    monkeypatch.setattr(MaskRCNNSegmenter, "from_config", staticmethod(fake_from_config))
     return tmp_path / "hub"
 
 
@@ -80,9 +80,9 @@ def test_missing_weights_are_fetched_in_the_background_and_served(hub, server, t
 @pytest.mark.parametrize("why", ["offline", "explicit path"])
 def test_nothing_is_downloaded_offline_or_over_an_explicit_path(hub, tmp_path, caplog, why):
     cfg = (
-        SegmenterConfig(offline=True)
+        MaskRCNNConfig(offline=True)
         if why == "offline"
-        else SegmenterConfig(weights=str(tmp_path / "mine.pth"))
+        else MaskRCNNConfig(weights=str(tmp_path / "mine.pth"))
     )
     with caplog.at_level(logging.WARNING):
         seg, thread = maskrcnn_source.start_maskrcnn(
@@ -98,7 +98,7 @@ def test_a_failed_download_is_one_log_line_and_no_segmenter(hub, caplog):
     ready = []
     with caplog.at_level(logging.WARNING):
         seg, thread = maskrcnn_source.start_maskrcnn(
-            SegmenterConfig(), ready.append, url="http://127.0.0.1:9/w.pth", timeout=2
+            MaskRCNNConfig(), ready.append, url="http://127.0.0.1:9/w.pth", timeout=2
         )
         thread.join(10)
     assert seg is None and not ready
@@ -111,7 +111,7 @@ def test_weights_already_in_the_cache_load_at_once(hub, server):
     path = hub_cache_weights_path()
     path.parent.mkdir(parents=True)
     path.write_bytes(PAYLOAD)
-    seg, thread = maskrcnn_source.start_maskrcnn(SegmenterConfig(), lambda s: None)
+    seg, thread = maskrcnn_source.start_maskrcnn(MaskRCNNConfig(), lambda s: None)
     assert seg is not None and thread is None and server.hits == []
 
 
@@ -119,13 +119,13 @@ def test_offline_from_the_flag_the_settings_or_the_environment(tmp_path, monkeyp
     monkeypatch.delenv("ROBUSTAR_LS_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     parse = get_args_parser().parse_args
-    assert not serve_config(parse(["serve", "--checkpoint", "m.pt"])).segmentation.offline
-    assert serve_config(parse(["serve", "--checkpoint", "m.pt", "--offline"])).segmentation.offline
+    assert not serve_config(parse(["serve", "--checkpoint", "m.pt"])).maskrcnn.offline
+    assert serve_config(parse(["serve", "--checkpoint", "m.pt", "--offline"])).maskrcnn.offline
     settings = tmp_path / "s.yaml"
-    settings.write_text("serve:\n  segmentation:\n    offline: true\n")
+    settings.write_text("serve:\n  maskrcnn:\n    offline: true\n")
     args = parse(["serve", "--checkpoint", "m.pt", "--config", str(settings)])
-    assert serve_config(args).segmentation.offline
+    assert serve_config(args).maskrcnn.offline
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert serve_config(parse(["serve", "--checkpoint", "m.pt"])).segmentation.offline
+    assert serve_config(parse(["serve", "--checkpoint", "m.pt"])).maskrcnn.offline
     assert offline_from_env({"ROBUSTAR_LS_OFFLINE": "true"})
     assert not offline_from_env({"ROBUSTAR_LS_OFFLINE": "0", "HF_HUB_OFFLINE": ""})

@@ -12,7 +12,7 @@ from label_studio_sdk.label_interface import LabelInterface
 from robustar_ls.backend.build import build_predictor
 from robustar_ls.backend.limits import RequestLimits
 from robustar_ls.backend.predictor import STAGES, PredictorSettings
-from robustar_ls.config import SegmenterConfig, ServeConfig
+from robustar_ls.config import MaskRCNNConfig, ServeConfig
 from robustar_ls.labelstudio.brush import rle_to_mask
 from robustar_ls.labelstudio.config import default_label_config
 
@@ -120,7 +120,7 @@ def test_no_segmenter_weights_serves_the_rest_and_says_so_once(tmp_path, caplog)
     cfg = ServeConfig(
         checkpoint=str(backend.checkpoint),
         document_root=str(backend.root),
-        segmentation=SegmenterConfig(weights=str(tmp_path / "no-such-maskrcnn.pth")),
+        maskrcnn=MaskRCNNConfig(weights=str(tmp_path / "no-such-maskrcnn.pth")),
         cache_dir=str(tmp_path / "cache2"),
         device="cpu",
     )
@@ -141,7 +141,7 @@ def test_segmenter_can_be_switched_off(tmp_path, caplog):
     backend = make_backend(tmp_path)
     cfg = ServeConfig(
         checkpoint=str(backend.checkpoint),
-        segmenter=False,
+        use_maskrcnn=False,
         device="cpu",
         cache_dir=str(tmp_path / "c"),
     )

@@ -6,6 +6,7 @@ import pytest
 
 from robustar_ls.backend.server import GunicornServer, threads_per_worker
 from robustar_ls.cli import get_args_parser
+from robustar_ls.cli.main import command_parser
 from robustar_ls.cli.serve import serve_config
 
 
@@ -29,9 +30,9 @@ def test_serve_flags_and_env_secrets(monkeypatch, tmp_path):
         "9191",
         "--workers",
         "3",
-        "--segmenter-weights",
+        "--maskrcnn-weights",
         "w.pth",
-        "--no-segmenter",
+        "--no-maskrcnn",
         "--top-fraction",
         "0.2",
     )
@@ -43,12 +44,32 @@ def test_serve_flags_and_env_secrets(monkeypatch, tmp_path):
         9191,
         3,
     )
-    assert cfg.segmenter_weights == "w.pth" and cfg.segmenter is False
+    assert cfg.maskrcnn_weights == "w.pth" and cfg.use_maskrcnn is False
     assert cfg.top_fraction == 0.2 and cfg.saliency_config().top_fraction == 0.2
     assert cfg.label_studio_api_key == "k3y" and cfg.secret == "s" * 32
     assert (cfg.basic_auth_user, cfg.basic_auth_pass) == ("u", "p")
     assert "k3y" not in repr(cfg) and "s" * 32 not in repr(cfg)
     assert args.debug is False
+
+
+def test_the_old_mask_rcnn_flags_still_work_and_warn(capsys):
+    """``--segmenter-weights`` and ``--no-segmenter`` (before Mask R-CNN and the learned
+    segmenter were told apart) do what the new spellings do, with one warning line each."""
+    new = serve_config(
+        parse("--checkpoint", "m.pt", "--maskrcnn-weights", "w.pth", "--no-maskrcnn")
+    )
+    assert capsys.readouterr().err == ""
+    old = serve_config(
+        parse("--checkpoint", "m.pt", "--segmenter-weights", "w.pth", "--no-segmenter")
+    )
+    err = capsys.readouterr().err.splitlines()
+    assert old == new and (old.maskrcnn_weights, old.use_maskrcnn) == ("w.pth", False)
+    assert err == [
+        "robustar-ls serve: warning: --segmenter-weights is deprecated; use --maskrcnn-weights",
+        "robustar-ls serve: warning: --no-segmenter is deprecated; use --no-maskrcnn",
+    ]
+    assert serve_config(parse("--checkpoint", "m.pt")).use_maskrcnn is True
+    assert "--segmenter-weights" not in command_parser("serve").format_help()  # hidden
 
 
 def test_settings_file_section_then_flags(tmp_path, monkeypatch):

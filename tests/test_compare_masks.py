@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from backend_support import BrightObjects, two_tone, write_png
 
-from robustar_ls.models.segmenter import Segmenter
+from robustar_ls.models.maskrcnn import MaskRCNNSegmenter
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "compare_masks.py"
 
@@ -29,9 +29,9 @@ def compare(monkeypatch):
     def fake_from_config(cfg):
         built.append(cfg)
         # the COCO settings' "model" scores every instance 0: it finds no object
-        return Segmenter(Unsure() if cfg.min_size == 800 else BrightObjects(), cfg)
+        return MaskRCNNSegmenter(Unsure() if cfg.min_size == 800 else BrightObjects(), cfg)
 
-    monkeypatch.setattr(Segmenter, "from_config", staticmethod(fake_from_config))
+    monkeypatch.setattr(MaskRCNNSegmenter, "from_config", staticmethod(fake_from_config))
     return module, built
 
 

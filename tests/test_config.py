@@ -57,15 +57,15 @@ def test_half_set_basic_auth_is_refused_in_one_line(half):
     assert secrets_from_env({"BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p"})["basic_auth_pass"]
 
 
-def test_serve_composes_the_segmenter_and_saliency_settings(tmp_path):
-    from robustar_ls.config import SaliencyConfig, SegmenterConfig, ServeConfig
+def test_serve_composes_the_maskrcnn_and_saliency_settings(tmp_path):
+    from robustar_ls.config import MaskRCNNConfig, SaliencyConfig, ServeConfig
 
     (tmp_path / "s.yaml").write_text(
         "serve:\n"
         "  device: cpu\n"
         "  batch_size: 8\n"
         "  score_threshold: 0.6\n"  # the flat name of older files still works
-        "  segmentation:\n"
+        "  maskrcnn:\n"
         "    mask_threshold: 0.3\n"
         "    min_region_px: 4\n"
         "    min_size: 512\n"
@@ -74,9 +74,9 @@ def test_serve_composes_the_segmenter_and_saliency_settings(tmp_path):
         "    method: input_gradient\n"
     )
     section = read_settings_file(tmp_path / "s.yaml")["serve"]
-    flags = pick(argparse.Namespace(top_fraction=0.2, segmenter_weights=None), ServeConfig)
+    flags = pick(argparse.Namespace(top_fraction=0.2, maskrcnn_weights=None), ServeConfig)
     cfg = build(ServeConfig, section, flags)
-    assert cfg.segmenter_config() == SegmenterConfig(
+    assert cfg.maskrcnn_config() == MaskRCNNConfig(
         weights=None,
         score_threshold=0.6,
         min_region_px=4,
@@ -87,10 +87,27 @@ def test_serve_composes_the_segmenter_and_saliency_settings(tmp_path):
         max_size=900,
     )
     assert cfg.saliency_config() == SaliencyConfig(method="input_gradient", top_fraction=0.2)
-    assert cfg.top_fraction == 0.2 and cfg.segmenter_weights is None
-    with pytest.raises(ConfigError, match="unknown setting 'min_sise' for SegmenterConfig"):
-        build(ServeConfig, {"segmentation": {"min_sise": 1}})
+    assert cfg.top_fraction == 0.2 and cfg.maskrcnn_weights is None
+    with pytest.raises(ConfigError, match="unknown setting 'min_sise' for MaskRCNNConfig"):
+        build(ServeConfig, {"maskrcnn": {"min_sise": 1}})
     assert build(ServeConfig) == ServeConfig()
+
+
+def test_older_settings_keys_of_mask_rcnn_still_read():
+    """``segmentation:``, ``segmenter:`` and ``segmenter_weights`` (before the Mask R-CNN
+    settings were told apart from the learned segmenter's) mean what they did."""
+    from robustar_ls.config import ServeConfig
+
+    old = build(
+        ServeConfig,
+        {"segmentation": {"min_size": 600}, "segmenter": False, "segmenter_weights": "w.pth"},
+    )
+    new = build(
+        ServeConfig,
+        {"maskrcnn": {"min_size": 600}, "use_maskrcnn": False, "maskrcnn_weights": "w.pth"},
+    )
+    assert old == new
+    assert (new.maskrcnn.min_size, new.use_maskrcnn, new.maskrcnn_weights) == (600, False, "w.pth")
 
 
 def test_flags_override_the_nested_file_settings():
@@ -98,7 +115,7 @@ def test_flags_override_the_nested_file_settings():
 
     cfg = build(
         ServeConfig,
-        {"segmentation": {"weights": "a.pth", "min_size": 600}},
-        {"segmenter_weights": "b.pth"},
+        {"maskrcnn": {"weights": "a.pth", "min_size": 600}},
+        {"maskrcnn_weights": "b.pth"},
     )
-    assert cfg.segmentation.weights == "b.pth" and cfg.segmentation.min_size == 600
+    assert cfg.maskrcnn.weights == "b.pth" and cfg.maskrcnn.min_size == 600

@@ -189,21 +189,30 @@ def test_cli_train_then_eval_json(stripes, tmp_path, capsys):
     rels = [s.relpath for s in data.splits["train"]][:16]
     expert_store(tmp_path / "masks", stripes, rels)
     out = tmp_path / "seg.pt"
-    argv = ["segmenter", "train", "--data", str(stripes), "--masks", str(tmp_path / "masks"),
-            "--out", str(out), "--steps", "20", "--json", "-q"]  # fmt: skip
+    argv = [
+        "learned-segmenter",
+        "train",
+        "--data",
+        str(stripes),
+        "--masks",
+        str(tmp_path / "masks"),
+    ]
+    argv += ["--out", str(out), "--steps", "20", "--json", "-q"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["metrics"]["masks"] == 16 and summary["config"]["size"] == 24
     assert main(argv) == 0  # retraining over the file continues its version counter
     assert json.loads(capsys.readouterr().out)["parent_version"] == summary["version"]
-    assert main(["segmenter", "eval", "--data", str(stripes), "--segmenter", str(out),
+    assert main(["learned-segmenter", "eval", "--data", str(stripes), "--segmenter", str(out),
                  "--reference", str(stripes / "oracle_masks"), "--json"]) == 0  # fmt: skip
-    scores = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    scores = json.loads(captured.out)
     assert {"iou_mean", "n", "false_positive_area"} <= set(scores) and scores["n"] == 16
+    assert "deprecated" not in captured.err
 
 
 def test_cli_errors_are_one_line(stripes, tmp_path, capsys):
-    code = main(["segmenter", "eval", "--data", str(stripes), "--segmenter",
+    code = main(["learned-segmenter", "eval", "--data", str(stripes), "--segmenter",
                  str(tmp_path / "x.pt"), "--reference", str(stripes / "oracle_masks")])  # fmt: skip
     assert code == 2
     err = capsys.readouterr().err.strip()
@@ -229,13 +238,17 @@ def test_permute_channels_moves_hues_but_keeps_greys():
 
 
 def test_cli_default_file_lives_in_the_dataset(tmp_path, capsys):
+    """Through ``robustar-ls segmenter``, the command's old name: it works, and warns."""
     data = make_stripe_dataset(tmp_path / "data", n=8, size=16)
     expert_store(data / "masks", data, ["a/0000.png", "a/0001.png"])
     settings = tmp_path / "settings.yaml"
     settings.write_text("spurious_segmenter:\n  steps: 3\n  width: 4\n")
     argv = ["segmenter", "train", "--data", str(data), "--config", str(settings), "--json", "-q"]
     assert main(argv) == 0
-    assert json.loads(capsys.readouterr().out)["config"]["width"] == 4
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["config"]["width"] == 4
+    warning = "robustar-ls: warning: 'segmenter' is deprecated; use 'learned-segmenter'"
+    assert captured.err.splitlines() == [warning]
     assert (data / ".robustar" / "spurious_segmenter.pt").is_file()
     assert main(["segmenter", "eval", "--data", str(data), "--reference",
                  str(data / "oracle_masks"), "--json"]) == 0  # fmt: skip

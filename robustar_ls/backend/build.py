@@ -13,23 +13,23 @@ from robustar_ls.backend.predictor import Predictor, PredictorSettings
 from robustar_ls.backend.spurious_source import LearnedSegmenterHolder
 from robustar_ls.config import ServeConfig
 from robustar_ls.files import remove_stale_temp_files
-from robustar_ls.models.segmenter import Segmenter
+from robustar_ls.models.maskrcnn import MaskRCNNSegmenter
 from robustar_ls.models.spurious_segmenter import default_segmenter_path
 
 log = logging.getLogger(__name__)
 
 
-def load_segmenter(cfg: ServeConfig, predictor: Predictor | None = None) -> Segmenter | None:
+def load_maskrcnn(cfg: ServeConfig, predictor: Predictor | None = None) -> MaskRCNNSegmenter | None:
     """The serve settings' Mask R-CNN now, or None (the reason logged once). When its weights
     must first be downloaded, that happens in the background and the segmenter is handed to
     ``predictor`` when ready (:mod:`robustar_ls.backend.maskrcnn_source`)."""
-    if not cfg.segmenter:
-        log.warning(WITHOUT_MASKRCNN, "disabled by the settings (segmenter = false)")
+    if not cfg.use_maskrcnn:
+        log.warning(WITHOUT_MASKRCNN, "disabled by the settings (use_maskrcnn = false)")
         return None
-    return start_maskrcnn(cfg.segmenter_config(), lambda seg: use_segmenter(predictor, seg))[0]
+    return start_maskrcnn(cfg.maskrcnn_config(), lambda seg: use_maskrcnn(predictor, seg))[0]
 
 
-def use_segmenter(predictor: Predictor | None, segmenter: Segmenter) -> None:
+def use_maskrcnn(predictor: Predictor | None, segmenter: MaskRCNNSegmenter) -> None:
     """Serve ``segmenter`` from now on; predictions cached without it are made again."""
     if predictor is not None:
         predictor.cache.clear()
@@ -59,7 +59,7 @@ def build_predictor(cfg: ServeConfig, timing: dict[str, float] | None = None) ->
         timing=timing,
         learned=learned_segmenter(cfg),
     )
-    segmenter = load_segmenter(cfg, predictor)  # None while downloading: the thread sets it
+    segmenter = load_maskrcnn(cfg, predictor)  # None while downloading: the thread sets it
     if segmenter is not None:
         predictor.segmenter = segmenter
     holder.load_initial()

@@ -26,7 +26,7 @@ from robustar_ls.labels import SPURIOUS_LABEL
 from robustar_ls.labelstudio.brush import mask_to_rle
 from robustar_ls.labelstudio.config import LabelConfigTags
 from robustar_ls.labelstudio.results import BrushRegion, Prediction
-from robustar_ls.models.segmenter import Segmenter
+from robustar_ls.models.maskrcnn import MaskRCNNSegmenter
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def interactive_prediction(
     version: str,
     *,
     fetcher: ImageFetcher,
-    segmenter: Segmenter | None,
+    segmenter: MaskRCNNSegmenter | None,
     timer: StageTimer,
 ) -> Prediction:
     """A key point → colour-range mask; a rectangle → object mask; as one brush region."""
@@ -66,7 +66,7 @@ def interactive_prediction(
 def context_mask(
     image: Image.Image,
     regions: Iterable[Any],
-    segmenter: Segmenter | None,
+    segmenter: MaskRCNNSegmenter | None,
     task_id: str = "?",
 ) -> tuple[np.ndarray, str | None]:
     """The union of the positive regions' masks minus the negative ones, and the first label.
@@ -98,7 +98,7 @@ def context_mask(
 
 
 def region_mask(
-    region: dict[str, Any], image: Image.Image, rgb: np.ndarray, segmenter: Segmenter | None
+    region: dict[str, Any], image: Image.Image, rgb: np.ndarray, segmenter: MaskRCNNSegmenter | None
 ) -> tuple[np.ndarray | None, str | None]:
     """The mask of one key point or rectangle region and its label; (None, None) otherwise."""
     kind = region.get("type")

@@ -2,7 +2,7 @@
 the background, the way torchvision does it, and handed over when ready.
 
 :func:`start_maskrcnn` never delays start-up: when the COCO weights are neither at
-``--segmenter-weights`` nor in the torch hub cache (``$TORCH_HOME/hub/checkpoints``), it returns
+``--maskrcnn-weights`` nor in the torch hub cache (``$TORCH_HOME/hub/checkpoints``), it returns
 None at once and a daemon thread downloads torchvision's
 ``MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1`` file into the hub cache (short socket timeout,
 progress in the log, atomic; one download per machine: gunicorn workers take turns on a lock
@@ -18,10 +18,10 @@ import logging
 import threading
 from collections.abc import Callable
 
-from robustar_ls.config import SegmenterConfig
-from robustar_ls.models.segmenter import (
-    Segmenter,
-    SegmenterUnavailable,
+from robustar_ls.config import MaskRCNNConfig
+from robustar_ls.models.maskrcnn import (
+    MaskRCNNSegmenter,
+    MaskRCNNUnavailable,
     coco_weights_url,
     weights_path,
 )
@@ -38,12 +38,12 @@ WITHOUT_MASKRCNN = (
 
 
 def start_maskrcnn(
-    cfg: SegmenterConfig,
-    on_ready: Callable[[Segmenter], None],
+    cfg: MaskRCNNConfig,
+    on_ready: Callable[[MaskRCNNSegmenter], None],
     *,
     url: str | None = None,
     timeout: float = CONNECT_TIMEOUT,
-) -> tuple[Segmenter | None, threading.Thread | None]:
+) -> tuple[MaskRCNNSegmenter | None, threading.Thread | None]:
     """The segmenter now (or None), and the background download's thread (or None).
 
     Loads now when the weights file exists, when ``cfg.weights`` names a file (never
@@ -53,8 +53,8 @@ def start_maskrcnn(
     path = weights_path(cfg)
     if path.is_file() or cfg.weights or cfg.offline:
         try:
-            return Segmenter.from_config(cfg), None
-        except SegmenterUnavailable as err:
+            return MaskRCNNSegmenter.from_config(cfg), None
+        except MaskRCNNUnavailable as err:
             offline = " (offline: nothing is downloaded)" if cfg.offline else ""
             log.warning(WITHOUT_MASKRCNN, f"{err}{offline}")
             return None, None
@@ -76,14 +76,14 @@ def start_maskrcnn(
 
 
 def _fetch_and_load(
-    cfg: SegmenterConfig, url: str, timeout: float, on_ready: Callable[[Segmenter], None]
+    cfg: MaskRCNNConfig, url: str, timeout: float, on_ready: Callable[[MaskRCNNSegmenter], None]
 ) -> None:
     path = weights_path(cfg)
     try:
         if fetch_once(url, path, timeout=timeout):
             log.info("Mask R-CNN weights downloaded to %s", path)
-        segmenter = Segmenter.from_config(cfg)
-    except (DownloadFailed, SegmenterUnavailable) as err:
+        segmenter = MaskRCNNSegmenter.from_config(cfg)
+    except (DownloadFailed, MaskRCNNUnavailable) as err:
         log.warning(WITHOUT_MASKRCNN, err)
         return
     on_ready(segmenter)

@@ -73,7 +73,7 @@ from robustar_ls.labelstudio.config import (
     find_tags,
 )
 from robustar_ls.labelstudio.results import Prediction
-from robustar_ls.models.segmenter import Segmenter
+from robustar_ls.models.maskrcnn import MaskRCNNSegmenter
 from robustar_ls.models.spurious_segmenter import MASK_THRESHOLD, mask_confidence
 
 __all__ = ["STAGES", "PredictRequest", "Predictor", "PredictorSettings"]
@@ -132,7 +132,7 @@ class Predictor:
         self,
         holder: ModelHolder,
         fetcher: ImageFetcher,
-        segmenter: Segmenter | None = None,
+        segmenter: MaskRCNNSegmenter | None = None,
         settings: PredictorSettings | None = None,
         *,
         timing: dict[str, float] | None = None,

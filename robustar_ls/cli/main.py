@@ -1,9 +1,9 @@
 """The ``robustar-ls`` entry point: builds the parser from the command modules and turns any
 :class:`~robustar_ls.errors.RobustarError` into one line on stderr and its exit code.
 
-A command is one module with ``NAME``, ``HELP``, optionally ``DESCRIPTION``,
-``add_arguments(parser)`` and ``run(args) -> int``; adding one is that module plus one line in
-:data:`COMMANDS`.
+A command is one module with ``NAME``, ``HELP``, optionally ``DESCRIPTION`` and
+``DEPRECATED_NAMES`` (older names still accepted, with a warning), ``add_arguments(parser)``
+and ``run(args) -> int``; adding one is that module plus one line in :data:`COMMANDS`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from robustar_ls.cli import (
     history,
     import_project,
     influence,
+    learned_segmenter,
     make_dataset,
-    segmenter,
     serve,
     simulate,
     sync_train,
@@ -40,15 +40,20 @@ COMMANDS: tuple[ModuleType, ...] = (
     import_project,
     serve,
     influence,
-    segmenter,
+    learned_segmenter,
     history,
     demo,
 )
+# an older command name -> its name now
+DEPRECATED_COMMANDS: dict[str, str] = {
+    old: c.NAME for c in COMMANDS for old in getattr(c, "DEPRECATED_NAMES", ())
+}
 
 
 def _add_command(sub, command: ModuleType, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         command.NAME,
+        aliases=list(getattr(command, "DEPRECATED_NAMES", ())),
         parents=[common],
         help=command.HELP,
         description=getattr(command, "DESCRIPTION", None),
@@ -73,6 +78,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def command_parser(name: str) -> argparse.ArgumentParser:
     """The parser of one command on its own (for ``scripts/*.py`` wrappers and their --help)."""
+    name = DEPRECATED_COMMANDS.get(name, name)
     command = next((c for c in COMMANDS if name == c.NAME), None)
     if command is None:
         raise KeyError(f"no robustar-ls command {name!r}")
@@ -99,6 +105,9 @@ def _setup_logging(verbose: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    if args.command in DEPRECATED_COMMANDS:
+        new = DEPRECATED_COMMANDS[args.command]
+        print(f"robustar-ls: warning: {args.command!r} is deprecated; use {new!r}", file=sys.stderr)
     try:
         return args.func(args)
     except RobustarError as err:

@@ -206,3 +206,20 @@ class JobBar:
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     sys.stdout.flush()
+
+
+class DeprecatedFlag(argparse.Action):
+    """An old spelling of a flag (hidden from ``--help``): it does what ``new`` does and says
+    so in one line on stderr. ``nargs=0`` with ``const`` for an on/off flag."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs: Any) -> None:
+        self.new = new
+        kwargs.setdefault("help", argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(
+            f"{parser.prog}: warning: {option_string} is deprecated; use {self.new}",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)

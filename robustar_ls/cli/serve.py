@@ -7,7 +7,12 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from robustar_ls.cli.options import UserError, add_label_studio_url, settings_section
+from robustar_ls.cli.options import (
+    DeprecatedFlag,
+    UserError,
+    add_label_studio_url,
+    settings_section,
+)
 from robustar_ls.cli.validators import (
     fraction,
     non_negative_int,
@@ -51,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=port_number, default=None, help="default 9090")
     p.add_argument("--workers", type=positive_int, default=None, help="gunicorn worker processes")
     add_hardening_flags(p)
-    add_segmenter_flags(p)
+    add_maskrcnn_flags(p)
     add_spurious_flag(p)
     p.add_argument("--score-threshold", dest="score_threshold", type=fraction, default=None)
     p.add_argument(
@@ -81,28 +86,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="Flask's development server instead")
 
 
-def add_segmenter_flags(p: argparse.ArgumentParser) -> None:
-    """Mask R-CNN: its weights, downloads, on/off (README, "Mask R-CNN")."""
+def add_maskrcnn_flags(p: argparse.ArgumentParser) -> None:
+    """Mask R-CNN: its weights, downloads, on/off (README, "Mask R-CNN"). The older spellings
+    ``--segmenter-weights`` and ``--no-segmenter`` still work, with a deprecation warning."""
     p.add_argument(
-        "--segmenter-weights",
-        dest="segmenter_weights",
+        "--maskrcnn-weights",
+        dest="maskrcnn_weights",
         default=None,
         help="Mask R-CNN COCO weights (default: the torch hub cache, downloaded into it in the "
         "background on first use unless --offline)",
+    )
+    p.add_argument(
+        "--segmenter-weights",
+        dest="maskrcnn_weights",
+        action=DeprecatedFlag,
+        new="--maskrcnn-weights",
+        default=None,
     )
     p.add_argument(
         "--offline",
         action="store_true",
         default=None,
         help="never download the Mask R-CNN weights (also ROBUSTAR_LS_OFFLINE=1 or "
-        "HF_HUB_OFFLINE=1; settings: segmentation.offline)",
+        "HF_HUB_OFFLINE=1; settings: maskrcnn.offline)",
     )
     p.add_argument(
-        "--no-segmenter",
-        dest="segmenter",
+        "--no-maskrcnn",
+        dest="use_maskrcnn",
         action="store_false",
         default=None,
         help="no Mask R-CNN 'Spurious' pre-annotation",
+    )
+    p.add_argument(
+        "--no-segmenter",
+        dest="use_maskrcnn",
+        action=DeprecatedFlag,
+        new="--no-maskrcnn",
+        nargs=0,
+        const=False,
+        default=None,
     )
 
 
@@ -183,7 +205,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         ServeConfig,
         settings_section(args, "serve"),
         pick(args, ServeConfig),
-        {"segmentation": {"offline": True}} if offline else None,
+        {"maskrcnn": {"offline": True}} if offline else None,
     )
     secrets = secrets_from_env()
     return dataclasses.replace(

@@ -15,9 +15,9 @@ from robustar_ls.config.environment import check_basic_auth, secrets_from_env
 from robustar_ls.config.influence import InfluenceConfig
 from robustar_ls.config.labelstudio import ImportConfig, LabelStudioConfig, SyncConfig
 from robustar_ls.config.serve import (
+    MaskRCNNConfig,
     PrefetchConfig,
     SaliencyConfig,
-    SegmenterConfig,
     ServeConfig,
     default_cache_dir,
 )
@@ -40,7 +40,7 @@ __all__ = [
     "PairedConfig",
     "PrefetchConfig",
     "SaliencyConfig",
-    "SegmenterConfig",
+    "MaskRCNNConfig",
     "ServeConfig",
     "SpuriousSegmenterConfig",
     "SyncConfig",

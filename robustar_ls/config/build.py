@@ -41,16 +41,19 @@ def build(cls: type, *sources: Mapping[str, Any] | None) -> Any:
     """Build dataclass ``cls`` from mappings, later ones overriding; ``None`` values are skipped.
 
     A field holding a config dataclass takes a mapping of its own fields (merged key by key
-    across sources); ``cls.ALIASES`` maps flat names onto such nested fields. Unknown keys are
-    an error (a typo in a settings file should not be silently ignored).
+    across sources); ``cls.ALIASES`` maps flat names onto such nested fields, ``cls.RENAMED``
+    old field names onto new ones. Unknown keys are an error (a typo in a settings file should
+    not be silently ignored).
     """
     known = {f.name: f for f in fields(cls)}
     aliases: dict[str, tuple[str, str]] = getattr(cls, "ALIASES", {})
+    renamed: dict[str, str] = getattr(cls, "RENAMED", {})
     values: dict[str, Any] = {}
     nested: dict[str, dict[str, Any]] = {}
     for source in sources:
         for key, value in (source or {}).items():
             key = key.replace("-", "_")
+            key = renamed.get(key, key)
             if key in aliases:
                 outer, inner = aliases[key]
                 if value is not None:

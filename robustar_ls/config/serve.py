@@ -10,8 +10,10 @@ from typing import ClassVar
 
 
 @dataclass(frozen=True)
-class SegmenterConfig:
-    """Mask R-CNN (COCO) for the "Spurious" pre-annotation; README "Mask R-CNN" explains."""
+class MaskRCNNConfig:
+    """Mask R-CNN (COCO) for the "Spurious" pre-annotation; README "Mask R-CNN" explains.
+
+    Not the learned segmenter (:class:`~robustar_ls.config.SpuriousSegmenterConfig`)."""
 
     weights: str | None = None  # state_dict file; None = the torch hub cache (fetched if online)
     offline: bool = False  # True = never download the COCO weights (serve --offline)
@@ -53,7 +55,7 @@ class ServeConfig:
     basic_auth_user: str = ""
     basic_auth_pass: str = field(default="", repr=False)
     secret: str = field(default="", repr=False)
-    segmenter: bool = True  # False = no Mask R-CNN pre-annotation at all
+    use_maskrcnn: bool = True  # False = no Mask R-CNN pre-annotation at all (was "segmenter")
     batch_size: int = 16  # images per classifier / saliency / segmenter call
     max_image_pixels: int = 40_000_000  # per image (checked on the header, before decoding)
     max_image_side: int = 12_000  # pixels, either side
@@ -82,29 +84,33 @@ class ServeConfig:
     masks: str = ""  # mask store for training ("" = <data>/masks)
     spurious_segmenter: str = ""  # learned segmenter ("" = <data>/.robustar/spurious_segmenter.pt)
 
-    segmentation: SegmenterConfig = field(default_factory=SegmenterConfig)  # device, batch: ours
+    maskrcnn: MaskRCNNConfig = field(default_factory=MaskRCNNConfig)  # device, batch: ours
     saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
 
     # flat names of the serve flags (and of older settings files) -> (nested config, field)
     ALIASES: ClassVar[dict[str, tuple[str, str]]] = {
-        "segmenter_weights": ("segmentation", "weights"),
-        "score_threshold": ("segmentation", "score_threshold"),
+        "maskrcnn_weights": ("maskrcnn", "weights"),
+        "segmenter_weights": ("maskrcnn", "weights"),  # deprecated: maskrcnn_weights
+        "score_threshold": ("maskrcnn", "score_threshold"),
         "saliency_method": ("saliency", "method"),
         "top_fraction": ("saliency", "top_fraction"),
     }
+    # settings keys of older files -> their names now (read, never written)
+    RENAMED: ClassVar[dict[str, str]] = {
+        "segmentation": "maskrcnn",
+        "segmenter": "use_maskrcnn",
+    }
 
-    def segmenter_config(self) -> SegmenterConfig:
-        """The segmenter's settings, with the backend's ``device`` and ``batch_size``."""
-        return dataclasses.replace(
-            self.segmentation, device=self.device, batch_size=self.batch_size
-        )
+    def maskrcnn_config(self) -> MaskRCNNConfig:
+        """Mask R-CNN's settings, with the backend's ``device`` and ``batch_size``."""
+        return dataclasses.replace(self.maskrcnn, device=self.device, batch_size=self.batch_size)
 
     def saliency_config(self) -> SaliencyConfig:
         return self.saliency
 
     @property
-    def segmenter_weights(self) -> str | None:
-        return self.segmentation.weights
+    def maskrcnn_weights(self) -> str | None:
+        return self.maskrcnn.weights
 
     @property
     def top_fraction(self) -> float:

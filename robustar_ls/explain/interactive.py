@@ -18,7 +18,7 @@ from PIL import Image
 from robustar_ls.data.regions import component_at, pixel_box
 
 if TYPE_CHECKING:
-    from robustar_ls.models.segmenter import Segmenter
+    from robustar_ls.models.maskrcnn import MaskRCNNSegmenter
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +67,13 @@ def colour_range_mask(
 def box_object_mask(
     image: Image.Image | np.ndarray,
     box: Sequence[float],
-    segmenter: Segmenter | None = None,
+    segmenter: MaskRCNNSegmenter | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> np.ndarray:
     """The object inside ``box`` = ``(x0, y0, x1, y1)`` in pixels (False outside the box).
 
-    With a segmenter: its :meth:`~robustar_ls.models.segmenter.Segmenter.box_mask`. Without one
-    (no Mask R-CNN weights), or when it finds nothing in the box, the colour fallback
+    With Mask R-CNN: :meth:`~robustar_ls.models.maskrcnn.MaskRCNNSegmenter.box_mask`. Without
+    it (no Mask R-CNN weights), or when it finds nothing in the box, the colour fallback
     :func:`colour_box_mask` is used. The box is clipped to the image; an empty, inverted or
     outside box is a ``ValueError``.
     """

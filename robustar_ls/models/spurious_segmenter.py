@@ -202,7 +202,7 @@ def load_spurious_segmenter(path: str | Path) -> SpuriousSegmenter:
     path = Path(path)
     if not path.is_file():
         raise SegmenterFileError(
-            f"segmenter {path} does not exist; train one with `robustar-ls segmenter train`"
+            f"segmenter {path} does not exist; train one with `robustar-ls learned-segmenter train`"
         )
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)

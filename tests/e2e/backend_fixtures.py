@@ -21,7 +21,7 @@ from robustar_ls.backend.predictor import Predictor, PredictorSettings
 from robustar_ls.config import (
     ImportConfig,
     LabelStudioConfig,
-    SegmenterConfig,
+    MaskRCNNConfig,
     ServeConfig,
     SyntheticConfig,
 )
@@ -29,7 +29,7 @@ from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.labelstudio.project_import import import_project
 from robustar_ls.labelstudio.urls import saliency_url
 from robustar_ls.models.checkpoint import save_checkpoint
-from robustar_ls.models.segmenter import Segmenter
+from robustar_ls.models.maskrcnn import MaskRCNNSegmenter
 from robustar_ls.models.zoo import create_classifier
 
 AUTH = ("robustar", "backend-pass")
@@ -93,7 +93,7 @@ def backend(label_studio, dataset, tmp_path, request) -> Iterator[RunningBackend
     predictor = Predictor(
         ModelHolder(checkpoint, device="cpu"),
         ImageFetcher.from_config(cfg),
-        Segmenter(BrightObjects(), SegmenterConfig(device="cpu")),  # fake Mask R-CNN
+        MaskRCNNSegmenter(BrightObjects(), MaskRCNNConfig(device="cpu")),  # fake Mask R-CNN
         PredictorSettings(batch_size=4, cache_dir=cfg.resolved_cache_dir()),
     )
     app = create_app(cfg, predictor=predictor)

@@ -31,15 +31,15 @@ from robustar_ls.cli import main
 from robustar_ls.config import (
     ImportConfig,
     LabelStudioConfig,
+    MaskRCNNConfig,
     PrefetchConfig,
-    SegmenterConfig,
     ServeConfig,
     SyntheticConfig,
 )
 from robustar_ls.data.folders import ImageFolderSplits
 from robustar_ls.labelstudio import client as ls
 from robustar_ls.labelstudio.project_import import import_project
-from robustar_ls.models.segmenter import Segmenter
+from robustar_ls.models.maskrcnn import MaskRCNNSegmenter
 
 pytestmark = pytest.mark.e2e
 
@@ -86,7 +86,7 @@ def served(label_studio, data, tmp_path) -> Iterator[tuple[str, str, Predictor, 
     predictor = Predictor(
         ModelHolder(checkpoint, device="cpu"),
         ImageFetcher.from_config(cfg),
-        Segmenter(BrightObjects(), SegmenterConfig(device="cpu")),
+        MaskRCNNSegmenter(BrightObjects(), MaskRCNNConfig(device="cpu")),
         PredictorSettings(batch_size=2, cache_dir=cfg.resolved_cache_dir()),
     )
     make_prefetcher = build_prefetcher(cfg, PrefetchConfig(top=TOP, chunk=2, poll=0.2))

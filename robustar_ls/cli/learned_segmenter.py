@@ -1,4 +1,5 @@
-"""``robustar-ls segmenter train|eval``: the learned spurious segmenter's command line.
+"""``robustar-ls learned-segmenter train|eval``: the learned spurious segmenter's command line
+(``robustar-ls segmenter``, its name before it was told apart from Mask R-CNN, still works).
 
 The work happens in :mod:`robustar_ls.train.segmenter` and
 :mod:`robustar_ls.train.segmenter_eval`; this module only reads flags and prints results.
@@ -14,7 +15,8 @@ from robustar_ls.cli.options import common_parser, print_json, settings_section,
 from robustar_ls.cli.validators import positive_int
 from robustar_ls.config import SpuriousSegmenterConfig, build, pick
 
-NAME = "segmenter"
+NAME = "learned-segmenter"
+DEPRECATED_NAMES = ("segmenter",)  # still accepted, with a warning
 HELP = "learn the expert's notion of 'spurious' from the synced masks"
 
 
@@ -82,7 +84,7 @@ def run_segmenter_train(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
     else:
-        print(f"segmenter {seg.version} trained on {seg.metrics['masks']} masks -> {out}")
+        print(f"learned segmenter {seg.version} trained on {seg.metrics['masks']} masks -> {out}")
     return 0
 
 

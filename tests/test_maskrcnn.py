@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from robustar_ls.config import SegmenterConfig
-from robustar_ls.models.segmenter import (
-    Segmenter,
-    SegmenterUnavailable,
+from robustar_ls.config import MaskRCNNConfig
+from robustar_ls.models.maskrcnn import (
+    MaskRCNNSegmenter,
+    MaskRCNNUnavailable,
     build_maskrcnn,
     hub_cache_weights_path,
 )
@@ -74,9 +74,9 @@ def _rect(height, width, y0, y1, x0, x1) -> np.ndarray:
     return mask
 
 
-def _segmenter(**cfg) -> tuple[Segmenter, ChannelInstances]:
+def _segmenter(**cfg) -> tuple[MaskRCNNSegmenter, ChannelInstances]:
     model = ChannelInstances()
-    return Segmenter(model, SegmenterConfig(device="cpu", **cfg)), model
+    return MaskRCNNSegmenter(model, MaskRCNNConfig(device="cpu", **cfg)), model
 
 
 def test_object_masks_keep_instances_above_the_score_threshold():
@@ -152,7 +152,7 @@ def test_masks_of_the_wrong_size_are_an_error():
             out[0]["masks"] = torch.zeros(1, 1, 3, 3)
             return out
 
-    seg = Segmenter(Wrong(), SegmenterConfig(device="cpu"))
+    seg = MaskRCNNSegmenter(Wrong(), MaskRCNNConfig(device="cpu"))
     with pytest.raises(ValueError, match="masks of size"):
         seg.object_masks([_image(red=(0, 2, 0, 2))])
 
@@ -171,7 +171,7 @@ def real_weights(tmp_path_factory):
     return path, state
 
 
-def _same_weights(seg: Segmenter, state: dict[str, torch.Tensor]) -> bool:
+def _same_weights(seg: MaskRCNNSegmenter, state: dict[str, torch.Tensor]) -> bool:
     """The loaded model holds ``state``: its batch norms were folded into the convolutions
     (none left), the layers without one are unchanged."""
     loaded = seg.model.state_dict()
@@ -184,7 +184,7 @@ def _same_weights(seg: Segmenter, state: dict[str, torch.Tensor]) -> bool:
 
 def test_from_config_loads_a_state_dict_file(real_weights):
     path, state = real_weights
-    cfg = SegmenterConfig(
+    cfg = MaskRCNNConfig(
         weights=str(path),
         device="cpu",
         min_size=64,
@@ -193,7 +193,7 @@ def test_from_config_loads_a_state_dict_file(real_weights):
         rpn_post_nms_top_n=8,
         detections_per_img=4,
     )
-    seg = Segmenter.from_config(cfg)
+    seg = MaskRCNNSegmenter.from_config(cfg)
     assert _same_weights(seg, state)
     assert not seg.model.training
     assert seg.model.transform.min_size == (64,) and seg.model.transform.max_size == 96
@@ -213,42 +213,42 @@ def test_from_config_reads_the_torch_hub_cache(real_weights, tmp_path, monkeypat
     expected = hub_cache_weights_path()
     assert expected.parent == tmp_path / "checkpoints"
     assert expected.name.startswith("maskrcnn_resnet50_fpn_v2_coco")
-    with pytest.raises(SegmenterUnavailable) as err:
-        Segmenter.from_config(SegmenterConfig(device="cpu"))
+    with pytest.raises(MaskRCNNUnavailable) as err:
+        MaskRCNNSegmenter.from_config(MaskRCNNConfig(device="cpu"))
     message = str(err.value)
-    assert str(expected) in message and "--segmenter-weights" in message
+    assert str(expected) in message and "--maskrcnn-weights" in message
     # A checkpoint dict as torchvision's reference scripts write it (DDP prefix, Namespace).
     expected.parent.mkdir()
     wrapped = {f"module.{k}": v for k, v in state.items()}
     torch.save({"model": wrapped, "epoch": 3, "args": argparse.Namespace(lr=0.1)}, expected)
-    assert _same_weights(Segmenter.from_config(SegmenterConfig(device="cpu")), state)
+    assert _same_weights(MaskRCNNSegmenter.from_config(MaskRCNNConfig(device="cpu")), state)
 
 
 def test_missing_weights_file_is_unavailable(tmp_path):
     missing = tmp_path / "nope.pth"
-    with pytest.raises(SegmenterUnavailable, match="no Mask R-CNN weights at .*nope.pth"):
-        Segmenter.from_config(SegmenterConfig(weights=str(missing)))
+    with pytest.raises(MaskRCNNUnavailable, match="no Mask R-CNN weights at .*nope.pth"):
+        MaskRCNNSegmenter.from_config(MaskRCNNConfig(weights=str(missing)))
 
 
 def test_wrong_files_are_unavailable_with_a_reason(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not weights")
-    with pytest.raises(SegmenterUnavailable, match="cannot read Mask R-CNN weights"):
-        Segmenter.from_config(SegmenterConfig(weights=str(text)))
+    with pytest.raises(MaskRCNNUnavailable, match="cannot read Mask R-CNN weights"):
+        MaskRCNNSegmenter.from_config(MaskRCNNConfig(weights=str(text)))
 
     other = tmp_path / "classifier.pth"
     torch.save(nn.Linear(3, 2).state_dict(), other)
-    with pytest.raises(SegmenterUnavailable, match="do not fit maskrcnn_resnet50_fpn_v2"):
-        Segmenter.from_config(SegmenterConfig(weights=str(other)))
+    with pytest.raises(MaskRCNNUnavailable, match="do not fit maskrcnn_resnet50_fpn_v2"):
+        MaskRCNNSegmenter.from_config(MaskRCNNConfig(weights=str(other)))
 
     not_a_state_dict = tmp_path / "list.pth"
     torch.save([1, 2, 3], not_a_state_dict)
-    with pytest.raises(SegmenterUnavailable, match="does not hold a state_dict"):
-        Segmenter.from_config(SegmenterConfig(weights=str(not_a_state_dict)))
+    with pytest.raises(MaskRCNNUnavailable, match="does not hold a state_dict"):
+        MaskRCNNSegmenter.from_config(MaskRCNNConfig(weights=str(not_a_state_dict)))
 
 
 def test_shape_mismatch_is_unavailable(tmp_path):
     path = tmp_path / "bad.pth"
     torch.save({"backbone.body.conv1.weight": torch.zeros(1, 1, 1, 1)}, path)
-    with pytest.raises(SegmenterUnavailable, match="do not fit"):
-        Segmenter.from_config(SegmenterConfig(weights=str(path)))
+    with pytest.raises(MaskRCNNUnavailable, match="do not fit"):
+        MaskRCNNSegmenter.from_config(MaskRCNNConfig(weights=str(path)))
