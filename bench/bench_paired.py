@@ -50,7 +50,7 @@ from robustar_ls.explain.influence import InfluenceScorer, ScoreRequest
 from robustar_ls.models.checkpoint import load_checkpoint
 from robustar_ls.train.fills import apply_fill
 from robustar_ls.train.finetune import FinetuneRequest, paired_finetune
-from robustar_ls.train.loop import make_optimizer, train_one_epoch
+from robustar_ls.train.loop import EpochContext, make_optimizer, train_one_epoch
 from robustar_ls.train.paired_data import PairedDataset, find_masks
 from robustar_ls.train.paired_epoch import paired_train_one_epoch
 from robustar_ls.train.run import train_classifier
@@ -213,22 +213,15 @@ def time_epochs(data_root: Path, checkpoint: Path, args) -> dict:
     cfg = TrainConfig(lr=args.lr)
     optimizer, scheduler = make_optimizer(model, cfg, 10**6)
     generator = torch.Generator().manual_seed(args.seed)
+    context = EpochContext(optimizer, scheduler, device, generator=generator)
     times: dict[str, list[float]] = {name: [] for name in loaders}
     for _ in range(args.timing_reps):
         for name, loader in loaders.items():
             tick = time.perf_counter()
             if name == "plain":
-                train_one_epoch(model, loader, optimizer, scheduler, device, generator=generator)
+                train_one_epoch(model, loader, context)
             else:
-                paired_train_one_epoch(
-                    model,
-                    loader,
-                    optimizer,
-                    scheduler,
-                    device,
-                    PairedConfig(),
-                    generator=generator,
-                )
+                paired_train_one_epoch(model, loader, context, PairedConfig())
             times[name].append(time.perf_counter() - tick)
     plain = statistics.median(times["plain"])
     out = {"images": len(samples), "reps": args.timing_reps, "seconds": times, "rows": []}

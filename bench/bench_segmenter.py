@@ -46,7 +46,7 @@ from robustar_ls.data.masks import MaskStore
 from robustar_ls.data.synthetic import SHAPES, make_dataset, shape_mask
 from robustar_ls.models.spurious_segmenter import MASK_THRESHOLD, mask_confidence
 from robustar_ls.models.zoo import create_classifier
-from robustar_ls.train.loop import make_optimizer, train_one_epoch
+from robustar_ls.train.loop import EpochContext, make_optimizer, train_one_epoch
 from robustar_ls.train.propagate import DEFAULT_THRESHOLD
 from robustar_ls.train.run import make_loader
 from robustar_ls.train.segmenter import train_segmenter
@@ -214,7 +214,8 @@ def classifier_epoch_seconds(data_root: Path, seed: int = 0) -> float:
     model = create_classifier("resnet18_small", len(data.classes), width=16)
     optimizer, scheduler = make_optimizer(model, TrainConfig(), len(loader))
     started = time.perf_counter()
-    train_one_epoch(model, loader, optimizer, scheduler, torch.device("cpu"), generator=generator)
+    context = EpochContext(optimizer, scheduler, torch.device("cpu"), generator=generator)
+    train_one_epoch(model, loader, context)
     return time.perf_counter() - started
 
 

@@ -24,7 +24,7 @@ from robustar_ls.train import finetune, paired_epoch
 from robustar_ls.train.augment import random_crop_flip
 from robustar_ls.train.finetune import FinetuneRequest, paired_finetune
 from robustar_ls.train.paired_data import PairedDataset, find_masks
-from robustar_ls.train.paired_epoch import make_pairs
+from robustar_ls.train.paired_epoch import PairedBatch, make_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = TrainConfig(epochs=2, batch_size=8, lr=0.01, device="cpu", seed=0)
@@ -218,10 +218,7 @@ def test_make_pairs_fills_only_annotated_masked_pixels(worst_of):
     cfg = PairedConfig(fill="black", worst_of=worst_of)
     x, x_tilde = make_pairs(
         model,
-        images,
-        masks,
-        has_mask,
-        torch.tensor([0, 1, 0, 1]),
+        PairedBatch(images, masks, has_mask, torch.tensor([0, 1, 0, 1])),
         cfg,
         torch.Generator().manual_seed(0),
         torch.device("cpu"),
@@ -244,17 +241,15 @@ def test_make_pairs_swaps_in_another_class_from_the_batch_or_the_pool():
     masks = torch.ones(2, 1, 8, 8)
     # first batch: two class-0 images, nothing of another class yet -> flat colours, then pooled
     first = torch.tensor([0.1, 0.2]).view(2, 1, 1, 1).expand(2, 3, 8, 8).clone()
-    _, x_tilde = make_pairs(
-        model, first, masks, torch.ones(2, dtype=torch.bool), torch.zeros(2), *args, pool
-    )
+    batch = PairedBatch(first, masks, torch.ones(2, dtype=torch.bool), torch.zeros(2))
+    _, x_tilde = make_pairs(model, batch, *args, pool)
     assert not torch.allclose(x_tilde[0], normalize(first[1:])[0])  # not its class's feature
     assert not torch.allclose(x_tilde[1], normalize(first[:1])[0])
     assert pool.labels.tolist() == [0, 0]
     # second batch: a class-1 image gets a class-0 image's content from the pool
     second = torch.full((1, 3, 8, 8), 0.8)
-    _, x_tilde = make_pairs(
-        model, second, masks[:1], torch.ones(1, dtype=torch.bool), torch.ones(1), *args, pool
-    )
+    batch = PairedBatch(second, masks[:1], torch.ones(1, dtype=torch.bool), torch.ones(1))
+    _, x_tilde = make_pairs(model, batch, *args, pool)
     assert any(torch.allclose(x_tilde[0], normalize(first[i : i + 1])[0]) for i in range(2))
 
 

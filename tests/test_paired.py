@@ -122,3 +122,47 @@ def test_worst_case_leaves_batch_norm_and_mode_alone():
     select_worst(model, x, candidates, torch.tensor([0, 1, 0, 1]), 0.1)
     assert model.training
     assert torch.equal(model[1].running_mean, stats)
+
+
+def test_one_epoch_context_drives_plain_and_paired_epochs():
+    """Built once per training: each epoch steps its optimizer and schedule once per batch,
+    calls ``on_step`` with each batch's loss and labels its bar "epoch i/n"."""
+    from robustar_ls.config import PairedConfig, TrainConfig
+    from robustar_ls.train.loop import EpochContext, make_optimizer, train_one_epoch
+    from robustar_ls.train.paired_epoch import paired_train_one_epoch
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
+    optimizer, scheduler = make_optimizer(model, TrainConfig(lr=0.1), 4)
+    losses, labels_seen = [], []
+
+    def progress(batches, desc, leave):
+        labels_seen.append(desc)
+        assert leave is False
+        return batches
+
+    context = EpochContext(
+        optimizer,
+        scheduler,
+        torch.device("cpu"),
+        epochs=2,
+        augment=False,
+        generator=torch.Generator().manual_seed(0),
+        progress=progress,
+        on_step=losses.append,
+    )
+    images, labels = torch.rand(4, 3, 4, 4), torch.tensor([0, 1, 0, 1])
+    plain = [(images[:2], labels[:2]), (images[2:], labels[2:])]
+    stats = train_one_epoch(model, plain, context)
+    assert set(stats) == {"loss", "accuracy"} and 0 <= stats["accuracy"] <= 1
+    masks, has_mask = torch.ones(4, 1, 4, 4), torch.tensor([True, False, True, False])
+    paired = [
+        (images[:2], masks[:2], has_mask[:2], labels[:2]),
+        (images[2:], masks[2:], has_mask[2:], labels[2:]),
+    ]
+    terms = paired_train_one_epoch(model, paired, context, PairedConfig(fill="black"), 1)
+    assert terms["annotated"] == pytest.approx(0.5)
+    assert labels_seen == ["epoch 1/2", "epoch 2/2"]
+    assert len(losses) == 4 and all(isinstance(loss, float) for loss in losses)
+    assert scheduler.last_epoch == 4
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0)  # the cosine ran out: 4 steps

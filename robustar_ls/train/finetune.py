@@ -47,7 +47,7 @@ from robustar_ls.train.distributed import (
     shutdown,
 )
 from robustar_ls.train.fills import FILL_MODES
-from robustar_ls.train.loop import Progress, epoch_progress, make_optimizer, seed_everything
+from robustar_ls.train.loop import EpochContext, Progress, make_optimizer, seed_everything
 from robustar_ls.train.paired_data import PairedDataset, training_masks
 from robustar_ls.train.paired_epoch import TERMS, paired_train_one_epoch
 from robustar_ls.train.progress import OnProgress, ProgressTracker
@@ -268,6 +268,17 @@ def _train_epochs(
     # crop, flip and fill draws: a different stream per process
     aug_generator = torch.Generator().manual_seed(cfg.seed + 1 + ctx.rank)
     optimizer, scheduler = make_optimizer(model, cfg, cfg.epochs * len(loader))
+    context = EpochContext(
+        optimizer,
+        scheduler,
+        ctx.device,
+        epochs=cfg.epochs,
+        augment=cfg.augment,
+        generator=aug_generator,
+        progress=run.progress if ctx.is_main else None,
+        on_step=tracker.step,
+        dist=ctx,
+    )
     log.info(
         "paired fine-tuning %s: %d of %d training images annotated, fill %s, λ %g, worst of %d",
         run.parent.version,
@@ -283,19 +294,7 @@ def _train_epochs(
             sampler.set_epoch(epoch)
         tick = time.perf_counter()
         tracker.start_epoch(epoch)
-        stats = paired_train_one_epoch(
-            model,
-            loader,
-            optimizer,
-            scheduler,
-            ctx.device,
-            run.paired,
-            augment=cfg.augment,
-            generator=aug_generator,
-            progress=epoch_progress(run.progress if ctx.is_main else None, epoch, cfg.epochs),
-            ctx=ctx,
-            on_step=tracker.step,
-        )
+        stats = paired_train_one_epoch(model, loader, context, run.paired, epoch)
         history.append({"epoch": epoch + 1, **stats, "seconds": time.perf_counter() - tick})
         if ctx.is_main:
             log.info(

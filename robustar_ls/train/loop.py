@@ -1,5 +1,7 @@
 """Plain training and evaluation as small functions (torchvision references' habit), and
-:func:`run_epoch`, the one epoch driver that plain and paired training (``paired_epoch``) share.
+:func:`run_epoch`, the one epoch driver that plain and paired training (``paired_epoch``) share,
+over an :class:`EpochContext` (optimizer, schedule, device, random stream, callbacks) that the
+caller builds once per training.
 """
 
 from __future__ import annotations
@@ -8,7 +10,8 @@ import logging
 import math
 import random
 from collections.abc import Callable, Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,6 +20,9 @@ from torch.utils.data import DataLoader
 
 from robustar_ls.config import TrainConfig
 from robustar_ls.train.augment import random_crop_flip
+
+if TYPE_CHECKING:
+    from robustar_ls.train.distributed import DistContext
 
 log = logging.getLogger(__name__)
 
@@ -55,34 +61,56 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, steps: int):
 Step = Callable[[Any], tuple[torch.Tensor, torch.Tensor]]
 
 
+@dataclass(frozen=True)
+class EpochContext:
+    """What every epoch of one training shares, built once per training by its caller.
+
+    ``optimizer`` and ``scheduler`` step after each batch; batches go to ``device``;
+    ``augment`` switches the random crop and flip, drawn (with paired training's fills) from
+    ``generator``; ``progress`` wraps each epoch's batches in a bar labelled "epoch i/``epochs``"
+    (:func:`epoch_progress`); ``on_step(loss)`` is called after each batch (e.g.
+    ``ProgressTracker.step``); ``dist``, under DDP, sums paired training's statistics over the
+    processes.
+    """
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    device: torch.device
+    epochs: int = 1
+    augment: bool = True
+    generator: torch.Generator | None = None
+    progress: Progress | None = None
+    on_step: Callable[[float], None] | None = None
+    dist: DistContext | None = None
+
+
 def run_epoch(
     loader: Iterable,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
+    context: EpochContext,
     step: Step,
     n_stats: int,
     *,
-    progress: Progress | None = None,
+    epoch: int = 0,
     postfix: Callable[[torch.Tensor], dict[str, str]] | None = None,
-    on_step: Callable[[float], None] | None = None,
 ) -> torch.Tensor:
     """The one epoch driver of plain and paired training: per batch ``step`` → backward →
     optimizer and scheduler step; returns the ``n_stats`` statistics summed over the epoch.
 
-    ``postfix(sums)`` sets the progress bar's postfix after each batch; ``on_step(loss)`` is
-    called after each batch with its loss (e.g. ``ProgressTracker.step``).
+    ``epoch`` (from 0) labels the progress bar; ``postfix(sums)`` sets its postfix after each
+    batch; ``context.on_step(loss)`` is called after each batch with its loss.
     """
     sums = torch.zeros(n_stats, dtype=torch.float64)
+    progress = epoch_progress(context.progress, epoch, context.epochs)
     batches = progress(loader) if progress else loader
     for batch in batches:
         loss, stats = step(batch)
-        optimizer.zero_grad(set_to_none=True)
+        context.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        scheduler.step()
+        context.optimizer.step()
+        context.scheduler.step()
         sums += stats
-        if on_step is not None:
-            on_step(float(loss.detach()))
+        if context.on_step is not None:
+            context.on_step(float(loss.detach()))
         if postfix and hasattr(batches, "set_postfix"):
             batches.set_postfix(**postfix(sums))
     return sums
@@ -96,23 +124,15 @@ def epoch_progress(progress: Progress | None, epoch: int, epochs: int) -> Progre
 
 
 def train_one_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    device: torch.device,
-    *,
-    augment: bool = True,
-    generator: torch.Generator | None = None,
-    progress: Progress | None = None,
-    on_step: Callable[[float], None] | None = None,
+    model: nn.Module, loader: DataLoader, context: EpochContext, epoch: int = 0
 ) -> dict[str, float]:
-    """One epoch of cross-entropy training; returns mean loss and accuracy."""
+    """Epoch ``epoch`` (from 0) of cross-entropy training; returns mean loss and accuracy."""
     model.train()
+    device, generator = context.device, context.generator
 
     def step(batch) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch
-        if augment:
+        if context.augment:
             images, _ = random_crop_flip(images, generator=generator)
         images, labels = images.to(device), labels.to(device)
         logits = model(images)
@@ -124,9 +144,7 @@ def train_one_epoch(
     def postfix(sums: torch.Tensor) -> dict[str, str]:
         return {"loss": f"{sums[0] / sums[2]:.3f}", "acc": f"{sums[1] / sums[2]:.3f}"}
 
-    sums = run_epoch(
-        loader, optimizer, scheduler, step, 3, progress=progress, postfix=postfix, on_step=on_step
-    )
+    sums = run_epoch(loader, context, step, 3, epoch=epoch, postfix=postfix)
     seen = max(float(sums[2]), 1.0)
     return {"loss": float(sums[0]) / seen, "accuracy": float(sums[1]) / seen}
 

@@ -8,7 +8,7 @@ forward/backward pass over x and the annotated x̃.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -17,26 +17,33 @@ from torch.utils.data import DataLoader
 from robustar_ls.config import PairedConfig
 from robustar_ls.data.tensors import normalize
 from robustar_ls.train.augment import random_crop_flip
-from robustar_ls.train.distributed import DistContext, all_reduce_sum
+from robustar_ls.train.distributed import all_reduce_sum
 from robustar_ls.train.fills import DonorPool, apply_fill
-from robustar_ls.train.loop import Progress, run_epoch
+from robustar_ls.train.loop import EpochContext, run_epoch
 from robustar_ls.train.paired import paired_loss, select_worst
 
 TERMS = ("loss", "ce", "ce_paired", "align")
 
 
+class PairedBatch(NamedTuple):
+    """One batch of :class:`~robustar_ls.train.paired_data.PairedDataset`: images in [0, 1],
+    their masks, which images have one, and the labels."""
+
+    images01: torch.Tensor
+    masks: torch.Tensor
+    has_mask: torch.Tensor
+    labels: torch.Tensor
+
+
 def make_pairs(
     model: nn.Module,
-    images01: torch.Tensor,
-    masks: torch.Tensor,
-    has_mask: torch.Tensor,
-    labels: torch.Tensor,
+    batch: PairedBatch,
     cfg: PairedConfig,
     generator: torch.Generator | None,
     device: torch.device,
     donors: DonorPool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised (x, x̃) on ``device``; x̃ = x where there is no mask.
+    """Normalised (x, x̃) of ``batch`` on ``device``; x̃ = x where there is no mask.
 
     ``donors``: earlier batches' annotated images, which ``swap`` may copy from too; this
     batch's annotated images are added to it.
@@ -44,6 +51,7 @@ def make_pairs(
     With ``cfg.worst_of`` = K > 1, K fills are drawn for the annotated images and the one with
     the highest paired loss is kept (:func:`paired.select_worst`).
     """
+    images01, masks, has_mask, labels = batch
     x = normalize(images01).to(device)
     if not bool(has_mask.any()):
         return x, x
@@ -71,18 +79,12 @@ def make_pairs(
 def paired_train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    device: torch.device,
+    context: EpochContext,
     cfg: PairedConfig,
-    *,
-    augment: bool = True,
-    generator: torch.Generator | None = None,
-    progress: Progress | None = None,
-    ctx: DistContext | None = None,
-    on_step: Callable[[float], None] | None = None,
+    epoch: int = 0,
 ) -> dict[str, float]:
-    """One epoch of paired training; returns the epoch's terms (summed over processes).
+    """Epoch ``epoch`` (from 0) of paired training; returns the epoch's terms (summed over
+    ``context.dist``'s processes).
 
     ``loss`` and ``ce`` are means per image; ``ce_paired`` and ``align`` are means per
     *annotated* image (so they read the same whatever the fraction annotated); ``accuracy``
@@ -90,34 +92,28 @@ def paired_train_one_epoch(
     """
     model.train()
     donors = DonorPool() if cfg.fill == "swap" else None
+    device, generator = context.device, context.generator
 
     def step(batch) -> tuple[torch.Tensor, torch.Tensor]:
-        images01, masks, has_mask, labels = batch
-        if augment:
-            images01, masks = random_crop_flip(images01, masks, generator=generator)
-        x, x_tilde = make_pairs(
-            model, images01, masks, has_mask, labels, cfg, generator, device, donors
-        )
-        labels = labels.to(device)
+        batch = PairedBatch(*batch)
+        if context.augment:
+            images01, masks = random_crop_flip(batch.images01, batch.masks, generator=generator)
+            batch = batch._replace(images01=images01, masks=masks)
+        x, x_tilde = make_pairs(model, batch, cfg, generator, device, donors)
+        labels, has_mask = batch.labels.to(device), batch.has_mask
         terms = paired_loss(model, x, x_tilde, labels, has_mask, cfg.align_weight)
         n = len(labels)
         correct = (terms["logits"].argmax(1) == labels).sum().item()
         row = [*(terms[t].item() * n for t in TERMS), correct, n, int(has_mask.sum())]
         return terms["loss"], torch.tensor(row, dtype=torch.float64)
 
+    def postfix(sums: torch.Tensor) -> dict[str, str]:
+        return {"loss": f"{sums[0] / sums[5]:.3f}"}
+
     # loss ce ce_paired align correct seen annotated
-    sums = run_epoch(
-        loader,
-        optimizer,
-        scheduler,
-        step,
-        7,
-        progress=progress,
-        postfix=lambda sums: {"loss": f"{sums[0] / sums[5]:.3f}"},
-        on_step=on_step,
-    )
-    if ctx is not None:
-        sums = all_reduce_sum(ctx, sums)
+    sums = run_epoch(loader, context, step, 7, epoch=epoch, postfix=postfix)
+    if context.dist is not None:
+        sums = all_reduce_sum(context.dist, sums)
     seen, annotated = max(float(sums[5]), 1.0), float(sums[6])
     return {
         "loss": float(sums[0]) / seen,

@@ -25,7 +25,7 @@ from robustar_ls.models.checkpoint import (
 from robustar_ls.models.pretrained import crop_size, fetch_pretrained
 from robustar_ls.models.zoo import create_classifier, default_device, require_imagenet_weights
 from robustar_ls.train.loop import (
-    epoch_progress,
+    EpochContext,
     evaluate,
     make_optimizer,
     seed_everything,
@@ -129,20 +129,20 @@ def _train_epochs(
 ) -> list[dict[str, float]]:
     """Every epoch of plain training; the per-epoch loss and accuracy."""
     optimizer, scheduler = make_optimizer(model, cfg, cfg.epochs * len(loader))
+    context = EpochContext(
+        optimizer,
+        scheduler,
+        device,
+        epochs=cfg.epochs,
+        augment=cfg.augment,
+        generator=generator,
+        progress=progress,
+        on_step=tracker.step,
+    )
     history = []
     for epoch in range(cfg.epochs):
         tracker.start_epoch(epoch)
-        stats = train_one_epoch(
-            model,
-            loader,
-            optimizer,
-            scheduler,
-            device,
-            augment=cfg.augment,
-            generator=generator,
-            progress=epoch_progress(progress, epoch, cfg.epochs),
-            on_step=tracker.step,
-        )
+        stats = train_one_epoch(model, loader, context, epoch)
         history.append({"epoch": epoch + 1, **stats})
         loss, accuracy = stats["loss"], stats["accuracy"]
         log.info("epoch %d/%d loss %.4f acc %.4f", epoch + 1, cfg.epochs, loss, accuracy)
