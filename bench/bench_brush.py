@@ -11,20 +11,15 @@ Times encode (``mask_to_rle`` vs ``mask2rle``) and decode (``decode_rle_flat`` v
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import timeit
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
+from common import make_parser, plain_table
+from label_studio_sdk.converter import brush as sdk
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from label_studio_sdk.converter import brush as sdk  # noqa: E402
-
-from robustar_ls.labelstudio import brush  # noqa: E402
+from robustar_ls.labelstudio import brush
 
 
 def blob_mask(size: int, rng: np.random.Generator, salt: float = 0.01) -> np.ndarray:
@@ -87,23 +82,18 @@ def bench_case(name: str, mask: np.ndarray, repeat: int) -> dict[str, float | in
 
 def print_table(rows: list[dict[str, float | int | str]]) -> None:
     """Print the results as a fixed-width table."""
-    header = (
-        f"{'case':<10} {'rle bytes':>10} {'enc sdk ms':>11} {'enc ours ms':>12} {'enc x':>7} "
-        f"{'dec sdk ms':>11} {'dec ours ms':>12} {'dec x':>7}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r['case']:<10} {r['rle_bytes']:>10} {r['encode_sdk_ms']:>11.2f} "
-            f"{r['encode_ours_ms']:>12.3f} {r['encode_ratio']:>7.1f} {r['decode_sdk_ms']:>11.2f} "
-            f"{r['decode_ours_ms']:>12.3f} {r['decode_ratio']:>7.1f}"
-        )
+    columns = [("case", "case", "<10"), ("rle bytes", "rle_bytes", ">10")]
+    for way in ("enc", "dec"):
+        name = {"enc": "encode", "dec": "decode"}[way]
+        columns += [(f"{way} sdk ms", f"{name}_sdk_ms", ">11.2f")]
+        columns += [(f"{way} ours ms", f"{name}_ours_ms", ">12.3f")]
+        columns += [(f"{way} x", f"{name}_ratio", ">7.1f")]
+    print("\n".join(plain_table(columns, rows)))
 
 
 def main() -> None:
     """Parse arguments, run both cases, print table and JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--size", type=int, default=512, help="mask side length")
     parser.add_argument("--repeat", type=int, default=5, help="timing repeats (min is taken)")
     parser.add_argument("--seed", type=int, default=0)

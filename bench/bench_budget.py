@@ -22,25 +22,22 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import time
 from pathlib import Path
 
+from common import append_jsonl, budget_shortcut_model, make_parser, markdown_table, read_jsonl
+
 from robustar_ls.config import (
     FINETUNE_DEFAULTS,
     InfluenceConfig,
-    ModelConfig,
     PairedConfig,
-    SyntheticConfig,
     TrainConfig,
 )
 from robustar_ls.data.folders import ImageFolderSplits, classes_among, in_class_turns
-from robustar_ls.data.synthetic import make_dataset
 from robustar_ls.models.checkpoint import load_checkpoint
 from robustar_ls.train.recipe import Recipe
-from robustar_ls.train.run import train_classifier
 from robustar_ls.workflows.simulate import (
     pick_annotated,
     rank_images,
@@ -53,7 +50,7 @@ ORDERS = ("influence", "turns", "random", "loss")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = make_parser(__doc__, "all")
     p.add_argument("--work", default="/tmp/bench_budget", help="datasets, models, results")
     p.add_argument(
         "--results",
@@ -98,44 +95,8 @@ def jobs(args) -> list[tuple[str, int, str, float]]:
 
 
 def done_keys(results: Path) -> set[tuple]:
-    if not results.is_file():
-        return set()
-    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(results)
     return {(r["kind"], r["seed"], r["order"], r["budget"]) for r in rows if "gap_recovered" in r}
-
-
-def append(results: Path, row: dict) -> None:
-    with results.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-
-
-def shortcut_model(args, kind: str, seed: int, results: Path) -> Path:
-    """The dataset and its shortcut model, made once (kept under ``--work``); also
-    bench_propagate.py's (whose ``--bias`` other than 1 tags the folder ``-b<bias>``)."""
-    bias = getattr(args, "bias", 1.0)
-    tag = "" if bias == 1.0 else f"-b{bias}"
-    root = Path(args.work) / f"{kind}-{args.spurious_fraction}{tag}-s{seed}"
-    ckpt = root / "shortcut.pt"
-    if ckpt.is_file():
-        return root
-    cfg = SyntheticConfig(
-        kind=kind,
-        per_class=args.per_class,
-        val_per_class=args.eval_per_class,
-        test_per_class=args.eval_per_class,
-        spurious_fraction=args.spurious_fraction,
-        bias=bias,
-        seed=seed,
-    )
-    make_dataset(root, cfg)
-    train = TrainConfig(epochs=args.shortcut_epochs, seed=seed, device=args.device)
-    summary = train_classifier(root, root / "shortcut.tmp", ModelConfig(width=args.width), train)
-    (root / "shortcut.tmp").replace(ckpt)
-    accs = {s: m["accuracy"] for s, m in summary["splits"].items()}
-    row = {"run": "shortcut", "kind": kind, "seed": seed, "accuracy": accs}
-    append(results, {**row, "spurious_fraction": args.spurious_fraction, "bias": bias})
-    return root
 
 
 def run_grid(args, results: Path) -> None:
@@ -143,14 +104,14 @@ def run_grid(args, results: Path) -> None:
     for kind, seed, order, budget in jobs(args):
         if (kind, seed, order, budget) in done:
             continue
-        root = shortcut_model(args, kind, seed, results)
+        root = budget_shortcut_model(args, kind, seed, results)
         if order != "plain" and (kind, seed, order) not in rankings:
             rankings[kind, seed, order] = ranking_for(args, root, seed, order, rankings, kind)
         reused = same_as_plain(
             args, results, root, kind, seed, rankings.get((kind, seed, order)), budget
         )
         if reused is not None:
-            append(results, {**reused, "order": order, "kind": kind, "seed": seed})
+            append_jsonl(results, {**reused, "order": order, "kind": kind, "seed": seed})
             continue
         started = time.perf_counter()
         row = simulate(
@@ -170,7 +131,7 @@ def run_grid(args, results: Path) -> None:
         )
         row = {**row, "order": order, "kind": kind, "seed": seed, "fill": args.fill}
         row["seconds"] = round(time.perf_counter() - started, 1)
-        append(results, row)
+        append_jsonl(results, row)
         log.info(
             "%s seed %d %s %.2f: gap recovered %s", kind, seed, order, budget, row["gap_recovered"]
         )
@@ -201,7 +162,7 @@ def same_as_plain(args, results, root, kind, seed, ranking, budget) -> dict | No
     picked, annotated = pick_annotated(ranking, budget, samples, root / "oracle_masks", status)
     if annotated:
         return None
-    rows = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
+    rows = read_jsonl(results)
     plain = [
         r for r in rows if (r.get("kind"), r.get("seed"), r.get("order")) == (kind, seed, "plain")
     ]
@@ -262,18 +223,8 @@ def targets(curve) -> list[str]:
     return lines
 
 
-def read_all(paths: list[Path]) -> list[dict]:
-    return [
-        json.loads(x)
-        for path in paths
-        if path.is_file()
-        for x in path.read_text().splitlines()
-        if x.strip()
-    ]
-
-
 def report(args, paths: list[Path]) -> None:
-    all_rows = read_all(paths)
+    all_rows = read_jsonl(*paths)
     for r in all_rows:
         if r.get("run") == "shortcut":
             acc = r["accuracy"]
@@ -289,13 +240,12 @@ def report(args, paths: list[Path]) -> None:
             f"\n**{kind}**, spurious fraction {args.spurious_fraction}: gap recovered, "
             "mean (min..max) over seeds\n"
         )
-        print("| order | 0 % | " + " | ".join(f"{b:.0%}" for b in budgets) + " |")
-        print("|---|---|" + "---|" * len(budgets))
         control = cell(curve.get("plain", {}).get(0.0, []))
-        print(f"| plain fine-tuning (control) | {control} |" + " |" * len(budgets))
+        table = [["plain fine-tuning (control)", control, *[""] * len(budgets)]]
         for order in args.orders:
-            cells = [cell(curve.get(order, {}).get(b, [])) for b in budgets]
-            print(f"| {order} | | " + " | ".join(cells) + " |")
+            table.append([order, "", *(cell(curve.get(order, {}).get(b, [])) for b in budgets)])
+        header = ["order", "0 %", *(f"{b:.0%}" for b in budgets)]
+        print("\n".join(markdown_table(header, table)))
         print()
         for line in targets(curve):
             print(f"- {line}")

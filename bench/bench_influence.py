@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_influence_cost import measure_cost, measure_query  # bench/ is on sys.path
+from common import make_parser, measure_cost, measure_query, plain_table
 
 from robustar_ls.config import InfluenceConfig, ModelConfig, SyntheticConfig, TrainConfig
 from robustar_ls.data.folders import ImageFolderSplits
@@ -52,7 +52,7 @@ log = logging.getLogger("bench_influence")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = make_parser(__doc__)
     p.add_argument("--work", default=None, help="folder for dataset and model (default: temp)")
     p.add_argument("--kind", choices=["patch", "background"], default="background")
     p.add_argument("--per-class", type=int, default=300)
@@ -319,13 +319,9 @@ def print_table(report: dict) -> None:
         f"aligned base rate {info['aligned_base_rate']:.3f}",
         file=out,
     )
-    print(f"\n{'variant':84s} {'p@50':>6s} {'p@100':>6s} {'p@R':>6s} {'AP':>6s}", file=out)
-    for row in report["variants"]:
-        print(
-            f"{row['variant']:84s} {row['p@50']:6.3f} {row['p@100']:6.3f} {row['p@R']:6.3f} "
-            f"{row['AP']:6.3f}",
-            file=out,
-        )
+    columns = [("variant", "variant", "<84")]
+    columns += [(name, name, ">6.3f") for name in ("p@50", "p@100", "p@R", "AP")]
+    print("", *plain_table(columns, report["variants"], rule=False), sep="\n", file=out)
     print(f"(R = {info['aligned']} aligned training images)", file=out)
     c, q = report["cost"], report["query"]
     if c:

@@ -25,26 +25,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
+from common import make_parser, measure_cost, measure_query, scorer_for, time_featurize
 
-from robustar_ls.config import InfluenceConfig
-from robustar_ls.explain.feature_cache import TrainFeatures, gram_of
-from robustar_ls.explain.influence import InfluenceScorer, kernel_scores
 from robustar_ls.models.zoo import create_classifier
-
-GRAM_ROWS = 4096
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = make_parser(__doc__)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--images", type=int, default=256, help="images per featurizing round")
     p.add_argument("--rounds", type=int, default=5)
@@ -58,118 +49,6 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--projections", nargs="+", choices=["sketch", "gaussian"], default=["sketch", "gaussian"]
     )
     return p
-
-
-def spread(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
-def time_plain(model, batches) -> float:
-    start = time.perf_counter()
-    for images, labels in batches:
-        model.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(images), labels).backward()
-    model.zero_grad(set_to_none=True)
-    return time.perf_counter() - start
-
-
-def time_featurize(scorer, batches) -> float:
-    start = time.perf_counter()
-    for _ in scorer.feature_batches(batches, "margin"):
-        pass
-    return time.perf_counter() - start
-
-
-def scorer_for(model, k: int, projection: str) -> InfluenceScorer:
-    return InfluenceScorer(model, None, InfluenceConfig(k=k, projection=projection), device="cpu")
-
-
-def measure_cost(
-    model, batches, k: int, rounds: int = 5, projections: tuple[str, ...] = ("sketch", "gaussian")
-) -> dict:
-    """Plain fwd+bwd and featurizing with each projection, in ``rounds`` rotated rounds."""
-    scorers = {proj: scorer_for(model, k, proj) for proj in dict.fromkeys(("sketch", *projections))}
-    time_plain(model, batches[:1])  # warm-up (and the Gaussian blocks' first generation)
-    for scorer in scorers.values():
-        time_featurize(scorer, batches[:1])
-    jobs = {"plain": lambda: time_plain(model, batches)}
-    jobs.update({p: (lambda s=s: time_featurize(s, batches)) for p, s in scorers.items()})
-    names = list(jobs)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            times[name].append(jobs[name]())
-    images = sum(len(b[1]) for b in batches)
-    report = {"images": images, "parameters": int(sum(scorers["sketch"].dims))}
-    report.update({"rounds": rounds, "seconds": times})
-    for proj in scorers:
-        ratios = [f / p for f, p in zip(times[proj], times["plain"], strict=True)]
-        report[f"{proj}_ratio"] = statistics.median(ratios)
-        report[f"{proj}_ratio_spread"] = spread(ratios)
-    report["sketch_s_per_image"] = statistics.median(times["sketch"]) / images
-    return report
-
-
-def _features_file(path: Path, n: int, k: int, rng) -> None:
-    memmap = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, k))
-    for lo in range(0, n, 8192):
-        rows = min(8192, n - lo)
-        memmap[lo : lo + rows] = rng.standard_normal((rows, k), dtype=np.float32)
-    memmap.flush()
-
-
-def measure_query(
-    n: int, t: int, k: int, per_image_featurize: float | Callable[[], float], repeats: int = 3
-) -> dict:
-    """``t`` test x ``n`` train: random float16 features in a memmap, streamed by the query.
-
-    The cache's Gram matrix is accumulated while featurizing (one-off per model version); here
-    it is timed on the first ``GRAM_ROWS`` rows only and the query uses ``n I`` (the expected
-    Gram of N(0, 1) features): the query's cost does not depend on its values.
-    ``per_image_featurize``: seconds to featurize one image, or a function timing it, then
-    called after each query so that each ratio comes from one moment of the machine's load.
-    """
-    timer = per_image_featurize if callable(per_image_featurize) else None
-    rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory(prefix="bench-influence-") as tmp:
-        path = Path(tmp) / "train_features.npy"
-        _features_file(path, n, k, rng)
-        features = np.load(path, mmap_mode="r")
-        rows = min(GRAM_ROWS, n)
-        start = time.perf_counter()
-        gram_of(np.asarray(features[:rows], dtype=np.float32))
-        gram_s_per_image = (time.perf_counter() - start) / rows
-        train = TrainFeatures(
-            features=features,
-            row_scales=np.ones(n, dtype=np.float32),
-            gram=np.eye(k) * n,
-            feature_sum=np.zeros(k),
-            meta={"synthetic": True},
-        )
-        test = rng.standard_normal((t, k), dtype=np.float32)
-        seconds, per_image = [], []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            result = kernel_scores(train, test, InfluenceConfig(aggregate="sum"))
-            seconds.append(time.perf_counter() - start)
-            per_image.append(timer() if timer else float(per_image_featurize))
-        assert result.scores.shape == (n,)
-        del features, train
-    ratios = [s / (p * t) for s, p in zip(seconds, per_image, strict=True)]
-    return {
-        "train": n,
-        "test": t,
-        "k": k,
-        "query_seconds": seconds,
-        "featurize_s_per_image": per_image,
-        "query_s": statistics.median(seconds),
-        "query_ms_per_test_image": 1000 * statistics.median(seconds) / t,
-        "query_over_featurizing_the_test_images": statistics.median(ratios),
-        "query_over_featurizing_spread": spread(ratios),
-        "gram_s_per_train_image": gram_s_per_image,
-        "gram_over_featurizing": gram_s_per_image / statistics.median(per_image),
-    }
 
 
 def batches_of(images: int, classes: int = 4, batch: int = 64, seed: int = 0) -> list:

@@ -30,11 +30,11 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, make_parser
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = make_parser(__doc__)
     p.add_argument("--work", required=True, help="folder for the dataset, model and caches")
     p.add_argument("--per-class", type=int, default=300, help="training images per class (x4)")
     p.add_argument("--width", type=int, default=16)

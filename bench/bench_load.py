@@ -36,17 +36,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import REPO, make_parser
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from robustar_ls.models.checkpoint import save_checkpoint  # noqa: E402
-from robustar_ls.models.zoo import create_classifier  # noqa: E402
+from robustar_ls.models.checkpoint import save_checkpoint
+from robustar_ls.models.zoo import create_classifier
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = make_parser(__doc__)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker")
     p.add_argument("--concurrency", type=int, default=8)

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import make_parser
 
 from robustar_ls.config import (
     InfluenceConfig,
@@ -59,7 +60,7 @@ log = logging.getLogger("bench_paired")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = make_parser(__doc__, "all")
     p.add_argument("--work", default="/tmp/bench_paired", help="datasets and checkpoints go here")
     p.add_argument("--kinds", nargs="+", default=["patch", "background"])
     p.add_argument("--per-class", type=int, default=150)

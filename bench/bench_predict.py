@@ -41,47 +41,42 @@ import argparse
 import dataclasses
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import add_segmenter_flags, load_average, make_parser, segmenter_overrides
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from robustar_ls.backend.app import create_app  # noqa: E402
-from robustar_ls.backend.images import ImageFetcher  # noqa: E402
-from robustar_ls.backend.model_holder import ModelHolder  # noqa: E402
-from robustar_ls.backend.predictor import STAGES, Predictor, PredictorSettings  # noqa: E402
-from robustar_ls.config import MaskRCNNConfig, SaliencyConfig, ServeConfig  # noqa: E402
-from robustar_ls.data.tensors import image_to_tensor  # noqa: E402
-from robustar_ls.models.checkpoint import save_checkpoint  # noqa: E402
-from robustar_ls.models.fuse_bn import fuse_conv_bn  # noqa: E402
-from robustar_ls.models.maskrcnn import (  # noqa: E402
+from robustar_ls.backend.app import create_app
+from robustar_ls.backend.images import ImageFetcher
+from robustar_ls.backend.model_holder import ModelHolder
+from robustar_ls.backend.predictor import STAGES, Predictor, PredictorSettings
+from robustar_ls.config import MaskRCNNConfig, SaliencyConfig, ServeConfig
+from robustar_ls.data.tensors import image_to_tensor
+from robustar_ls.models.checkpoint import save_checkpoint
+from robustar_ls.models.fuse_bn import fuse_conv_bn
+from robustar_ls.models.maskrcnn import (
     MaskRCNNSegmenter,
     apply_speed_settings,
     build_maskrcnn,
 )
-from robustar_ls.models.zoo import create_classifier  # noqa: E402
+from robustar_ls.models.zoo import create_classifier
 
 CLASSES = ["circle", "square", "triangle"]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = make_parser(__doc__, "paragraph")
     p.add_argument("--images", type=int, default=16, help="tasks per /predict")
     p.add_argument("--size", type=int, default=96, help="image side in pixels")
     p.add_argument("--image-size", type=int, default=32, help="classifier input side")
     p.add_argument("--width", type=int, default=16, help="small-ResNet width")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--seg-size", type=int, default=None, help="Mask R-CNN min/max input side")
-    p.add_argument("--rpn-pre", type=int, default=None, help="RPN proposals per level pre-NMS")
-    p.add_argument("--rpn-post", type=int, default=None, help="RPN proposals after NMS")
-    p.add_argument("--detections", type=int, default=None, help="Mask R-CNN boxes per image")
+    add_segmenter_flags(p)
     p.add_argument("--baseline", action="store_true", help="also time the COCO settings")
     p.add_argument("--no-maskrcnn", "--no-segmenter", dest="no_maskrcnn", action="store_true")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -117,15 +112,8 @@ COCO = {  # the settings served before: torchvision's COCO defaults, 20 detectio
 
 def segmenter_settings(args) -> MaskRCNNConfig:
     """MaskRCNNConfig's defaults, with the flags that were given."""
-    given = {
-        "min_size": args.seg_size,
-        "max_size": args.seg_size,
-        "rpn_pre_nms_top_n": args.rpn_pre,
-        "rpn_post_nms_top_n": args.rpn_post,
-        "detections_per_img": args.detections,
-    }
     cfg = MaskRCNNConfig(device="cpu", batch_size=args.batch_size, score_threshold=0.5)
-    return dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
+    return dataclasses.replace(cfg, **segmenter_overrides(args))
 
 
 def make_segmenter(cfg: MaskRCNNConfig) -> MaskRCNNSegmenter:
@@ -133,10 +121,6 @@ def make_segmenter(cfg: MaskRCNNConfig) -> MaskRCNNSegmenter:
     model.roi_heads.score_thresh = 0.0  # every image keeps detections_per_img boxes
     fuse_conv_bn(model.eval())  # as MaskRCNNSegmenter.from_config serves it
     return MaskRCNNSegmenter(model, cfg)
-
-
-def load() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 def model_calls_alone(
@@ -192,7 +176,7 @@ def main(args: argparse.Namespace) -> dict:
         segmenter = None if args.no_maskrcnn else make_segmenter(seg_cfg)
         coco_cfg = dataclasses.replace(seg_cfg, **COCO)
         baseline = make_segmenter(coco_cfg) if args.baseline and segmenter else None
-        load_before = load()
+        load_before = load_average()
         timing: dict[str, float] = {}
         predictor = Predictor(
             ModelHolder(checkpoint, device="cpu"),
@@ -263,7 +247,7 @@ def main(args: argparse.Namespace) -> dict:
         if coco
         else None,
         "coco_model_calls_s": round(med(coco), 3) if coco else None,
-        "loadavg_1min": [load_before, load()],
+        "loadavg_1min": [load_before, load_average()],
         "threads": args.threads,
         "model_version": version,
         "per_task_ms": {k: round(v * 1000, 2) for k, v in split.items()},

@@ -13,7 +13,6 @@ local-files document root is ``--document-root``:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -22,6 +21,7 @@ import uuid
 from pathlib import Path
 
 import torch
+from common import make_parser
 
 from robustar_ls.backend.app import create_app
 from robustar_ls.backend.images import ImageFetcher
@@ -72,7 +72,7 @@ def _predictor(args, checkpoint: Path) -> tuple[Predictor, ServeConfig]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--url", required=True)
     parser.add_argument("--document-root", required=True)
     parser.add_argument("--n", type=int, default=100)

@@ -15,11 +15,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from bench_budget import shortcut_model  # bench/ is on sys.path when run as a script
+from common import append_jsonl, budget_shortcut_model, make_parser, read_jsonl
 
 from robustar_ls.config import (
     FINETUNE_DEFAULTS,
@@ -34,7 +33,7 @@ from robustar_ls.workflows.simulate import rank_images, simulate
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = make_parser(__doc__, "all")
     p.add_argument("--work", default="/tmp/bench_budget", help="bench_budget.py's --work")
     p.add_argument("--results", default="/tmp/bench_propagate.jsonl")
     p.add_argument("--kinds", nargs="+", default=["patch", "background"])
@@ -66,11 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def _done(results: str) -> set[tuple]:
     """(kind, fraction, bias, seed, propagate, review share, fill, from scratch) of the rows in
     ``results``."""
-    path = Path(results)
-    if not path.is_file():
-        return set()
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r.get("run") != "shortcut"]
+    rows = [r for r in read_jsonl(results) if r.get("run") != "shortcut"]
     return {
         (r["kind"], r.get("spurious_fraction"), r.get("bias", 1.0), r["seed"], r["propagate"])
         + (r.get("review_share"), r.get("fill", "noise"), r.get("from_scratch", False))
@@ -83,7 +78,7 @@ def main(args) -> None:
     schedule = REBUILD_DEFAULTS if args.from_scratch else FINETUNE_DEFAULTS
     for kind in args.kinds:
         for seed in args.seeds:
-            root = shortcut_model(args, kind, seed, Path(args.results))
+            root = budget_shortcut_model(args, kind, seed, Path(args.results))
             data = ImageFolderSplits.open(root)
             ckpt = load_checkpoint(root / "shortcut.pt", classes=data.classes)
             ranking = rank_images(
@@ -124,8 +119,7 @@ def main(args) -> None:
                     fill=args.fill,
                 )
                 row["seconds"] = round(time.perf_counter() - started, 1)
-                with open(args.results, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_jsonl(args.results, row)
                 print(
                     kind,
                     seed,

@@ -30,18 +30,26 @@ default recipe over Robustar's fine-tuning on the same model in the same process
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
+
+from common import (
+    append_jsonl,
+    grid_or_report,
+    make_parser,
+    markdown_row,
+    markdown_table,
+    read_jsonl,
+    seeded_recipe,
+    train_shortcut,
+)
+from common import mean_cell as cell
 
 from robustar_ls.config import InfluenceConfig, ModelConfig, SyntheticConfig, TrainConfig
 from robustar_ls.data.folders import ImageFolderSplits
-from robustar_ls.data.synthetic import make_dataset
 from robustar_ls.models.checkpoint import load_checkpoint
 from robustar_ls.models.zoo import head_and_last_block
-from robustar_ls.train.recipe import Recipe
 from robustar_ls.train.run import train_classifier
 from robustar_ls.workflows.simulate import gap_recovered, rank_images, simulate
 
@@ -61,7 +69,7 @@ JTT_UPWEIGHT = 20  # each training error seen this many times (Liu et al. 2021 u
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = make_parser(__doc__, "all")
     p.add_argument("--work", default="/tmp/bench_recipe", help="datasets and shortcut models")
     p.add_argument("--results", default="/tmp/bench_recipe.jsonl")
     p.add_argument("--kinds", nargs="+", default=["patch", "background", "digits"])
@@ -77,22 +85,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 def shortcut_model(args, kind: str, regime: str, seed: int) -> Path:
     """The dataset (the kind's default sizes) and its shortcut model, made once."""
     root = Path(args.work) / f"{kind}-{regime}-s{seed}"
-    if (root / "shortcut.pt").is_file():
-        return root
     fraction, bias = REGIMES[regime]
     cfg = SyntheticConfig(kind=kind, spurious_fraction=fraction, bias=bias, seed=seed)
-    make_dataset(root, cfg)
-    train = TrainConfig(epochs=args.shortcut_epochs, seed=seed, device=args.device)
-    train_classifier(root, root / "shortcut.tmp", ModelConfig(), train)
-    (root / "shortcut.tmp").replace(root / "shortcut.pt")
+    train_shortcut(
+        root, cfg, TrainConfig(epochs=args.shortcut_epochs, seed=seed, device=args.device)
+    )
     return root
 
 
 def done(results: Path) -> set[tuple]:
-    if not results.is_file():
-        return set()
-    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    return {(r["kind"], r["regime"], r["seed"], r["method"]) for r in rows}
+    return {(r["kind"], r["regime"], r["seed"], r["method"]) for r in read_jsonl(results)}
 
 
 def run_grid(args) -> None:
@@ -123,15 +125,9 @@ def run_model(args, kind: str, regime: str, seed: int, methods: list[str], resul
             row = baseline(root, data, ckpt, seed)
             row.update(kind=kind, regime=regime, seed=seed, method=method)
             row["seconds"] = round(time.perf_counter() - started, 1)
-            with results.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_jsonl(results, row)
             continue
-        default = Recipe()
-        recipe = Recipe(
-            name,
-            finetune=replace(default.finetune, seed=seed, device=args.device),
-            rebuild=replace(default.rebuild, seed=seed, device=args.device),
-        )
+        recipe = seeded_recipe(name, seed, args.device)
         started = time.perf_counter()
         row = simulate(
             root,
@@ -144,8 +140,7 @@ def run_model(args, kind: str, regime: str, seed: int, methods: list[str], resul
         )
         row.update(kind=kind, regime=regime, seed=seed, method=method)
         row["seconds"] = round(time.perf_counter() - started, 1)
-        with results.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_jsonl(results, row)
         print(f"{kind} {regime} s{seed} {method}: gap {row['gap_recovered']}", flush=True)
 
 
@@ -260,29 +255,19 @@ def _acc(logits, labels) -> float:
 # -- the report ------------------------------------------------------------------------------
 
 
-def cell(values: list[float]) -> str:
-    if not values:
-        return "–"
-    each = " / ".join(f"{v:.2f}" for v in values)
-    return f"**{statistics.mean(values):.2f}** ({each})" if len(values) > 1 else f"{values[0]:.2f}"
-
-
 def report(args) -> None:
-    rows = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line]
+    rows = read_jsonl(args.results)
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
-    print("| kind | regime | " + " | ".join(methods) + " |")
-    print("|---|---|" + "---|" * len(methods))
-    for kind in args.kinds:
-        for regime in args.regimes:
-            cells = []
-            for method in methods:
-                picked = _rows(rows, kind, regime, method)
-                cells.append(cell([r["gap_recovered"] for r in picked]))
-            print(f"| {kind} | {regime} | " + " | ".join(cells) + " |")
+    table = [
+        [kind, regime]
+        + [cell([r["gap_recovered"] for r in _rows(rows, kind, regime, m)]) for m in methods]
+        for kind in args.kinds
+        for regime in args.regimes
+    ]
+    print("\n".join(markdown_table(["kind", "regime", *methods], table)))
     print("\nID (val) drop, worst group and time of the default recipe (5 %, influence):\n")
     head = ("kind", "regime", "val drop", "worst group before → after", "time ÷ robustar")
-    print("| " + " | ".join([*head, "recipe", "FP area"]) + " |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n".join(markdown_table([*head, "recipe", "FP area"], [])))
     for kind in args.kinds:
         for regime in args.regimes:
             default = _rows(rows, kind, regime, "default")
@@ -305,8 +290,8 @@ def report(args) -> None:
                 and (r.get("propagation") or {}).get("false_positive_area") is not None
             ]
             fp = f"{max(areas):.3f} (max of {len(areas)})" if areas else "–"
-            line = f"| {kind} | {regime} | {cell(drops)} | {worst} | {cell(ratios)} |"
-            print(f"{line} {', '.join(recipes) or '–'} | {fp} |")
+            recipe = ", ".join(recipes) or "–"
+            print(markdown_row([kind, regime, cell(drops), worst, cell(ratios), recipe, fp]))
 
 
 def _rows(rows: list[dict], kind: str, regime: str, method: str) -> list[dict]:
@@ -324,11 +309,7 @@ def _worst(row: dict) -> tuple[float, float] | None:
 
 
 def main() -> None:
-    args = get_args_parser().parse_args()
-    if args.report:
-        report(args)
-    else:
-        run_grid(args)
+    grid_or_report(get_args_parser().parse_args(), run_grid, report)
 
 
 if __name__ == "__main__":

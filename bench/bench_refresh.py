@@ -20,7 +20,6 @@ context only (shared machine)::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import httpx
 import torch
+from common import make_parser
 
 from robustar_ls.models.checkpoint import load_checkpoint, save_checkpoint
 from robustar_ls.workflows import demo
@@ -82,7 +82,7 @@ def _cold_cli(data: Path, checkpoint: Path, ls, env: dict) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--label-studio-bin", required=True)
     parser.add_argument("--workdir", default=None, help="default: a temporary folder")
     parser.add_argument("--per-class", type=int, default=200, help="the demo's size: 200")

@@ -22,18 +22,24 @@ shot's on the same model and budget, measured in the same process.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from robustar_ls.config import InfluenceConfig, ModelConfig, SyntheticConfig, TrainConfig
+from common import (
+    append_jsonl,
+    grid_or_report,
+    make_parser,
+    markdown_row,
+    markdown_table,
+    read_jsonl,
+    seeded_recipe,
+    train_shortcut,
+)
+from common import mean_cell as cell
+
+from robustar_ls.config import InfluenceConfig, SyntheticConfig, TrainConfig
 from robustar_ls.data.folders import ImageFolderSplits
-from robustar_ls.data.synthetic import make_dataset
 from robustar_ls.models.checkpoint import load_checkpoint
-from robustar_ls.train.recipe import Recipe
-from robustar_ls.train.run import train_classifier
 from robustar_ls.workflows.simulate import rank_images
 from robustar_ls.workflows.simulate_rounds import simulate_rounds
 
@@ -43,7 +49,7 @@ EVAL_PER_CLASS = {"background": 50}  # val and test; else the kind's default (di
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = make_parser(__doc__, "all")
     p.add_argument("--work", default="/tmp/bench_rounds", help="datasets and shortcut models")
     p.add_argument("--results", default=None, help="JSON lines (default <work>/results.jsonl)")
     p.add_argument("--kinds", nargs="+", default=["background", "digits"])
@@ -76,8 +82,6 @@ def shortcut_model(args, kind: str, seed: int) -> Path:
     evals = args.eval_per_class or EVAL_PER_CLASS.get(kind)
     name = f"{kind}-n{per_class}-e{evals}-f{args.spurious_fraction:g}-b{args.bias:g}-s{seed}"
     root = Path(args.work) / name
-    if (root / "shortcut.pt").is_file():
-        return root
     cfg = SyntheticConfig(
         kind=kind,
         per_class=per_class,
@@ -87,21 +91,14 @@ def shortcut_model(args, kind: str, seed: int) -> Path:
         bias=args.bias,
         seed=seed,
     )
-    make_dataset(root, cfg)
-    train = TrainConfig(epochs=args.shortcut_epochs, seed=seed, device=args.device)
-    train_classifier(root, root / "shortcut.tmp", ModelConfig(), train)
-    (root / "shortcut.tmp").replace(root / "shortcut.pt")
+    train_shortcut(
+        root, cfg, TrainConfig(epochs=args.shortcut_epochs, seed=seed, device=args.device)
+    )
     return root
 
 
 def results_path(args) -> Path:
     return Path(args.results) if args.results else Path(args.work) / "results.jsonl"
-
-
-def read_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def key(row: dict) -> tuple:
@@ -118,7 +115,7 @@ def run_grid(args) -> None:
             for kind in args.kinds:
                 runs = [(kind, seed, budget, r, args.recipe, t)
                         for r in args.rounds for t in args.train_seeds or [seed]]  # fmt: skip
-                done = {key(row) for row in read_rows(path)}
+                done = {key(row) for row in read_jsonl(path)}
                 todo = [run for run in runs if run not in done]
                 if todo:
                     run_model(args, kind, seed, todo, path)
@@ -131,12 +128,7 @@ def run_model(args, kind: str, seed: int, todo: list[tuple], path: Path) -> None
     influence = InfluenceConfig(device=args.device)
     ranking = rank_images("influence", data, ckpt, seed=seed, influence=influence)  # cached
     for _, _, budget, rounds, _, train_seed in todo:
-        default = Recipe()
-        recipe = Recipe(
-            args.recipe,
-            finetune=replace(default.finetune, seed=train_seed, device=args.device),
-            rebuild=replace(default.rebuild, seed=train_seed, device=args.device),
-        )
+        recipe = seeded_recipe(args.recipe, train_seed, args.device)
         started = time.perf_counter()
         summary = simulate_rounds(
             root,
@@ -163,8 +155,7 @@ def run_model(args, kind: str, seed: int, todo: list[tuple], path: Path) -> None
             "worst_group": _worst(summary),
             "per_round": summary.get("rounds"),
         }
-        with path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_jsonl(path, row)
         name = f"{kind} s{seed} t{train_seed} {budget:g} R={rounds}"
         print(f"{name}: gap {row['gap_recovered']}", flush=True)
 
@@ -179,34 +170,25 @@ def _worst(summary: dict) -> list[float | None]:
 # -- the report ------------------------------------------------------------------------------
 
 
-def cell(values: list[float], digits: int = 2) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    each = " / ".join(f"{v:.{digits}f}" for v in values)
-    return f"**{statistics.mean(values):.{digits}f}** ({each})"
-
-
 def report(args) -> None:
-    every = read_rows(results_path(args))
+    every = read_jsonl(results_path(args))
     rows = [r for r in every if r.get("train_seed", r["seed"]) == r["seed"]]
     kinds = [k for k in args.kinds if any(r["kind"] == k for r in rows)]
     rounds = sorted({r["rounds"] for r in rows})
     print("Gap recovered (mean, then each seed):\n")
-    print("| kind | budget | " + " | ".join(f"R = {n}" for n in rounds) + " |")
-    print("|---|---|" + "---|" * len(rounds))
+    table = []
     for kind in kinds:
         for budget in sorted({r["budget"] for r in rows if r["kind"] == kind}, reverse=True):
             picked = [r for r in rows if (r["kind"], r["budget"]) == (kind, budget)]
             cells = [cell([r["gap_recovered"] for r in _by_seed(picked, n)]) for n in rounds]
-            print(f"| {kind} | {budget:g} | " + " | ".join(cells) + " |")
+            table.append([kind, f"{budget:g}", *cells])
+    print("\n".join(markdown_table(["kind", "budget", *(f"R = {n}" for n in rounds)], table)))
     print(
         "\nTest accuracy, worst group and painted images after the last round; time ÷ one shot:\n"
     )
-    print("| kind | budget | R | picked | painted | test before → after | worst group after "
-          "| val after | each round's test | time ÷ one shot |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    head = ["kind", "budget", "R", "picked", "painted", "test before → after"]
+    head += ["worst group after", "val after", "each round's test", "time ÷ one shot"]
+    print("\n".join(markdown_table(head, [])))
     for kind in kinds:
         for budget in sorted({r["budget"] for r in rows if r["kind"] == kind}, reverse=True):
             picked = [r for r in rows if (r["kind"], r["budget"]) == (kind, budget)]
@@ -224,8 +206,8 @@ def noise_table(rows: list[dict]) -> None:
     if not others:
         return
     print("\nThe spread of the seed alone: same shortcut model and ranking, another --seed:\n")
-    print("| kind | budget | R | dataset seed | gap recovered by training seed |")
-    print("|---|---|---|---|---|")
+    head = ["kind", "budget", "R", "dataset seed", "gap recovered by training seed"]
+    print("\n".join(markdown_table(head, [])))
     cases = sorted({(r["kind"], r["budget"], r["rounds"], r["seed"]) for r in others})
     for kind, budget, n, seed in cases:
         same = [r for r in rows if (r["kind"], r["budget"], r["rounds"], r["seed"]) ==
@@ -234,7 +216,7 @@ def noise_table(rows: list[dict]) -> None:
         each = ", ".join(
             f"{r.get('train_seed', r['seed'])}: {r['gap_recovered']:.2f}" for r in same
         )
-        print(f"| {kind} | {budget:g} | {n} | {seed} | {each} |")
+        print(markdown_row([kind, f"{budget:g}", n, seed, each]))
 
 
 def _detail_line(kind: str, budget: float, n: int, rows: list[dict]) -> str:
@@ -250,10 +232,8 @@ def _detail_line(kind: str, budget: float, n: int, rows: list[dict]) -> str:
     ratios = [r["seconds"] / one[r["seed"]]["seconds"] for r in mine if r["seed"] in one]
     painted = "/".join(str(r["annotated"]) for r in mine)
     picks = "/".join(str(r["picked"]) for r in mine)
-    return (
-        f"| {kind} | {budget:g} | {n} | {picks} | {painted} | {before} → {after} | {worst} "
-        f"| {val} | {trail} | {cell(ratios, 1)} |"
-    )
+    cells = [kind, f"{budget:g}", n, picks, painted, f"{before} → {after}", worst, val, trail]
+    return markdown_row([*cells, cell(ratios, 1)])
 
 
 def _by_seed(rows: list[dict], rounds: int) -> list[dict]:
@@ -261,11 +241,7 @@ def _by_seed(rows: list[dict], rounds: int) -> list[dict]:
 
 
 def main() -> None:
-    args = get_args_parser().parse_args()
-    if args.report:
-        report(args)
-    else:
-        run_grid(args)
+    grid_or_report(get_args_parser().parse_args(), run_grid, report)
 
 
 if __name__ == "__main__":

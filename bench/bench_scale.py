@@ -24,8 +24,6 @@ torchvision (what every data command paid before). Needs ``label-studio`` (1.23)
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 import os
 import random
@@ -36,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from common import make_parser, tiny_image_folder
 
 from robustar_ls.config import SyncConfig
 from robustar_ls.explain.influence_types import InfluenceResult
@@ -47,18 +45,6 @@ from robustar_ls.labelstudio.results import BrushRegion
 from robustar_ls.workflows.label_studio import running_label_studio
 
 SIZE = 8  # pixels: the images' content does not matter here
-
-
-def make_dataset(root: Path, n: int, classes: int = 2) -> Path:
-    """``n`` tiny PNGs under ``root/train/c<k>/`` (one encoded image written n times)."""
-    buf = io.BytesIO()
-    Image.new("RGB", (SIZE, SIZE), (120, 60, 30)).save(buf, format="PNG")
-    png = buf.getvalue()
-    for k in range(classes):
-        (root / "train" / f"c{k}").mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        (root / "train" / f"c{i % classes}" / f"{i:06d}.png").write_bytes(png)
-    return root
 
 
 def timed_cli(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
@@ -101,7 +87,7 @@ def bench_size(
 ) -> dict[str, float]:
     """One size's row; ``steps`` may hold "import-only" and "no-fetch-before"."""
     title = f"bench-scale-{n}"
-    data = make_dataset(server.document_root / f"scale-{n}", n)
+    data = tiny_image_folder(server.document_root / f"scale-{n}", n, size=SIZE)
     common = ["--data", str(data), "--project", title, "--label-studio-url", server.url]
     common += ["--document-root", str(server.document_root), "-q"]
     row: dict[str, float] = {"tasks": n}
@@ -139,7 +125,7 @@ def bench_size(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--sizes", default="1000,10000", help="comma-separated task counts")
     parser.add_argument("--annotated", type=int, default=200)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-scale"))

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import make_parser, markdown_table
 from PIL import Image
 
 from robustar_ls.config import SpuriousSegmenterConfig, SyntheticConfig, TrainConfig
@@ -54,7 +55,7 @@ from robustar_ls.train.segmenter_eval import evaluate_segmenter, iou, reference_
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = make_parser(__doc__, "all")
     p.add_argument("--kinds", nargs="+", default=["patch", "background", "watermark"])
     p.add_argument("--masks", nargs="+", type=int, default=[5, 10, 20, 50])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -267,18 +268,16 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def print_table(results: dict) -> None:
-    print(
-        "| kind | masks | IoU (mean, worst seed) | FP area | FP plain | conf pass feature / "
-        "featureless | IoU of passed (min) |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for kind, curve in results["curves"].items():
-        for n, s in curve.items():
-            print(
-                f"| {kind} | {n} | {s['iou_mean']} ({s['iou_min_seed']}) | "
-                f"{s['false_positive_area']} | {s['fp_plain']} | {s['pass_rate_feature']} / "
-                f"{s['pass_rate_featureless']} | {s['iou_passed']} ({s['min_iou_passed']}) |"
-            )
+    head = ["kind", "masks", "IoU (mean, worst seed)", "FP area", "FP plain"]
+    head += ["conf pass feature / featureless", "IoU of passed (min)"]
+    table = [
+        [kind, n, f"{s['iou_mean']} ({s['iou_min_seed']})", s["false_positive_area"]]
+        + [s["fp_plain"], f"{s['pass_rate_feature']} / {s['pass_rate_featureless']}"]
+        + [f"{s['iou_passed']} ({s['min_iou_passed']})"]
+        for kind, curve in results["curves"].items()
+        for n, s in curve.items()
+    ]
+    print("\n".join(markdown_table(head, table)))
 
 
 def main(args: argparse.Namespace) -> dict:

@@ -34,19 +34,16 @@ import dataclasses
 import functools
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from common import load_average, make_parser
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from robustar_ls.config import MaskRCNNConfig  # noqa: E402
-from robustar_ls.models.fuse_bn import fuse_conv_bn  # noqa: E402
-from robustar_ls.models.maskrcnn import (  # noqa: E402
+from robustar_ls.config import MaskRCNNConfig
+from robustar_ls.models.fuse_bn import fuse_conv_bn
+from robustar_ls.models.maskrcnn import (
     MaskRCNNSegmenter,
     apply_speed_settings,
     build_maskrcnn,
@@ -72,7 +69,7 @@ COMPILED_PARTS = ("backbone", "rpn.head", "roi_heads.box_head", "roi_heads.mask_
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = make_parser(__doc__, "paragraph")
     p.add_argument("--images", type=int, default=2)
     p.add_argument("--size", type=int, default=512, help="image side in pixels")
     p.add_argument("--repeat", type=int, default=2)
@@ -162,10 +159,6 @@ def run_once(segmenter: MaskRCNNSegmenter, images, threads: int, mkldnn: bool):
     return wall, cpu, detections
 
 
-def load() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
-
-
 def main(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
@@ -178,7 +171,7 @@ def main(args: argparse.Namespace) -> dict:
     variants = {n: make_variant(base, n, args.images) for n in names}
     for segmenter, threads, mkldnn in variants.values():  # warm-up
         run_once(segmenter, images, threads, mkldnn)
-    load_before = load()
+    load_before = load_average()
     wall = {n: [] for n in names}
     cpu = {n: [] for n in names}
     diff: dict[str, float] = {}
@@ -201,7 +194,7 @@ def main(args: argparse.Namespace) -> dict:
         "images": args.images,
         "image_px": args.size,
         "repeat": args.repeat,
-        "loadavg_1min": [load_before, load()],
+        "loadavg_1min": [load_before, load_average()],
         "cpu_s_per_task": {n: round(med(cpu[n]), 3) for n in names},
         "wall_s_per_task": {n: round(med(wall[n]), 3) for n in names},
         "cpu_ratio_vs_default": {

@@ -33,6 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from common import append_jsonl, make_parser, markdown_table, read_jsonl
 
 from robustar_ls.config import ModelConfig, SyntheticConfig, TrainConfig
 from robustar_ls.data import synthetic
@@ -63,7 +64,7 @@ def parse_set(text: str) -> tuple[str, float]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = make_parser(__doc__, "all")
     p.add_argument("--work", default="/tmp/bench_shortcut")
     p.add_argument("--results", default=None, help="JSON lines (default <work>/results.jsonl)")
     p.add_argument("--kinds", nargs="+", default=["patch", "background"])
@@ -116,25 +117,21 @@ def run_key(row: dict) -> tuple:
 
 
 def report(rows: list[dict]) -> None:
-    print(
-        "| setting | kind | spurious fraction | seed | train | val | test | val − test | target |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+    head = ["setting", "kind", "spurious fraction", "seed", "train", "val", "test"]
+    table = []
     for r in sorted(rows, key=run_key):
         a = r["accuracy"]
-        print(
-            f"| {r.get('label', 'defaults')} | {r['kind']} | {r['spurious_fraction']} | "
-            f"{r['seed']} | {a['train']:.3f} | "
-            f"{a['val']:.3f} | {a['test']:.3f} | {a['val'] - a['test']:.3f} | "
-            f"{'met' if r['target_met'] else 'MISSED'} |"
-        )
+        accs = [f"{a[s]:.3f}" for s in ("train", "val", "test")] + [f"{a['val'] - a['test']:.3f}"]
+        target = "met" if r["target_met"] else "MISSED"
+        table.append([*run_key(r), *accs, target])
+    print("\n".join(markdown_table([*head, "val − test", "target"], table)))
 
 
 def main(args) -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     results = Path(args.results) if args.results else work / "results.jsonl"
-    rows = [json.loads(x) for x in results.read_text().splitlines()] if results.is_file() else []
+    rows = read_jsonl(results)
     done = {run_key(r) for r in rows}
     runs = [
         (args.label, kind, fraction, seed)
@@ -151,8 +148,7 @@ def main(args) -> None:
         ]
         for future in as_completed(futures):
             row = future.result()
-            with results.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_jsonl(results, row)
             rows.append(row)
             print(json.dumps(row), flush=True)
     report(rows)

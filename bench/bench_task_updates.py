@@ -9,16 +9,17 @@ from a thread pool (what ``update_task_data`` does). Needs a running Label Studi
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 import uuid
+
+from common import make_parser
 
 from robustar_ls.labelstudio import client as ls
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--url", required=True)
     parser.add_argument("--n", type=int, default=300, help="tasks (PATCH timings use n/3 each)")
     parser.add_argument("--workers", type=int, default=8)

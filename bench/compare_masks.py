@@ -21,18 +21,16 @@ import argparse
 import dataclasses
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import add_segmenter_flags, make_parser, segmenter_overrides
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from robustar_ls.config import MaskRCNNConfig  # noqa: E402
-from robustar_ls.models.maskrcnn import MaskRCNNSegmenter  # noqa: E402
+from robustar_ls.config import MaskRCNNConfig
+from robustar_ls.models.maskrcnn import MaskRCNNSegmenter
 
 COCO = {
     "min_size": 800,
@@ -44,29 +42,19 @@ COCO = {
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = make_parser(__doc__, "paragraph")
     p.add_argument("--images", required=True, help="folder of images (searched recursively)")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--weights", default=None, help="COCO state_dict (default: torch hub cache)")
-    p.add_argument("--seg-size", type=int, default=None, help="min/max input side to try")
-    p.add_argument("--rpn-pre", type=int, default=None)
-    p.add_argument("--rpn-post", type=int, default=None)
-    p.add_argument("--detections", type=int, default=None)
+    add_segmenter_flags(p)
     p.add_argument("--device", default="cpu")
     return p
 
 
 def settings(args) -> tuple[MaskRCNNConfig, MaskRCNNConfig]:
     """(the settings to check, COCO's)."""
-    given = {
-        "min_size": args.seg_size,
-        "max_size": args.seg_size,
-        "rpn_pre_nms_top_n": args.rpn_pre,
-        "rpn_post_nms_top_n": args.rpn_post,
-        "detections_per_img": args.detections,
-    }
     base = MaskRCNNConfig(weights=args.weights, device=args.device, batch_size=1)
-    fast = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+    fast = dataclasses.replace(base, **segmenter_overrides(args))
     return fast, dataclasses.replace(base, **COCO)
 
 

@@ -7,7 +7,6 @@ for a first import of N images and the rerun on the unchanged project.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -20,7 +19,7 @@ from robustar_ls.labelstudio import project_import  # noqa: E402
 
 T_MODULES = time.perf_counter() - t_start  # what the command imports (no torch)
 
-from bench_scale import make_dataset  # noqa: E402
+from common import make_parser, tiny_image_folder  # noqa: E402
 
 from robustar_ls.workflows.label_studio import running_label_studio  # noqa: E402
 
@@ -53,7 +52,7 @@ def time_steps(spent: dict[str, float]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/profile-import"))
     parser.add_argument("--db-template", type=Path, default=None)
@@ -67,7 +66,7 @@ def main() -> None:
         args.label_studio_bin, args.workdir, db_template=args.db_template, timeout=600,
         personal_access_token=False,
     ) as server:  # fmt: skip
-        data = make_dataset(server.document_root / "profile", args.n)
+        data = tiny_image_folder(server.document_root / "profile", args.n)
         print(json.dumps({"modules_s": round(T_MODULES, 2), "load": os.getloadavg()[0]}))
         ls_cfg = LabelStudioConfig(
             server.url, server.legacy_token, "profile", str(server.document_root)

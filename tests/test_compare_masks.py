@@ -21,6 +21,7 @@ class Unsure(BrightObjects):
 
 @pytest.fixture
 def compare(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # as `python bench/compare_masks.py` has it
     spec = importlib.util.spec_from_file_location("compare_masks", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
